@@ -1,0 +1,69 @@
+"""Every process is configured by one settings class, read from ``PINKSEA_*`` environment variables.
+
+The defaults point at the local stack that ``make services`` starts on 127.0.0.1, so a fresh
+checkout runs without any configuration. Production overrides them (see infra/terraform/).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PINKSEA_", env_file=".env", extra="ignore")
+
+    # PostgreSQL: the event store (source of truth) and the read models.
+    database_url: str = Field(
+        "postgresql://pinksea:pinksea@127.0.0.1:5432/pinksea",
+        description="PostgreSQL DSN of the event store and read models.",
+    )
+    read_database_url: str | None = Field(
+        None, description="Optional read replica for queries and ledger tools (defaults to database_url)."
+    )
+    db_pool_size: int = Field(10, description="Connections per process (also bounds the API's command threads).")
+
+    # Kafka (MSK in production).
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_topic_prefix: str = Field("", description="Prefix for every topic name (tests use a unique one).")
+
+    # Redis: rate limits, caches, live progress, cancel flags.
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
+    redis_key_prefix: str = Field("pinksea:", description="Prefix for every Redis key.")
+
+    # S3-compatible object storage for images and model weights.
+    s3_endpoint_url: str | None = Field(
+        "http://127.0.0.1:9000", description="S3 endpoint; empty for AWS's own endpoints."
+    )
+    s3_region: str = Field("ap-northeast-2", description="S3 region.")
+    s3_access_key_id: str = Field("pinksea", description="S3 access key id (local stack).")
+    s3_secret_access_key: SecretStr = Field(SecretStr("pinksea-secret"), description="S3 secret key.")
+    s3_bucket: str = Field("pinksea-images", description="Bucket for generated images.")
+
+    # Stripe (stripe-mock locally).
+    stripe_api_base: str | None = Field(
+        "http://127.0.0.1:12111", description="Stripe API base; empty for api.stripe.com."
+    )
+    stripe_api_key: SecretStr = Field(SecretStr("sk_test_123"), description="Stripe secret key.")
+    stripe_webhook_secret: SecretStr = Field(
+        SecretStr("whsec_local"), description="Stripe webhook signing secret."
+    )
+
+    # Observability.
+    log_level: str = Field("INFO", description="Log level of the structured JSON logs.")
+    log_json: bool = Field(True, description="JSON logs (false: human-readable console logs).")
+
+    @property
+    def effective_read_database_url(self) -> str:
+        return self.read_database_url or self.database_url
+
+    def topic(self, name: str) -> str:
+        """The full Kafka topic name for ``name`` (e.g. ``pinksea.jobs.v1``)."""
+        return f"{self.kafka_topic_prefix}{name}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
