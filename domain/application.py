@@ -1,0 +1,568 @@
+"""The command side: one eventsourcing Application holding every aggregate type.
+
+Commands that touch a job and its credit account save both in one transaction, so a hold never
+exists without its job (or the reverse). Every command is idempotent: ids derive from what the
+caller sent (user, Idempotency-Key, invoice id, grant id), and a repeated command finds its
+aggregate already there and changes nothing. Time is always an argument.
+
+A version conflict (another writer saved the same aggregate first) is retried a bounded number
+of times; each retry reads the aggregates again, so the commands' checks see the newest state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
+
+from domain import ids
+from domain.catalog import MODELS
+from domain.credits import CreditAccount, HoldAsDict, LotAsDict, LotSource
+from domain.errors import InsufficientCredits, InvalidTransition, NotFound
+from domain.estimation import budget_ms_for_hold, charge_for, estimate_gpu_ms, hold_for_estimate
+from domain.jobs import (
+    MAX_ATTEMPTS,
+    Fault,
+    GenerationJob,
+    ImageRecord,
+    JobParameters,
+    JobStatus,
+    RejectionReason,
+)
+from domain.plans import RATE_MC_PER_GPU_MS, GpuTier, Plan
+from domain.subscription import CustomTerms, Subscription
+from domain.units import credits_to_mc
+
+TRIAL_GRANT_REFERENCE = "trial"
+MAX_CONFLICT_RETRIES = 64
+
+T = TypeVar("T")
+
+
+class ConcurrencyConflict(Exception):
+    """A command lost the race for its aggregates more often than the retry bound allows."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    changed: bool  # False: a repetition of an earlier command, nothing new recorded
+    position: int  # notification id the caller's next query can wait for
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: UUID
+    status: str
+    hold_mc: int
+    budget_ms: int
+    rejection: str | None
+    detail: str | None
+    position: int
+    created: bool  # False: the Idempotency-Key was seen before, this is the first result again
+
+
+@dataclass(frozen=True)
+class SettlementResult:
+    applied: bool  # False: a duplicate or stale report, nothing changed
+    job_status: str
+    charged_mc: int
+    position: int
+
+
+class PinkseaApplication(Application[UUID]):
+    name = "Pinksea"  # the event tables are pinksea_events and pinksea_snapshots
+    snapshotting_intervals = {CreditAccount: 50}
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(LotAsDict())
+        transcoder.register(HoldAsDict())
+
+    # ------------------------------------------------------------------------ plumbing
+
+    def _retrying(self, command: Callable[[], T]) -> T:
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                return command()
+            except IntegrityError:
+                continue  # someone saved these aggregates first: read them again
+        raise ConcurrencyConflict("too many concurrent writers on the same aggregates; retry")
+
+    def _get(self, aggregate_id: UUID) -> Any:
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    def _position(self, recordings: list[Recording[UUID]]) -> int:
+        if recordings:
+            return max(r.notification.id for r in recordings)
+        return self.current_position()
+
+    def current_position(self) -> int:
+        """The newest notification id: a safe read-your-writes target for a no-op command."""
+        return self.recorder.max_notification_id() or 0
+
+    def _save(self, *aggregates: Aggregate | None) -> int:
+        return self._position(self.save(*aggregates))
+
+    def account(self, user_id: str) -> CreditAccount:
+        account = self._get(ids.account_id(user_id))
+        if account is None:
+            raise NotFound(f"user {user_id} has no credit account; register them first")
+        assert isinstance(account, CreditAccount)
+        return account
+
+    def subscription(self, user_id: str) -> Subscription:
+        sub = self._get(ids.subscription_id(user_id))
+        if sub is None:
+            raise NotFound(f"user {user_id} is not registered")
+        assert isinstance(sub, Subscription)
+        return sub
+
+    def job(self, job_id: UUID) -> GenerationJob:
+        job = self._get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        assert isinstance(job, GenerationJob)
+        return job
+
+    def _account_or_open(self, user_id: str, at: datetime) -> CreditAccount:
+        account = self._get(ids.account_id(user_id))
+        return account if account is not None else CreditAccount(user_id=user_id, timestamp=at)
+
+    # ------------------------------------------------------------------- users and plans
+
+    def register_user(self, user_id: str, at: datetime) -> CommandResult:
+        """Sign-up: a trial subscription, a credit account and the trial's credits, at once."""
+
+        def command() -> CommandResult:
+            if self._get(ids.subscription_id(user_id)) is not None:
+                return CommandResult(False, self.current_position())
+            sub = Subscription.start_trial(user_id, at)
+            account = self._account_or_open(user_id, at)
+            account.grant(
+                lot_id=ids.lot_id("trial", user_id),
+                source=LotSource.TRIAL,
+                amount_mc=sub.plan.credits_per_month_mc,
+                valid_from=sub.period_start,
+                valid_until=sub.period_end,
+                reference=TRIAL_GRANT_REFERENCE,
+                actor="system",
+                reason="trial credits on sign-up",
+                at=at,
+            )
+            return CommandResult(True, self._save(sub, account))
+
+        return self._retrying(command)
+
+    def start_subscription(
+        self, user_id: str, *, plan: str, external_id: str, period_start: datetime,
+        period_end: datetime, at: datetime,
+    ) -> CommandResult:  # fmt: skip
+        def command() -> CommandResult:
+            sub = self.subscription(user_id)
+            changed = sub.start(
+                plan=plan, external_id=external_id, period_start=period_start,
+                period_end=period_end, at=at,
+            )  # fmt: skip
+            return CommandResult(changed, self._save(sub))
+
+        return self._retrying(command)
+
+    def renew_period(
+        self, user_id: str, *, invoice_id: str, period_start: datetime, period_end: datetime,
+        at: datetime,
+    ) -> CommandResult:  # fmt: skip
+        """A paid invoice: record the period and grant its credits, valid to period end."""
+
+        def command() -> CommandResult:
+            sub = self.subscription(user_id)
+            credits_mc = sub.renew(
+                invoice_id=invoice_id, period_start=period_start, period_end=period_end, at=at
+            )
+            if credits_mc is None:
+                return CommandResult(False, self.current_position())
+            account = self._account_or_open(user_id, at)
+            account.grant(
+                lot_id=ids.lot_id("invoice", invoice_id),
+                source=LotSource.SUBSCRIPTION,
+                amount_mc=credits_mc,
+                valid_from=period_start,
+                valid_until=period_end,
+                reference=invoice_id,
+                actor="stripe",
+                reason=f"{sub.plan_slug} plan period",
+                at=at,
+            )
+            return CommandResult(True, self._save(sub, account))
+
+        return self._retrying(command)
+
+    def change_plan(
+        self, user_id: str, *, to_plan: str, actor: str, reason: str, at: datetime,
+        custom_terms: CustomTerms | None = None,
+    ) -> CommandResult:  # fmt: skip
+        def command() -> CommandResult:
+            sub = self.subscription(user_id)
+            changed = sub.change_plan(
+                to_plan=to_plan, actor=actor, reason=reason, at=at, custom_terms=custom_terms
+            )
+            return CommandResult(changed, self._save(sub))
+
+        return self._retrying(command)
+
+    def grant_tester_plan(
+        self, user_id: str, *, grant_id: str, admin: str, credits: int, valid_from: datetime,
+        valid_until: datetime, reason: str, at: datetime,
+    ) -> CommandResult:  # fmt: skip
+        """An admin puts a user on the tester plan with credits for a validity window."""
+
+        def command() -> CommandResult:
+            sub = self.subscription(user_id)
+            account = self._account_or_open(user_id, at)
+            changed = sub.change_plan(to_plan="tester", actor=admin, reason=reason, at=at)
+            changed |= account.grant(
+                lot_id=ids.lot_id("tester", grant_id), source=LotSource.TESTER,
+                amount_mc=credits_to_mc(credits), valid_from=valid_from, valid_until=valid_until,
+                reference=grant_id, actor=admin, reason=reason, at=at,
+            )  # fmt: skip
+            return CommandResult(changed, self._save(sub, account))
+
+        return self._retrying(command)
+
+    def schedule_cancellation(self, user_id: str, at: datetime) -> CommandResult:
+        return self._on_subscription(user_id, lambda s: s.schedule_cancellation(at))
+
+    def revoke_cancellation(self, user_id: str, at: datetime) -> CommandResult:
+        return self._on_subscription(user_id, lambda s: s.revoke_cancellation(at))
+
+    def record_payment_failed(
+        self, user_id: str, *, invoice_id: str, at: datetime
+    ) -> CommandResult:
+        return self._on_subscription(
+            user_id, lambda s: s.record_payment_failed(invoice_id=invoice_id, at=at)
+        )
+
+    def end_subscription(self, user_id: str, *, reason: str, at: datetime) -> CommandResult:
+        return self._on_subscription(user_id, lambda s: s.end(reason=reason, at=at))
+
+    def _on_subscription(
+        self, user_id: str, change: Callable[[Subscription], bool]
+    ) -> CommandResult:
+        def command() -> CommandResult:
+            sub = self.subscription(user_id)
+            changed = change(sub)
+            return CommandResult(changed, self._save(sub))
+
+        return self._retrying(command)
+
+    # ------------------------------------------------------------------------ credits
+
+    def grant_credits(
+        self, user_id: str, *, grant_id: str, source: LotSource, amount_mc: int,
+        valid_from: datetime, valid_until: datetime | None, actor: str, reason: str, at: datetime,
+    ) -> CommandResult:  # fmt: skip
+        def command() -> CommandResult:
+            account = self._account_or_open(user_id, at)
+            changed = account.grant(
+                lot_id=ids.lot_id(source.value, grant_id), source=source, amount_mc=amount_mc,
+                valid_from=valid_from, valid_until=valid_until, reference=grant_id, actor=actor,
+                reason=reason, at=at,
+            )  # fmt: skip
+            return CommandResult(
+                changed, self._save(account) if changed else self.current_position()
+            )
+
+        return self._retrying(command)
+
+    def adjust_credits(
+        self, user_id: str, *, adjustment_id: str, amount_mc: int, reason: str, actor: str,
+        at: datetime,
+    ) -> CommandResult:  # fmt: skip
+        def command() -> CommandResult:
+            account = self.account(user_id)
+            changed = account.adjust(
+                adjustment_id=adjustment_id, amount_mc=amount_mc, reason=reason, actor=actor, at=at
+            )
+            return CommandResult(changed, self._save(account))
+
+        return self._retrying(command)
+
+    def expire_due(self, user_id: str, at: datetime) -> CommandResult:
+        """Expire every lot of this user whose validity ended by ``at`` (safe to repeat)."""
+
+        def command() -> CommandResult:
+            account = self.account(user_id)
+            expired = account.expire_due(at)
+            return CommandResult(expired > 0, self._save(account))
+
+        return self._retrying(command)
+
+    # --------------------------------------------------------------------------- jobs
+
+    def submit_job(
+        self, user_id: str, *, idempotency_key: str, params: JobParameters, at: datetime,
+        storage_used_bytes: int = 0,
+    ) -> SubmitResult:  # fmt: skip
+        """Create the job and hold its credits in one save, or record why it was rejected.
+
+        Invalid parameters raise InvalidParameters and record nothing.
+        """
+
+        def command() -> SubmitResult:
+            existing = self._get(ids.job_id(user_id, idempotency_key))
+            if existing is not None:
+                assert isinstance(existing, GenerationJob)
+                existing.ensure_same_request(params)
+                return _submit_result(existing, self.current_position(), created=False)
+            sub = self.subscription(user_id)
+            account = self.account(user_id)
+            plan = sub.plan
+            job = GenerationJob.submit(
+                user_id=user_id, idempotency_key=idempotency_key, params=params,
+                tier=plan.tier.value, at=at,
+            )  # fmt: skip
+            refusal = _entitlement_refusal(sub, plan, account, params, storage_used_bytes)
+            if refusal is not None:
+                job.reject(reason=refusal[0], detail=refusal[1], at=at)
+                return _submit_result(job, self._save(job), created=True)
+            estimate_ms = estimate_gpu_ms(
+                MODELS[params.model].family, plan.tier, steps=params.steps, width=params.width,
+                height=params.height, batch_size=params.batch_size,
+            )  # fmt: skip
+            hold_mc = hold_for_estimate(estimate_ms, plan.tier)
+            try:
+                account.reserve(hold_id=job.hold_id, job_id=str(job.id), amount_mc=hold_mc, at=at)
+            except InsufficientCredits as e:
+                job.reject(reason=RejectionReason.INSUFFICIENT_CREDITS, detail=e.detail, at=at)
+                return _submit_result(job, self._save(job), created=True)
+            job.accept(
+                hold_mc=hold_mc, estimate_ms=estimate_ms,
+                budget_ms=budget_ms_for_hold(hold_mc, plan.tier), at=at,
+            )  # fmt: skip
+            return _submit_result(job, self._save(job, account), created=True)
+
+        return self._retrying(command)
+
+    def cancel_job(self, job_id: UUID, at: datetime) -> CommandResult:
+        """The user's cancel. Before start: cancelled now and the hold voided. Running: the
+        worker is asked to stop and reports the GPU time used, which is billed."""
+
+        def command() -> CommandResult:
+            job = self.job(job_id)
+            if job.is_terminal:
+                return CommandResult(False, self.current_position())
+            if job.status == JobStatus.RUNNING.value:
+                changed = job.request_cancel(at)
+                return CommandResult(changed, self._save(job))
+            account = self.account(job.user_id)
+            job.cancel(gpu_ms=0, charged_mc=0, at=at)
+            account.release(hold_id=job.hold_id, reason="cancelled before start", at=at)
+            return CommandResult(True, self._save(job, account))
+
+        return self._retrying(command)
+
+    def record_dispatch(
+        self, job_id: UUID, *, attempt: int, worker_id: str, at: datetime
+    ) -> CommandResult:
+        """The scheduler handed an attempt to a worker. Past the attempt cap the job fails
+        (platform fault, hold voided): it goes to the dead-letter topic instead of looping."""
+
+        def command() -> CommandResult:
+            job = self.job(job_id)
+            if job.is_terminal:
+                return CommandResult(False, self.current_position())
+            if attempt > MAX_ATTEMPTS:
+                account = self.account(job.user_id)
+                job.fail(
+                    attempt=job.attempt, reason=f"gave up after {MAX_ATTEMPTS} attempts",
+                    retryable=False, fault=Fault.PLATFORM, gpu_ms=0, charged_mc=0, at=at,
+                )  # fmt: skip
+                account.release(hold_id=job.hold_id, reason="attempts exhausted", at=at)
+                return CommandResult(True, self._save(job, account))
+            changed = job.dispatch(attempt=attempt, worker_id=worker_id, at=at)
+            return CommandResult(changed, self._save(job))
+
+        return self._retrying(command)
+
+    def record_start(
+        self, job_id: UUID, *, attempt: int, worker_id: str, gpu: str, at: datetime
+    ) -> CommandResult:
+        def command() -> CommandResult:
+            job = self.job(job_id)
+            changed = not job.is_terminal and job.start(
+                attempt=attempt, worker_id=worker_id, gpu=gpu, at=at
+            )
+            return CommandResult(changed, self._save(job) if changed else self.current_position())
+
+        return self._retrying(command)
+
+    def complete_job(
+        self, job_id: UUID, *, attempt: int, gpu_ms: int, cuda_ms: int | None,
+        images: list[ImageRecord], at: datetime,
+    ) -> SettlementResult:  # fmt: skip
+        """A finished run: the job completes and its hold settles at the measured GPU time,
+        atomically. Duplicate, late and stale-attempt reports change nothing."""
+
+        def command() -> SettlementResult:
+            job = self.job(job_id)
+            if not job.is_current(attempt):
+                return self._unchanged(job)
+            account = self.account(job.user_id)
+            billed_ms, charged = _billed(job, gpu_ms)
+            account.settle(
+                hold_id=job.hold_id, charged_mc=charged, gpu_ms=billed_ms,
+                rate_mc_per_ms=_rate(job), at=at,
+            )  # fmt: skip
+            job.complete(
+                attempt=attempt, gpu_ms=gpu_ms, cuda_ms=cuda_ms, charged_mc=charged,
+                images=images, at=at,
+            )  # fmt: skip
+            return SettlementResult(True, job.status, charged, self._save(job, account))
+
+        return self._retrying(command)
+
+    def fail_job(
+        self, job_id: UUID, *, attempt: int, reason: str, retryable: bool, fault: Fault,
+        gpu_ms: int, at: datetime,
+    ) -> SettlementResult:  # fmt: skip
+        """A failed run. Retryable with attempts left: back to the queue, hold kept. Otherwise
+        terminal: a platform fault voids the hold; a user fault bills the GPU time used."""
+
+        def command() -> SettlementResult:
+            job = self.job(job_id)
+            if not job.is_current(attempt):
+                return self._unchanged(job)
+            if retryable and attempt < MAX_ATTEMPTS:
+                job.fail_attempt(attempt=attempt, reason=reason, at=at)
+                return SettlementResult(True, job.status, 0, self._save(job))
+            account = self.account(job.user_id)
+            if fault is Fault.USER:
+                billed_ms, charged = _billed(job, gpu_ms)
+                account.settle(
+                    hold_id=job.hold_id, charged_mc=charged, gpu_ms=billed_ms,
+                    rate_mc_per_ms=_rate(job), at=at,
+                )  # fmt: skip
+            else:
+                charged = 0
+                account.release(hold_id=job.hold_id, reason=f"platform failure: {reason}", at=at)
+            job.fail(
+                attempt=attempt, reason=reason, retryable=retryable, fault=fault, gpu_ms=gpu_ms,
+                charged_mc=charged, at=at,
+            )  # fmt: skip
+            return SettlementResult(True, job.status, charged, self._save(job, account))
+
+        return self._retrying(command)
+
+    def record_cancelled_run(
+        self, job_id: UUID, *, attempt: int, gpu_ms: int, at: datetime
+    ) -> SettlementResult:
+        """The worker stopped a running job the user cancelled: bill the GPU time used."""
+
+        def command() -> SettlementResult:
+            job = self.job(job_id)
+            if not job.is_current(attempt):
+                return self._unchanged(job)
+            account = self.account(job.user_id)
+            billed_ms, charged = _billed(job, gpu_ms)
+            account.settle(
+                hold_id=job.hold_id, charged_mc=charged, gpu_ms=billed_ms,
+                rate_mc_per_ms=_rate(job), at=at,
+            )  # fmt: skip
+            job.cancel(gpu_ms=gpu_ms, charged_mc=charged, at=at)
+            return SettlementResult(True, job.status, charged, self._save(job, account))
+
+        return self._retrying(command)
+
+    def refund_job(self, job_id: UUID, *, reason: str, actor: str, at: datetime) -> CommandResult:
+        """Give a job's charge back to the lots it was drawn from (admin action)."""
+
+        def command() -> CommandResult:
+            job = self.job(job_id)
+            if job.refunded_mc:
+                return CommandResult(False, self.current_position())
+            if job.charged_mc == 0:
+                raise InvalidTransition("the job was not charged; there is nothing to refund")
+            account = self.account(job.user_id)
+            amount = account.refund(hold_id=job.hold_id, reason=reason, actor=actor, at=at)
+            job.refund(amount_mc=amount, reason=reason, actor=actor, at=at)
+            return CommandResult(True, self._save(job, account))
+
+        return self._retrying(command)
+
+    def _unchanged(self, job: GenerationJob) -> SettlementResult:
+        return SettlementResult(False, job.status, job.charged_mc, self.current_position())
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _rate(job: GenerationJob) -> int:
+    return RATE_MC_PER_GPU_MS[GpuTier(job.tier)]
+
+
+def _billed(job: GenerationJob, gpu_ms: int) -> tuple[int, int]:
+    """The GPU-ms billed and their charge. The worker stops a job at its budget, within one
+    step; time past the budget is the platform's, so a job never costs more than its hold."""
+    billed_ms = min(gpu_ms, job.budget_ms)
+    return billed_ms, charge_for(billed_ms, GpuTier(job.tier))
+
+
+def _entitlement_refusal(
+    sub: Subscription, plan: Plan, account: CreditAccount, params: JobParameters,
+    storage_used_bytes: int,
+) -> tuple[RejectionReason, str] | None:  # fmt: skip
+    if sub.is_past_due:
+        return (
+            RejectionReason.PAYMENT_FAILED,
+            "your last payment failed; update your payment method in the billing portal",
+        )
+    required = MODELS[params.model].access
+    if not plan.model_access.allows(required):
+        return (
+            RejectionReason.MODEL_NOT_IN_PLAN,
+            f"{params.model} needs a plan with {required.value} model access; "
+            f"your {plan.slug} plan has {plan.model_access.value}: upgrade to use it",
+        )
+    if storage_used_bytes >= plan.storage_bytes:
+        return (
+            RejectionReason.STORAGE_QUOTA,
+            f"your images use all {plan.storage_gb} GB of your {plan.slug} plan; "
+            "delete images or upgrade for more storage",
+        )
+    if len(account.open_holds) >= plan.max_open_jobs:
+        return (
+            RejectionReason.QUEUE_LIMIT,
+            f"you have {plan.max_open_jobs} unfinished jobs, the most your {plan.slug} plan "
+            "allows; wait for some to finish or upgrade",
+        )
+    return None
+
+
+def _submit_result(job: GenerationJob, position: int, *, created: bool) -> SubmitResult:
+    return SubmitResult(
+        job_id=job.id,
+        status=job.status,
+        hold_mc=job.hold_mc,
+        budget_ms=job.budget_ms,
+        rejection=job.rejection,
+        detail=job.rejection_detail,
+        position=position,
+        created=created,
+    )
+
+
+__all__ = [
+    "CommandResult",
+    "ConcurrencyConflict",
+    "PinkseaApplication",
+    "SettlementResult",
+    "SubmitResult",
+]

@@ -1,0 +1,29 @@
+"""Deterministic aggregate ids: repeating a command finds the aggregate it created before."""
+
+from __future__ import annotations
+
+from uuid import UUID, uuid5
+
+# A fixed namespace for every id Pinksea derives; never change it (ids are stored).
+PINKSEA_NAMESPACE = UUID("6a0d3b52-8a3b-4f5e-9a43-2f1c3c8e0b11")
+
+
+def _derive(*parts: str) -> UUID:
+    return uuid5(PINKSEA_NAMESPACE, "\x1f".join(parts))
+
+
+def account_id(user_id: str) -> UUID:
+    return _derive("credit-account", user_id)
+
+
+def subscription_id(user_id: str) -> UUID:
+    return _derive("subscription", user_id)
+
+
+def job_id(user_id: str, idempotency_key: str) -> UUID:
+    return _derive("job", user_id, idempotency_key)
+
+
+def lot_id(kind: str, reference: str) -> str:
+    """A lot's id from what granted it (invoice id, grant id, ...): a second grant is a no-op."""
+    return str(_derive("lot", kind, reference))

@@ -1,0 +1,323 @@
+"""Subscription: one per user, from the trial at sign-up through paid periods to the end.
+
+Renewing a period is what grants a month of credits; the application saves the renewal and the
+grant together. Stripe drives the lifecycle (issue 7); admins assign internal and enterprise
+plans with a reason, which the events keep for the audit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TypedDict
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain import ids
+from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition
+from domain.plans import GpuTier, Plan, PlanType, get_plan
+from domain.units import require_aware
+
+TRIAL_PERIOD = timedelta(days=30)
+
+
+class SubscriptionStatus(StrEnum):
+    TRIALING = "trialing"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"
+    ENDED = "ended"
+
+
+class CustomTerms(TypedDict):
+    """Negotiated terms of an enterprise plan."""
+
+    credits_per_month: int
+    tier: str
+    concurrent_jobs: int
+    storage_gb: int
+
+
+class Subscription(Aggregate):
+    TOPIC = "pinksea:Subscription"
+
+    class Created(Aggregate.Created):
+        # The library requires an explicit topic on the inherited default; we use TrialStarted.
+        TOPIC = "pinksea:Subscription.Created"
+
+    class TrialStarted(Aggregate.Created):
+        TOPIC = "pinksea:Subscription.TrialStarted"
+        user_id: str
+        period_start: datetime
+        period_end: datetime
+
+    class Started(Aggregate.Event):
+        TOPIC = "pinksea:Subscription.Started"
+        plan: str
+        external_id: str  # Stripe subscription id
+        period_start: datetime
+        period_end: datetime
+
+    class PeriodRenewed(Aggregate.Event):
+        TOPIC = "pinksea:Subscription.PeriodRenewed"
+        invoice_id: str
+        plan: str
+        period_start: datetime
+        period_end: datetime
+        credits_mc: int
+
+    class PlanChanged(Aggregate.Event):
+        TOPIC = "pinksea:Subscription.PlanChanged"
+        from_plan: str
+        to_plan: str
+        actor: str
+        reason: str
+        custom_terms: CustomTerms | None
+
+    class CancellationScheduled(Aggregate.Event):
+        TOPIC = "pinksea:Subscription.CancellationScheduled"
+        effective_at: datetime
+
+    class CancellationRevoked(Aggregate.Event):
+        TOPIC = "pinksea:Subscription.CancellationRevoked"
+
+    class PaymentFailed(Aggregate.Event):
+        TOPIC = "pinksea:Subscription.PaymentFailed"
+        invoice_id: str
+
+    class Ended(Aggregate.Event):
+        TOPIC = "pinksea:Subscription.Ended"
+        reason: str
+
+    @staticmethod
+    def create_id(user_id: str) -> UUID:
+        return ids.subscription_id(user_id)
+
+    @event(TrialStarted)
+    def __init__(
+        self, user_id: str, period_start: datetime, period_end: datetime, timestamp: datetime
+    ) -> None:
+        self.user_id = user_id
+        self.plan_slug = "trial"
+        self.status = SubscriptionStatus.TRIALING.value
+        self.period_start = period_start
+        self.period_end = period_end
+        self.external_id: str | None = None
+        self.cancel_at: datetime | None = None
+        self.custom_terms: CustomTerms | None = None
+        self.invoices: list[str] = []
+        self.failed_invoices: list[str] = []
+
+    @classmethod
+    def start_trial(cls, user_id: str, at: datetime) -> Subscription:
+        require_aware(at)
+        return cls(user_id=user_id, period_start=at, period_end=at + TRIAL_PERIOD, timestamp=at)
+
+    # ----------------------------------------------------------------------------- queries
+
+    @property
+    def plan(self) -> Plan:
+        """The plan whose entitlements apply now (custom terms applied)."""
+        if self.status == SubscriptionStatus.ENDED.value:
+            return get_plan("trial")
+        plan = get_plan(self.plan_slug)
+        if self.custom_terms is not None:
+            t = self.custom_terms
+            plan = plan.with_custom_terms(
+                credits_per_month=t["credits_per_month"],
+                tier=GpuTier(t["tier"]),
+                concurrent_jobs=t["concurrent_jobs"],
+                storage_gb=t["storage_gb"],
+            )
+        return plan
+
+    @property
+    def is_past_due(self) -> bool:
+        return self.status == SubscriptionStatus.PAST_DUE.value
+
+    # ---------------------------------------------------------------------------- commands
+
+    def start(
+        self,
+        *,
+        plan: str,
+        external_id: str,
+        period_start: datetime,
+        period_end: datetime,
+        at: datetime,
+    ) -> bool:
+        require_aware(at)
+        if self.external_id == external_id and self.status != SubscriptionStatus.ENDED.value:
+            return False
+        target = get_plan(plan)
+        if target.type is not PlanType.PAID:
+            raise InvalidParameters(f"plan {plan} is not sold; assign it as an admin")
+        if self.status in (SubscriptionStatus.ACTIVE.value, SubscriptionStatus.PAST_DUE.value):
+            raise InvalidTransition("a subscription is already running; change its plan instead")
+        if period_end <= period_start:
+            raise InvalidParameters("period_end must be after period_start")
+        self._started(
+            plan=plan,
+            external_id=external_id,
+            period_start=period_start,
+            period_end=period_end,
+            timestamp=at,
+        )
+        return True
+
+    def renew(
+        self, *, invoice_id: str, period_start: datetime, period_end: datetime, at: datetime
+    ) -> int | None:
+        """Record a paid period. Returns the credits (mc) to grant, or None if seen before."""
+        require_aware(at)
+        if invoice_id in self.invoices:
+            return None
+        if self.status == SubscriptionStatus.ENDED.value:
+            raise InvalidTransition("the subscription has ended; start a new one")
+        if self.status == SubscriptionStatus.TRIALING.value:
+            raise InvalidTransition("a trial has no paid periods; start a subscription first")
+        if period_end <= period_start:
+            raise InvalidParameters("period_end must be after period_start")
+        credits_mc = self.plan.credits_per_month_mc
+        self._renewed(
+            invoice_id=invoice_id,
+            plan=self.plan_slug,
+            period_start=period_start,
+            period_end=period_end,
+            credits_mc=credits_mc,
+            timestamp=at,
+        )
+        return credits_mc
+
+    def change_plan(
+        self,
+        *,
+        to_plan: str,
+        actor: str,
+        reason: str,
+        at: datetime,
+        custom_terms: CustomTerms | None = None,
+    ) -> bool:
+        require_aware(at)
+        target = get_plan(to_plan)
+        if custom_terms is not None:
+            GpuTier(custom_terms["tier"])  # validates the tier name
+            if min(custom_terms["credits_per_month"], custom_terms["concurrent_jobs"]) <= 0:
+                raise InvalidParameters("custom credits and concurrency must be positive")
+        elif target.credits_per_month is None:
+            raise InvalidParameters(f"plan {to_plan} needs custom terms")
+        if to_plan == self.plan_slug and custom_terms == self.custom_terms:
+            return False
+        self._plan_changed(
+            from_plan=self.plan_slug,
+            to_plan=to_plan,
+            actor=actor,
+            reason=reason,
+            custom_terms=custom_terms,
+            timestamp=at,
+        )
+        return True
+
+    def schedule_cancellation(self, at: datetime) -> bool:
+        require_aware(at)
+        if self.status not in (SubscriptionStatus.ACTIVE.value, SubscriptionStatus.PAST_DUE.value):
+            raise InvalidTransition("only a running paid subscription can be cancelled")
+        if self.cancel_at is not None:
+            return False
+        self._cancellation_scheduled(effective_at=self.period_end, timestamp=at)
+        return True
+
+    def revoke_cancellation(self, at: datetime) -> bool:
+        require_aware(at)
+        if self.cancel_at is None:
+            return False
+        self._cancellation_revoked(timestamp=at)
+        return True
+
+    def record_payment_failed(self, *, invoice_id: str, at: datetime) -> bool:
+        require_aware(at)
+        if invoice_id in self.failed_invoices or invoice_id in self.invoices:
+            return False
+        if self.status == SubscriptionStatus.ENDED.value:
+            raise InvalidTransition("the subscription has ended")
+        self._payment_failed(invoice_id=invoice_id, timestamp=at)
+        return True
+
+    def end(self, *, reason: str, at: datetime) -> bool:
+        require_aware(at)
+        if self.status == SubscriptionStatus.ENDED.value:
+            return False
+        self._ended(reason=reason, timestamp=at)
+        return True
+
+    def ensure_same_external(self, external_id: str) -> None:
+        if self.external_id is not None and self.external_id != external_id:
+            raise IdempotencyConflict("this user already has a different subscription")
+
+    # ------------------------------------------------------------- event bodies (mutate only)
+
+    @event(Started)
+    def _started(
+        self,
+        plan: str,
+        external_id: str,
+        period_start: datetime,
+        period_end: datetime,
+        timestamp: datetime,
+    ) -> None:
+        self.plan_slug = plan
+        self.external_id = external_id
+        self.status = SubscriptionStatus.ACTIVE.value
+        self.period_start = period_start
+        self.period_end = period_end
+        self.cancel_at = None
+        self.custom_terms = None
+
+    @event(PeriodRenewed)
+    def _renewed(
+        self,
+        invoice_id: str,
+        plan: str,
+        period_start: datetime,
+        period_end: datetime,
+        credits_mc: int,
+        timestamp: datetime,
+    ) -> None:
+        self.invoices.append(invoice_id)
+        self.status = SubscriptionStatus.ACTIVE.value
+        self.period_start = period_start
+        self.period_end = period_end
+
+    @event(PlanChanged)
+    def _plan_changed(
+        self,
+        from_plan: str,
+        to_plan: str,
+        actor: str,
+        reason: str,
+        custom_terms: CustomTerms | None,
+        timestamp: datetime,
+    ) -> None:
+        self.plan_slug = to_plan
+        self.custom_terms = custom_terms
+        if self.status in (SubscriptionStatus.TRIALING.value, SubscriptionStatus.ENDED.value):
+            # An admin-assigned plan (tester, enterprise) runs without Stripe.
+            self.status = SubscriptionStatus.ACTIVE.value
+
+    @event(CancellationScheduled)
+    def _cancellation_scheduled(self, effective_at: datetime, timestamp: datetime) -> None:
+        self.cancel_at = effective_at
+
+    @event(CancellationRevoked)
+    def _cancellation_revoked(self, timestamp: datetime) -> None:
+        self.cancel_at = None
+
+    @event(PaymentFailed)
+    def _payment_failed(self, invoice_id: str, timestamp: datetime) -> None:
+        self.failed_invoices.append(invoice_id)
+        self.status = SubscriptionStatus.PAST_DUE.value
+
+    @event(Ended)
+    def _ended(self, reason: str, timestamp: datetime) -> None:
+        self.status = SubscriptionStatus.ENDED.value
+        self.cancel_at = None

@@ -1,0 +1,26 @@
+"""Environment for the eventsourcing library's PostgreSQL persistence, from a DSN."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+
+def event_store_env(database_url: str, *, pool_size: int = 10) -> dict[str, str]:
+    """``PinkseaApplication(env=event_store_env(settings.database_url))`` stores its events in
+    that database (tables ``pinksea_events`` and ``pinksea_snapshots``, created if missing)."""
+    url = urlsplit(database_url)
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {database_url!r}")
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": url.path.lstrip("/"),
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": unquote(url.username or ""),
+        "POSTGRES_PASSWORD": unquote(url.password or ""),
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": "0",
+        # Writers queue on the table lock that keeps notification ids in commit order.
+        "POSTGRES_LOCK_TIMEOUT": "10",
+        "CREATE_TABLE": "y",
+    }
