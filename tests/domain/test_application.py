@@ -163,13 +163,27 @@ def test_retryable_failure_requeues_then_platform_failure_voids(
     job = submit(app, user)
     for attempt in range(1, MAX_ATTEMPTS):
         run_to_start(app, job.job_id, attempt)
-        r = app.fail_job(job.job_id, attempt=attempt, reason="oom", retryable=True,
-                         fault=Fault.PLATFORM, gpu_ms=50, at=T0)  # fmt: skip
+        r = app.fail_job(
+            job.job_id,
+            attempt=attempt,
+            reason="oom",
+            retryable=True,
+            fault=Fault.PLATFORM,
+            gpu_ms=50,
+            at=T0,
+        )
         assert r.job_status == "accepted" and r.charged_mc == 0
         assert app.account(user).held_mc == job.hold_mc  # the hold is kept for the retry
     run_to_start(app, job.job_id, MAX_ATTEMPTS)
-    final = app.fail_job(job.job_id, attempt=MAX_ATTEMPTS, reason="oom", retryable=True,
-                         fault=Fault.PLATFORM, gpu_ms=50, at=T0)  # fmt: skip
+    final = app.fail_job(
+        job.job_id,
+        attempt=MAX_ATTEMPTS,
+        reason="oom",
+        retryable=True,
+        fault=Fault.PLATFORM,
+        gpu_ms=50,
+        at=T0,
+    )
     assert final.job_status == "failed" and final.charged_mc == 0
     assert app.account(user).available_mc(T0) == trial_mc()
 
@@ -177,8 +191,15 @@ def test_retryable_failure_requeues_then_platform_failure_voids(
 def test_user_fault_failure_bills_the_time_used(app: PinkseaApplication, user: str) -> None:
     job = submit(app, user)
     run_to_start(app, job.job_id)
-    r = app.fail_job(job.job_id, attempt=1, reason="prompt refused by the safety checker",
-                     retryable=False, fault=Fault.USER, gpu_ms=90, at=T0)  # fmt: skip
+    r = app.fail_job(
+        job.job_id,
+        attempt=1,
+        reason="prompt refused by the safety checker",
+        retryable=False,
+        fault=Fault.USER,
+        gpu_ms=90,
+        at=T0,
+    )
     assert r.job_status == "failed" and r.charged_mc == 90
 
 
@@ -222,8 +243,9 @@ def test_subscription_lifecycle_grants_each_paid_period_once(
     app: PinkseaApplication, user: str
 ) -> None:
     start, end = T0, T0 + timedelta(days=30)
-    app.start_subscription(user, plan="pro", external_id="sub_1", period_start=start,
-                           period_end=end, at=T0)  # fmt: skip
+    app.start_subscription(
+        user, plan="pro", external_id="sub_1", period_start=start, period_end=end, at=T0
+    )
     for _ in range(2):  # the same invoice twice grants once
         app.renew_period(user, invoice_id="in_1", period_start=start, period_end=end, at=T0)
     pro_mc = get_plan("pro").credits_per_month_mc
@@ -232,8 +254,9 @@ def test_subscription_lifecycle_grants_each_paid_period_once(
     assert app.submit_job(user, idempotency_key="late", params=TINY, at=end).rejection == (
         "payment_failed"
     )
-    app.renew_period(user, invoice_id="in_2", period_start=end, period_end=end + timedelta(days=30),
-                     at=end)  # fmt: skip
+    app.renew_period(
+        user, invoice_id="in_2", period_start=end, period_end=end + timedelta(days=30), at=end
+    )
     assert app.subscription(user).status == "active"
     app.schedule_cancellation(user, end)
     app.revoke_cancellation(user, end)
@@ -250,17 +273,38 @@ def test_expiry_runs_at_valid_until_and_is_idempotent(app: PinkseaApplication, u
 
 
 def test_tester_plan_and_grants_are_audited_events(app: PinkseaApplication, user: str) -> None:
-    app.grant_tester_plan(user, grant_id="g1", admin="admin@pinksea", credits=1000,
-                          valid_from=T0, valid_until=T0 + timedelta(days=7),
-                          reason="QA for the Flux launch", at=T0)  # fmt: skip
+    app.grant_tester_plan(
+        user,
+        grant_id="g1",
+        admin="admin@pinksea",
+        credits=1000,
+        valid_from=T0,
+        valid_until=T0 + timedelta(days=7),
+        reason="QA for the Flux launch",
+        at=T0,
+    )
     assert app.subscription(user).plan.slug == "tester"
     flux = JobParameters(model="flux-schnell", prompt="x", steps=4, width=512, height=512)
     assert submit(app, user, "flux", flux).status == "accepted"
-    app.grant_credits(user, grant_id="promo-7", source=LotSource.PURCHASE, amount_mc=5000,
-                      valid_from=T0, valid_until=None, actor="stripe", reason="top-up",
-                      at=T0)  # fmt: skip
-    app.adjust_credits(user, adjustment_id="adj-1", amount_mc=-1000, reason="duplicate grant",
-                       actor="admin@pinksea", at=T0)  # fmt: skip
+    app.grant_credits(
+        user,
+        grant_id="promo-7",
+        source=LotSource.PURCHASE,
+        amount_mc=5000,
+        valid_from=T0,
+        valid_until=None,
+        actor="stripe",
+        reason="top-up",
+        at=T0,
+    )
+    app.adjust_credits(
+        user,
+        adjustment_id="adj-1",
+        amount_mc=-1000,
+        reason="duplicate grant",
+        actor="admin@pinksea",
+        at=T0,
+    )
     account = app.account(user)
     sources = sorted(lot.source for lot in account.lots.values())
     assert sources == ["purchase", "tester", "trial"]

@@ -28,11 +28,27 @@ def test_sixteen_writers_get_exactly_k_jobs_and_never_overspend(database_url: st
     user = f"racer-{uuid4()}"
     app.register_user(user, T0)
     # Enough queue room for every attempt, and credit for exactly K holds.
-    app.change_plan(user, to_plan="enterprise", actor="test", reason="race", at=T0, custom_terms={
-        "credits_per_month": 1, "tier": "basic", "concurrent_jobs": 100, "storage_gb": 1,
-    })  # fmt: skip
-    app.adjust_credits(user, adjustment_id="zero", amount_mc=-get_plan("trial").credits_per_month_mc,
-                       reason="start from nothing", actor="test", at=T0)  # fmt: skip
+    app.change_plan(
+        user,
+        to_plan="enterprise",
+        actor="test",
+        reason="race",
+        at=T0,
+        custom_terms={
+            "credits_per_month": 1,
+            "tier": "basic",
+            "concurrent_jobs": 100,
+            "storage_gb": 1,
+        },
+    )
+    app.adjust_credits(
+        user,
+        adjustment_id="zero",
+        amount_mc=-get_plan("trial").credits_per_month_mc,
+        reason="start from nothing",
+        actor="test",
+        at=T0,
+    )
     probe = app.submit_job(user, idempotency_key="probe", params=TINY, at=T0)
     assert probe.rejection == "insufficient_credits"
     hold_mc = hold_for_estimate(
@@ -41,8 +57,17 @@ def test_sixteen_writers_get_exactly_k_jobs_and_never_overspend(database_url: st
         ),
         GpuTier.BASIC,
     )
-    app.grant_credits(user, grant_id="exactly-k", source=LotSource.PURCHASE, amount_mc=K * hold_mc,
-                      valid_from=T0, valid_until=None, actor="test", reason="race", at=T0)  # fmt: skip
+    app.grant_credits(
+        user,
+        grant_id="exactly-k",
+        source=LotSource.PURCHASE,
+        amount_mc=K * hold_mc,
+        valid_from=T0,
+        valid_until=None,
+        actor="test",
+        reason="race",
+        at=T0,
+    )
 
     def writer(thread: int) -> list[str]:
         return [

@@ -36,10 +36,16 @@ def grant(
     days: int | None = 30,
 ) -> None:
     account.grant(
-        lot_id=lot_id, source=source, amount_mc=mc, valid_from=valid_from,
-        valid_until=None if days is None else valid_from + days * DAY, reference=lot_id,
-        actor="test", reason="test", at=T0,
-    )  # fmt: skip
+        lot_id=lot_id,
+        source=source,
+        amount_mc=mc,
+        valid_from=valid_from,
+        valid_until=None if days is None else valid_from + days * DAY,
+        reference=lot_id,
+        actor="test",
+        reason="test",
+        at=T0,
+    )
 
 
 def test_spend_order_soonest_expiry_then_promotional_then_oldest() -> None:

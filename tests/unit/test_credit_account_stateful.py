@@ -162,9 +162,16 @@ class LedgerMachine(RuleBasedStateMachine):
         valid_from = self.now + timedelta(minutes=starts_in)
         valid_until = None if lasts is None else valid_from + timedelta(minutes=lasts)
         kwargs = dict(
-            lot_id=lot_id, source=LotSource(source), amount_mc=amount, valid_from=valid_from,
-            valid_until=valid_until, reference=lot_id, actor="test", reason="test", at=self.now,
-        )  # fmt: skip
+            lot_id=lot_id,
+            source=LotSource(source),
+            amount_mc=amount,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            reference=lot_id,
+            actor="test",
+            reason="test",
+            at=self.now,
+        )
         assert self.account.grant(**kwargs) is True
         if repeat:
             assert self.account.grant(**kwargs) is False  # a repeated grant changes nothing
@@ -277,9 +284,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 pass
         if amount > 0:
             lot_id = self.account.adjustments and next(
-                lot.lot_id for lot in self.account.lots.values()
+                lot.lot_id
+                for lot in self.account.lots.values()
                 if lot.reference == f"adjustment:{adjustment_id}"
-            )  # fmt: skip
+            )
             self.ref.lots[lot_id] = RefLot(
                 lot_id, len(self.ref.lots), "admin", self.now, None, amount, amount
             )
@@ -316,9 +324,14 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             assert new.amount_mc == to_new_lot and new.source == "refund"
             self.ref.lots[new.lot_id] = RefLot(
-                new.lot_id, len(self.ref.lots), "refund", self.now, new.valid_until,
-                to_new_lot, to_new_lot,
-            )  # fmt: skip
+                new.lot_id,
+                len(self.ref.lots),
+                "refund",
+                self.now,
+                new.valid_until,
+                to_new_lot,
+                to_new_lot,
+            )
         ref.refunded = True
         self._persist()
 
@@ -335,10 +348,24 @@ class LedgerMachine(RuleBasedStateMachine):
         assert set(self.account.lots) == set(self.ref.lots)
         for lot_id, ref in self.ref.lots.items():
             lot = self.account.lots[lot_id]
-            got = (lot.remaining_mc, lot.held_mc, lot.consumed_mc, lot.expired_mc, lot.debited_mc,
-                   lot.refunded_mc, lot.expired)  # fmt: skip
-            want = (ref.remaining, ref.held, ref.consumed, ref.expired, ref.debited, ref.refunded,
-                    ref.is_expired)  # fmt: skip
+            got = (
+                lot.remaining_mc,
+                lot.held_mc,
+                lot.consumed_mc,
+                lot.expired_mc,
+                lot.debited_mc,
+                lot.refunded_mc,
+                lot.expired,
+            )
+            want = (
+                ref.remaining,
+                ref.held,
+                ref.consumed,
+                ref.expired,
+                ref.debited,
+                ref.refunded,
+                ref.is_expired,
+            )
             assert got == want, f"lot {lot_id} ({ref.source}): {got} != {want}"
 
     @invariant()

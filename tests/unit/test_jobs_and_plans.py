@@ -83,8 +83,11 @@ def test_plan_table_matches_the_operator_table() -> None:
     assert set(PLANS) == {"starter", "pro", "studio", "enterprise", "tester", "trial"}
     pro = PLANS["pro"]
     assert (pro.credits_per_month, pro.tier, pro.concurrent_jobs, pro.storage_gb) == (
-        15_000, GpuTier.HIGH_PERFORMANCE, 1, 100,
-    )  # fmt: skip
+        15_000,
+        GpuTier.HIGH_PERFORMANCE,
+        1,
+        100,
+    )
     assert PLANS["studio"].concurrent_jobs == 3 and PLANS["enterprise"].lora_training
     assert not PLANS["starter"].api_access and PLANS["tester"].credits_per_month == 50_000
     assert ModelAccess.FULL.allows(ModelAccess.FLUX_INCLUDED)
@@ -96,9 +99,18 @@ def test_enterprise_needs_custom_terms() -> None:
     sub = Subscription.start_trial("u", T0)
     with pytest.raises(InvalidParameters, match="custom terms"):
         sub.change_plan(to_plan="enterprise", actor="admin", reason="deal", at=T0)
-    sub.change_plan(to_plan="enterprise", actor="admin", reason="deal", at=T0, custom_terms={
-        "credits_per_month": 200_000, "tier": "dedicated", "concurrent_jobs": 8, "storage_gb": 2000,
-    })  # fmt: skip
+    sub.change_plan(
+        to_plan="enterprise",
+        actor="admin",
+        reason="deal",
+        at=T0,
+        custom_terms={
+            "credits_per_month": 200_000,
+            "tier": "dedicated",
+            "concurrent_jobs": 8,
+            "storage_gb": 2000,
+        },
+    )
     plan = sub.plan
     assert (plan.credits_per_month, plan.tier, plan.concurrent_jobs) == (
         200_000,
