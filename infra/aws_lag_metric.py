@@ -1,0 +1,328 @@
+"""Publish Kafka consumer lag as CloudWatch metrics (the GPU auto-scaling signal).
+
+An adapter, nothing more: it reads committed offsets of every ``pinksea-*`` consumer group and
+the end offsets of the partitions they consume, and writes, every ``--interval`` seconds, to
+the CloudWatch namespace ``Pinksea/Kafka``:
+
+``ConsumerLag``    {Environment, ConsumerGroup}          sum of the group's lag over its topics
+``ConsumerLag``    {Environment, ConsumerGroup, Topic}   the same, per topic
+``MaxConsumerLag`` {Environment}                         the largest group lag (alarm > 100)
+
+The GPU auto-scaling groups scale on ``ConsumerLag`` of ``pinksea-gpu-<tier>``, the group that
+reads ``pinksea.gpu.dispatch.<tier>.v1`` (infra/terraform/modules/compute/gpu.tf).
+
+Lag of a partition = end offset - committed offset; a partition the group has never committed
+counts from the log start (our consumers start at the earliest offset).
+
+Run it as ``python -m infra.aws_lag_metric`` (the ECS service ``lag-metric`` does so); the
+``pinksea`` CLI is meant to expose the same ``main()`` as ``pinksea lag-metric`` (docs/DEPLOY.md).
+On MSK (TLS + IAM) set ``--security-protocol SASL_SSL --sasl-mechanism OAUTHBEARER`` or the
+``PINKSEA_KAFKA_SECURITY_PROTOCOL`` / ``PINKSEA_KAFKA_SASL_MECHANISM`` environment variables;
+OAUTHBEARER tokens come from the ``aws-msk-iam-sasl-signer-python`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("pinksea.lag_metric")
+
+NAMESPACE = "Pinksea/Kafka"
+GROUP_PREFIX = "pinksea-"
+#: CloudWatch accepts at most 1000 metric data items per PutMetricData call.
+MAX_ITEMS_PER_CALL = 1000
+
+
+@dataclass(frozen=True, order=True)
+class Partition:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class TopicLag:
+    group: str
+    topic: str
+    lag: int
+
+
+# --------------------------------------------------------------------------------------------
+# Pure part: offsets in, lag and metric data out
+# --------------------------------------------------------------------------------------------
+
+
+def partition_lag(end: int, committed: int | None, start: int = 0) -> int:
+    """Events of one partition the group has not committed yet (never negative)."""
+    position = start if committed is None or committed < 0 else committed
+    return max(0, end - position)
+
+
+def group_lag(
+    group: str,
+    committed: Mapping[Partition, int | None],
+    end_offsets: Mapping[Partition, int],
+    start_offsets: Mapping[Partition, int] | None = None,
+) -> list[TopicLag]:
+    """Lag of one group per topic, over the partitions it has committed offsets for."""
+    start_offsets = start_offsets or {}
+    per_topic: dict[str, int] = {}
+    for tp, offset in committed.items():
+        if tp not in end_offsets:
+            continue  # partition deleted or not visible: nothing to wait for
+        lag = partition_lag(end_offsets[tp], offset, start_offsets.get(tp, 0))
+        per_topic[tp.topic] = per_topic.get(tp.topic, 0) + lag
+    return [TopicLag(group, topic, lag) for topic, lag in sorted(per_topic.items())]
+
+
+def metric_data(
+    lags: Iterable[TopicLag],
+    environment: str,
+    groups: Iterable[str] = (),
+    timestamp: float | None = None,
+) -> list[dict[str, Any]]:
+    """CloudWatch ``MetricData`` items for ``put_metric_data``.
+
+    ``groups`` names groups that must be published even without a committed offset (their lag
+    is then 0): the GPU groups, so their scale-in alarm always has data.
+    """
+    ts = time.time() if timestamp is None else timestamp
+    lags = list(lags)
+    per_group: dict[str, int] = {g: 0 for g in groups}
+    for item in lags:
+        per_group[item.group] = per_group.get(item.group, 0) + item.lag
+
+    def datum(name: str, value: int, **dims: str) -> dict[str, Any]:
+        return {
+            "MetricName": name,
+            "Dimensions": [{"Name": k, "Value": v} for k, v in dims.items()],
+            "Timestamp": ts,
+            "Value": float(value),
+            "Unit": "Count",
+        }
+
+    data = [
+        datum("ConsumerLag", lag, Environment=environment, ConsumerGroup=group)
+        for group, lag in sorted(per_group.items())
+    ]
+    data += [
+        datum(
+            "ConsumerLag",
+            item.lag,
+            Environment=environment,
+            ConsumerGroup=item.group,
+            Topic=item.topic,
+        )
+        for item in lags
+    ]
+    data.append(
+        datum("MaxConsumerLag", max(per_group.values(), default=0), Environment=environment)
+    )
+    return data
+
+
+def chunks(
+    items: Sequence[dict[str, Any]], size: int = MAX_ITEMS_PER_CALL
+) -> Iterator[list[dict[str, Any]]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka side
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KafkaConnection:
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    region: str | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context()
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            if self.sasl_mechanism == "OAUTHBEARER":
+                kwargs["sasl_oauth_token_provider"] = msk_iam_token_provider(self.region)
+        return kwargs
+
+
+def msk_iam_token_provider(region: str | None) -> Any:
+    """An aiokafka token provider that signs MSK IAM tokens with the task's credentials."""
+    try:
+        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
+    except ImportError as exc:  # pragma: no cover - depends on the deployment image
+        raise SystemExit(
+            "OAUTHBEARER on MSK needs the aws-msk-iam-sasl-signer-python package"
+        ) from exc
+    from aiokafka.abc import AbstractTokenProvider
+
+    aws_region = region or os.environ.get("AWS_REGION") or "ap-northeast-2"
+
+    class _Provider(AbstractTokenProvider):  # type: ignore[misc]
+        async def token(self) -> str:
+            token, _expiry_ms = await asyncio.to_thread(
+                MSKAuthTokenProvider.generate_auth_token, aws_region
+            )
+            return str(token)
+
+    return _Provider()
+
+
+async def collect_lag(conn: KafkaConnection, group_prefix: str = GROUP_PREFIX) -> list[TopicLag]:
+    """Committed vs end offsets of every consumer group whose id starts with ``group_prefix``."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.structs import TopicPartition
+
+    admin = AIOKafkaAdminClient(client_id="pinksea-lag-metric", **conn.client_kwargs())
+    consumer = AIOKafkaConsumer(
+        client_id="pinksea-lag-metric", enable_auto_commit=False, **conn.client_kwargs()
+    )
+    await admin.start()
+    await consumer.start()
+    try:
+        groups = sorted(
+            g[0] for g in await admin.list_consumer_groups() if str(g[0]).startswith(group_prefix)
+        )
+        committed_by_group: dict[str, dict[Partition, int | None]] = {}
+        for group in groups:
+            offsets = await admin.list_consumer_group_offsets(group)
+            committed_by_group[group] = {
+                Partition(tp.topic, tp.partition): (om.offset if om is not None else None)
+                for tp, om in offsets.items()
+            }
+        partitions = sorted({tp for c in committed_by_group.values() for tp in c})
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        starts = await consumer.beginning_offsets(tps) if tps else {}
+        end_offsets = {Partition(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
+        start_offsets = {Partition(tp.topic, tp.partition): int(o) for tp, o in starts.items()}
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+    lags: list[TopicLag] = []
+    for group, committed in committed_by_group.items():
+        lags += group_lag(group, committed, end_offsets, start_offsets)
+    return lags
+
+
+# --------------------------------------------------------------------------------------------
+# CloudWatch side and the loop
+# --------------------------------------------------------------------------------------------
+
+
+def publish(data: Sequence[dict[str, Any]], namespace: str, cloudwatch: Any) -> int:
+    """Send ``data`` with as few PutMetricData calls as allowed; returns the number of calls."""
+    calls = 0
+    for part in chunks(data):
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=part)
+        calls += 1
+    return calls
+
+
+async def run_once(args: argparse.Namespace, cloudwatch: Any | None) -> list[dict[str, Any]]:
+    conn = KafkaConnection(
+        bootstrap_servers=args.bootstrap_servers,
+        security_protocol=args.security_protocol,
+        sasl_mechanism=args.sasl_mechanism or None,
+        region=args.region,
+    )
+    lags = await collect_lag(conn, args.group_prefix)
+    data = metric_data(lags, args.environment, groups=args.always_group)
+    if cloudwatch is None:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        await asyncio.to_thread(publish, data, args.namespace, cloudwatch)
+    worst = max((d["Value"] for d in data if d["MetricName"] == "MaxConsumerLag"), default=0.0)
+    log.info("published %d lag data points, max lag %d", len(data), int(worst))
+    return data
+
+
+async def run(args: argparse.Namespace) -> int:
+    cloudwatch = None
+    if not args.dry_run:
+        import boto3
+
+        cloudwatch = boto3.client("cloudwatch", region_name=args.region)
+    while True:
+        started = time.monotonic()
+        try:
+            await run_once(args, cloudwatch)
+        except Exception:  # keep publishing; a silent gap trips the consumer-lag alarm
+            log.exception("lag collection failed")
+            if args.interval <= 0:
+                return 1
+        if args.interval <= 0:
+            return 0
+        await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+
+
+def _default_bootstrap() -> str:
+    env = os.environ.get("PINKSEA_KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        return env
+    try:
+        from infra.settings import get_settings
+
+        return get_settings().kafka_bootstrap_servers
+    except Exception:  # pragma: no cover - settings not importable in a bare image
+        return "127.0.0.1:9092"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="pinksea lag-metric", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bootstrap-servers", default=_default_bootstrap())
+    p.add_argument(
+        "--security-protocol", default=env.get("PINKSEA_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    )
+    p.add_argument("--sasl-mechanism", default=env.get("PINKSEA_KAFKA_SASL_MECHANISM", ""))
+    p.add_argument(
+        "--region",
+        default=env.get("AWS_REGION") or env.get("PINKSEA_S3_REGION") or "ap-northeast-2",
+    )
+    p.add_argument("--namespace", default=NAMESPACE)
+    p.add_argument("--environment", default=env.get("PINKSEA_ENVIRONMENT", "local"))
+    p.add_argument("--group-prefix", default=GROUP_PREFIX)
+    p.add_argument(
+        "--always-group",
+        action="append",
+        default=[],
+        help="group published even before its first commit (repeatable; default: GPU groups)",
+    )
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between runs; 0 runs once")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the metric data instead of publishing"
+    )
+    args = p.parse_args(argv)
+    if not args.always_group:
+        args.always_group = [f"pinksea-gpu-{t}" for t in ("basic", "high_performance", "dedicated")]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("PINKSEA_LOG_LEVEL", "INFO"), stream=sys.stderr)
+    return asyncio.run(run(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
