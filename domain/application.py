@@ -78,6 +78,9 @@ class SettlementResult:
 class PinkseaApplication(Application[UUID]):
     name = "Pinksea"  # the event tables are pinksea_events and pinksea_snapshots
     snapshotting_intervals = {CreditAccount: 50}
+    # Cached aggregates are fast-forwarded from the store on every read (one query instead of
+    # snapshot + events), and deep-copied so a failed command never corrupts the cache.
+    env = {"AGGREGATE_CACHE_MAXSIZE": "10000"}
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -163,23 +166,37 @@ class PinkseaApplication(Application[UUID]):
         return self._retrying(command)
 
     def start_subscription(
-        self, user_id: str, *, plan: str, external_id: str, period_start: datetime,
-        period_end: datetime, at: datetime,
-    ) -> CommandResult:  # fmt: skip
+        self,
+        user_id: str,
+        *,
+        plan: str,
+        external_id: str,
+        period_start: datetime,
+        period_end: datetime,
+        at: datetime,
+    ) -> CommandResult:
         def command() -> CommandResult:
             sub = self.subscription(user_id)
             changed = sub.start(
-                plan=plan, external_id=external_id, period_start=period_start,
-                period_end=period_end, at=at,
-            )  # fmt: skip
+                plan=plan,
+                external_id=external_id,
+                period_start=period_start,
+                period_end=period_end,
+                at=at,
+            )
             return CommandResult(changed, self._save(sub))
 
         return self._retrying(command)
 
     def renew_period(
-        self, user_id: str, *, invoice_id: str, period_start: datetime, period_end: datetime,
+        self,
+        user_id: str,
+        *,
+        invoice_id: str,
+        period_start: datetime,
+        period_end: datetime,
         at: datetime,
-    ) -> CommandResult:  # fmt: skip
+    ) -> CommandResult:
         """A paid invoice: record the period and grant its credits, valid to period end."""
 
         def command() -> CommandResult:
@@ -206,9 +223,15 @@ class PinkseaApplication(Application[UUID]):
         return self._retrying(command)
 
     def change_plan(
-        self, user_id: str, *, to_plan: str, actor: str, reason: str, at: datetime,
+        self,
+        user_id: str,
+        *,
+        to_plan: str,
+        actor: str,
+        reason: str,
+        at: datetime,
         custom_terms: CustomTerms | None = None,
-    ) -> CommandResult:  # fmt: skip
+    ) -> CommandResult:
         def command() -> CommandResult:
             sub = self.subscription(user_id)
             changed = sub.change_plan(
@@ -219,9 +242,17 @@ class PinkseaApplication(Application[UUID]):
         return self._retrying(command)
 
     def grant_tester_plan(
-        self, user_id: str, *, grant_id: str, admin: str, credits: int, valid_from: datetime,
-        valid_until: datetime, reason: str, at: datetime,
-    ) -> CommandResult:  # fmt: skip
+        self,
+        user_id: str,
+        *,
+        grant_id: str,
+        admin: str,
+        credits: int,
+        valid_from: datetime,
+        valid_until: datetime,
+        reason: str,
+        at: datetime,
+    ) -> CommandResult:
         """An admin puts a user on the tester plan with credits for a validity window."""
 
         def command() -> CommandResult:
@@ -229,10 +260,16 @@ class PinkseaApplication(Application[UUID]):
             account = self._account_or_open(user_id, at)
             changed = sub.change_plan(to_plan="tester", actor=admin, reason=reason, at=at)
             changed |= account.grant(
-                lot_id=ids.lot_id("tester", grant_id), source=LotSource.TESTER,
-                amount_mc=credits_to_mc(credits), valid_from=valid_from, valid_until=valid_until,
-                reference=grant_id, actor=admin, reason=reason, at=at,
-            )  # fmt: skip
+                lot_id=ids.lot_id("tester", grant_id),
+                source=LotSource.TESTER,
+                amount_mc=credits_to_mc(credits),
+                valid_from=valid_from,
+                valid_until=valid_until,
+                reference=grant_id,
+                actor=admin,
+                reason=reason,
+                at=at,
+            )
             return CommandResult(changed, self._save(sub, account))
 
         return self._retrying(command)
@@ -266,16 +303,31 @@ class PinkseaApplication(Application[UUID]):
     # ------------------------------------------------------------------------ credits
 
     def grant_credits(
-        self, user_id: str, *, grant_id: str, source: LotSource, amount_mc: int,
-        valid_from: datetime, valid_until: datetime | None, actor: str, reason: str, at: datetime,
-    ) -> CommandResult:  # fmt: skip
+        self,
+        user_id: str,
+        *,
+        grant_id: str,
+        source: LotSource,
+        amount_mc: int,
+        valid_from: datetime,
+        valid_until: datetime | None,
+        actor: str,
+        reason: str,
+        at: datetime,
+    ) -> CommandResult:
         def command() -> CommandResult:
             account = self._account_or_open(user_id, at)
             changed = account.grant(
-                lot_id=ids.lot_id(source.value, grant_id), source=source, amount_mc=amount_mc,
-                valid_from=valid_from, valid_until=valid_until, reference=grant_id, actor=actor,
-                reason=reason, at=at,
-            )  # fmt: skip
+                lot_id=ids.lot_id(source.value, grant_id),
+                source=source,
+                amount_mc=amount_mc,
+                valid_from=valid_from,
+                valid_until=valid_until,
+                reference=grant_id,
+                actor=actor,
+                reason=reason,
+                at=at,
+            )
             return CommandResult(
                 changed, self._save(account) if changed else self.current_position()
             )
@@ -283,9 +335,15 @@ class PinkseaApplication(Application[UUID]):
         return self._retrying(command)
 
     def adjust_credits(
-        self, user_id: str, *, adjustment_id: str, amount_mc: int, reason: str, actor: str,
+        self,
+        user_id: str,
+        *,
+        adjustment_id: str,
+        amount_mc: int,
+        reason: str,
+        actor: str,
         at: datetime,
-    ) -> CommandResult:  # fmt: skip
+    ) -> CommandResult:
         def command() -> CommandResult:
             account = self.account(user_id)
             changed = account.adjust(
@@ -308,46 +366,43 @@ class PinkseaApplication(Application[UUID]):
     # --------------------------------------------------------------------------- jobs
 
     def submit_job(
-        self, user_id: str, *, idempotency_key: str, params: JobParameters, at: datetime,
+        self,
+        user_id: str,
+        *,
+        idempotency_key: str,
+        params: JobParameters,
+        at: datetime,
         storage_used_bytes: int = 0,
-    ) -> SubmitResult:  # fmt: skip
+    ) -> SubmitResult:
         """Create the job and hold its credits in one save, or record why it was rejected.
 
         Invalid parameters raise InvalidParameters and record nothing.
         """
 
         def command() -> SubmitResult:
-            existing = self._get(ids.job_id(user_id, idempotency_key))
-            if existing is not None:
-                assert isinstance(existing, GenerationJob)
-                existing.ensure_same_request(params)
-                return _submit_result(existing, self.current_position(), created=False)
             sub = self.subscription(user_id)
             account = self.account(user_id)
             plan = sub.plan
             job = GenerationJob.submit(
-                user_id=user_id, idempotency_key=idempotency_key, params=params,
-                tier=plan.tier.value, at=at,
-            )  # fmt: skip
-            refusal = _entitlement_refusal(sub, plan, account, params, storage_used_bytes)
-            if refusal is not None:
-                job.reject(reason=refusal[0], detail=refusal[1], at=at)
-                return _submit_result(job, self._save(job), created=True)
-            estimate_ms = estimate_gpu_ms(
-                MODELS[params.model].family, plan.tier, steps=params.steps, width=params.width,
-                height=params.height, batch_size=params.batch_size,
-            )  # fmt: skip
-            hold_mc = hold_for_estimate(estimate_ms, plan.tier)
+                user_id=user_id,
+                idempotency_key=idempotency_key,
+                params=params,
+                tier=plan.tier.value,
+                at=at,
+            )
+            _decide(job, sub, plan, account, params, storage_used_bytes, at)
             try:
-                account.reserve(hold_id=job.hold_id, job_id=str(job.id), amount_mc=hold_mc, at=at)
-            except InsufficientCredits as e:
-                job.reject(reason=RejectionReason.INSUFFICIENT_CREDITS, detail=e.detail, at=at)
-                return _submit_result(job, self._save(job), created=True)
-            job.accept(
-                hold_mc=hold_mc, estimate_ms=estimate_ms,
-                budget_ms=budget_ms_for_hold(hold_mc, plan.tier), at=at,
-            )  # fmt: skip
-            return _submit_result(job, self._save(job, account), created=True)
+                # Optimistic: a repeated key is rare, so don't read the job first; the job's
+                # first event conflicts on save if the key was used before.
+                position = self._save(job, account)
+            except IntegrityError:
+                existing = self._get(job.id)
+                if existing is None:
+                    raise  # the account changed under us: _retrying reads it again
+                assert isinstance(existing, GenerationJob)
+                existing.ensure_same_request(params)
+                return _submit_result(existing, self.current_position(), created=False)
+            return _submit_result(job, position, created=True)
 
         return self._retrying(command)
 
@@ -382,9 +437,14 @@ class PinkseaApplication(Application[UUID]):
             if attempt > MAX_ATTEMPTS:
                 account = self.account(job.user_id)
                 job.fail(
-                    attempt=job.attempt, reason=f"gave up after {MAX_ATTEMPTS} attempts",
-                    retryable=False, fault=Fault.PLATFORM, gpu_ms=0, charged_mc=0, at=at,
-                )  # fmt: skip
+                    attempt=job.attempt,
+                    reason=f"gave up after {MAX_ATTEMPTS} attempts",
+                    retryable=False,
+                    fault=Fault.PLATFORM,
+                    gpu_ms=0,
+                    charged_mc=0,
+                    at=at,
+                )
                 account.release(hold_id=job.hold_id, reason="attempts exhausted", at=at)
                 return CommandResult(True, self._save(job, account))
             changed = job.dispatch(attempt=attempt, worker_id=worker_id, at=at)
@@ -405,9 +465,15 @@ class PinkseaApplication(Application[UUID]):
         return self._retrying(command)
 
     def complete_job(
-        self, job_id: UUID, *, attempt: int, gpu_ms: int, cuda_ms: int | None,
-        images: list[ImageRecord], at: datetime,
-    ) -> SettlementResult:  # fmt: skip
+        self,
+        job_id: UUID,
+        *,
+        attempt: int,
+        gpu_ms: int,
+        cuda_ms: int | None,
+        images: list[ImageRecord],
+        at: datetime,
+    ) -> SettlementResult:
         """A finished run: the job completes and its hold settles at the measured GPU time,
         atomically. Duplicate, late and stale-attempt reports change nothing."""
 
@@ -418,21 +484,35 @@ class PinkseaApplication(Application[UUID]):
             account = self.account(job.user_id)
             billed_ms, charged = _billed(job, gpu_ms)
             account.settle(
-                hold_id=job.hold_id, charged_mc=charged, gpu_ms=billed_ms,
-                rate_mc_per_ms=_rate(job), at=at,
-            )  # fmt: skip
+                hold_id=job.hold_id,
+                charged_mc=charged,
+                gpu_ms=billed_ms,
+                rate_mc_per_ms=_rate(job),
+                at=at,
+            )
             job.complete(
-                attempt=attempt, gpu_ms=gpu_ms, cuda_ms=cuda_ms, charged_mc=charged,
-                images=images, at=at,
-            )  # fmt: skip
+                attempt=attempt,
+                gpu_ms=gpu_ms,
+                cuda_ms=cuda_ms,
+                charged_mc=charged,
+                images=images,
+                at=at,
+            )
             return SettlementResult(True, job.status, charged, self._save(job, account))
 
         return self._retrying(command)
 
     def fail_job(
-        self, job_id: UUID, *, attempt: int, reason: str, retryable: bool, fault: Fault,
-        gpu_ms: int, at: datetime,
-    ) -> SettlementResult:  # fmt: skip
+        self,
+        job_id: UUID,
+        *,
+        attempt: int,
+        reason: str,
+        retryable: bool,
+        fault: Fault,
+        gpu_ms: int,
+        at: datetime,
+    ) -> SettlementResult:
         """A failed run. Retryable with attempts left: back to the queue, hold kept. Otherwise
         terminal: a platform fault voids the hold; a user fault bills the GPU time used."""
 
@@ -447,16 +527,24 @@ class PinkseaApplication(Application[UUID]):
             if fault is Fault.USER:
                 billed_ms, charged = _billed(job, gpu_ms)
                 account.settle(
-                    hold_id=job.hold_id, charged_mc=charged, gpu_ms=billed_ms,
-                    rate_mc_per_ms=_rate(job), at=at,
-                )  # fmt: skip
+                    hold_id=job.hold_id,
+                    charged_mc=charged,
+                    gpu_ms=billed_ms,
+                    rate_mc_per_ms=_rate(job),
+                    at=at,
+                )
             else:
                 charged = 0
                 account.release(hold_id=job.hold_id, reason=f"platform failure: {reason}", at=at)
             job.fail(
-                attempt=attempt, reason=reason, retryable=retryable, fault=fault, gpu_ms=gpu_ms,
-                charged_mc=charged, at=at,
-            )  # fmt: skip
+                attempt=attempt,
+                reason=reason,
+                retryable=retryable,
+                fault=fault,
+                gpu_ms=gpu_ms,
+                charged_mc=charged,
+                at=at,
+            )
             return SettlementResult(True, job.status, charged, self._save(job, account))
 
         return self._retrying(command)
@@ -473,9 +561,12 @@ class PinkseaApplication(Application[UUID]):
             account = self.account(job.user_id)
             billed_ms, charged = _billed(job, gpu_ms)
             account.settle(
-                hold_id=job.hold_id, charged_mc=charged, gpu_ms=billed_ms,
-                rate_mc_per_ms=_rate(job), at=at,
-            )  # fmt: skip
+                hold_id=job.hold_id,
+                charged_mc=charged,
+                gpu_ms=billed_ms,
+                rate_mc_per_ms=_rate(job),
+                at=at,
+            )
             job.cancel(gpu_ms=gpu_ms, charged_mc=charged, at=at)
             return SettlementResult(True, job.status, charged, self._save(job, account))
 
@@ -515,10 +606,49 @@ def _billed(job: GenerationJob, gpu_ms: int) -> tuple[int, int]:
     return billed_ms, charge_for(billed_ms, GpuTier(job.tier))
 
 
-def _entitlement_refusal(
-    sub: Subscription, plan: Plan, account: CreditAccount, params: JobParameters,
+def _decide(
+    job: GenerationJob,
+    sub: Subscription,
+    plan: Plan,
+    account: CreditAccount,
+    params: JobParameters,
     storage_used_bytes: int,
-) -> tuple[RejectionReason, str] | None:  # fmt: skip
+    at: datetime,
+) -> None:
+    """Accept the job and hold its credits on the account, or reject it with a reason."""
+    refusal = _entitlement_refusal(sub, plan, account, params, storage_used_bytes)
+    if refusal is not None:
+        job.reject(reason=refusal[0], detail=refusal[1], at=at)
+        return
+    estimate_ms = estimate_gpu_ms(
+        MODELS[params.model].family,
+        plan.tier,
+        steps=params.steps,
+        width=params.width,
+        height=params.height,
+        batch_size=params.batch_size,
+    )
+    hold_mc = hold_for_estimate(estimate_ms, plan.tier)
+    try:
+        account.reserve(hold_id=job.hold_id, job_id=str(job.id), amount_mc=hold_mc, at=at)
+    except InsufficientCredits as e:
+        job.reject(reason=RejectionReason.INSUFFICIENT_CREDITS, detail=e.detail, at=at)
+        return
+    job.accept(
+        hold_mc=hold_mc,
+        estimate_ms=estimate_ms,
+        budget_ms=budget_ms_for_hold(hold_mc, plan.tier),
+        at=at,
+    )
+
+
+def _entitlement_refusal(
+    sub: Subscription,
+    plan: Plan,
+    account: CreditAccount,
+    params: JobParameters,
+    storage_used_bytes: int,
+) -> tuple[RejectionReason, str] | None:
     if sub.is_past_due:
         return (
             RejectionReason.PAYMENT_FAILED,

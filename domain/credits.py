@@ -14,7 +14,7 @@ Invariants (checked by tests/unit/test_credit_account_stateful.py after every st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypedDict
@@ -106,6 +106,11 @@ class Lot:
     refunded_mc: int = 0  # consumed credit given back by refunds
     expired: bool = False  # the expiry event has happened
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Lot:
+        # Every field is immutable: a shallow copy is a deep copy, and much cheaper. The
+        # repository deep-copies cached accounts on every command.
+        return replace(self)
+
     def spendable_at(self, at: datetime) -> bool:
         return (
             not self.expired
@@ -130,6 +135,9 @@ class Hold:
     charged_mc: int = 0
     charges: dict[str, int] = field(default_factory=dict)  # lot_id -> mc charged
     refunded_mc: int = 0
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Hold:
+        return replace(self, allocations=dict(self.allocations), charges=dict(self.charges))
 
 
 class CreditAccount(Aggregate):

@@ -42,8 +42,14 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({JobStatus.REJECTED.value, JobStatus.COMPLETED.value, JobStatus.FAILED.value,
-                      JobStatus.CANCELLED.value})  # fmt: skip
+TERMINAL = frozenset(
+    {
+        JobStatus.REJECTED.value,
+        JobStatus.COMPLETED.value,
+        JobStatus.FAILED.value,
+        JobStatus.CANCELLED.value,
+    }
+)
 
 
 class RejectionReason(StrEnum):
@@ -331,14 +337,24 @@ class GenerationJob(Aggregate):
         return True
 
     def complete(
-        self, *, attempt: int, gpu_ms: int, cuda_ms: int | None, charged_mc: int,
-        images: list[ImageRecord], at: datetime,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        attempt: int,
+        gpu_ms: int,
+        cuda_ms: int | None,
+        charged_mc: int,
+        images: list[ImageRecord],
+        at: datetime,
+    ) -> None:
         self._require_current(attempt)
         self._completed(
-            attempt=attempt, gpu_ms=gpu_ms, cuda_ms=cuda_ms, charged_mc=charged_mc,
-            images=images, timestamp=at,
-        )  # fmt: skip
+            attempt=attempt,
+            gpu_ms=gpu_ms,
+            cuda_ms=cuda_ms,
+            charged_mc=charged_mc,
+            images=images,
+            timestamp=at,
+        )
 
     def fail_attempt(self, *, attempt: int, reason: str, at: datetime) -> None:
         """A retryable failure: back to the queue with the hold kept."""
@@ -348,23 +364,37 @@ class GenerationJob(Aggregate):
         self._attempt_failed(attempt=attempt, reason=reason, timestamp=at)
 
     def fail(
-        self, *, attempt: int, reason: str, retryable: bool, fault: Fault, gpu_ms: int,
-        charged_mc: int, at: datetime,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        attempt: int,
+        reason: str,
+        retryable: bool,
+        fault: Fault,
+        gpu_ms: int,
+        charged_mc: int,
+        at: datetime,
+    ) -> None:
         if attempt != self.attempt or self.is_terminal:
             raise InvalidTransition(f"attempt {attempt} is not the job's current attempt")
         self._failed(
-            attempt=attempt, reason=reason, retryable=retryable, fault=fault.value,
-            gpu_ms=gpu_ms, charged_mc=charged_mc, timestamp=at,
-        )  # fmt: skip
+            attempt=attempt,
+            reason=reason,
+            retryable=retryable,
+            fault=fault.value,
+            gpu_ms=gpu_ms,
+            charged_mc=charged_mc,
+            timestamp=at,
+        )
 
     def cancel(self, *, gpu_ms: int, charged_mc: int, at: datetime) -> None:
         if self.is_terminal:
             raise InvalidTransition(f"a {self.status} job cannot be cancelled")
         self._cancelled(
-            after_start=self.status == JobStatus.RUNNING.value, gpu_ms=gpu_ms,
-            charged_mc=charged_mc, timestamp=at,
-        )  # fmt: skip
+            after_start=self.status == JobStatus.RUNNING.value,
+            gpu_ms=gpu_ms,
+            charged_mc=charged_mc,
+            timestamp=at,
+        )
 
     def refund(self, *, amount_mc: int, reason: str, actor: str, at: datetime) -> None:
         if self.refunded_mc:
@@ -413,9 +443,14 @@ class GenerationJob(Aggregate):
 
     @event(Completed)
     def _completed(
-        self, attempt: int, gpu_ms: int, cuda_ms: int | None, charged_mc: int,
-        images: list[ImageRecord], timestamp: datetime,
-    ) -> None:  # fmt: skip
+        self,
+        attempt: int,
+        gpu_ms: int,
+        cuda_ms: int | None,
+        charged_mc: int,
+        images: list[ImageRecord],
+        timestamp: datetime,
+    ) -> None:
         self.status = JobStatus.COMPLETED.value
         self.gpu_ms = gpu_ms
         self.cuda_ms = cuda_ms
@@ -429,9 +464,15 @@ class GenerationJob(Aggregate):
 
     @event(Failed)
     def _failed(
-        self, attempt: int, reason: str, retryable: bool, fault: str, gpu_ms: int,
-        charged_mc: int, timestamp: datetime,
-    ) -> None:  # fmt: skip
+        self,
+        attempt: int,
+        reason: str,
+        retryable: bool,
+        fault: str,
+        gpu_ms: int,
+        charged_mc: int,
+        timestamp: datetime,
+    ) -> None:
         self.status = JobStatus.FAILED.value
         self.failure = reason
         self.gpu_ms = gpu_ms
