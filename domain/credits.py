@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import Transcoding
+from typing_extensions import TypedDict  # pydantic reads these (event JSON Schemas)
 
 from domain import ids
 from domain.errors import (

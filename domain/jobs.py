@@ -15,10 +15,11 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
+from typing_extensions import TypedDict  # pydantic reads these (event JSON Schemas)
 
 from domain import ids
 from domain.catalog import MODELS, get_model

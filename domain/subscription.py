@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TypedDict
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
+from typing_extensions import TypedDict  # pydantic reads these (event JSON Schemas)
 
 from domain import ids
 from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition

@@ -1,0 +1,58 @@
+"""The public envelope of every domain event on Kafka (JSON, versioned by topic name).
+
+    {"id": "<aggregate_id>:<version>", "type": "CreditAccount.CreditsReserved",
+     "aggregate_id": "...", "version": 7, "position": 1234, "occurred_at": "...", "data": {...}}
+
+``id`` is unique per event, so consumers deduplicate by it; ``position`` is the event's
+notification id in the event store (its commit order). ``data`` holds the event's own fields
+as plain JSON; docs/events/ has a JSON Schema per type. The library's stored state (possibly
+compressed or encrypted) is never published.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Logical topic names; the full name adds Settings.kafka_topic_prefix.
+CREDITS_TOPIC = "pinksea.credits.v1"
+SUBSCRIPTIONS_TOPIC = "pinksea.subscriptions.v1"
+JOBS_TOPIC = "pinksea.jobs.v1"
+DOMAIN_TOPICS = (CREDITS_TOPIC, SUBSCRIPTIONS_TOPIC, JOBS_TOPIC)
+REPORTS_TOPIC = "pinksea.gpu.reports.v1"
+DLQ_TOPIC = "pinksea.gpu.dlq.v1"
+GPU_TIERS = ("basic", "high_performance", "dedicated")
+
+
+def dispatch_topic(tier: str) -> str:
+    return f"pinksea.gpu.dispatch.{tier}.v1"
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="<aggregate_id>:<version>, unique per event")
+    type: str = Field(description="Aggregate.EventName, e.g. CreditAccount.CreditsReserved")
+    aggregate_id: UUID
+    version: int = Field(ge=1, description="the aggregate's version after this event")
+    position: int = Field(ge=1, description="notification id in the event store")
+    occurred_at: datetime = Field(description="business time of the event")
+    data: dict[str, Any]
+
+    @property
+    def aggregate_type(self) -> str:
+        return self.type.partition(".")[0]
+
+    @property
+    def name(self) -> str:
+        return self.type.partition(".")[2]
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Envelope:
+        return cls.model_validate_json(raw)

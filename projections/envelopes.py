@@ -1,0 +1,105 @@
+"""Domain events to public envelopes, their Kafka topics, and their JSON Schemas.
+
+``pinksea events schemas`` (and the drift test) regenerate docs/events/ from the domain's own
+event classes, so the published contract cannot silently diverge from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, DomainEventProtocol
+from pydantic import BaseModel, create_model
+from pydantic_core import to_jsonable_python
+
+from domain.credits import CreditAccount
+from domain.jobs import GenerationJob
+from domain.subscription import Subscription
+from infra.envelope import CREDITS_TOPIC, JOBS_TOPIC, SUBSCRIPTIONS_TOPIC, Envelope
+
+AGGREGATE_TOPICS: dict[type[Aggregate], str] = {
+    CreditAccount: CREDITS_TOPIC,
+    Subscription: SUBSCRIPTIONS_TOPIC,
+    GenerationJob: JOBS_TOPIC,
+}
+_BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp"})
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "events"
+
+
+def type_name(event_cls: type) -> str:
+    """``pinksea:CreditAccount.CreditsReserved`` -> ``CreditAccount.CreditsReserved``."""
+    topic: str = event_cls.TOPIC  # type: ignore[attr-defined]
+    return topic.removeprefix("pinksea:")
+
+
+@cache
+def event_classes() -> dict[str, type]:
+    """Every event type an aggregate emits, by public type name."""
+    found: dict[str, type] = {}
+    for aggregate in AGGREGATE_TOPICS:
+        for name, value in vars(aggregate).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Aggregate.Event)
+                and name not in ("Event", "Created")  # "Created" is the unused library default
+            ):
+                found[type_name(value)] = value
+    return found
+
+
+def topic_for(type_or_aggregate: str) -> str:
+    aggregate = type_or_aggregate.partition(".")[0]
+    for cls, topic in AGGREGATE_TOPICS.items():
+        if cls.__name__ == aggregate:
+            return topic
+    raise KeyError(f"no topic for {type_or_aggregate}")
+
+
+def envelope_for(event: DomainEventProtocol[UUID], position: int) -> Envelope:
+    data = {k: v for k, v in event.__dict__.items() if k not in _BASE_FIELDS}
+    return Envelope(
+        id=f"{event.originator_id}:{event.originator_version}",
+        type=type_name(type(event)),
+        aggregate_id=event.originator_id,
+        version=event.originator_version,
+        position=position,
+        occurred_at=event.timestamp,
+        data=to_jsonable_python(data),
+    )
+
+
+@cache
+def data_model(type_: str) -> type[BaseModel]:
+    """A pydantic model of one event type's ``data``, derived from the event class."""
+    cls = event_classes()[type_]
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {
+        name: (hint, ...) for name, hint in hints.items() if name not in _BASE_FIELDS
+    }
+    return create_model(type_.replace(".", ""), **fields)
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """File name -> JSON Schema, for the envelope and every event type's data."""
+    out = {"Envelope.json": Envelope.model_json_schema()}
+    for type_ in sorted(event_classes()):
+        schema = data_model(type_).model_json_schema()
+        schema["title"] = type_
+        schema["x-kafka-topic"] = topic_for(type_)
+        out[f"{type_}.json"] = schema
+    return out
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in schemas().items():
+        path = directory / name
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
