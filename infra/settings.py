@@ -21,13 +21,18 @@ class Settings(BaseSettings):
         description="PostgreSQL DSN of the event store and read models.",
     )
     read_database_url: str | None = Field(
-        None, description="Optional read replica for queries and ledger tools (defaults to database_url)."
+        None,
+        description="Read replica for queries and ledger tools (default: database_url).",
     )
-    db_pool_size: int = Field(10, description="Connections per process (also bounds the API's command threads).")
+    db_pool_size: int = Field(
+        10, description="Connections per process (also bounds the API's command threads)."
+    )
 
     # Kafka (MSK in production).
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    kafka_topic_prefix: str = Field("", description="Prefix for every topic name (tests use a unique one).")
+    kafka_topic_prefix: str = Field(
+        "", description="Prefix for every topic name (tests use a unique one)."
+    )
 
     # Redis: rate limits, caches, live progress, cancel flags.
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
@@ -39,7 +44,9 @@ class Settings(BaseSettings):
     )
     s3_region: str = Field("ap-northeast-2", description="S3 region.")
     s3_access_key_id: str = Field("pinksea", description="S3 access key id (local stack).")
-    s3_secret_access_key: SecretStr = Field(SecretStr("pinksea-secret"), description="S3 secret key.")
+    s3_secret_access_key: SecretStr = Field(
+        SecretStr("pinksea-secret"), description="S3 secret key."
+    )
     s3_bucket: str = Field("pinksea-images", description="Bucket for generated images.")
 
     # Stripe (stripe-mock locally).
@@ -52,6 +59,9 @@ class Settings(BaseSettings):
     )
 
     # Observability.
+    metrics_local_only: bool = Field(
+        True, description="Serve /metrics of background processes on 127.0.0.1 only."
+    )
     log_level: str = Field("INFO", description="Log level of the structured JSON logs.")
     log_json: bool = Field(True, description="JSON logs (false: human-readable console logs).")
 

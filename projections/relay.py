@@ -1,0 +1,221 @@
+"""The relay: the event store's notification log to Kafka, with no loss.
+
+It reads events after its recorded position in notification-id order (the library's table
+lock makes that commit order, so a tailing reader never skips an event), produces each one to
+its domain topic with an idempotent producer (acks=all, key = aggregate id, so one aggregate's
+events stay ordered in one partition), waits for every acknowledgement of the batch, and only
+then records the new position and a checkpoint of the offsets written. A crash between the
+two re-sends the batch: at-least-once delivery, which consumers deduplicate by envelope id.
+While Kafka is unreachable it backs off and retries the same batch, losing nothing.
+
+It wakes on the store's NOTIFY (sent by every insert) and polls as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from eventsourcing.persistence import Mapper, StoredEvent
+from prometheus_client import Counter, Gauge
+
+from domain.application import PinkseaApplication
+from infra.settings import Settings
+from projections.envelopes import envelope_for, topic_for
+
+log = structlog.get_logger("relay")
+
+EVENTS_TABLE = "pinksea_events"
+CHANNEL = EVENTS_TABLE  # the library NOTIFYs a channel named after the events table
+CHECKPOINTS_KEPT = 10_000
+
+RELAY_POSITION = Gauge("pinksea_relay_position", "Last notification id acknowledged by Kafka")
+RELAY_LAG_EVENTS = Gauge("pinksea_relay_lag_events", "Events stored but not yet published")
+RELAY_LAG_SECONDS = Gauge(
+    "pinksea_relay_lag_seconds", "Age of the oldest event not yet published (0 when caught up)"
+)
+RELAY_PUBLISHED = Counter("pinksea_relay_published_total", "Events published to Kafka")
+RELAY_RETRIES = Counter("pinksea_relay_retries_total", "Batches retried after a Kafka error")
+
+
+def stored_event_mapper() -> Mapper[UUID]:
+    """The application's mapper (its transcodings), without connecting to a database."""
+    return PinkseaApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}).mapper
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        *,
+        name: str = "main",
+        batch_size: int = 1000,
+        poll_interval: float = 0.5,
+        producer_factory: Callable[[], AIOKafkaProducer] | None = None,
+    ) -> None:
+        from infra.kafka import idempotent_producer
+
+        self.settings = settings
+        self.pool = pool
+        self.name = name
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.mapper = stored_event_mapper()
+        self._new_producer = producer_factory or (lambda: idempotent_producer(settings))
+        self._wake = asyncio.Event()
+        self.position = 0
+        self.offsets: dict[str, dict[str, int]] = {}
+
+    async def load_position(self) -> None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT position FROM relay_positions WHERE relay = $1", self.name
+            )
+            self.position = row["position"] if row else 0
+            cp = await conn.fetchrow(
+                "SELECT offsets FROM relay_checkpoints ORDER BY position DESC LIMIT 1"
+            )
+            self.offsets = json.loads(cp["offsets"]) if cp else {}
+        RELAY_POSITION.set(self.position)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until ``stop`` is set."""
+        await self.load_position()
+        listener = await self.pool.acquire()
+        await listener.add_listener(CHANNEL, self._on_notify)
+        producer: AIOKafkaProducer | None = None
+        backoff = 0.2
+        log.info("relay started", position=self.position)
+        try:
+            while not stop.is_set():
+                try:
+                    if producer is None:
+                        producer = self._new_producer()
+                        await producer.start()
+                    published = await self.publish_batch(producer)
+                    backoff = 0.2
+                except (TimeoutError, KafkaError, OSError) as e:
+                    RELAY_RETRIES.inc()
+                    log.warning("kafka unavailable, retrying", error=repr(e), backoff=backoff)
+                    if producer is not None:
+                        await _quietly_stop(producer)
+                        producer = None
+                    await _sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if published < self.batch_size:
+                    await self._wait_for_events(stop)
+        finally:
+            await listener.remove_listener(CHANNEL, self._on_notify)
+            await self.pool.release(listener)
+            if producer is not None:
+                await _quietly_stop(producer)
+            log.info("relay stopped", position=self.position)
+
+    async def publish_batch(self, producer: AIOKafkaProducer) -> int:
+        """Publish the next batch; returns how many events it published."""
+        rows = await self.pool.fetch(
+            f"SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {EVENTS_TABLE} WHERE notification_id > $1 "
+            f"ORDER BY notification_id LIMIT $2",
+            self.position,
+            self.batch_size,
+        )
+        await self._measure_lag(rows)
+        if not rows:
+            return 0
+        sends = []
+        for row in rows:
+            event = self.mapper.to_domain_event(
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+            )
+            envelope = envelope_for(event, row["notification_id"])
+            topic = self.settings.topic(topic_for(envelope.type))
+            sends.append(
+                await producer.send(
+                    topic, envelope.to_bytes(), key=str(envelope.aggregate_id).encode()
+                )
+            )
+        # Every acknowledgement before the position moves: a crash now re-sends, never skips.
+        acks = await asyncio.gather(*sends)
+        for meta in acks:
+            partitions = self.offsets.setdefault(meta.topic, {})
+            key = str(meta.partition)
+            partitions[key] = max(partitions.get(key, -1), meta.offset)
+        last = rows[-1]["notification_id"]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO relay_positions (relay, position, updated_at) VALUES ($1, $2, now()) "
+                "ON CONFLICT (relay) DO UPDATE SET position = $2, updated_at = now()",
+                self.name,
+                last,
+            )
+            await conn.execute(
+                "INSERT INTO relay_checkpoints (position, offsets) VALUES ($1, $2) "
+                "ON CONFLICT (position) DO UPDATE SET offsets = $2",
+                last,
+                json.dumps(self.offsets),
+            )
+            await conn.execute(
+                "DELETE FROM relay_checkpoints WHERE position < ("
+                " SELECT position FROM relay_checkpoints ORDER BY position DESC"
+                " OFFSET $1 LIMIT 1)",
+                CHECKPOINTS_KEPT,
+            )
+        self.position = last
+        RELAY_POSITION.set(last)
+        RELAY_PUBLISHED.inc(len(rows))
+        return len(rows)
+
+    async def _measure_lag(self, rows: list[asyncpg.Record]) -> None:
+        newest = await self.pool.fetchval(f"SELECT max(notification_id) FROM {EVENTS_TABLE}")
+        RELAY_LAG_EVENTS.set(max(0, (newest or 0) - self.position))
+        if rows:
+            first = self.mapper.to_domain_event(
+                StoredEvent(
+                    rows[0]["originator_id"],
+                    rows[0]["originator_version"],
+                    rows[0]["topic"],
+                    bytes(rows[0]["state"]),
+                )
+            )
+            age = (datetime.now(UTC) - first.timestamp).total_seconds()
+            RELAY_LAG_SECONDS.set(max(0.0, age))
+        else:
+            RELAY_LAG_SECONDS.set(0)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _wait_for_events(self, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _quietly_stop(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=5)
+    except Exception:
+        log.debug("producer stop failed", exc_info=True)

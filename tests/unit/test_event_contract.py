@@ -1,0 +1,42 @@
+"""The public event contract: committed JSON Schemas match the code, envelopes round-trip."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from domain.application import PinkseaApplication
+from domain.jobs import JobParameters
+from infra.envelope import Envelope
+from projections.envelopes import SCHEMA_DIR, data_model, event_classes, envelope_for, schemas
+
+
+def test_committed_schemas_match_the_event_classes() -> None:
+    expected = schemas()
+    committed = {p.name: json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.json")}
+    stale = sorted(set(committed) - set(expected))
+    missing = sorted(set(expected) - set(committed))
+    assert not missing and not stale, (
+        f"docs/events drifted (missing {missing}, stale {stale}): run `pinksea events schemas`"
+    )
+    for name, schema in expected.items():
+        assert committed[name] == schema, f"{name} drifted: run `pinksea events schemas`"
+
+
+def test_every_stored_event_becomes_a_valid_envelope() -> None:
+    app = PinkseaApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    app.register_user("u", at)
+    params = JobParameters(model="tiny-sd", prompt="p", steps=4, width=64, height=64)
+    job = app.submit_job("u", idempotency_key="k", params=params, at=at)
+    app.record_dispatch(job.job_id, attempt=1, worker_id="w", at=at)
+    app.record_start(job.job_id, attempt=1, worker_id="w", gpu="T4", at=at)
+    app.complete_job(job.job_id, attempt=1, gpu_ms=5, cuda_ms=None, images=[], at=at)
+    seen = set()
+    for n in app.recorder.select_notifications(start=1, limit=100):
+        env = envelope_for(app.mapper.to_domain_event(n), n.id)
+        assert Envelope.from_bytes(env.to_bytes()) == env
+        assert env.id == f"{env.aggregate_id}:{env.version}" and env.position == n.id
+        data_model(env.type).model_validate(env.data)  # the data obeys its schema
+        seen.add(env.type)
+    assert "CreditAccount.HoldSettled" in seen and seen <= set(event_classes())
