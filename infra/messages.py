@@ -1,0 +1,123 @@
+"""Messages between the scheduler, the GPU workers and the settler (JSON on Kafka).
+
+GPU workers know nothing of the domain or the event store: these models, Kafka, Redis and S3
+are their whole contract with the rest of the system.
+
+- ``Dispatch`` on ``pinksea.gpu.dispatch.<tier>.v1`` (key: job id): run this attempt of this
+  job on this worker. Every worker of a tier reads every dispatch of its tier (a consumer group
+  of its own, so no rebalancing ever pauses a running job) and runs those addressed to it.
+- ``Heartbeat``, ``Started`` and ``Finished`` on ``pinksea.gpu.reports.v1`` (key: worker id for
+  heartbeats, job id otherwise). The scheduler tracks workers and leases from them; the
+  settler turns ``Started`` and ``Finished`` into commands on the event store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Dispatch(_Message):
+    kind: Literal["dispatch"] = "dispatch"
+    job_id: UUID
+    attempt: int = Field(ge=1)
+    worker_id: str
+    user_id: str
+    tier: str
+    model: str
+    prompt: str
+    negative_prompt: str = ""
+    steps: int
+    width: int
+    height: int
+    batch_size: int
+    seed: int
+    guidance_scale: float
+    scheduler: str | None = None
+    budget_ms: int = Field(description="the hold's GPU-time budget: the worker stops there")
+    dispatched_at: datetime
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id}:{self.attempt}"
+
+
+class Heartbeat(_Message):
+    kind: Literal["heartbeat"] = "heartbeat"
+    worker_id: str
+    tier: str
+    busy_job_id: UUID | None = None
+    busy_attempt: int | None = None
+    models_loaded: list[str] = Field(default_factory=list)
+    at: datetime
+
+
+class Started(_Message):
+    kind: Literal["started"] = "started"
+    job_id: UUID
+    attempt: int
+    worker_id: str
+    gpu: str
+    model_load_ms: int
+    at: datetime
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # the user cancelled; gpu_ms is the time used up to the stop
+    BUDGET_EXHAUSTED = "budget_exhausted"  # stopped at the hold's time budget
+
+
+class FinishedImage(BaseModel):
+    name: str
+    key: str
+    thumbnail_key: str
+    size_bytes: int
+    width: int
+    height: int
+
+
+class Finished(_Message):
+    kind: Literal["finished"] = "finished"
+    job_id: UUID
+    attempt: int
+    worker_id: str
+    outcome: Outcome
+    gpu_ms: int = Field(ge=0, description="billed figure: synchronized wall time of the run")
+    cuda_ms: int | None = Field(None, description="CUDA-event time, audit figure (CUDA only)")
+    model_load_ms: int = 0
+    images: list[FinishedImage] = Field(default_factory=list)
+    error: str | None = None
+    retryable: bool = False
+    fault: Literal["platform", "user"] | None = None
+    at: datetime
+
+
+Report = Annotated[Heartbeat | Started | Finished, Field(discriminator="kind")]
+_reports: TypeAdapter[Heartbeat | Started | Finished] = TypeAdapter(Report)
+
+
+def parse_report(raw: bytes) -> Heartbeat | Started | Finished:
+    return _reports.validate_json(raw)
+
+
+class DeadLetter(_Message):
+    """A job that exhausted its attempts, on ``pinksea.gpu.dlq.v1`` for an operator to inspect."""
+
+    kind: Literal["dead_letter"] = "dead_letter"
+    job_id: UUID
+    attempts: int
+    reason: str
+    at: datetime
