@@ -19,7 +19,9 @@ def run_process(
     settings = get_settings()
     configure_logging(settings, name)
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1" if settings.metrics_local_only else "0.0.0.0")
+        start_http_server(
+            metrics_port, addr="127.0.0.1" if settings.metrics_local_only else "0.0.0.0"
+        )
 
     async def runner() -> None:
         stop = asyncio.Event()

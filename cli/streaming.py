@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -20,7 +22,9 @@ console = Console()
 
 kafka_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-projections_app = typer.Typer(help="Read-model projections: rebuild and status.", no_args_is_help=True)
+projections_app = typer.Typer(
+    help="Read-model projections: rebuild and status.", no_args_is_help=True
+)
 events_app = typer.Typer(help="The public event contract.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(db_app, name="db")
@@ -133,14 +137,15 @@ def projections_rebuild(
             ) as progress:
                 for projection in chosen:
                     task = progress.add_task(projection.name, total=None, rate=0.0)
-                    loop = asyncio.get_running_loop()
-                    t0 = loop.time()
+                    t0 = time.monotonic()
 
                     def update(done: int, total: int, task: int = task, t0: float = t0) -> None:
-                        elapsed = max(loop.time() - t0, 1e-9)
+                        elapsed = max(time.monotonic() - t0, 1e-9)
                         progress.update(task, completed=done, total=total, rate=done / elapsed)
 
-                    result = await rebuild(settings, pool, projection, batch_size=batch_size, progress=update)
+                    result = await rebuild(
+                        settings, pool, projection, batch_size=batch_size, progress=update
+                    )
                     progress.update(task, completed=result.events, total=result.events)
                     console.print(
                         f"{result.projection}: {result.events} events up to position "
@@ -153,53 +158,52 @@ def projections_rebuild(
     asyncio.run(main())
 
 
-@projections_app.command("status")
-def projections_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Each projection's position and lag, and the relay's."""
+async def status_report(settings: Settings) -> dict[str, Any]:
     from projections.registry import ALL_PROJECTIONS
     from projections.replay import kafka_end_offsets
 
-    async def main() -> dict[str, object]:
-        settings = get_settings()
-        pool = await create_pool(settings, max_size=2)
-        try:
-            newest = await pool.fetchval("SELECT coalesce(max(notification_id), 0) FROM pinksea_events")
-            relay_pos = await pool.fetchval("SELECT coalesce(max(position), 0) FROM relay_positions")
-            report: dict[str, object] = {
-                "relay": {"position": relay_pos, "lag_events": newest - relay_pos},
-                "projections": {},
+    pool = await create_pool(settings, max_size=2)
+    try:
+        newest = await pool.fetchval("SELECT coalesce(max(notification_id), 0) FROM pinksea_events")
+        relayed = await pool.fetchval("SELECT coalesce(max(position), 0) FROM relay_positions")
+        projections: dict[str, dict[str, int]] = {}
+        for p in ALL_PROJECTIONS:
+            ends = await kafka_end_offsets(settings, p.topics)
+            rows = await pool.fetch(
+                "SELECT topic, partition, next_offset FROM projection_positions "
+                "WHERE projection = $1",
+                p.name,
+            )
+            at = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            state = await pool.fetchrow(
+                "SELECT position, generation FROM projection_state WHERE projection = $1", p.name
+            )
+            projections[p.name] = {
+                "position": state["position"] if state else 0,
+                "generation": state["generation"] if state else 0,
+                "lag_messages": sum(end - at.get(tp, 0) for tp, end in ends.items()),
             }
-            for p in ALL_PROJECTIONS:
-                ends = await kafka_end_offsets(settings, p.topics)
-                rows = await pool.fetch(
-                    "SELECT topic, partition, next_offset FROM projection_positions WHERE projection = $1",
-                    p.name,
-                )
-                at = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-                state = await pool.fetchrow(
-                    "SELECT position, generation FROM projection_state WHERE projection = $1", p.name
-                )
-                report["projections"][p.name] = {  # type: ignore[index]
-                    "position": state["position"] if state else 0,
-                    "generation": state["generation"] if state else 0,
-                    "lag_messages": sum(end - at.get(tp, 0) for tp, end in ends.items()),
-                }
-            return report
-        finally:
-            await pool.close()
+        relay_report = {"position": relayed, "lag_events": newest - relayed}
+        return {"relay": relay_report, "projections": projections}
+    finally:
+        await pool.close()
 
-    report = asyncio.run(main())
+
+@projections_app.command("status")
+def projections_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Each projection's position and lag, and the relay's."""
+    report = asyncio.run(status_report(get_settings()))
     if as_json:
         print(json.dumps(report))
         return
     table = Table(title="projections")
     for col in ("name", "store position", "generation", "lag (messages)"):
         table.add_column(col)
-    for name, row in report["projections"].items():  # type: ignore[union-attr]
+    for name, row in report["projections"].items():
         table.add_row(name, str(row["position"]), str(row["generation"]), str(row["lag_messages"]))
     console.print(table)
     relay_row = report["relay"]
-    console.print(f"relay: position {relay_row['position']}, {relay_row['lag_events']} events behind")  # type: ignore[index]
+    console.print(f"relay: position {relay_row['position']}, {relay_row['lag_events']} behind")
 
 
 @events_app.command("schemas")

@@ -11,15 +11,23 @@ of times; each retry reads the aggregates again, so the commands' checks see the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
+from eventsourcing.persistence import (
+    IntegrityError,
+    JSONTranscoder,
+    ProcessRecorder,
+    Recording,
+    Tracking,
+)
 
 from domain import ids
 from domain.catalog import MODELS
@@ -43,6 +51,9 @@ TRIAL_GRANT_REFERENCE = "trial"
 MAX_CONFLICT_RETRIES = 64
 
 T = TypeVar("T")
+
+
+_TRACKING: ContextVar[Tracking | None] = ContextVar("pinksea_tracking", default=None)
 
 
 class ConcurrencyConflict(Exception):
@@ -113,7 +124,25 @@ class PinkseaApplication(Application[UUID]):
         return self.recorder.max_notification_id() or 0
 
     def _save(self, *aggregates: Aggregate | None) -> int:
-        return self._position(self.save(*aggregates))
+        tracking = _TRACKING.get()
+        if tracking is None:
+            return self._position(self.save(*aggregates))
+        # A consumer's position recorded in the same transaction as the events it caused.
+        processing = ProcessingEvent[UUID](tracking=tracking)
+        processing.collect_events(*aggregates)
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        return self._position(recordings)
+
+    @contextmanager
+    def tracking(self, tracking: Tracking) -> Iterator[None]:
+        """Within the block, every save also records ``tracking`` (needs a process recorder:
+        see TrackingPinkseaApplication). A repeated position makes the save fail."""
+        token = _TRACKING.set(tracking)
+        try:
+            yield
+        finally:
+            _TRACKING.reset(token)
 
     def account(self, user_id: str) -> CreditAccount:
         account = self._get(ids.account_id(user_id))
@@ -689,10 +718,24 @@ def _submit_result(job: GenerationJob, position: int, *, created: bool) -> Submi
     )
 
 
+class TrackingPinkseaApplication(PinkseaApplication):
+    """The same application for a consumer of Kafka (the settler): its recorder also keeps the
+    consumer's positions (table pinksea_tracking), written atomically with the events."""
+
+    def construct_recorder(self) -> ProcessRecorder:
+        return self.factory.process_recorder()
+
+    def consumed_up_to(self, source: str) -> int | None:
+        recorder = self.recorder
+        assert isinstance(recorder, ProcessRecorder)
+        return recorder.max_tracking_id(source)
+
+
 __all__ = [
     "CommandResult",
     "ConcurrencyConflict",
     "PinkseaApplication",
     "SettlementResult",
     "SubmitResult",
+    "TrackingPinkseaApplication",
 ]

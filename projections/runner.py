@@ -11,7 +11,7 @@ generation when it hands over; the runner then re-seeks to the offsets the rebui
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import asyncpg
 import structlog
@@ -80,8 +80,15 @@ class _Reseek(Exception):
 
 class LiveProjectionRunner:
     def __init__(
-        self, settings: Settings, pool: asyncpg.Pool, projection: Projection, *, batch: int = 500
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        projection: Projection,
+        *,
+        batch: int = 500,
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
+        self.on_batch = on_batch  # told after each committed batch (the scheduler wakes on it)
         self.settings = settings
         self.pool = pool
         self.projection = projection
@@ -150,6 +157,8 @@ class LiveProjectionRunner:
         # Kafka's offsets only after the database committed: the database is the truth.
         assert self.consumer is not None
         await self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in polled.items()})
+        if self.on_batch is not None and applied:
+            self.on_batch()
         APPLIED.labels(name).inc(applied)
         SKIPPED.labels(name).inc(skipped)
         POSITION.labels(name).set(max_position)

@@ -1,0 +1,52 @@
+"""The billing processes: scheduler and settler."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from cli.main import app
+from cli.runtime import run_process
+from cli.streaming import prepare
+from infra.db import create_pool
+from infra.event_store import event_store_env
+from infra.settings import Settings
+
+
+@app.command()
+def scheduler(metrics_port: int = typer.Option(9103, help="Port of /metrics (0: none).")) -> None:
+    """Queue accepted jobs per GPU tier and dispatch them to idle workers."""
+    from domain.application import PinkseaApplication
+    from projections.scheduler.service import Scheduler
+
+    async def main(settings: Settings, stop: asyncio.Event) -> None:
+        await prepare(settings)
+        pool = await create_pool(settings, max_size=4)
+        application = PinkseaApplication(env=event_store_env(settings.database_url, pool_size=4))
+        try:
+            await Scheduler(settings, pool, application).run(stop)
+        finally:
+            application.close()
+            await pool.close()
+
+    run_process("scheduler", main, metrics_port)
+
+
+@app.command()
+def settle(metrics_port: int = typer.Option(9104, help="Port of /metrics (0: none).")) -> None:
+    """Turn worker reports into exact, idempotent billing commands."""
+    from domain.application import TrackingPinkseaApplication
+    from projections.settler import Settler
+
+    async def main(settings: Settings, stop: asyncio.Event) -> None:
+        await prepare(settings)
+        application = TrackingPinkseaApplication(
+            env=event_store_env(settings.database_url, pool_size=4)
+        )
+        try:
+            await Settler(settings, application).run(stop)
+        finally:
+            application.close()
+
+    run_process("settle", main, metrics_port)

@@ -1,0 +1,63 @@
+"""The scheduler's queue as a projection of the jobs topic (table scheduler_jobs)."""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import asyncpg
+
+from infra.envelope import JOBS_TOPIC, Envelope
+from projections.base import Projection
+
+DONE = ("GenerationJob.Rejected", "GenerationJob.Completed", "GenerationJob.Failed",
+        "GenerationJob.Cancelled")  # fmt: skip
+
+
+class SchedulerQueue(Projection):
+    name: ClassVar[str] = "scheduler"
+    topics: ClassVar[tuple[str, ...]] = (JOBS_TOPIC,)
+    tables: ClassVar[tuple[str, ...]] = ("scheduler_jobs",)
+
+    def wants(self, env: Envelope) -> bool:
+        return env.type != "GenerationJob.CancelRequested" and env.type != "GenerationJob.Refunded"
+
+    async def apply(self, conn: asyncpg.Connection, env: Envelope) -> None:
+        d, job_id = env.data, env.aggregate_id
+        if env.type == "GenerationJob.Submitted":
+            await conn.execute(
+                "INSERT INTO scheduler_jobs (job_id, user_id, tier, model, parameters, seed, "
+                "status, queued_at, queue_position) VALUES ($1,$2,$3,$4,$5,$6,'submitted',$7,$8) "
+                "ON CONFLICT (job_id) DO NOTHING",
+                job_id, d["user_id"], d["tier"], d["parameters"]["model"],
+                json.dumps(d["parameters"]), d["seed"], env.occurred_at, env.position,
+            )  # fmt: skip
+        elif env.type == "GenerationJob.Accepted":
+            await conn.execute(
+                "UPDATE scheduler_jobs SET status = 'queued', budget_ms = $2, queue_position = $3 "
+                "WHERE job_id = $1",
+                job_id, d["budget_ms"], env.position,
+            )  # fmt: skip
+        elif env.type == "GenerationJob.Dispatched":
+            await conn.execute(
+                "UPDATE scheduler_jobs SET status = 'dispatched', attempt = $2, worker_id = $3, "
+                "dispatched_at = $4 WHERE job_id = $1 AND status <> 'done'",
+                job_id, d["attempt"], d["worker_id"], env.occurred_at,
+            )  # fmt: skip
+        elif env.type == "GenerationJob.Started":
+            await conn.execute(
+                "UPDATE scheduler_jobs SET status = 'running' "
+                "WHERE job_id = $1 AND attempt = $2 AND status <> 'done'",
+                job_id, d["attempt"],
+            )  # fmt: skip
+        elif env.type == "GenerationJob.AttemptFailed":
+            # Back to the queue, behind the jobs that waited meanwhile.
+            await conn.execute(
+                "UPDATE scheduler_jobs SET status = 'queued', worker_id = NULL, "
+                "queue_position = $2 WHERE job_id = $1",
+                job_id, env.position,
+            )  # fmt: skip
+        elif env.type in DONE:
+            await conn.execute(
+                "UPDATE scheduler_jobs SET status = 'done' WHERE job_id = $1", job_id
+            )

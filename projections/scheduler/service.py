@@ -1,0 +1,314 @@
+"""The scheduler process: queue per GPU tier, dispatch to idle workers, leases.
+
+Its queue is the ``scheduler`` projection (table scheduler_jobs, exactly-once from the jobs
+topic); its view of the workers comes from their heartbeats and reports. For each assignment
+the policy makes, it records the dispatch on the event store first (attempt n, idempotent and
+ordered by the job aggregate), then publishes the ``Dispatch`` message. A restart loses
+nothing: the queue is in PostgreSQL, and an attempt recorded but never delivered is recovered
+by its lease. A worker that stops heartbeating loses its job to a new attempt; the old
+attempt's reports are stale and never billed. One scheduler is active at a time (an advisory
+lock); a second one waits as a standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import Counter, Gauge, Histogram
+
+from domain.application import PinkseaApplication
+from domain.jobs import MAX_ATTEMPTS
+from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC, dispatch_topic
+from infra.kafka import idempotent_producer
+from infra.messages import DeadLetter, Dispatch, Finished, Heartbeat, Started, parse_report
+from infra.settings import Settings
+from projections.runner import LiveProjectionRunner
+from projections.scheduler.policy import IdleWorker, QueuedJob, Turns, assign
+from projections.scheduler.queue import SchedulerQueue
+
+log = structlog.get_logger("scheduler")
+
+HEARTBEAT_STALE_S = 10.0  # a worker silent this long has lost its job (lease expired)
+DELIVERY_TIMEOUT_S = 30.0  # a dispatched attempt no worker reports within this is re-sent
+LOCK_KEY = "pinksea.scheduler"
+
+DISPATCHED = Counter("pinksea_scheduler_dispatched_total", "Attempts dispatched", ["tier"])
+REDISPATCHED = Counter(
+    "pinksea_scheduler_lease_expired_total", "Attempts replaced after a lost lease"
+)
+QUEUE_DEPTH = Gauge("pinksea_queue_depth", "Jobs waiting for a worker", ["tier"])
+IDLE_WORKERS = Gauge("pinksea_idle_workers", "Live idle workers", ["tier"])
+WAIT_SECONDS = Histogram(
+    "pinksea_dispatch_wait_seconds",
+    "Accepted to dispatched",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+
+
+@dataclass
+class WorkerState:
+    tier: str
+    seen: float  # monotonic time of the last heartbeat or report
+    busy_job: UUID | None = None
+    models: frozenset[str] = frozenset()
+
+
+@dataclass
+class Scheduler:
+    settings: Settings
+    pool: asyncpg.Pool
+    app: PinkseaApplication
+    workers: dict[str, WorkerState] = field(default_factory=dict)
+    # Attempts dispatched but not yet visible in scheduler_jobs: job -> (worker, attempt).
+    in_flight: dict[UUID, tuple[str, int]] = field(default_factory=dict)
+    # Jobs a worker reported finished, until scheduler_jobs says so too.
+    finished: set[UUID] = field(default_factory=set)
+    turns: Turns = field(default_factory=Turns)
+    started_at: float = field(default_factory=time.monotonic)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _limits: dict[str, tuple[float, int]] = field(default_factory=dict)
+    producer: AIOKafkaProducer | None = None
+
+    # --------------------------------------------------------------------------- running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.pool.acquire() as leader:
+            log.info("waiting to become the active scheduler")
+            while not await leader.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_KEY):
+                if stop.is_set():
+                    return
+                await asyncio.sleep(1)
+            log.info("active scheduler")
+            self.producer = idempotent_producer(self.settings)
+            await self.producer.start()
+            queue = LiveProjectionRunner(
+                self.settings, self.pool, SchedulerQueue(), on_batch=self.wake
+            )
+            try:
+                await asyncio.gather(queue.run(stop), self._follow_reports(stop), self._loop(stop))
+            finally:
+                await self.producer.stop()
+                await leader.execute("SELECT pg_advisory_unlock(hashtext($1))", LOCK_KEY)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        last_lease_check = 0.0
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                if time.monotonic() - last_lease_check > 1.0:
+                    await self.expire_leases()
+                    last_lease_check = time.monotonic()
+                await self.dispatch_round()
+            except Exception:
+                log.exception("dispatch round failed")
+                await asyncio.sleep(0.5)
+            waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waiters, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def _follow_reports(self, stop: asyncio.Event) -> None:
+        """Heartbeats and reports, from now on (a restarted scheduler relearns in seconds)."""
+        consumer = AIOKafkaConsumer(
+            self.settings.topic(REPORTS_TOPIC),
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="latest",
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                polled = await consumer.getmany(timeout_ms=200)
+                for messages in polled.values():
+                    for m in messages:
+                        self.observe(parse_report(m.value))
+        finally:
+            await consumer.stop()
+
+    def observe(self, report: Heartbeat | Started | Finished) -> None:
+        now = time.monotonic()
+        worker = self.workers.get(report.worker_id)
+        if isinstance(report, Heartbeat):
+            self.workers[report.worker_id] = WorkerState(
+                tier=report.tier,
+                seen=now,
+                busy_job=report.busy_job_id,
+                models=frozenset(report.models_loaded),
+            )
+        elif worker is not None:
+            worker.seen = now
+            if isinstance(report, Started):
+                worker.busy_job = report.job_id
+            else:
+                worker.busy_job = None
+                self.finished.add(report.job_id)
+                self.wake()  # a worker just became free: work-conserving
+
+    # -------------------------------------------------------------------------- dispatch
+
+    async def dispatch_round(self) -> None:
+        rows = await self.pool.fetch(
+            "SELECT job_id, user_id, tier, model, status, attempt, worker_id, queue_position, "
+            "parameters, seed, budget_ms, queued_at FROM scheduler_jobs WHERE status <> 'done'"
+        )
+        by_id = {r["job_id"]: r for r in rows}
+        self.finished &= set(by_id)  # forget jobs the table has caught up with
+        for job_id, (_, attempt) in list(self.in_flight.items()):
+            row = by_id.get(job_id)
+            if row is None or row["attempt"] >= attempt:
+                del self.in_flight[job_id]
+        queue: list[QueuedJob] = []
+        running: dict[str, int] = {}
+        occupied: set[str] = set()
+        for r in rows:
+            if r["job_id"] in self.finished:
+                continue
+            if r["job_id"] in self.in_flight:
+                running[r["user_id"]] = running.get(r["user_id"], 0) + 1
+                occupied.add(self.in_flight[r["job_id"]][0])
+            elif r["status"] == "queued":
+                queue.append(
+                    QueuedJob(r["job_id"], r["user_id"], r["tier"], r["model"], r["queue_position"])
+                )
+            elif r["status"] in ("dispatched", "running"):
+                running[r["user_id"]] = running.get(r["user_id"], 0) + 1
+                occupied.add(r["worker_id"])
+        idle = self.idle_workers(occupied)
+        for tier in {q.tier for q in queue} | {w.tier for w in idle}:
+            QUEUE_DEPTH.labels(tier).set(sum(q.tier == tier for q in queue))
+            IDLE_WORKERS.labels(tier).set(sum(w.tier == tier for w in idle))
+        if not queue or not idle:
+            return
+        limits = {u: await self.concurrency_limit(u) for u in {q.user_id for q in queue}}
+        for a in assign(queue, idle, running, limits, self.turns):
+            await self.dispatch(by_id[a.job.job_id], a.worker_id)
+
+    def idle_workers(self, occupied: set[str]) -> list[IdleWorker]:
+        now = time.monotonic()
+        return [
+            IdleWorker(worker_id, w.tier, w.models)
+            for worker_id, w in self.workers.items()
+            if now - w.seen < HEARTBEAT_STALE_S and w.busy_job is None and worker_id not in occupied
+        ]
+
+    async def dispatch(self, row: asyncpg.Record, worker_id: str) -> None:
+        job_id, attempt = row["job_id"], row["attempt"] + 1
+        now = datetime.now(UTC)
+        result = await asyncio.to_thread(
+            self.app.record_dispatch, job_id, attempt=attempt, worker_id=worker_id, at=now
+        )
+        job = await asyncio.to_thread(self.app.job, job_id)
+        if job.status == "failed":  # the attempt cap was reached: dead-letter it
+            await self._dead_letter(job_id, attempt - 1, job.failure or "attempts exhausted")
+            self.finished.add(job_id)
+            return
+        if not result.changed and (job.attempt != attempt or job.worker_id != worker_id):
+            return  # another dispatch of this job won; nothing to send
+        params = json.loads(row["parameters"])
+        message = Dispatch(
+            job_id=job_id,
+            attempt=attempt,
+            worker_id=worker_id,
+            user_id=row["user_id"],
+            tier=row["tier"],
+            model=params["model"],
+            prompt=params["prompt"],
+            negative_prompt=params.get("negative_prompt") or "",
+            steps=params["steps"],
+            width=params["width"],
+            height=params["height"],
+            batch_size=params["batch_size"],
+            seed=row["seed"],
+            guidance_scale=params["guidance_scale"],
+            scheduler=params.get("scheduler"),
+            budget_ms=row["budget_ms"],
+            dispatched_at=now,
+        )
+        assert self.producer is not None
+        await self.producer.send_and_wait(
+            self.settings.topic(dispatch_topic(row["tier"])),
+            message.to_bytes(),
+            key=str(job_id).encode(),
+        )
+        self.in_flight[job_id] = (worker_id, attempt)
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.busy_job = job_id  # until its next heartbeat says otherwise
+        DISPATCHED.labels(row["tier"]).inc()
+        WAIT_SECONDS.observe(max(0.0, (now - row["queued_at"]).total_seconds()))
+
+    async def concurrency_limit(self, user_id: str) -> int:
+        cached = self._limits.get(user_id)
+        if cached and time.monotonic() - cached[0] < 30:
+            return cached[1]
+        sub = await asyncio.to_thread(self.app.subscription, user_id)
+        limit = sub.plan.concurrent_jobs
+        self._limits[user_id] = (time.monotonic(), limit)
+        return limit
+
+    # ---------------------------------------------------------------------------- leases
+
+    async def expire_leases(self) -> None:
+        """Re-dispatch attempts whose worker went silent, or that no worker picked up."""
+        if time.monotonic() - self.started_at < HEARTBEAT_STALE_S:
+            return  # just started: give the workers time to say they are alive
+        rows = await self.pool.fetch(
+            "SELECT job_id, user_id, tier, model, status, attempt, worker_id, queue_position, "
+            "parameters, seed, budget_ms, queued_at, dispatched_at FROM scheduler_jobs "
+            "WHERE status IN ('dispatched', 'running')"
+        )
+        now = time.monotonic()
+        for r in rows:
+            if r["job_id"] in self.finished or r["job_id"] in self.in_flight:
+                continue
+            worker = self.workers.get(r["worker_id"])
+            silent = worker is None or now - worker.seen > HEARTBEAT_STALE_S
+            undelivered = (
+                r["status"] == "dispatched"
+                and worker is not None
+                and worker.busy_job != r["job_id"]
+                and (datetime.now(UTC) - r["dispatched_at"]).total_seconds() > DELIVERY_TIMEOUT_S
+            )
+            if not (silent or undelivered):
+                continue
+            REDISPATCHED.inc()
+            log.warning(
+                "lease expired",
+                job_id=str(r["job_id"]),
+                attempt=r["attempt"],
+                worker=r["worker_id"],
+            )
+            if r["attempt"] >= MAX_ATTEMPTS:
+                await asyncio.to_thread(
+                    self.app.record_dispatch,
+                    r["job_id"],
+                    attempt=r["attempt"] + 1,
+                    worker_id="none",
+                    at=datetime.now(UTC),
+                )
+                await self._dead_letter(r["job_id"], r["attempt"], "workers lost on every attempt")
+                self.finished.add(r["job_id"])
+                continue
+            idle = self.idle_workers({i[0] for i in self.in_flight.values()})
+            candidates = [w for w in idle if w.tier == r["tier"]]
+            if candidates:
+                target = next((w for w in candidates if r["model"] in w.models), candidates[0])
+                await self.dispatch(r, target.worker_id)
+
+    async def _dead_letter(self, job_id: UUID, attempts: int, reason: str) -> None:
+        assert self.producer is not None
+        letter = DeadLetter(job_id=job_id, attempts=attempts, reason=reason, at=datetime.now(UTC))
+        await self.producer.send_and_wait(
+            self.settings.topic(DLQ_TOPIC), letter.to_bytes(), key=str(job_id).encode()
+        )

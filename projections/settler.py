@@ -1,0 +1,158 @@
+"""The settler: worker reports -> exact, idempotent billing commands on the event store.
+
+Each ``Started`` or ``Finished`` report becomes one command (the job and its account change in
+one transaction) and the report's Kafka position is recorded in that same transaction, so a
+report is applied exactly once even across crashes; Kafka's own offsets are committed after.
+On (re)assignment the consumer seeks past the last recorded position of each partition.
+Duplicate, late and stale-attempt reports find the job already settled and change nothing:
+exactly one settlement per job.
+
+Billing (README, "Billing"): completed -> settle at the measured gpu_ms; cancelled while
+running -> settle the GPU time used; budget exhausted -> settle the budget; failed -> retry if
+retryable and attempts remain, otherwise void (platform fault) or bill the time used (user
+fault). A job that exhausts its attempts is published to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from eventsourcing.persistence import Tracking
+from prometheus_client import Counter
+
+from domain.application import TrackingPinkseaApplication
+from domain.jobs import MAX_ATTEMPTS, Fault
+from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC
+from infra.kafka import idempotent_producer, manual_consumer
+from infra.messages import DeadLetter, Finished, Outcome, Started, parse_report
+from infra.settings import Settings
+
+log = structlog.get_logger("settler")
+
+SETTLED = Counter("pinksea_settler_reports_total", "Reports processed", ["kind", "applied"])
+
+
+def source_name(topic: str, partition: int) -> str:
+    return f"{topic}#{partition}"
+
+
+class Settler:
+    def __init__(self, settings: Settings, app: TrackingPinkseaApplication) -> None:
+        self.settings = settings
+        self.app = app
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    def apply(self, report: Started | Finished, tracking: Tracking) -> DeadLetter | None:
+        """Apply one report as a command (blocking; runs in a worker thread)."""
+        with self.app.tracking(tracking):
+            if isinstance(report, Started):
+                result = self.app.record_start(
+                    report.job_id,
+                    attempt=report.attempt,
+                    worker_id=report.worker_id,
+                    gpu=report.gpu,
+                    at=report.at,
+                )
+                SETTLED.labels("started", str(result.changed)).inc()
+                return None
+            applied, status = self._finish(report)
+        SETTLED.labels(report.outcome.value, str(applied)).inc()
+        if applied and status == "failed" and report.retryable and report.attempt >= MAX_ATTEMPTS:
+            return DeadLetter(
+                job_id=report.job_id,
+                attempts=report.attempt,
+                reason=report.error or "failed",
+                at=report.at,
+            )
+        return None
+
+    def _finish(self, report: Finished) -> tuple[bool, str]:
+        common = {"attempt": report.attempt, "at": report.at}
+        if report.outcome is Outcome.COMPLETED:
+            images = [i.model_dump() for i in report.images]
+            r = self.app.complete_job(
+                report.job_id,
+                gpu_ms=report.gpu_ms,
+                cuda_ms=report.cuda_ms,
+                images=images,  # type: ignore[arg-type]
+                **common,
+            )
+        elif report.outcome is Outcome.CANCELLED:
+            r = self.app.record_cancelled_run(report.job_id, gpu_ms=report.gpu_ms, **common)
+        elif report.outcome is Outcome.BUDGET_EXHAUSTED:
+            r = self.app.fail_job(
+                report.job_id,
+                reason="stopped at the hold's time budget",
+                retryable=False,
+                fault=Fault.USER,
+                gpu_ms=report.gpu_ms,
+                **common,
+            )
+        else:
+            r = self.app.fail_job(
+                report.job_id,
+                reason=report.error or "failed",
+                retryable=report.retryable,
+                fault=Fault(report.fault or "platform"),
+                gpu_ms=report.gpu_ms,
+                **common,
+            )
+        return r.applied, r.job_status
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = manual_consumer(self.settings, "pinksea.settler")
+        consumer.subscribe([self.settings.topic(REPORTS_TOPIC)], listener=_SeekPastTracked(self))
+        self.consumer = consumer
+        self.producer = idempotent_producer(self.settings)
+        await consumer.start()
+        await self.producer.start()
+        log.info("settler started")
+        try:
+            while not stop.is_set():
+                polled = await consumer.getmany(timeout_ms=300, max_records=200)
+                for tp, messages in polled.items():
+                    for message in messages:
+                        await self._handle(tp, message.offset, message.value)
+                    await consumer.commit({tp: messages[-1].offset + 1})
+        finally:
+            await consumer.stop()
+            await self.producer.stop()
+            log.info("settler stopped")
+
+    async def _handle(self, tp: TopicPartition, offset: int, raw: bytes) -> None:
+        report = parse_report(raw)
+        if not isinstance(report, Started | Finished):
+            return  # heartbeats are the scheduler's
+        # Tracking ids must be positive: record offset + 1, the next offset to read.
+        tracking = Tracking(source_name(tp.topic, tp.partition), offset + 1)
+        dead = await asyncio.to_thread(self.apply, report, tracking)
+        if dead is not None:
+            assert self.producer is not None
+            await self.producer.send_and_wait(
+                self.settings.topic(DLQ_TOPIC), dead.to_bytes(), key=str(dead.job_id).encode()
+            )
+            log.warning("job dead-lettered", job_id=str(dead.job_id), reason=dead.reason)
+
+    async def seek_past_tracked(self, partitions: Iterable[TopicPartition]) -> None:
+        assert self.consumer is not None
+        for tp in partitions:
+            recorded = await asyncio.to_thread(
+                self.app.consumed_up_to, source_name(tp.topic, tp.partition)
+            )
+            if recorded is not None:
+                self.consumer.seek(tp, recorded)
+
+
+class _SeekPastTracked(ConsumerRebalanceListener):
+    def __init__(self, settler: Settler) -> None:
+        self.settler = settler
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.settler.seek_past_tracked(assigned)
