@@ -517,6 +517,8 @@ class PinkseaApplication(Application[UUID]):
                 charged_mc=charged,
                 gpu_ms=billed_ms,
                 rate_mc_per_ms=_rate(job),
+                tier=job.tier,
+                cuda_ms=cuda_ms,
                 at=at,
             )
             job.complete(
@@ -560,6 +562,7 @@ class PinkseaApplication(Application[UUID]):
                     charged_mc=charged,
                     gpu_ms=billed_ms,
                     rate_mc_per_ms=_rate(job),
+                    tier=job.tier,
                     at=at,
                 )
             else:
@@ -594,6 +597,7 @@ class PinkseaApplication(Application[UUID]):
                 charged_mc=charged,
                 gpu_ms=billed_ms,
                 rate_mc_per_ms=_rate(job),
+                tier=job.tier,
                 at=at,
             )
             job.cancel(gpu_ms=gpu_ms, charged_mc=charged, at=at)

@@ -175,8 +175,10 @@ class CreditAccount(Aggregate):
         hold_id: str
         job_id: str
         charged_mc: int
-        gpu_ms: int
+        gpu_ms: int  # billed GPU time
         rate_mc_per_ms: int
+        tier: str  # the GPU tier the rate applies to
+        cuda_ms: int | None  # CUDA-event time of the run: an audit figure, never billed
         parts: list[SettledPart]
 
     class HoldReleased(Aggregate.Event):
@@ -308,7 +310,15 @@ class CreditAccount(Aggregate):
         return True
 
     def settle(
-        self, *, hold_id: str, charged_mc: int, gpu_ms: int, rate_mc_per_ms: int, at: datetime
+        self,
+        *,
+        hold_id: str,
+        charged_mc: int,
+        gpu_ms: int,
+        rate_mc_per_ms: int,
+        at: datetime,
+        tier: str = "",
+        cuda_ms: int | None = None,
     ) -> bool:
         """Charge the measured amount and release the rest. False if already settled alike."""
         require_aware(at)
@@ -344,6 +354,8 @@ class CreditAccount(Aggregate):
             charged_mc=charged_mc,
             gpu_ms=gpu_ms,
             rate_mc_per_ms=rate_mc_per_ms,
+            tier=tier,
+            cuda_ms=cuda_ms,
             parts=parts,
             timestamp=at,
         )
@@ -555,6 +567,8 @@ class CreditAccount(Aggregate):
         charged_mc: int,
         gpu_ms: int,
         rate_mc_per_ms: int,
+        tier: str,
+        cuda_ms: int | None,
         parts: list[SettledPart],
         timestamp: datetime,
     ) -> None:
