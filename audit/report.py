@@ -1,0 +1,80 @@
+"""Credits granted, consumed and expired per day, and GPU-seconds per tier, from the store."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+
+from audit.store import StoredDomainEvent
+from domain.credits import CreditAccount
+
+
+@dataclass
+class DayFigures:
+    granted_mc: int = 0
+    consumed_mc: int = 0  # charged, net of refunds
+    expired_mc: int = 0
+    gpu_ms_by_tier: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+async def daily_report(
+    events: AsyncIterable[StoredDomainEvent], start: datetime | None, end: datetime | None
+) -> dict[date, DayFigures]:
+    days: dict[date, DayFigures] = defaultdict(DayFigures)
+    async for stored in events:
+        ev = stored.event
+        if (start is not None and ev.timestamp < start) or (
+            end is not None and ev.timestamp >= end
+        ):
+            continue
+        day = days[ev.timestamp.date()]
+        granted = isinstance(ev, CreditAccount.CreditsGranted)
+        if granted or (isinstance(ev, CreditAccount.CreditsAdjusted) and ev.amount_mc > 0):
+            day.granted_mc += ev.amount_mc
+        elif isinstance(ev, CreditAccount.HoldSettled):
+            day.consumed_mc += ev.charged_mc
+            day.expired_mc += sum(p["expired_mc"] for p in ev.parts)
+            day.gpu_ms_by_tier[ev.tier or "unknown"] += ev.gpu_ms
+        elif isinstance(ev, CreditAccount.HoldReleased):
+            day.expired_mc += sum(p["expired_mc"] for p in ev.parts)
+        elif isinstance(ev, CreditAccount.LotExpired):
+            day.expired_mc += ev.expired_mc
+        elif isinstance(ev, CreditAccount.CreditsRefunded):
+            day.consumed_mc -= ev.amount_mc
+    return dict(sorted(days.items()))
+
+
+def plot_report(days: dict[date, DayFigures], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to the file
+    import matplotlib.pyplot as plt
+
+    x = list(days)
+    fig, (credits, gpu) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for label, values in (
+        ("granted", [d.granted_mc / 1000 for d in days.values()]),
+        ("consumed", [d.consumed_mc / 1000 for d in days.values()]),
+        ("expired", [d.expired_mc / 1000 for d in days.values()]),
+    ):
+        credits.plot(x, values, marker="o", label=label)
+    credits.set_ylabel("credits")
+    credits.set_title("Credits per day")
+    credits.legend()
+    tiers = sorted({t for d in days.values() for t in d.gpu_ms_by_tier})
+    bottom = [0.0] * len(x)
+    for tier in tiers:
+        values = [d.gpu_ms_by_tier.get(tier, 0) / 1000 for d in days.values()]
+        gpu.bar(x, values, bottom=bottom, label=tier)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    gpu.set_ylabel("GPU-seconds")
+    gpu.set_title("GPU-seconds billed per tier")
+    if tiers:
+        gpu.legend()
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,252 @@
+"""`pinksea ledger ...`: the auditor's tools. They read the event store, not the read models;
+``--database-url`` points any of them at a read replica."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from audit.store import ACCOUNT_EVENTS, StoredDomainEvent, count_events, stream_events
+from cli.main import app
+from domain import ids
+from domain.units import format_credits
+from infra.settings import get_settings
+
+ledger_app = typer.Typer(
+    help="Ledger tools for auditors and billing analysts.", no_args_is_help=True
+)
+app.add_typer(ledger_app, name="ledger")
+console = Console(stderr=True)
+
+DatabaseUrl = typer.Option(None, "--database-url", help="Read from this database (e.g. a replica).")
+From = typer.Option(None, "--from", help="Start of the window (ISO time, inclusive).")
+To = typer.Option(None, "--to", help="End of the window (ISO time, exclusive).")
+
+
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    t = datetime.fromisoformat(value)
+    if t.tzinfo is None:
+        raise typer.BadParameter(f"{value}: give a time zone, e.g. {value}+00:00")
+    return t
+
+
+async def _connect(database_url: str | None) -> asyncpg.Connection:
+    return await asyncpg.connect(database_url or get_settings().effective_read_database_url)
+
+
+async def _with_progress(
+    conn: asyncpg.Connection, events: AsyncIterator[StoredDomainEvent], topics: tuple[str, ...]
+) -> AsyncIterator[StoredDomainEvent]:
+    """Pass events through while showing a progress bar with events/s on stderr."""
+    total = await count_events(conn, topics)
+    with Progress(
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>9.0f} events/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("events", total=total, rate=0.0)
+        started = asyncio.get_running_loop().time()
+        done = 0
+        async for stored in events:
+            yield stored
+            done += 1
+            if done % 2000 == 0:
+                elapsed = max(asyncio.get_running_loop().time() - started, 1e-9)
+                progress.update(task, completed=done, rate=done / elapsed)
+
+
+@ledger_app.command()
+def statement(
+    user: str,
+    start: str = From,
+    end: str = To,
+    as_of: str = typer.Option(None, "--as-of", help="Replay only what had happened by then."),
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Opening balance, every movement with running balances, closing balance."""
+    from audit.statement import build_statement
+
+    async def main() -> None:
+        conn = await _connect(database_url)
+        try:
+            events = [
+                e
+                async for e in stream_events(
+                    conn, topics=(ACCOUNT_EVENTS,), originator_id=ids.account_id(user)
+                )
+            ]
+        finally:
+            await conn.close()
+        if not events:
+            console.print(f"[red]no credit account for user {user}[/red]")
+            raise typer.Exit(1)
+        s = build_statement(user, events, start=_when(start), end=_when(end), as_of=_when(as_of))
+        table = Table(title=f"statement of {user}")
+        for col in (
+            "time",
+            "event",
+            "kind",
+            "job",
+            "lot",
+            "available Δ",
+            "held Δ",
+            "available",
+            "held",
+        ):
+            table.add_column(col)
+        table.add_row(
+            "",
+            "",
+            "opening",
+            "",
+            "",
+            "",
+            "",
+            format_credits(s.opening_available_mc),
+            format_credits(s.opening_held_mc),
+        )
+        for line in s.lines:
+            table.add_row(
+                line.occurred_at.isoformat(timespec="milliseconds"),
+                line.event_id[-12:],
+                line.kind,
+                (line.job_id or "")[:8],
+                (line.lot_id or "")[:8],
+                format_credits(line.available_delta_mc),
+                format_credits(line.held_delta_mc),
+                format_credits(line.available_mc),
+                format_credits(line.held_mc),
+            )
+        table.add_row(
+            "",
+            "",
+            "closing",
+            "",
+            "",
+            "",
+            "",
+            format_credits(s.closing_available_mc),
+            format_credits(s.closing_held_mc),
+        )
+        Console().print(table)
+
+    asyncio.run(main())
+
+
+@ledger_app.command()
+def balance(
+    as_of: str = typer.Option(None, "--as-of", help="Replay only what had happened by then."),
+    user: str = typer.Option(None, help="One user (default: every user)."),
+    all_users: bool = typer.Option(False, "--all-users", help="Every user."),
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Available and held credit of one or every user at an instant."""
+    from audit.balances import balances_as_of
+
+    if not user and not all_users:
+        raise typer.BadParameter("give --user USER or --all-users")
+
+    async def main() -> None:
+        conn = await _connect(database_url)
+        try:
+            account = ids.account_id(user) if user else None
+            events = stream_events(conn, topics=(ACCOUNT_EVENTS,), originator_id=account)
+            result = await balances_as_of(
+                _with_progress(conn, events, (ACCOUNT_EVENTS,)), _when(as_of)
+            )
+        finally:
+            await conn.close()
+        table = Table(title=f"balances as of {as_of or 'now'}")
+        for col in ("user", "available", "held", "available_mc", "held_mc"):
+            table.add_column(col)
+        for b in sorted(result.values(), key=lambda b: b.user_id):
+            table.add_row(
+                b.user_id,
+                format_credits(b.available_mc),
+                format_credits(b.held_mc),
+                str(b.available_mc),
+                str(b.held_mc),
+            )
+        Console().print(table)
+
+    asyncio.run(main())
+
+
+@ledger_app.command()
+def export(
+    start: str = From,
+    end: str = To,
+    fmt: str = typer.Option("csv", "--format", help="csv, parquet or jsonl."),
+    out: Path = typer.Option(None, "--out", help="File to write (default: standard output)."),
+    database_url: str = DatabaseUrl,
+) -> None:
+    """One row per posting, streamed: memory stays flat at any size."""
+    from audit.export import posting_rows, write_export
+
+    async def main() -> None:
+        conn = await _connect(database_url)
+        try:
+            events = _with_progress(
+                conn, stream_events(conn, topics=(ACCOUNT_EVENTS,)), (ACCOUNT_EVENTS,)
+            )
+            rows = posting_rows(events, _when(start), _when(end))
+            count = await write_export(rows, fmt, out if out is not None else sys.stdout)
+        finally:
+            await conn.close()
+        console.print(f"exported {count} postings")
+
+    asyncio.run(main())
+
+
+@ledger_app.command()
+def report(
+    start: str = From,
+    end: str = To,
+    plot: Path = typer.Option(None, "--plot", help="Also draw the figures into this PNG."),
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Credits granted / consumed / expired per day, and GPU-seconds per tier."""
+    from audit.report import daily_report, plot_report
+
+    async def main() -> None:
+        conn = await _connect(database_url)
+        try:
+            events = _with_progress(
+                conn, stream_events(conn, topics=(ACCOUNT_EVENTS,)), (ACCOUNT_EVENTS,)
+            )
+            days = await daily_report(events, _when(start), _when(end))
+        finally:
+            await conn.close()
+        tiers = sorted({t for d in days.values() for t in d.gpu_ms_by_tier})
+        table = Table(title="credits and GPU time per day")
+        for col in ("day", "granted", "consumed", "expired", *(f"GPU-s {t}" for t in tiers)):
+            table.add_column(col, justify="right")
+        for day, f in days.items():
+            table.add_row(
+                day.isoformat(),
+                format_credits(f.granted_mc),
+                format_credits(f.consumed_mc),
+                format_credits(f.expired_mc),
+                *(format_credits(f.gpu_ms_by_tier.get(t, 0)) for t in tiers),
+            )
+        Console().print(table)
+        if plot is not None:
+            plot_report(days, plot)
+            console.print(f"chart written to {plot}")
+
+    asyncio.run(main())
