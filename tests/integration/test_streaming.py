@@ -62,7 +62,7 @@ def process_env(settings: Settings) -> dict[str, str]:
 
 def spawn(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args, "--metrics-port", "0"],
+        [sys.executable, "-m", "cli", *args, "--metrics-port", "0"],
         cwd=REPO,
         env=process_env(settings),
         stdout=subprocess.DEVNULL,
