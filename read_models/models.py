@@ -1,0 +1,198 @@
+"""What the query functions return: small frozen records (FastAPI serialises dataclasses).
+
+Money is integer millicredits (``*_mc``), USD a Decimal, times timezone-aware datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: tuple[T, ...]
+    next_cursor: str | None  # None: this is the last page
+
+
+@dataclass(frozen=True, slots=True)
+class CreditLot:
+    lot_id: str
+    seq: int
+    source: str
+    amount_mc: int
+    remaining_mc: int
+    held_mc: int
+    consumed_mc: int
+    expired_mc: int
+    debited_mc: int
+    refunded_mc: int
+    valid_from: datetime
+    valid_until: datetime | None
+    reference: str
+    expired: bool
+    spendable: bool  # at the time the balance was asked for
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    user_id: str
+    available_mc: int  # every lot's unspent remainder (the ledger balance)
+    spendable_mc: int  # the part of it usable now: lots valid at the time asked
+    held_mc: int
+    granted_mc: int
+    consumed_mc: int
+    refunded_mc: int
+    expired_mc: int
+    debited_mc: int
+    position: int
+    lots: tuple[CreditLot, ...]  # in spend order
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    event_id: str
+    position: int
+    occurred_at: datetime
+    kind: str
+    job_id: str | None
+    lot_id: str | None
+    amount_mc: int  # change of the available balance
+    held_change_mc: int
+    available_after_mc: int
+    held_after_mc: int
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBucket:
+    key: str  # a UTC day (YYYY-MM-DD) or a model
+    jobs: int
+    gpu_ms: int
+    charged_mc: int
+    refunded_mc: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    group_by: str
+    start: datetime
+    end: datetime
+    buckets: tuple[UsageBucket, ...]
+    jobs: int
+    gpu_ms: int
+    charged_mc: int
+    refunded_mc: int
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    name: str
+    job_id: UUID
+    index: int
+    key: str
+    thumbnail_key: str
+    size_bytes: int
+    width: int
+    height: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: UUID
+    status: str
+    model: str
+    tier: str
+    steps: int
+    width: int
+    height: int
+    batch_size: int
+    seed: int
+    parameters: dict[str, Any]
+    hold_mc: int
+    budget_ms: int
+    estimate_ms: int
+    attempt: int
+    cancel_requested: bool
+    gpu_ms: int
+    cuda_ms: int | None
+    charged_mc: int
+    refunded_mc: int
+    image_count: int
+    rejection_reason: str | None
+    rejection_detail: str | None
+    failure_reason: str | None
+    failure_fault: str | None
+    submitted_at: datetime
+    accepted_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    images: tuple[Image, ...] = ()  # filled by get_job only
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    slug: str
+    type: str
+    usd_per_month: Decimal | None
+    credits_per_month: int | None
+    tier: str
+    concurrent_jobs: int
+    storage_gb: int
+    model_access: str
+    third_party_api: bool
+    lora_training: bool
+    collaboration: bool
+    node_editor: bool
+    api_access: bool
+    max_open_jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    plan: str
+    status: str
+    period_start: datetime
+    period_end: datetime
+    cancel_at: datetime | None
+    external_id: str | None
+    custom_terms: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: str
+    created_at: datetime
+    plan: Plan  # the plan whose entitlements apply now
+    subscription: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    user_id: str
+    plan: str
+    subscription_status: str
+    created_at: datetime
+
+
+__all__ = [
+    "Balance",
+    "CreditLot",
+    "Image",
+    "Job",
+    "LedgerEntry",
+    "Page",
+    "Plan",
+    "Subscription",
+    "UsageBucket",
+    "UsageSummary",
+    "User",
+    "UserSummary",
+]
