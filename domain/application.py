@@ -165,6 +165,18 @@ class PinkseaApplication(Application[UUID]):
         assert isinstance(job, GenerationJob)
         return job
 
+    def _watch_balance(
+        self, account: CreditAccount, at: datetime, plan: Plan | None = None
+    ) -> None:
+        """Warn once when available credit falls below the plan's threshold, and re-arm the
+        warning when it is back above."""
+        if plan is None:
+            sub = self._get(ids.subscription_id(account.user_id))
+            if sub is None:
+                return
+            plan = sub.plan
+        account.check_low_balance(plan.low_balance_threshold_mc, at)
+
     def _account_or_open(self, user_id: str, at: datetime) -> CreditAccount:
         account = self._get(ids.account_id(user_id))
         return account if account is not None else CreditAccount(user_id=user_id, timestamp=at)
@@ -247,6 +259,7 @@ class PinkseaApplication(Application[UUID]):
                 reason=f"{sub.plan_slug} plan period",
                 at=at,
             )
+            self._watch_balance(account, at, sub.plan)
             return CommandResult(True, self._save(sub, account))
 
         return self._retrying(command)
@@ -299,6 +312,7 @@ class PinkseaApplication(Application[UUID]):
                 reason=reason,
                 at=at,
             )
+            self._watch_balance(account, at, sub.plan)
             return CommandResult(changed, self._save(sub, account))
 
         return self._retrying(command)
@@ -357,9 +371,10 @@ class PinkseaApplication(Application[UUID]):
                 reason=reason,
                 at=at,
             )
-            return CommandResult(
-                changed, self._save(account) if changed else self.current_position()
-            )
+            if not changed:
+                return CommandResult(False, self.current_position())
+            self._watch_balance(account, at)
+            return CommandResult(True, self._save(account))
 
         return self._retrying(command)
 
@@ -378,6 +393,7 @@ class PinkseaApplication(Application[UUID]):
             changed = account.adjust(
                 adjustment_id=adjustment_id, amount_mc=amount_mc, reason=reason, actor=actor, at=at
             )
+            self._watch_balance(account, at)
             return CommandResult(changed, self._save(account))
 
         return self._retrying(command)
@@ -388,6 +404,7 @@ class PinkseaApplication(Application[UUID]):
         def command() -> CommandResult:
             account = self.account(user_id)
             expired = account.expire_due(at)
+            self._watch_balance(account, at)
             return CommandResult(expired > 0, self._save(account))
 
         return self._retrying(command)
@@ -420,6 +437,7 @@ class PinkseaApplication(Application[UUID]):
                 at=at,
             )
             _decide(job, sub, plan, account, params, storage_used_bytes, at)
+            account.check_low_balance(plan.low_balance_threshold_mc, at)
             try:
                 # Optimistic: a repeated key is rare, so don't read the job first; the job's
                 # first event conflicts on save if the key was used before.
@@ -529,6 +547,7 @@ class PinkseaApplication(Application[UUID]):
                 images=images,
                 at=at,
             )
+            _rearm_low_balance(account, at)
             return SettlementResult(True, job.status, charged, self._save(job, account))
 
         return self._retrying(command)
@@ -577,6 +596,7 @@ class PinkseaApplication(Application[UUID]):
                 charged_mc=charged,
                 at=at,
             )
+            _rearm_low_balance(account, at)
             return SettlementResult(True, job.status, charged, self._save(job, account))
 
         return self._retrying(command)
@@ -601,6 +621,7 @@ class PinkseaApplication(Application[UUID]):
                 at=at,
             )
             job.cancel(gpu_ms=gpu_ms, charged_mc=charged, at=at)
+            _rearm_low_balance(account, at)
             return SettlementResult(True, job.status, charged, self._save(job, account))
 
         return self._retrying(command)
@@ -626,6 +647,13 @@ class PinkseaApplication(Application[UUID]):
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+def _rearm_low_balance(account: CreditAccount, at: datetime) -> None:
+    """Settlements give credit back: re-arm a raised warning with the threshold it used (no
+    subscription read on the billing hot path)."""
+    if account.low_balance:
+        account.check_low_balance(account.low_balance_threshold_mc, at)
 
 
 def _rate(job: GenerationJob) -> int:

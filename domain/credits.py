@@ -202,6 +202,20 @@ class CreditAccount(Aggregate):
         new_lot: NewLot | None
         debits: list[LotAmount]
 
+    class LowBalanceReached(Aggregate.Event):
+        """Available credit fell below the plan's threshold (once per downward crossing)."""
+
+        TOPIC = "pinksea:CreditAccount.LowBalanceReached"
+        threshold_mc: int
+        available_mc: int
+
+    class LowBalanceCleared(Aggregate.Event):
+        """Available credit is back at or above the threshold: the warning re-arms."""
+
+        TOPIC = "pinksea:CreditAccount.LowBalanceCleared"
+        threshold_mc: int
+        available_mc: int
+
     class CreditsRefunded(Aggregate.Event):
         TOPIC = "pinksea:CreditAccount.CreditsRefunded"
         hold_id: str
@@ -222,6 +236,8 @@ class CreditAccount(Aggregate):
         self.lots: dict[str, Lot] = {}
         self.holds: dict[str, Hold] = {}
         self.adjustments: dict[str, int] = {}
+        self.low_balance = False
+        self.low_balance_threshold_mc = 0
 
     # ----------------------------------------------------------------------------- queries
 
@@ -439,6 +455,41 @@ class CreditAccount(Aggregate):
         )
         return True
 
+    def revoke_lot(
+        self, *, adjustment_id: str, lot_id: str, reason: str, actor: str, at: datetime
+    ) -> int:
+        """Debit what is left of one lot (e.g. its invoice was refunded). Returns the mc
+        debited; a repeat debits nothing. Held or spent credit of the lot is not touched."""
+        require_aware(at)
+        if adjustment_id in self.adjustments:
+            return 0
+        lot = self.lots.get(lot_id)
+        if lot is None or lot.remaining_mc == 0:
+            return 0
+        amount = lot.remaining_mc
+        self._adjusted(
+            adjustment_id=adjustment_id,
+            amount_mc=-amount,
+            reason=reason,
+            actor=actor,
+            new_lot=None,
+            debits=[LotAmount(lot_id=lot_id, mc=amount)],
+            timestamp=at,
+        )
+        return amount
+
+    def check_low_balance(self, threshold_mc: int, at: datetime) -> None:
+        """Record a crossing of the low-balance threshold, in either direction."""
+        available = self.available_mc(at)
+        if not self.low_balance and available < threshold_mc:
+            self._low_balance_reached(
+                threshold_mc=threshold_mc, available_mc=available, timestamp=at
+            )
+        elif self.low_balance and available >= threshold_mc:
+            self._low_balance_cleared(
+                threshold_mc=threshold_mc, available_mc=available, timestamp=at
+            )
+
     def refund(self, *, hold_id: str, reason: str, actor: str, at: datetime) -> int:
         """Give a settled hold's charge back to the lots it came from. Returns mc refunded
         now (0 when it was refunded before)."""
@@ -619,6 +670,18 @@ class CreditAccount(Aggregate):
             lot.remaining_mc -= part["mc"]
             lot.debited_mc += part["mc"]
         self.adjustments[adjustment_id] = amount_mc
+
+    @event(LowBalanceReached)
+    def _low_balance_reached(
+        self, threshold_mc: int, available_mc: int, timestamp: datetime
+    ) -> None:
+        self.low_balance = True
+
+    @event(LowBalanceCleared)
+    def _low_balance_cleared(
+        self, threshold_mc: int, available_mc: int, timestamp: datetime
+    ) -> None:
+        self.low_balance = False
 
     @event(CreditsRefunded)
     def _refunded(

@@ -36,6 +36,9 @@ class PlanType(StrEnum):
 # Charged millicredits per measured GPU-millisecond on the plan's own tier. One credit is one
 # GPU-second on that tier, so every tier's rate is 1 mc/ms; the table exists so a future
 # cross-tier rate is a data change, not a code change.
+# The low-balance warning fires below 1/LOW_BALANCE_DIVISOR of the plan's monthly credits.
+LOW_BALANCE_DIVISOR = 10
+
 RATE_MC_PER_GPU_MS: dict[GpuTier, int] = {tier: 1 for tier in GpuTier}
 
 
@@ -62,6 +65,13 @@ class Plan:
         if self.credits_per_month is None:
             raise ValueError(f"plan {self.slug} has negotiated credits; assign custom terms")
         return self.credits_per_month * MC_PER_CREDIT
+
+    @property
+    def low_balance_threshold_mc(self) -> int:
+        """Below this, the user is warned once (LowBalanceReached): a tenth of a month."""
+        if self.credits_per_month is None:
+            return 0
+        return self.credits_per_month_mc // LOW_BALANCE_DIVISOR
 
     @property
     def storage_bytes(self) -> int:

@@ -322,3 +322,49 @@ def test_every_stored_credit_event_has_balanced_postings(
     assert len(events) == account.version
     for ev in events:
         assert sum(p.amount_mc for p in postings_for(user, ev)) == 0
+
+
+def test_low_balance_is_reached_once_per_downward_crossing(
+    app: PinkseaApplication, user: str
+) -> None:
+    threshold = get_plan("trial").low_balance_threshold_mc
+
+    def warnings() -> list[str]:
+        account = app.account(user)
+        return [
+            type(e).__name__
+            for e in app.events.get(account.id)
+            if type(e).__name__.startswith("LowBalance")
+        ]
+
+    # Spend down to just above the threshold: no warning yet.
+    app.adjust_credits(
+        user,
+        adjustment_id="down",
+        amount_mc=-(trial_mc() - threshold - 1),
+        reason="test",
+        actor="t",
+        at=T0,
+    )
+    assert warnings() == []
+    job = submit(app, user)  # its hold takes available below the threshold
+    assert warnings() == ["LowBalanceReached"]
+    submit(app, user, "k2")  # still low: no second warning
+    assert warnings() == ["LowBalanceReached"]
+    app.cancel_job(job.job_id, T0)
+    app.grant_credits(
+        user,
+        grant_id="top-up",
+        source=LotSource.PURCHASE,
+        amount_mc=50_000,
+        valid_from=T0,
+        valid_until=None,
+        actor="t",
+        reason="t",
+        at=T0,
+    )
+    assert warnings() == ["LowBalanceReached", "LowBalanceCleared"]
+    app.adjust_credits(
+        user, adjustment_id="down-again", amount_mc=-50_000, reason="t", actor="t", at=T0
+    )
+    assert warnings() == ["LowBalanceReached", "LowBalanceCleared", "LowBalanceReached"]
