@@ -46,6 +46,7 @@ from domain.jobs import (
 from domain.plans import RATE_MC_PER_GPU_MS, GpuTier, Plan
 from domain.subscription import CustomTerms, Subscription
 from domain.units import credits_to_mc
+from domain.webhooks import StripeEventRecord
 
 TRIAL_GRANT_REFERENCE = "trial"
 MAX_CONFLICT_RETRIES = 64
@@ -54,6 +55,29 @@ T = TypeVar("T")
 
 
 _TRACKING: ContextVar[Tracking | None] = ContextVar("pinksea_tracking", default=None)
+# The Stripe event being handled: saved with the first save of its effect, exactly once.
+_STRIPE_EVENT: ContextVar[_PendingStripeEvent | None] = ContextVar("pinksea_stripe", default=None)
+
+
+@dataclass
+class _PendingStripeEvent:
+    event_id: str
+    type: str
+    at: datetime
+    saved: bool = False
+
+    def record(self) -> StripeEventRecord:
+        # A fresh aggregate per attempt: a failed save must not lose the record's event.
+        return StripeEventRecord(
+            stripe_event_id=self.event_id,
+            stripe_type=self.type,
+            outcome="applied",
+            timestamp=self.at,
+        )
+
+
+class StripeEventAlreadyApplied(Exception):
+    """Another delivery of the same Stripe event took effect first."""
 
 
 class ConcurrencyConflict(Exception):
@@ -105,6 +129,9 @@ class PinkseaApplication(Application[UUID]):
             try:
                 return command()
             except IntegrityError:
+                pending = _STRIPE_EVENT.get()
+                if pending is not None and self._get(ids.stripe_event_id(pending.event_id)):
+                    raise StripeEventAlreadyApplied(pending.event_id) from None
                 continue  # someone saved these aggregates first: read them again
         raise ConcurrencyConflict("too many concurrent writers on the same aggregates; retry")
 
@@ -124,6 +151,14 @@ class PinkseaApplication(Application[UUID]):
         return self.recorder.max_notification_id() or 0
 
     def _save(self, *aggregates: Aggregate | None) -> int:
+        pending = _STRIPE_EVENT.get()
+        if pending is not None and not pending.saved:
+            position = self._save_unrecorded(*aggregates, pending.record())
+            pending.saved = True
+            return position
+        return self._save_unrecorded(*aggregates)
+
+    def _save_unrecorded(self, *aggregates: Aggregate | None) -> int:
         tracking = _TRACKING.get()
         if tracking is None:
             return self._position(self.save(*aggregates))
@@ -133,6 +168,29 @@ class PinkseaApplication(Application[UUID]):
         recordings = self._record(processing)
         self._take_snapshots(processing)
         return self._position(recordings)
+
+    @contextmanager
+    def stripe_event(self, event_id: str, type_: str, at: datetime) -> Iterator[bool]:
+        """Handle one Stripe event exactly once. Yields False when it took effect before;
+        otherwise its record is saved with the first save inside the block (or alone, if the
+        block saved nothing)."""
+        if self._get(ids.stripe_event_id(event_id)) is not None:
+            yield False
+            return
+        pending = _PendingStripeEvent(event_id, type_, at)
+        token = _STRIPE_EVENT.set(pending)
+        try:
+            yield True
+            if not pending.saved:
+                try:
+                    self._save_unrecorded(pending.record())
+                except IntegrityError:
+                    raise StripeEventAlreadyApplied(event_id) from None
+        finally:
+            _STRIPE_EVENT.reset(token)
+
+    def stripe_event_seen(self, event_id: str) -> bool:
+        return self._get(ids.stripe_event_id(event_id)) is not None
 
     @contextmanager
     def tracking(self, tracking: Tracking) -> Iterator[None]:
@@ -237,11 +295,24 @@ class PinkseaApplication(Application[UUID]):
         period_start: datetime,
         period_end: datetime,
         at: datetime,
+        start_plan: str | None = None,
+        external_id: str | None = None,
     ) -> CommandResult:
-        """A paid invoice: record the period and grant its credits, valid to period end."""
+        """A paid invoice: record the period and grant its credits, valid to period end.
+
+        With ``start_plan`` and ``external_id``, a subscription not yet started is started
+        first, in the same save: an invoice may arrive before its subscription's own event."""
 
         def command() -> CommandResult:
             sub = self.subscription(user_id)
+            if start_plan and external_id and sub.status in ("trialing", "ended"):
+                sub.start(
+                    plan=start_plan,
+                    external_id=external_id,
+                    period_start=period_start,
+                    period_end=period_end,
+                    at=at,
+                )
             credits_mc = sub.renew(
                 invoice_id=invoice_id, period_start=period_start, period_end=period_end, at=at
             )
@@ -261,6 +332,67 @@ class PinkseaApplication(Application[UUID]):
             )
             self._watch_balance(account, at, sub.plan)
             return CommandResult(True, self._save(sub, account))
+
+        return self._retrying(command)
+
+    def link_stripe_customer(self, user_id: str, customer_id: str, at: datetime) -> CommandResult:
+        return self._on_subscription(user_id, lambda s: s.link_customer(customer_id, at))
+
+    def stripe_plan_changed(self, user_id: str, *, to_plan: str, at: datetime) -> CommandResult:
+        """Stripe moved the subscription to another plan. An upgrade mid-period grants the
+        difference in monthly credits prorated to the time left in the period (integer
+        arithmetic, rounded down), valid to the period's end. A downgrade grants nothing and
+        takes nothing: the lower allowance starts with the next paid period."""
+
+        def command() -> CommandResult:
+            sub = self.subscription(user_id)
+            before = sub.plan
+            if not sub.change_plan(to_plan=to_plan, actor="stripe", reason="plan changed", at=at):
+                return CommandResult(False, self.current_position())
+            old_mc = before.credits_per_month_mc if before.credits_per_month is not None else 0
+            extra_mc = sub.plan.credits_per_month_mc - old_mc
+            account = self._account_or_open(user_id, at)
+            if extra_mc > 0 and sub.status == "active" and sub.period_start < at < sub.period_end:
+                left = int((sub.period_end - at).total_seconds())
+                whole = int((sub.period_end - sub.period_start).total_seconds())
+                prorated = extra_mc * left // whole
+                if prorated > 0:
+                    account.grant(
+                        lot_id=ids.lot_id(
+                            "upgrade", f"{sub.external_id}:{to_plan}:{sub.period_start}"
+                        ),
+                        source=LotSource.SUBSCRIPTION,
+                        amount_mc=prorated,
+                        valid_from=at,
+                        valid_until=sub.period_end,
+                        reference=f"upgrade:{before.slug}->{to_plan}",
+                        actor="stripe",
+                        reason=f"upgrade from {before.slug} to {to_plan}, prorated",
+                        at=at,
+                    )
+                    self._watch_balance(account, at, sub.plan)
+            return CommandResult(True, self._save(sub, account))
+
+        return self._retrying(command)
+
+    def revoke_invoice_credits(
+        self, user_id: str, *, invoice_id: str, reason: str, at: datetime
+    ) -> CommandResult:
+        """The invoice's payment was refunded: take back what is left of its credits."""
+
+        def command() -> CommandResult:
+            account = self.account(user_id)
+            taken = account.revoke_lot(
+                adjustment_id=f"revoke:{invoice_id}",
+                lot_id=ids.lot_id("invoice", invoice_id),
+                reason=reason,
+                actor="stripe",
+                at=at,
+            )
+            if not taken:
+                return CommandResult(False, self.current_position())
+            self._watch_balance(account, at)
+            return CommandResult(True, self._save(account))
 
         return self._retrying(command)
 

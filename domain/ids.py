@@ -27,3 +27,7 @@ def job_id(user_id: str, idempotency_key: str) -> UUID:
 def lot_id(kind: str, reference: str) -> str:
     """A lot's id from what granted it (invoice id, grant id, ...): a second grant is a no-op."""
     return str(_derive("lot", kind, reference))
+
+
+def stripe_event_id(stripe_event_id: str) -> UUID:
+    return _derive("stripe-event", stripe_event_id)

@@ -85,6 +85,10 @@ class Subscription(Aggregate):
         TOPIC = "pinksea:Subscription.PaymentFailed"
         invoice_id: str
 
+    class CustomerLinked(Aggregate.Event):
+        TOPIC = "pinksea:Subscription.CustomerLinked"
+        customer_id: str  # the user's one Stripe customer
+
     class Ended(Aggregate.Event):
         TOPIC = "pinksea:Subscription.Ended"
         reason: str
@@ -103,6 +107,7 @@ class Subscription(Aggregate):
         self.period_start = period_start
         self.period_end = period_end
         self.external_id: str | None = None
+        self.customer_id: str | None = None
         self.cancel_at: datetime | None = None
         self.custom_terms: CustomTerms | None = None
         self.invoices: list[str] = []
@@ -250,6 +255,15 @@ class Subscription(Aggregate):
         self._ended(reason=reason, timestamp=at)
         return True
 
+    def link_customer(self, customer_id: str, at: datetime) -> bool:
+        require_aware(at)
+        if self.customer_id == customer_id:
+            return False
+        if self.customer_id is not None:
+            raise IdempotencyConflict("this user already has another Stripe customer")
+        self._customer_linked(customer_id=customer_id, timestamp=at)
+        return True
+
     def ensure_same_external(self, external_id: str) -> None:
         if self.external_id is not None and self.external_id != external_id:
             raise IdempotencyConflict("this user already has a different subscription")
@@ -316,6 +330,10 @@ class Subscription(Aggregate):
     def _payment_failed(self, invoice_id: str, timestamp: datetime) -> None:
         self.failed_invoices.append(invoice_id)
         self.status = SubscriptionStatus.PAST_DUE.value
+
+    @event(CustomerLinked)
+    def _customer_linked(self, customer_id: str, timestamp: datetime) -> None:
+        self.customer_id = customer_id
 
     @event(Ended)
     def _ended(self, reason: str, timestamp: datetime) -> None:

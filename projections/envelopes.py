@@ -20,12 +20,14 @@ from pydantic_core import to_jsonable_python
 from domain.credits import CreditAccount
 from domain.jobs import GenerationJob
 from domain.subscription import Subscription
+from domain.webhooks import StripeEventRecord
 from infra.envelope import CREDITS_TOPIC, JOBS_TOPIC, SUBSCRIPTIONS_TOPIC, Envelope
 
 AGGREGATE_TOPICS: dict[type[Aggregate], str] = {
     CreditAccount: CREDITS_TOPIC,
     Subscription: SUBSCRIPTIONS_TOPIC,
     GenerationJob: JOBS_TOPIC,
+    StripeEventRecord: SUBSCRIPTIONS_TOPIC,  # billing facts travel with the subscriptions
 }
 _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp"})
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "events"
