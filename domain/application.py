@@ -32,7 +32,7 @@ from eventsourcing.persistence import (
 from domain import ids
 from domain.catalog import MODELS
 from domain.credits import CreditAccount, HoldAsDict, LotAsDict, LotSource
-from domain.errors import InsufficientCredits, InvalidTransition, NotFound
+from domain.errors import InsufficientCredits, InvalidParameters, InvalidTransition, NotFound
 from domain.estimation import budget_ms_for_hold, charge_for, estimate_gpu_ms, hold_for_estimate
 from domain.jobs import (
     MAX_ATTEMPTS,
@@ -43,7 +43,7 @@ from domain.jobs import (
     JobStatus,
     RejectionReason,
 )
-from domain.plans import RATE_MC_PER_GPU_MS, GpuTier, Plan
+from domain.plans import RATE_MC_PER_GPU_MS, GpuTier, Plan, get_plan
 from domain.subscription import CustomTerms, Subscription
 from domain.units import credits_to_mc
 from domain.webhooks import StripeEventRecord
@@ -314,7 +314,11 @@ class PinkseaApplication(Application[UUID]):
                     at=at,
                 )
             credits_mc = sub.renew(
-                invoice_id=invoice_id, period_start=period_start, period_end=period_end, at=at
+                invoice_id=invoice_id,
+                period_start=period_start,
+                period_end=period_end,
+                at=at,
+                plan=start_plan,
             )
             if credits_mc is None:
                 return CommandResult(False, self.current_position())
@@ -335,43 +339,103 @@ class PinkseaApplication(Application[UUID]):
 
         return self._retrying(command)
 
-    def link_stripe_customer(self, user_id: str, customer_id: str, at: datetime) -> CommandResult:
-        return self._on_subscription(user_id, lambda s: s.link_customer(customer_id, at))
-
-    def stripe_plan_changed(self, user_id: str, *, to_plan: str, at: datetime) -> CommandResult:
-        """Stripe moved the subscription to another plan. An upgrade mid-period grants the
-        difference in monthly credits prorated to the time left in the period (integer
-        arithmetic, rounded down), valid to the period's end. A downgrade grants nothing and
-        takes nothing: the lower allowance starts with the next paid period."""
+    def sync_stripe_subscription(
+        self,
+        user_id: str,
+        *,
+        external_id: str,
+        plan: str,
+        status: str,
+        period_start: datetime,
+        period_end: datetime,
+        cancel_at_period_end: bool,
+        object_at: datetime,
+        at: datetime,
+    ) -> CommandResult:
+        """Apply the state of a Stripe subscription object (created/updated/deleted events) in
+        one save. Snapshots older than the last one applied are ignored, so deliveries in any
+        order converge to the newest state."""
 
         def command() -> CommandResult:
             sub = self.subscription(user_id)
-            before = sub.plan
-            if not sub.change_plan(to_plan=to_plan, actor="stripe", reason="plan changed", at=at):
+            if sub.is_stale(object_at):
                 return CommandResult(False, self.current_position())
-            old_mc = before.credits_per_month_mc if before.credits_per_month is not None else 0
-            extra_mc = sub.plan.credits_per_month_mc - old_mc
+            running = sub.status in ("active", "past_due")
+            if status == "canceled":
+                sub.end(reason="cancelled in Stripe", at=at)
+            elif status not in ("active", "trialing", "past_due"):
+                pass  # incomplete: nothing is paid yet, nothing starts
+            elif not running or sub.external_id != external_id:
+                if running:
+                    sub.end(reason="replaced by a new Stripe subscription", at=at)
+                sub.start(
+                    plan=plan,
+                    external_id=external_id,
+                    period_start=period_start,
+                    period_end=period_end,
+                    at=at,
+                )
+            elif plan != sub.plan_slug:
+                # Credits for the rest of the period follow the proration invoice.
+                sub.change_plan(
+                    to_plan=plan, actor="stripe", reason="plan changed in Stripe", at=at
+                )
+            if status != "canceled":
+                if cancel_at_period_end:
+                    if sub.cancel_at is None:
+                        sub.schedule_cancellation(at)
+                elif sub.cancel_at is not None:
+                    sub.revoke_cancellation(at)
+            sub.mark_stripe_synced(object_at, at)
+            return CommandResult(True, self._save(sub))
+
+        return self._retrying(command)
+
+    def link_stripe_customer(self, user_id: str, customer_id: str, at: datetime) -> CommandResult:
+        return self._on_subscription(user_id, lambda s: s.link_customer(customer_id, at))
+
+    def grant_upgrade_credits(
+        self,
+        user_id: str,
+        *,
+        invoice_id: str,
+        from_plan: str,
+        to_plan: str,
+        amount_paid_cents: int,
+        valid_until: datetime,
+        at: datetime,
+    ) -> CommandResult:
+        """An upgrade's proration invoice was paid: credits follow the money. The grant is the
+        difference in monthly credits times the share of a month's price difference that the
+        invoice charged (integer arithmetic, rounded down), valid to the period's end, keyed by
+        the invoice id. A downgrade charges nothing and grants nothing: the lower allowance
+        starts with the next paid period."""
+        old, new = get_plan(from_plan), get_plan(to_plan)
+        if old.usd_per_month is None or new.usd_per_month is None:
+            raise InvalidParameters("upgrades between negotiated plans are granted by an admin")
+        price_step_cents = int((new.usd_per_month - old.usd_per_month) * 100)
+        credit_step_mc = new.credits_per_month_mc - old.credits_per_month_mc
+        if price_step_cents <= 0 or credit_step_mc <= 0 or amount_paid_cents <= 0:
+            return CommandResult(False, self.current_position())
+        amount_mc = credit_step_mc * min(amount_paid_cents, price_step_cents) // price_step_cents
+
+        def command() -> CommandResult:
             account = self._account_or_open(user_id, at)
-            if extra_mc > 0 and sub.status == "active" and sub.period_start < at < sub.period_end:
-                left = int((sub.period_end - at).total_seconds())
-                whole = int((sub.period_end - sub.period_start).total_seconds())
-                prorated = extra_mc * left // whole
-                if prorated > 0:
-                    account.grant(
-                        lot_id=ids.lot_id(
-                            "upgrade", f"{sub.external_id}:{to_plan}:{sub.period_start}"
-                        ),
-                        source=LotSource.SUBSCRIPTION,
-                        amount_mc=prorated,
-                        valid_from=at,
-                        valid_until=sub.period_end,
-                        reference=f"upgrade:{before.slug}->{to_plan}",
-                        actor="stripe",
-                        reason=f"upgrade from {before.slug} to {to_plan}, prorated",
-                        at=at,
-                    )
-                    self._watch_balance(account, at, sub.plan)
-            return CommandResult(True, self._save(sub, account))
+            changed = account.grant(
+                lot_id=ids.lot_id("invoice", invoice_id),
+                source=LotSource.SUBSCRIPTION,
+                amount_mc=amount_mc,
+                valid_from=at,
+                valid_until=valid_until,
+                reference=invoice_id,
+                actor="stripe",
+                reason=f"upgrade from {from_plan} to {to_plan}, prorated",
+                at=at,
+            )
+            if not changed:
+                return CommandResult(False, self.current_position())
+            self._watch_balance(account, at)
+            return CommandResult(True, self._save(account))
 
         return self._retrying(command)
 

@@ -89,6 +89,13 @@ class Subscription(Aggregate):
         TOPIC = "pinksea:Subscription.CustomerLinked"
         customer_id: str  # the user's one Stripe customer
 
+    class StripeSynced(Aggregate.Event):
+        """The state of the Stripe subscription object as of ``object_at`` was applied; older
+        snapshots that arrive late are ignored, so out-of-order deliveries converge."""
+
+        TOPIC = "pinksea:Subscription.StripeSynced"
+        object_at: datetime
+
     class Ended(Aggregate.Event):
         TOPIC = "pinksea:Subscription.Ended"
         reason: str
@@ -108,6 +115,7 @@ class Subscription(Aggregate):
         self.period_end = period_end
         self.external_id: str | None = None
         self.customer_id: str | None = None
+        self.stripe_synced_at: datetime | None = None
         self.cancel_at: datetime | None = None
         self.custom_terms: CustomTerms | None = None
         self.invoices: list[str] = []
@@ -171,9 +179,16 @@ class Subscription(Aggregate):
         return True
 
     def renew(
-        self, *, invoice_id: str, period_start: datetime, period_end: datetime, at: datetime
+        self,
+        *,
+        invoice_id: str,
+        period_start: datetime,
+        period_end: datetime,
+        at: datetime,
+        plan: str | None = None,
     ) -> int | None:
-        """Record a paid period. Returns the credits (mc) to grant, or None if seen before."""
+        """Record a paid period. Returns the credits (mc) to grant, or None if seen before.
+        ``plan``: the plan the invoice paid for (default: the current one)."""
         require_aware(at)
         if invoice_id in self.invoices:
             return None
@@ -183,10 +198,11 @@ class Subscription(Aggregate):
             raise InvalidTransition("a trial has no paid periods; start a subscription first")
         if period_end <= period_start:
             raise InvalidParameters("period_end must be after period_start")
-        credits_mc = self.plan.credits_per_month_mc
+        paid_plan = self.plan if plan is None else get_plan(plan)
+        credits_mc = paid_plan.credits_per_month_mc
         self._renewed(
             invoice_id=invoice_id,
-            plan=self.plan_slug,
+            plan=paid_plan.slug,
             period_start=period_start,
             period_end=period_end,
             credits_mc=credits_mc,
@@ -298,9 +314,10 @@ class Subscription(Aggregate):
         timestamp: datetime,
     ) -> None:
         self.invoices.append(invoice_id)
-        self.status = SubscriptionStatus.ACTIVE.value
-        self.period_start = period_start
-        self.period_end = period_end
+        if period_end >= self.period_end:  # a late invoice of an older period moves nothing
+            self.status = SubscriptionStatus.ACTIVE.value
+            self.period_start = period_start
+            self.period_end = period_end
 
     @event(PlanChanged)
     def _plan_changed(
@@ -334,6 +351,16 @@ class Subscription(Aggregate):
     @event(CustomerLinked)
     def _customer_linked(self, customer_id: str, timestamp: datetime) -> None:
         self.customer_id = customer_id
+
+    def mark_stripe_synced(self, object_at: datetime, at: datetime) -> None:
+        self._stripe_synced(object_at=object_at, timestamp=at)
+
+    def is_stale(self, object_at: datetime) -> bool:
+        return self.stripe_synced_at is not None and object_at < self.stripe_synced_at
+
+    @event(StripeSynced)
+    def _stripe_synced(self, object_at: datetime, timestamp: datetime) -> None:
+        self.stripe_synced_at = object_at
 
     @event(Ended)
     def _ended(self, reason: str, timestamp: datetime) -> None:

@@ -1,0 +1,160 @@
+"""Stripe webhooks -> ledger: exactly once, and the same final state in any delivery order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from api.billing.stripe_events import handle_stripe_event
+from domain.application import PinkseaApplication
+from domain.plans import get_plan
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+PRICES = {"price_starter": "starter", "price_pro": "pro", "price_studio": "studio"}
+USER = "u-stripe"
+P1 = (T0, T0 + timedelta(days=30))
+P2 = (P1[1], P1[1] + timedelta(days=30))
+
+
+def unix(t: datetime) -> int:
+    return int(t.timestamp())
+
+
+def event(n: int, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {"id": f"evt_{n}", "type": kind, "created": unix(T0) + n * 3600, "data": {"object": obj}}
+
+
+def subscription(price: str, status: str = "active", cancel: bool = False) -> dict[str, Any]:
+    return {
+        "id": "sub_1",
+        "object": "subscription",
+        "customer": "cus_1",
+        "status": status,
+        "cancel_at_period_end": cancel,
+        "metadata": {"user_id": USER},
+        "items": {
+            "data": [
+                {
+                    "price": {"id": price},
+                    "current_period_start": unix(P1[0]),
+                    "current_period_end": unix(P1[1]),
+                }
+            ]
+        },
+    }
+
+
+def invoice(invoice_id: str, price: str, period: tuple[datetime, datetime]) -> dict[str, Any]:
+    return {
+        "id": invoice_id,
+        "customer": "cus_1",
+        "billing_reason": "subscription_cycle",
+        "parent": {
+            "subscription_details": {"subscription": "sub_1", "metadata": {"user_id": USER}}
+        },
+        "lines": {
+            "data": [
+                {
+                    "amount": 2500,
+                    "price": {"id": price},
+                    "period": {"start": unix(period[0]), "end": unix(period[1])},
+                }
+            ]
+        },
+    }
+
+
+def upgrade_invoice() -> dict[str, Any]:
+    mid = P1[0] + timedelta(days=15)
+    return {
+        "id": "in_upgrade",
+        "customer": "cus_1",
+        "billing_reason": "subscription_update",
+        "amount_paid": 2500,  # half of the $50 monthly step from starter to pro
+        "subscription_details": {"metadata": {"user_id": USER}},
+        "lines": {
+            "data": [
+                {
+                    "amount": -1250,
+                    "price": {"id": "price_starter"},
+                    "period": {"start": unix(mid), "end": unix(P1[1])},
+                },
+                {
+                    "amount": 3750,
+                    "price": {"id": "price_pro"},
+                    "period": {"start": unix(mid), "end": unix(P1[1])},
+                },
+            ]
+        },
+    }
+
+
+LIFECYCLE = [
+    event(
+        1,
+        "checkout.session.completed",
+        {"client_reference_id": USER, "customer": "cus_1", "subscription": "sub_1"},
+    ),
+    event(2, "customer.subscription.created", subscription("price_starter")),
+    event(3, "invoice.paid", invoice("in_1", "price_starter", P1)),
+    event(4, "customer.subscription.updated", subscription("price_pro")),
+    event(5, "invoice.paid", upgrade_invoice()),
+    event(6, "invoice.paid", invoice("in_2", "price_pro", P2)),
+    event(7, "customer.subscription.updated", subscription("price_pro", cancel=True)),
+    event(8, "customer.unknown_thing", {"metadata": {"user_id": USER}}),
+]
+
+
+def final_state(order: list[int], duplicates: list[int]) -> tuple[Any, ...]:
+    app = PinkseaApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    app.register_user(USER, T0 - timedelta(days=1))
+    for i in order + duplicates:
+        handle_stripe_event(app, LIFECYCLE[i], PRICES)
+    sub, account = app.subscription(USER), app.account(USER)
+    lots = sorted(
+        (lot.source, lot.reference, lot.amount_mc, lot.valid_until) for lot in account.lots.values()
+    )
+    return (
+        sub.plan_slug,
+        sub.status,
+        sub.customer_id,
+        sub.cancel_at is not None,
+        sub.period_end,
+        lots,
+    )
+
+
+def test_in_order_lifecycle_grants_each_period_and_the_prorated_upgrade() -> None:
+    plan, status, customer, cancelling, period_end, lots = final_state(
+        list(range(len(LIFECYCLE))), []
+    )
+    assert (plan, status, customer, cancelling, period_end) == (
+        "pro",
+        "active",
+        "cus_1",
+        True,
+        P2[1],
+    )
+    starter, pro = get_plan("starter"), get_plan("pro")
+    step = pro.credits_per_month_mc - starter.credits_per_month_mc
+    assert ("subscription", "in_1", starter.credits_per_month_mc, P1[1]) in lots
+    assert ("subscription", "in_2", pro.credits_per_month_mc, P2[1]) in lots
+    assert ("subscription", "in_upgrade", step // 2, P1[1]) in lots  # $25 of a $50 step
+
+
+def test_a_repeated_event_takes_effect_once() -> None:
+    once = final_state(list(range(len(LIFECYCLE))), [])
+    assert final_state(list(range(len(LIFECYCLE))), [2, 2, 4, 5]) == once
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.permutations(range(len(LIFECYCLE))), st.lists(st.integers(0, len(LIFECYCLE) - 1), max_size=4)
+)
+def test_any_delivery_order_converges_to_the_in_order_state(
+    order: list[int], dups: list[int]
+) -> None:
+    assert final_state(list(order), dups) == final_state(list(range(len(LIFECYCLE))), [])
