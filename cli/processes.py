@@ -1,4 +1,4 @@
-"""The billing processes: scheduler and settler."""
+"""The billing processes: scheduler, settler and expiry."""
 
 from __future__ import annotations
 
@@ -50,3 +50,25 @@ def settle(metrics_port: int = typer.Option(9104, help="Port of /metrics (0: non
             application.close()
 
     run_process("settle", main, metrics_port)
+
+
+@app.command()
+def expire(
+    interval: float = typer.Option(30.0, help="Seconds between rounds."),
+    metrics_port: int = typer.Option(9106, help="Port of /metrics (0: none)."),
+) -> None:
+    """Expire lots at their valid_until (a loop; idempotent; catches up after downtime)."""
+    from domain.application import PinkseaApplication
+    from projections.expiry import run_expiry
+
+    async def main(settings: Settings, stop: asyncio.Event) -> None:
+        await prepare(settings)
+        pool = await create_pool(settings, max_size=2)
+        application = PinkseaApplication(env=event_store_env(settings.database_url, pool_size=2))
+        try:
+            await run_expiry(pool, application, stop, interval)
+        finally:
+            application.close()
+            await pool.close()
+
+    run_process("expire", main, metrics_port)
