@@ -1,0 +1,267 @@
+"""Run one dispatched job on a loaded pipeline: metered, seeded, stoppable within one step.
+
+After every denoising step a callback publishes progress to Redis and, in the same round
+trip, reads the job's cancel flag; it then checks the hold's time budget (metered time so far
+>= ``budget_ms``) and the worker's abort signal. Any of them stops the run at once by raising
+out of the callback. (diffusers' ``pipe._interrupt`` would skip the remaining steps but still
+decode the latents with the VAE: time that would be billed to a cancelled job, or spent past
+the budget, for an image nobody gets.)
+
+Failures are classified here for the report: who is at fault (user: billed for the time
+used; platform: never billed) and whether another attempt could succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import redis
+import structlog
+import torch
+from PIL import Image
+
+from gpu_consumer.meter import GpuMeter
+from gpu_consumer.model_cache import CacheFull
+from gpu_consumer.registry import LoadedPipeline, ModelError, ModelFamily, UnknownModel
+from infra import redis_keys
+from infra.messages import Dispatch, Outcome
+
+log = structlog.get_logger("gpu_consumer.run")
+
+# Dispatch.scheduler names (the API's choices) -> diffusers scheduler classes.
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "dpm++_2m": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+}
+# UNet families need sizes in multiples of the VAE's 8x downscale; Flux packs 2x2 latents.
+SIZE_MULTIPLE = {ModelFamily.SD15: 8, ModelFamily.SDXL: 8, ModelFamily.FLUX: 16}
+
+
+# ------------------------------------------------------------------------------ failures
+
+Fault = Literal["platform", "user"]
+Phase = Literal["load", "run", "upload"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    fault: Fault
+    retryable: bool
+    reason: str
+    out_of_memory: bool = False
+
+
+class InvalidJob(ValueError):
+    """Parameters the pipeline cannot run (the API's validation should have caught them)."""
+
+
+def classify(exc: BaseException, phase: Phase) -> Failure:
+    """User errors are never retried; platform errors are, until the attempt cap (a job that
+    fails every worker the same way ends in the dead-letter topic, its hold voided)."""
+    reason = f"{type(exc).__name__}: {exc}"[:500]
+    if isinstance(exc, UnknownModel | InvalidJob):
+        return Failure("user", False, reason)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return Failure("platform", True, f"out of memory: {exc}"[:500], out_of_memory=True)
+    if phase != "run" or isinstance(exc, ModelError | CacheFull | OSError):
+        # Loading and uploading use only the worker's own resources (disk, S3, memory).
+        return Failure("platform", True, reason)
+    if isinstance(exc, ValueError | TypeError) and not _is_device_error(exc):
+        # Raised by the pipeline's own input checks: bad input that slipped through.
+        return Failure("user", False, reason)
+    return Failure("platform", True, reason)  # CUDA errors, crashes
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(word in text for word in ("CUDA", "cuDNN", "CUBLAS", "NCCL", "device-side"))
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+class JobChannel(Protocol):
+    """Where a running job reports progress and learns that it was cancelled."""
+
+    def cancelled(self) -> bool: ...
+
+    def step(self, step: int, total: int) -> bool:
+        """Publish progress; returns whether the job was cancelled."""
+        ...
+
+
+class RedisJobChannel:
+    """Progress on the job's pub/sub channel and last-progress key; the cancel flag read in
+    the same round trip. Redis trouble never fails a job: progress is best effort, and the
+    budget still bounds a run whose cancel flag cannot be read."""
+
+    def __init__(self, client: redis.Redis, prefix: str, job_id: Any, attempt: int) -> None:
+        self.client = client
+        self.job_id = str(job_id)
+        self.attempt = attempt
+        self.channel = redis_keys.progress_channel(prefix, job_id)
+        self.last_key = redis_keys.last_progress(prefix, job_id)
+        self.cancel_key = redis_keys.cancel_flag(prefix, job_id)
+
+    def cancelled(self) -> bool:
+        try:
+            return self.client.get(self.cancel_key) is not None
+        except redis.RedisError as e:
+            log.warning("cancel flag unreadable", job_id=self.job_id, error=str(e))
+            return False
+
+    def step(self, step: int, total: int) -> bool:
+        message = json.dumps(
+            {
+                "job_id": self.job_id,
+                "attempt": self.attempt,
+                "step": step,
+                "total_steps": total,
+                "at": datetime.now(UTC).isoformat(),
+            }
+        )
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.publish(self.channel, message)
+            pipe.set(self.last_key, message, ex=redis_keys.PROGRESS_TTL_S)
+            pipe.get(self.cancel_key)
+            *_, flag = pipe.execute()
+        except redis.RedisError as e:
+            log.warning("progress not published", job_id=self.job_id, error=str(e))
+            return False
+        return flag is not None
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: Outcome
+    gpu_ms: int = 0
+    cuda_ms: int | None = None
+    images: list[Image.Image] = field(default_factory=list)
+    steps_done: int = 0  # denoising steps run (the scheduler's, which can exceed the job's)
+    failure: Failure | None = None
+
+
+class _Stop(Exception):
+    def __init__(self, outcome: Outcome, failure: Failure | None = None) -> None:
+        self.outcome = outcome
+        self.failure = failure
+
+
+_ABORTED = Failure("platform", True, "the worker stopped during the run")
+
+
+def validate(dispatch: Dispatch, family: ModelFamily) -> None:
+    problems = []
+    if not dispatch.prompt.strip():
+        problems.append("empty prompt")
+    if dispatch.steps < 1 or dispatch.batch_size < 1:
+        problems.append("steps and batch_size must be at least 1")
+    multiple = SIZE_MULTIPLE[family]
+    for name, px in (("width", dispatch.width), ("height", dispatch.height)):
+        if px < multiple or px % multiple:
+            problems.append(f"{name} {px} is not a positive multiple of {multiple}")
+    if dispatch.scheduler is not None and dispatch.scheduler not in SCHEDULERS:
+        problems.append(f"unknown scheduler {dispatch.scheduler!r}")
+    if dispatch.guidance_scale < 0 or dispatch.seed < 0:
+        problems.append("guidance_scale and seed must not be negative")
+    if problems:
+        raise InvalidJob("; ".join(problems))
+
+
+def run_dispatch(
+    model: LoadedPipeline,
+    dispatch: Dispatch,
+    device: torch.device,
+    channel: JobChannel,
+    abort: threading.Event | None = None,
+) -> RunResult:
+    """Run ``dispatch`` on ``model`` (already on ``device``). Never raises for a job-level
+    problem: the result says what happened and what the run measured."""
+    try:
+        validate(dispatch, model.family)
+        _set_scheduler(model, dispatch.scheduler)
+    except Exception as e:
+        return RunResult(Outcome.FAILED, failure=classify(e, "run"))
+    if channel.cancelled():
+        return RunResult(Outcome.CANCELLED)  # cancelled while queued: nothing ran, nothing billed
+    if dispatch.budget_ms <= 0:
+        return RunResult(Outcome.BUDGET_EXHAUSTED)
+
+    meter = GpuMeter(device)
+    steps_done = 0
+
+    def on_step_end(
+        pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
+        nonlocal steps_done
+        steps_done = index + 1
+        # Progress in the job's own steps: some schedulers take more denoising steps than
+        # asked (PNDM one more, Heun about twice as many).
+        progress = round(steps_done * dispatch.steps / pipe.num_timesteps)
+        if channel.step(progress, dispatch.steps):
+            raise _Stop(Outcome.CANCELLED)
+        if meter.elapsed_ms() >= dispatch.budget_ms:
+            raise _Stop(Outcome.BUDGET_EXHAUSTED)
+        if abort is not None and abort.is_set():
+            raise _Stop(Outcome.FAILED, _ABORTED)
+        return tensors
+
+    # A CPU generator draws the same noise on every device: same seed, same image anywhere.
+    generator = torch.Generator("cpu").manual_seed(dispatch.seed)
+    arguments: dict[str, Any] = {
+        "prompt": dispatch.prompt,
+        "num_inference_steps": dispatch.steps,
+        "width": dispatch.width,
+        "height": dispatch.height,
+        "num_images_per_prompt": dispatch.batch_size,
+        "guidance_scale": dispatch.guidance_scale,
+        "generator": generator,
+        "output_type": "np",  # PIL conversion happens after the meter stops
+        "callback_on_step_end": on_step_end,
+    }
+    if dispatch.negative_prompt:
+        arguments["negative_prompt"] = dispatch.negative_prompt
+
+    outcome, failure, frames = Outcome.COMPLETED, None, None
+    try:
+        with meter, torch.inference_mode():
+            frames = model.pipeline(**arguments).images
+    except _Stop as stop:
+        outcome, failure = stop.outcome, stop.failure
+    except Exception as e:
+        outcome, failure = Outcome.FAILED, classify(e, "run")
+    measured = meter.measurement
+    assert measured is not None  # the meter's __exit__ always measures
+    images = to_pil(frames) if frames is not None else []
+    return RunResult(outcome, measured.gpu_ms, measured.cuda_ms, images, steps_done, failure)
+
+
+def _set_scheduler(model: LoadedPipeline, name: str | None) -> None:
+    """A fresh scheduler per run (schedulers keep per-run state), built from the model's own
+    scheduler settings. Flux runs its flow-matching scheduler whatever the job asked for."""
+    if model.family is ModelFamily.FLUX:
+        return
+    import diffusers
+
+    pipeline = model.pipeline
+    cls = getattr(diffusers, SCHEDULERS[name]) if name else type(pipeline.scheduler)
+    pipeline.scheduler = cls.from_config(model.scheduler_config)
+
+
+def to_pil(frames: np.ndarray) -> list[Image.Image]:
+    # Random-weight models can produce NaNs; they become black pixels, not warnings.
+    pixels = np.nan_to_num(np.clip(frames, 0.0, 1.0), nan=0.0)
+    return [Image.fromarray(frame) for frame in (pixels * 255).round().astype(np.uint8)]
