@@ -65,6 +65,47 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Log level of the structured JSON logs.")
     log_json: bool = Field(True, description="JSON logs (false: human-readable console logs).")
 
+    # REST API (api/): authentication, limits, caches, live events.
+    jwt_issuer: str | None = Field(
+        None,
+        description="Issuer of accepted JWTs, e.g. https://cognito-idp.<region>.amazonaws.com/"
+        "<user pool id> (none: only dev tokens and API keys).",
+    )
+    jwt_audience: str = Field(
+        "pinksea-api", description="Accepted audience (Cognito: the app client id)."
+    )
+    jwks_url: str | None = Field(
+        None, description="JWKS of the issuer (default: <jwt_issuer>/.well-known/jwks.json)."
+    )
+    jwks_cache_ttl_s: int = Field(3600, description="How long a fetched JWKS is trusted.")
+    jwks_refresh_min_interval_s: float = Field(
+        30.0, description="Least time between JWKS fetches caused by unknown key ids."
+    )
+    dev_jwt_enabled: bool = Field(
+        False, description="Accept tokens from `pinksea dev-token` (local use only)."
+    )
+    dev_jwt_key_path: str = Field(
+        "~/.pinksea/dev-jwt.pem", description="Private key of the dev issuer (made on first use)."
+    )
+    admin_group: str = Field("admin", description="cognito:groups entry that makes an admin.")
+    api_max_body_bytes: int = Field(65_536, description="Largest request body the API reads.")
+    rate_limit_enabled: bool = Field(True, description="Per-user rate limits (Redis).")
+    rate_limit_multiplier: float = Field(
+        1.0, description="Scales every plan's rate limits (load tests raise it)."
+    )
+    balance_cache_ttl_s: float = Field(
+        5.0, description="Balance cache lifetime in Redis (0: no cache)."
+    )
+    job_cache_ttl_s: int = Field(86_400, description="Cache lifetime of finished jobs' views.")
+    read_your_writes_timeout_s: float = Field(
+        5.0, description="Longest wait of a query for its X-Min-Position before a 503."
+    )
+    sse_poll_interval_s: float = Field(
+        0.25, description="How often live event streams look for job status changes."
+    )
+    sse_heartbeat_s: float = Field(15.0, description="Keep-alive comment interval on streams.")
+    sse_max_duration_s: float = Field(3600.0, description="Longest life of one event stream.")
+
     @property
     def effective_read_database_url(self) -> str:
         return self.read_database_url or self.database_url

@@ -1,0 +1,109 @@
+"""The FastAPI application: ``create_app(settings)``; ``pinksea api`` serves it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from api.auth import dev_jwks
+from api.edge import EdgeMiddleware
+from api.problems import (
+    PROBLEM_MEDIA_TYPE,
+    Problem,
+    install_problem_handlers,
+    rewrite_problem_media_types,
+)
+from api.routers import admin, api_keys, events, images, jobs, me, ops, plans
+from api.services import start_services
+from infra.settings import Settings, get_settings
+
+DESCRIPTION = """
+Pinksea: hosted text-to-image generation, billed by the GPU-millisecond.
+
+* **Auth:** `Authorization: Bearer <JWT>` (Cognito user pool; `pinksea dev-token` locally) or an
+  API key (`Authorization: Bearer psk_...` or `X-API-Key`). The first request signs you up
+  with a trial.
+* **Money:** integer millicredits (`*_mc`, 1 credit = 1000 mc = one GPU-second on your plan's
+  tier) and the same amount as a credits string (`*_credits`, three decimals).
+* **Commands** return the event `position`; send it back as `X-Min-Position` on a query to
+  read your own write. Each POST accepts `Idempotency-Key`.
+* **Errors** are RFC 9457 `application/problem+json`; switch on `type`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await start_services(settings)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="Pinksea API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    for module in (jobs, events, images, me, plans, api_keys, admin, ops):
+        app.include_router(module.router)
+    if settings.dev_jwt_enabled:
+        jwks = dev_jwks(settings)
+
+        @app.get("/.well-known/jwks.json", include_in_schema=False)
+        async def dev_jwks_document() -> JSONResponse:
+            return JSONResponse(jwks)
+
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.api_max_body_bytes)
+    _document_problems(app)
+    return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Errors are application/problem+json in the OpenAPI document too."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.setdefault("Problem", Problem.model_json_schema(ref_template=_REF))
+            for name, sub in Problem.model_json_schema(ref_template=_REF).get("$defs", {}).items():
+                components.setdefault(name, sub)
+            components["Problem"].pop("$defs", None)
+            app.openapi_schema = rewrite_problem_media_types(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_REF = "#/components/schemas/{model}"
+
+__all__ = ["PROBLEM_MEDIA_TYPE", "create_app"]
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for ``pinksea api`` (settings from PINKSEA_* variables)."""
+    from infra.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings, "api")
+    return create_app(settings)

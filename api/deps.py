@@ -1,0 +1,203 @@
+"""FastAPI dependencies: services, the caller, rate limits, read-your-writes, paging."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from api import problems as p
+from api.auth import AuthError, Principal, api_key_matches, api_key_prefix, looks_like_api_key
+from api.problems import ProblemError
+from api.services import Services, now
+from domain.plans import PLANS
+from projections.consistency import wait_for_position
+from projections.registry import get_projection
+
+MAX_POSITION = 2**63 - 1
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A Cognito (or `pinksea dev-token`) JWT, or an API key `psk_...`.",
+)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key `psk_...`.")
+
+
+def _unauthorized(detail: str) -> ProblemError:
+    return ProblemError(
+        p.UNAUTHORIZED,
+        detail,
+        headers={"WWW-Authenticate": 'Bearer realm="pinksea", error="invalid_token"'},
+    )
+
+
+async def authenticate(
+    request: Request,
+    svc: ServicesDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    token = api_key or (bearer.credentials if bearer is not None else None)
+    if not token:
+        raise ProblemError(
+            p.UNAUTHORIZED,
+            "Send 'Authorization: Bearer <token>' with a JWT or an API key.",
+            headers={"WWW-Authenticate": 'Bearer realm="pinksea"'},
+        )
+    if looks_like_api_key(token):
+        principal = await _principal_from_api_key(svc, token)
+    else:
+        try:
+            principal = await svc.verifier.verify(token)
+        except AuthError as e:
+            raise _unauthorized(f"The token was refused: {e.detail}.") from None
+        await svc.ensure_registered(principal.user_id)
+    request.state.principal = principal
+    return principal
+
+
+async def _principal_from_api_key(svc: Services, key: str) -> Principal:
+    prefix = api_key_prefix(key)
+    refused = _unauthorized("The API key is unknown, revoked or expired; create a new one.")
+    if prefix is None:
+        raise refused
+    row = await svc.pool.fetchrow(
+        "SELECT key_id, user_id, hash, expires_at, revoked_at FROM api_keys WHERE prefix = $1",
+        prefix,
+    )
+    at = now()
+    if (
+        row is None
+        or not api_key_matches(key, row["hash"])
+        or row["revoked_at"] is not None
+        or (row["expires_at"] is not None and row["expires_at"] <= at)
+    ):
+        raise refused
+    user_id: str = row["user_id"]
+    plan = await svc.plan_of(user_id)
+    if not PLANS[plan].api_access:
+        raise ProblemError(
+            p.NO_API_ACCESS,
+            f"Your {plan} plan has no API access; upgrade to Pro or above to use API keys.",
+        )
+    # Recorded at most once a minute per key: usage tracking must not cost a write per call.
+    await svc.pool.execute(
+        "UPDATE api_keys SET last_used_at = $2 WHERE key_id = $1"
+        " AND (last_used_at IS NULL OR last_used_at < $2 - interval '60 seconds')",
+        row["key_id"],
+        at,
+    )
+    return Principal(user_id=user_id, is_admin=False, via="api_key", key_id=str(row["key_id"]))
+
+
+CurrentUser = Annotated[Principal, Depends(authenticate)]
+
+
+async def require_admin(principal: CurrentUser) -> Principal:
+    if not principal.is_admin:
+        raise ProblemError(
+            p.ADMIN_REQUIRED,
+            "This needs an account in the admin group; sign in as an admin.",
+        )
+    return principal
+
+
+AdminUser = Annotated[Principal, Depends(require_admin)]
+
+
+def rate_limit(group: str) -> Callable[..., Awaitable[None]]:
+    """A dependency counting this request against the caller's limit for ``group``."""
+
+    async def dependency(request: Request, svc: ServicesDep, principal: CurrentUser) -> None:
+        if not svc.settings.rate_limit_enabled:
+            return
+        plan = "enterprise" if group == "admin" else await svc.plan_of(principal.user_id)
+        decision = await svc.rate_limiter.hit(group, principal.user_id, plan)
+        if decision is None:
+            return  # Redis unavailable: fail open (see api/ratelimit.py)
+        headers = decision.headers()
+        request.state.extra_headers = headers  # added to the response by the edge middleware
+        if not decision.allowed:
+            raise ProblemError(
+                p.RATE_LIMITED,
+                f"You sent more than {decision.limit} such requests a minute; "
+                f"retry in {decision.retry_after_s} s or upgrade your plan for higher limits.",
+                headers=headers,
+            )
+
+    return dependency
+
+
+def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
+    """``X-Min-Position``: answer only once ``projection`` has applied that store position."""
+    topics_of = get_projection(projection).topics
+
+    async def dependency(
+        svc: ServicesDep,
+        x_min_position: Annotated[
+            int | None,
+            Header(
+                ge=0,
+                le=MAX_POSITION,
+                description="A `position` returned by a command: the answer includes its effect.",
+            ),
+        ] = None,
+    ) -> int | None:
+        if not x_min_position:
+            return None
+        topics = tuple(svc.settings.topic(t) for t in topics_of)
+        reached = await wait_for_position(
+            svc.pool,
+            projection,
+            topics,
+            x_min_position,
+            timeout=svc.settings.read_your_writes_timeout_s,
+        )
+        if not reached:
+            raise ProblemError(
+                p.NOT_YET_CONSISTENT,
+                f"The {projection} view has not caught up with position {x_min_position} yet; "
+                "retry after the Retry-After delay.",
+                headers={"Retry-After": "1"},
+            )
+        return x_min_position
+
+    return dependency
+
+
+class PageParams:
+    def __init__(
+        self,
+        cursor: Annotated[
+            str | None,
+            Query(max_length=512, description="`next_cursor` of the previous page."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 20,
+    ) -> None:
+        self.cursor = cursor
+        self.limit = limit
+
+
+Paging = Annotated[PageParams, Depends()]
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Repeat a request safely: the same key and body give the first result; "
+        "the same key with another body is a 409.",
+    ),
+]

@@ -1,0 +1,293 @@
+"""Admin actions, each an audited domain event naming the admin: credit grants (optionally
+with the tester plan), adjustments, job refunds, plan assignment; and two lookups."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Path, Query, status
+
+from api import problems as p
+from api.deps import AdminUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
+from api.problems import ProblemError, problem_responses
+from api.routers.jobs import bad_query
+from api.routers.me import ledger_page
+from api.schemas import (
+    AdjustmentRequest,
+    AdjustmentResult,
+    GrantRequest,
+    GrantResult,
+    LedgerLine,
+    Page,
+    PlanChangeRequest,
+    PlanChangeResult,
+    RefundRequest,
+    RefundResult,
+    UserSummaryView,
+    credits,
+)
+from api.services import Services, now
+from domain.credits import LotSource
+from domain.errors import NotFound
+from domain.subscription import CustomTerms
+from domain.units import credits_to_mc
+from read_models import queries
+
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    dependencies=[Depends(rate_limit("admin"))],
+)
+ERRORS = (401, 403, 429, 503)
+UserId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+def _actor(admin: Any) -> str:
+    return f"admin:{admin.user_id}"
+
+
+def _require_user(svc: Services, user_id: str) -> None:
+    """On a command thread: grants must never open an account for someone not signed up."""
+    try:
+        svc.application.subscription(user_id)
+    except NotFound:
+        raise ProblemError(
+            p.NOT_FOUND, f"There is no user {user_id!r}; find users with GET /v1/admin/users."
+        ) from None
+
+
+@router.post(
+    "/grants",
+    status_code=status.HTTP_201_CREATED,
+    response_model=GrantResult,
+    summary="Grant credits (optionally with the tester plan) to a user",
+    description="The Idempotency-Key names the grant: repeating it grants nothing more.",
+    responses=problem_responses(*ERRORS, 404, 409, 413, 422),
+)
+async def grant(
+    body: GrantRequest, admin: AdminUser, svc: ServicesDep, idempotency_key: IdempotencyKey = None
+) -> GrantResult:
+    grant_id = idempotency_key or uuid.uuid4().hex
+    at = now()
+    valid_from = body.valid_from or at
+    try:
+        amount_mc = credits_to_mc(body.credits)
+        _aware(valid_from, body.valid_until)
+        if body.valid_until is not None and body.valid_until <= valid_from:
+            raise ValueError("valid_until must be after valid_from")
+        if body.plan == "tester" and body.valid_until is None:
+            raise ValueError("a tester grant needs valid_until")
+    except ValueError as e:
+        raise ProblemError(p.INVALID_REQUEST, p.sentence(str(e))) from None
+
+    def run() -> Any:
+        _require_user(svc, body.user_id)
+        if body.plan == "tester":
+            assert body.valid_until is not None
+            return svc.application.grant_tester_plan(
+                body.user_id,
+                grant_id=grant_id,
+                admin=_actor(admin),
+                credits=body.credits,  # type: ignore[arg-type]  # exact Decimal, checked above
+                valid_from=valid_from,
+                valid_until=body.valid_until,
+                reason=body.reason,
+                at=at,
+            )
+        return svc.application.grant_credits(
+            body.user_id,
+            grant_id=grant_id,
+            source=LotSource.ADMIN,
+            amount_mc=amount_mc,
+            valid_from=valid_from,
+            valid_until=body.valid_until,
+            actor=_actor(admin),
+            reason=body.reason,
+            at=at,
+        )
+
+    result = await svc.command(run)
+    await _changed(svc, body.user_id)
+    return GrantResult(
+        grant_id=grant_id,
+        user_id=body.user_id,
+        amount_mc=amount_mc,
+        amount_credits=credits(amount_mc),
+        plan=body.plan,
+        changed=result.changed,
+        position=result.position,
+    )
+
+
+@router.post(
+    "/adjustments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AdjustmentResult,
+    summary="Add or debit credits with a reason",
+    description="The Idempotency-Key names the adjustment: repeating it changes nothing more.",
+    responses=problem_responses(*ERRORS, 404, 409, 413, 422),
+)
+async def adjust(
+    body: AdjustmentRequest,
+    admin: AdminUser,
+    svc: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
+) -> AdjustmentResult:
+    adjustment_id = idempotency_key or uuid.uuid4().hex
+    try:
+        amount_mc = credits_to_mc(body.credits)
+    except ValueError as e:
+        raise ProblemError(p.INVALID_REQUEST, p.sentence(str(e))) from None
+    if amount_mc == 0:
+        raise ProblemError(p.INVALID_REQUEST, "Give a non-zero amount of credits.")
+
+    def run() -> Any:
+        _require_user(svc, body.user_id)
+        return svc.application.adjust_credits(
+            body.user_id,
+            adjustment_id=adjustment_id,
+            amount_mc=amount_mc,
+            reason=body.reason,
+            actor=_actor(admin),
+            at=now(),
+        )
+
+    result = await svc.command(run)
+    await _changed(svc, body.user_id)
+    return AdjustmentResult(
+        adjustment_id=adjustment_id,
+        user_id=body.user_id,
+        amount_mc=amount_mc,
+        amount_credits=credits(amount_mc),
+        changed=result.changed,
+        position=result.position,
+    )
+
+
+@router.post(
+    "/jobs/{job_id}/refund",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RefundResult,
+    summary="Give a job's charge back to the lots it was drawn from",
+    responses=problem_responses(*ERRORS, 404, 409, 413, 422),
+)
+async def refund(
+    job_id: UUID, body: RefundRequest, admin: AdminUser, svc: ServicesDep
+) -> RefundResult:
+    def run() -> Any:
+        try:
+            svc.application.job(job_id)
+        except NotFound:
+            raise ProblemError(p.NOT_FOUND, f"There is no job {job_id}.") from None
+        result = svc.application.refund_job(
+            job_id, reason=body.reason, actor=_actor(admin), at=now()
+        )
+        return result, svc.application.job(job_id)
+
+    result, job = await svc.command(run)
+    await _changed(svc, job.user_id)
+    await svc.job_cache.delete(str(job_id))
+    return RefundResult(
+        job_id=job_id,
+        refunded_mc=job.refunded_mc,
+        refunded_credits=credits(job.refunded_mc),
+        changed=result.changed,
+        position=result.position,
+    )
+
+
+@router.put(
+    "/users/{user_id}/plan",
+    response_model=PlanChangeResult,
+    summary="Assign a plan (enterprise with custom terms)",
+    responses=problem_responses(*ERRORS, 404, 409, 413, 422),
+)
+async def set_plan(
+    user_id: UserId, body: PlanChangeRequest, admin: AdminUser, svc: ServicesDep
+) -> PlanChangeResult:
+    terms: CustomTerms | None = None
+    if body.custom_terms is not None:
+        terms = CustomTerms(**body.custom_terms.model_dump())
+
+    def run() -> Any:
+        _require_user(svc, user_id)
+        return svc.application.change_plan(
+            user_id,
+            to_plan=body.plan,
+            actor=_actor(admin),
+            reason=body.reason,
+            at=now(),
+            custom_terms=terms,
+        )
+
+    try:
+        result = await svc.command(run)
+    except ValueError as e:  # an unknown plan or tier from the domain's own checks
+        raise ProblemError(p.INVALID_REQUEST, p.sentence(str(e))) from None
+    svc.plans.drop(user_id)
+    return PlanChangeResult(
+        user_id=user_id, plan=body.plan, changed=result.changed, position=result.position
+    )
+
+
+@router.get(
+    "/users/{user_id}/ledger",
+    response_model=Page[LedgerLine],
+    summary="A user's statement lines, newest first",
+    responses=problem_responses(*ERRORS, 404, 422),
+    dependencies=[Depends(consistent("ledger"))],
+)
+async def user_ledger(
+    user_id: UserId, admin: AdminUser, svc: ServicesDep, paging: Paging
+) -> Page[LedgerLine]:
+    page = await ledger_page(svc, user_id, paging.cursor, paging.limit)
+    if not page.items and paging.cursor is None:
+        known = await svc.pool.fetchval("SELECT 1 FROM balances WHERE user_id = $1", user_id)
+        if not known:
+            raise ProblemError(p.NOT_FOUND, f"There is no user {user_id!r} with a ledger.")
+    return page
+
+
+@router.get(
+    "/users",
+    response_model=Page[UserSummaryView],
+    summary="Find users by id",
+    responses=problem_responses(*ERRORS, 422),
+    dependencies=[Depends(consistent("subscriptions"))],
+)
+async def search_users(
+    admin: AdminUser,
+    svc: ServicesDep,
+    paging: Paging,
+    query: Annotated[str, Query(max_length=128, description="part of a user id")] = "",
+) -> Page[UserSummaryView]:
+    try:
+        page = await queries.search_users(svc.pool, query, cursor=paging.cursor, limit=paging.limit)
+    except ValueError as e:
+        raise bad_query(e) from None
+    return Page[UserSummaryView](
+        items=[
+            UserSummaryView(
+                user_id=u.user_id,
+                plan=u.plan,
+                subscription_status=u.subscription_status,
+                created_at=u.created_at,
+            )
+            for u in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )
+
+
+def _aware(*times: datetime | None) -> None:
+    for t in times:
+        if t is not None and t.utcoffset() is None:
+            raise ValueError("give times with a time zone, e.g. 2026-01-01T00:00:00Z")
+
+
+async def _changed(svc: Services, user_id: str) -> None:
+    svc.plans.drop(user_id)
+    await svc.balance_cache.delete(user_id)

@@ -1,0 +1,166 @@
+"""``GET /v1/jobs/{job_id}/events``: a job's status changes and per-step progress as
+Server-Sent Events, ending at a terminal state.
+
+Both sources reach every API process, so the stream works wherever the job's reports land:
+- progress: the workers publish each step on the job's Redis channel
+  (infra/redis_keys.progress_channel); the last message is also kept, for late subscribers;
+- status: from the jobs read model, through this process's JobWatcher (api/live.py).
+
+Events: ``status`` (id: the store position), ``progress``, and a final ``end``; a comment
+line every ``sse_heartbeat_s`` keeps proxies from closing an idle stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import structlog
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
+
+from api.deps import CurrentUser, ServicesDep, rate_limit
+from api.problems import problem_responses
+from api.routers.jobs import job_not_found
+from api.services import Services
+from domain.errors import NotFound
+from domain.jobs import TERMINAL
+from infra import redis_keys
+
+log = structlog.get_logger("api.events")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Live status and progress of one of your jobs (Server-Sent Events)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "event: status | progress | end; data: JSON",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(401, 403, 404, 422, 429, 503),
+    },
+    dependencies=[Depends(rate_limit("stream"))],
+)
+async def job_events(
+    job_id: UUID, request: Request, principal: CurrentUser, svc: ServicesDep
+) -> StreamingResponse:
+    # Ownership from the event store: a job submitted a moment ago is there already.
+    try:
+        job = await svc.command(svc.application.job, job_id)
+    except NotFound:
+        raise job_not_found(job_id) from None
+    if job.user_id != principal.user_id:
+        raise job_not_found(job_id)
+    return StreamingResponse(
+        _stream(svc, request, job_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(event: str, data: Any, id_: int | None = None) -> str:
+    head = f"id: {id_}\n" if id_ is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=_json_default)}\n\n"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+async def _stream(svc: Services, request: Request, job_id: UUID) -> AsyncIterator[str]:
+    settings = svc.settings
+    prefix = settings.redis_key_prefix
+    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    deadline = time.monotonic() + settings.sse_max_duration_s
+    async with svc.watcher.watch(job_id) as statuses, _progress(svc, job_id, inbox):
+        forward = asyncio.create_task(_forward(statuses, inbox))
+        try:
+            with contextlib.suppress(RedisError, OSError):
+                last = await svc.redis.get(redis_keys.last_progress(prefix, job_id))
+                if last:
+                    inbox.put_nowait(("progress", json.loads(last)))
+            while time.monotonic() < deadline:
+                try:
+                    kind, data = await asyncio.wait_for(inbox.get(), settings.sse_heartbeat_s)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                if kind == "status":
+                    row = _status_payload(data)
+                    yield _sse("status", row, row["position"])
+                    if row["status"] in TERMINAL:
+                        yield _sse("end", {"job_id": str(job_id), "status": row["status"]})
+                        return
+                else:
+                    yield _sse("progress", data)
+        finally:
+            forward.cancel()
+
+
+async def _forward(statuses: asyncio.Queue[dict[str, Any]], inbox: asyncio.Queue[Any]) -> None:
+    while True:
+        inbox.put_nowait(("status", await statuses.get()))
+
+
+def _status_payload(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != "user_id"}
+    out["job_id"] = str(row["job_id"])
+    return out
+
+
+@contextlib.asynccontextmanager
+async def _progress(
+    svc: Services, job_id: UUID, inbox: asyncio.Queue[tuple[str, Any]]
+) -> AsyncIterator[None]:
+    """Relay the job's Redis progress channel into ``inbox`` while the block runs. Without
+    Redis the stream still carries status changes."""
+    channel = redis_keys.progress_channel(svc.settings.redis_key_prefix, job_id)
+    pubsub = svc.pubsub_redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(channel)
+    except (RedisError, OSError) as e:
+        log.warning("progress unavailable", job_id=str(job_id), error=repr(e))
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+        yield
+        return
+
+    async def read() -> None:
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as e:
+                log.warning("progress stream broke", job_id=str(job_id), error=repr(e))
+                return
+            if message and message.get("type") == "message":
+                try:
+                    inbox.put_nowait(("progress", json.loads(message["data"])))
+                except ValueError:
+                    continue  # not JSON: not from a worker of ours
+
+    reader = asyncio.create_task(read())
+    try:
+        yield
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+        with contextlib.suppress(Exception):
+            await pubsub.unsubscribe(channel)
+            await pubsub.aclose()

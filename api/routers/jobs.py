@@ -1,0 +1,196 @@
+"""Jobs: submit (hold credits), cancel, list, read."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from api import problems as p
+from api.deps import (
+    CurrentUser,
+    IdempotencyKey,
+    Paging,
+    ServicesDep,
+    consistent,
+    rate_limit,
+)
+from api.problems import ProblemError, problem_responses
+from api.schemas import CancelAccepted, JobAccepted, JobRequest, JobView, Page, credits
+from api.services import Services, now
+from domain.errors import NotFound
+from domain.jobs import TERMINAL, JobParameters, JobStatus
+from infra import redis_keys
+from read_models import queries
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+AUTH_ERRORS = (401, 403, 429, 503)
+JobStatusName = Annotated[JobStatus | None, Query(description="only jobs in this status")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    summary="Submit a text-to-image job",
+    description="Validates the parameters, checks the plan's entitlements and holds the "
+    "estimated credits. Rejections are answered with their own problem type (and recorded: "
+    "the same Idempotency-Key gives the same answer again).",
+    responses=problem_responses(401, 402, 403, 409, 413, 422, 429, 503),
+    dependencies=[Depends(rate_limit("submit"))],
+)
+async def submit_job(
+    body: JobRequest,
+    principal: CurrentUser,
+    svc: ServicesDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    user = principal.user_id
+    params = JobParameters(**body.model_dump())
+    storage = await queries.storage_used_bytes(svc.pool, user)
+    result = await svc.command(
+        svc.application.submit_job,
+        user,
+        idempotency_key=idempotency_key or uuid.uuid4().hex,
+        params=params,
+        at=now(),
+        storage_used_bytes=storage,
+    )
+    await svc.balance_cache.delete(user)
+    response.headers["Location"] = f"/v1/jobs/{result.job_id}"
+    if not result.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    if result.status == JobStatus.REJECTED.value:
+        reason = result.rejection or ""
+        raise ProblemError(
+            p.REJECTIONS.get(reason, p.FORBIDDEN),
+            p.sentence(result.detail or "the job was rejected"),
+            job_id=str(result.job_id),
+            reason=reason,
+            position=result.position,
+            headers={"Location": f"/v1/jobs/{result.job_id}"},
+        )
+    return JobAccepted(
+        job_id=result.job_id,
+        status=result.status,
+        hold_mc=result.hold_mc,
+        hold_credits=credits(result.hold_mc),
+        budget_ms=result.budget_ms,
+        position=result.position,
+        replayed=not result.created,
+    )
+
+
+@router.get(
+    "",
+    response_model=Page[JobView],
+    summary="List your jobs, newest first",
+    responses=problem_responses(*AUTH_ERRORS, 422),
+    dependencies=[Depends(rate_limit("query")), Depends(consistent("jobs"))],
+)
+async def list_jobs(
+    principal: CurrentUser,
+    svc: ServicesDep,
+    paging: Paging,
+    status: JobStatusName = None,
+) -> Page[JobView]:
+    try:
+        page = await queries.list_jobs(
+            svc.pool,
+            principal.user_id,
+            status=status.value if status else None,
+            cursor=paging.cursor,
+            limit=paging.limit,
+        )
+    except ValueError as e:
+        raise bad_query(e) from None
+    return Page[JobView](items=[JobView.of(j) for j in page.items], next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobView,
+    summary="One of your jobs",
+    responses=problem_responses(*AUTH_ERRORS, 404, 422),
+    dependencies=[Depends(rate_limit("query"))],
+)
+async def get_job(
+    job_id: UUID,
+    principal: CurrentUser,
+    svc: ServicesDep,
+    min_position: Annotated[int | None, Depends(consistent("jobs"))],
+) -> Any:
+    key = str(job_id)
+    if min_position is None:
+        cached = await svc.job_cache.get(key)
+        if cached is not None and cached.get("user_id") == principal.user_id:
+            return cached["view"]
+    job = await queries.get_job(svc.pool, principal.user_id, job_id)
+    if job is None:
+        raise job_not_found(job_id)
+    view = JobView.of(job)
+    if job.status in TERMINAL:
+        dumped = view.model_dump(mode="json")
+        await svc.job_cache.set(key, {"user_id": principal.user_id, "view": dumped})
+        return dumped
+    return view
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=CancelAccepted,
+    summary="Cancel a job",
+    description="Before it starts: cancelled at once, the hold released. Running: the worker "
+    "stops within one step and the GPU time used up to the stop is billed.",
+    responses=problem_responses(*AUTH_ERRORS, 404, 409, 422),
+    dependencies=[Depends(rate_limit("command"))],
+)
+async def cancel_job(job_id: UUID, principal: CurrentUser, svc: ServicesDep) -> CancelAccepted:
+    job, result, was_dispatched = await svc.command(_cancel, svc, principal.user_id, job_id)
+    if was_dispatched or job.status == JobStatus.RUNNING.value:
+        # The worker checks this flag every step: a dispatched job never starts, a running
+        # one stops within a step.
+        await svc.redis.set(
+            redis_keys.cancel_flag(svc.settings.redis_key_prefix, job_id),
+            "1",
+            ex=redis_keys.CANCEL_FLAG_TTL_S,
+        )
+    await svc.balance_cache.delete(principal.user_id)
+    await svc.job_cache.delete(str(job_id))
+    return CancelAccepted(
+        job_id=job_id,
+        status=job.status,
+        cancel_requested=job.cancel_requested or job.status == JobStatus.CANCELLED.value,
+        position=result.position,
+    )
+
+
+def _cancel(svc: Services, user_id: str, job_id: UUID) -> tuple[Any, Any, bool]:
+    """On a command thread: ownership, then the cancel, then the job as it is now."""
+    app = svc.application
+    try:
+        before = app.job(job_id)
+    except NotFound:
+        raise job_not_found(job_id) from None
+    if before.user_id != user_id:
+        raise job_not_found(job_id)
+    if before.is_terminal and before.status != JobStatus.CANCELLED.value:
+        raise ProblemError(
+            p.INVALID_TRANSITION,
+            f"The job is already {before.status}; there is nothing to cancel.",
+        )
+    result = app.cancel_job(job_id, now())
+    return app.job(job_id), result, before.status == JobStatus.DISPATCHED.value
+
+
+def job_not_found(job_id: UUID) -> ProblemError:
+    return ProblemError(p.NOT_FOUND, f"You have no job {job_id}; list your jobs with GET /v1/jobs.")
+
+
+def bad_query(e: ValueError) -> ProblemError:
+    return ProblemError(p.INVALID_REQUEST, p.sentence(str(e)))

@@ -1,0 +1,163 @@
+"""The caller's own account: profile and entitlements, balance, statement, usage."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+
+from api import problems as p
+from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
+from api.problems import ProblemError, problem_responses
+from api.routers.jobs import bad_query
+from api.schemas import BalanceView, LedgerLine, MeView, Page, PlanView, SubscriptionView, UsageView
+from api.services import now
+from domain.plans import GpuTier, get_plan
+from read_models import queries
+
+router = APIRouter(prefix="/v1/me", tags=["me"])
+ERRORS = (401, 403, 429, 503)
+MAX_USAGE_RANGE = timedelta(days=366)
+
+
+@router.get(
+    "",
+    response_model=MeView,
+    summary="Your profile, plan and entitlements",
+    responses=problem_responses(*ERRORS, 422),
+    dependencies=[Depends(rate_limit("query")), Depends(consistent("subscriptions"))],
+)
+async def me(principal: CurrentUser, svc: ServicesDep) -> MeView:
+    user = principal.user_id
+    row = await queries.get_user(svc.pool, user)
+    used = await queries.storage_used_bytes(svc.pool, user)
+    if row is not None:
+        terms = row.subscription.custom_terms
+        plan = get_plan(row.plan.slug)
+        if terms:
+            plan = plan.with_custom_terms(
+                credits_per_month=int(terms["credits_per_month"]),
+                tier=GpuTier(terms["tier"]),
+                concurrent_jobs=int(terms["concurrent_jobs"]),
+                storage_gb=int(terms["storage_gb"]),
+            )
+        created_at: datetime | None = row.created_at
+        s = row.subscription
+        sub = SubscriptionView(
+            plan=s.plan,
+            status=s.status,
+            period_start=s.period_start,
+            period_end=s.period_end,
+            cancel_at=s.cancel_at,
+            custom_terms=s.custom_terms,
+        )
+    else:
+        # Signed up a moment ago and not projected yet: the event store has the answer.
+        agg = await svc.command(svc.application.subscription, user)
+        plan = agg.plan
+        created_at = None
+        sub = SubscriptionView(
+            plan=agg.plan_slug,
+            status=agg.status,
+            period_start=agg.period_start,
+            period_end=agg.period_end,
+            cancel_at=agg.cancel_at,
+            custom_terms=dict(agg.custom_terms) if agg.custom_terms else None,
+        )
+    return MeView(
+        user_id=user,
+        email=principal.email,
+        created_at=created_at,
+        plan=PlanView.of(plan),
+        subscription=sub,
+        storage_used_bytes=used,
+        storage_quota_bytes=plan.storage_bytes,
+        auth="api_key" if principal.via == "api_key" else "jwt",
+        is_admin=principal.is_admin,
+    )
+
+
+@router.get(
+    "/balance",
+    response_model=BalanceView,
+    summary="Your credit balance and lots",
+    description="Cached for a few seconds; with X-Min-Position always read fresh.",
+    responses=problem_responses(*ERRORS, 422),
+    dependencies=[Depends(rate_limit("query"))],
+)
+async def balance(
+    principal: CurrentUser,
+    svc: ServicesDep,
+    min_position: Annotated[int | None, Depends(consistent("ledger"))],
+) -> Any:
+    user = principal.user_id
+    if min_position is None:
+        cached = await svc.balance_cache.get(user)
+        if cached is not None:
+            return cached
+    at = now()
+    found = await queries.get_balance(svc.pool, user, at=at)
+    if found is None:
+        raise ProblemError(
+            p.NOT_YET_CONSISTENT,
+            "Your credit account is still being set up; retry in a moment.",
+            headers={"Retry-After": "1"},
+        )
+    view = BalanceView.of(found, at).model_dump(mode="json")
+    await svc.balance_cache.set(user, view)
+    return view
+
+
+@router.get(
+    "/ledger",
+    response_model=Page[LedgerLine],
+    summary="Your statement lines, newest first",
+    responses=problem_responses(*ERRORS, 422),
+    dependencies=[Depends(rate_limit("query")), Depends(consistent("ledger"))],
+)
+async def ledger(principal: CurrentUser, svc: ServicesDep, paging: Paging) -> Page[LedgerLine]:
+    return await ledger_page(svc, principal.user_id, paging.cursor, paging.limit)
+
+
+async def ledger_page(svc: Any, user: str, cursor: str | None, limit: int) -> Page[LedgerLine]:
+    try:
+        page = await queries.list_ledger(svc.pool, user, cursor=cursor, limit=limit)
+    except ValueError as e:
+        raise bad_query(e) from None
+    return Page[LedgerLine](
+        items=[LedgerLine.of(e) for e in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get(
+    "/usage",
+    response_model=UsageView,
+    summary="Your billed GPU usage by day or model",
+    responses=problem_responses(*ERRORS, 422),
+    dependencies=[Depends(rate_limit("query")), Depends(consistent("jobs"))],
+)
+async def usage(
+    principal: CurrentUser,
+    svc: ServicesDep,
+    from_: Annotated[
+        datetime | None, Query(alias="from", description="start (inclusive); default: 30 days ago")
+    ] = None,
+    to: Annotated[datetime | None, Query(description="end (exclusive); default: now")] = None,
+    group_by: Annotated[Literal["day", "model"], Query()] = "day",
+) -> UsageView:
+    try:
+        end = to or now()
+        start = from_ or end - timedelta(days=30)
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("naive time")
+        if end <= start or end - start > MAX_USAGE_RANGE:
+            raise ValueError("bad range")
+        summary = await queries.usage_summary(svc.pool, principal.user_id, start, end, group_by)
+    except (ValueError, OverflowError):
+        raise ProblemError(
+            p.INVALID_REQUEST,
+            "Choose from and to with a time zone (e.g. 2026-01-01T00:00:00Z), from before to, "
+            "at most 366 days apart.",
+        ) from None
+    return UsageView.of(summary)

@@ -1,0 +1,172 @@
+"""What one API process holds for its lifetime: pools, the Application, clients, caches."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import asyncpg
+import boto3
+import redis.asyncio as redis
+from anyio import CapacityLimiter, to_thread
+from botocore.config import Config
+
+from api.auth import JwtVerifier
+from api.cache import JsonCache
+from api.live import JobWatcher
+from api.ratelimit import RateLimiter
+from domain.application import PinkseaApplication
+from infra.db import create_pool
+from infra.event_store import event_store_env
+from infra.settings import Settings
+from read_models.migrate import migrate
+
+T = TypeVar("T")
+
+PLAN_CACHE_S = 30.0  # how stale a user's plan may be for rate limits and API-key access
+REGISTERED_CACHE = 100_000  # users known to be registered, per process
+
+
+class _Lru:
+    """A bounded map with optional expiry; process-local and lock-free (one event loop)."""
+
+    def __init__(self, size: int, ttl_s: float | None = None) -> None:
+        self.size = size
+        self.ttl_s = ttl_s
+        self.data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: str) -> Any | None:
+        hit = self.data.get(key)
+        if hit is None:
+            return None
+        at, value = hit
+        if self.ttl_s is not None and time.monotonic() - at > self.ttl_s:
+            del self.data[key]
+            return None
+        self.data.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = (time.monotonic(), value)
+        self.data.move_to_end(key)
+        while len(self.data) > self.size:
+            self.data.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    application: PinkseaApplication
+    redis: redis.Redis
+    pubsub_redis: redis.Redis  # no read timeout: subscribers wait for messages
+    s3: Any
+    verifier: JwtVerifier
+    limiter: CapacityLimiter
+    rate_limiter: RateLimiter
+    balance_cache: JsonCache
+    job_cache: JsonCache
+    watcher: JobWatcher
+    registered: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
+    plans: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, PLAN_CACHE_S))
+
+    async def command(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a synchronous Application call on a worker thread. The limiter holds the
+        threads to the event store's connection pool, so none waits inside for a connection."""
+        return await to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self.limiter
+        )
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Other blocking calls (S3) on the default thread pool."""
+        return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    async def ensure_registered(self, user_id: str) -> None:
+        """A user's first authenticated request signs them up (trial); idempotent."""
+        if self.registered.get(user_id):
+            return
+        await self.command(self.application.register_user, user_id, now())
+        self.registered.put(user_id, True)
+
+    async def plan_of(self, user_id: str) -> str:
+        """The slug of the user's current plan, from the event store, cached briefly."""
+        slug = self.plans.get(user_id)
+        if slug is None:
+            sub = await self.command(self.application.subscription, user_id)
+            slug = sub.plan.slug
+            self.plans.put(user_id, slug)
+        return str(slug)
+
+    async def close(self) -> None:
+        await self.watcher.stop()
+        await self.pool.close()
+        await self.redis.aclose()
+        await self.pubsub_redis.aclose()
+        await to_thread.run_sync(self.application.close)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def s3_client(settings: Settings) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url or None,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        config=Config(
+            signature_version="s3v4",
+            connect_timeout=2,
+            read_timeout=5,
+            retries={"max_attempts": 2},
+        ),
+    )
+
+
+async def start_services(settings: Settings) -> Services:
+    pool = await create_pool(settings)
+    async with pool.acquire() as conn:
+        await migrate(conn)  # idempotent, serialised by an advisory lock
+    application = await to_thread.run_sync(
+        lambda: PinkseaApplication(
+            env=event_store_env(settings.database_url, pool_size=settings.db_pool_size)
+        )
+    )
+    client = redis.from_url(
+        settings.redis_url,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        health_check_interval=30,
+    )
+    watcher = JobWatcher(pool, interval_s=settings.sse_poll_interval_s)
+    return Services(
+        settings=settings,
+        pool=pool,
+        application=application,
+        redis=client,
+        pubsub_redis=redis.from_url(settings.redis_url, socket_connect_timeout=0.5),
+        s3=s3_client(settings),
+        verifier=JwtVerifier(settings),
+        limiter=anyio.CapacityLimiter(settings.db_pool_size),
+        rate_limiter=RateLimiter(
+            client, settings.redis_key_prefix, multiplier=settings.rate_limit_multiplier
+        ),
+        balance_cache=JsonCache(
+            client, settings.redis_key_prefix, "balance", settings.balance_cache_ttl_s
+        ),
+        job_cache=JsonCache(
+            client, settings.redis_key_prefix, "jobcache", settings.job_cache_ttl_s
+        ),
+        watcher=watcher,
+    )
