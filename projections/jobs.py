@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from domain.jobs import Fault, GenerationJob, JobStatus
+from domain.jobs import Fault, JobStatus
 from infra.envelope import JOBS_TOPIC, Envelope
 from projections.base import Projection
 from projections.decoding import UnknownEventType, domain_event
@@ -219,19 +219,19 @@ async def _refunded(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
     return await conn.fetchval(_REFUNDED, *_key(env), ev.amount_mc)
 
 
-J = GenerationJob
-_HANDLERS: dict[type, Handler] = {
-    J.Submitted: _submitted,
-    J.Accepted: _accepted,
-    J.Rejected: _rejected,
-    J.Dispatched: _dispatched,
-    J.Started: _started,
-    J.CancelRequested: _cancel_requested,
-    J.AttemptFailed: _attempt_failed,
-    J.Completed: _completed,
-    J.Failed: _failed,
-    J.Cancelled: _cancelled,
-    J.Refunded: _refunded,
+# By public type name: an event class that is renamed or removed only ever fails to match.
+_HANDLERS: dict[str, Handler] = {
+    "GenerationJob.Submitted": _submitted,
+    "GenerationJob.Accepted": _accepted,
+    "GenerationJob.Rejected": _rejected,
+    "GenerationJob.Dispatched": _dispatched,
+    "GenerationJob.Started": _started,
+    "GenerationJob.CancelRequested": _cancel_requested,
+    "GenerationJob.AttemptFailed": _attempt_failed,
+    "GenerationJob.Completed": _completed,
+    "GenerationJob.Failed": _failed,
+    "GenerationJob.Cancelled": _cancelled,
+    "GenerationJob.Refunded": _refunded,
 }
 
 
@@ -244,11 +244,10 @@ class JobsProjection(Projection):
         return env.aggregate_type == "GenerationJob"
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope) -> None:
-        ev = domain_event(env)
-        handler = _HANDLERS.get(type(ev))
+        handler = _HANDLERS.get(env.type)
         if handler is None:
             raise UnknownEventType(env.type)
-        result = await handler(conn, env, ev)
+        result = await handler(conn, env, domain_event(env))
         # UPDATE statements report "UPDATE n"; the CTE statements count the job rows.
         if result in (0, "UPDATE 0"):
             raise UnknownJob(f"no job {env.aggregate_id} (event {env.id})")

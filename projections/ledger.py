@@ -243,6 +243,13 @@ VALUES ($1, $2, $3, $3, $4)
 
 _OWNER = "SELECT user_id FROM balances WHERE account_id = $1"
 
+# Low-balance warnings move no money: they only flag the balance (the API shows a banner).
+_LOW_BALANCE = """
+UPDATE balances SET low_balance = $2, low_balance_threshold_mc = $3, updated_at = $4,
+    position = $5
+WHERE account_id = $1
+"""
+
 # $1 user  $2 event id  $3 position  $4 occurred_at  $5 job id
 # $6..$13  balance deltas: available, held, granted, consumed, refunded, expired, debited, lots
 # $14..$21 lot moves (parallel arrays)
@@ -345,6 +352,19 @@ class LedgerProjection(Projection):
         if isinstance(ev, CreditAccount.Opened):
             await conn.execute(_OPEN, ev.user_id, env.aggregate_id, env.occurred_at, env.position)
             self._owners.remember(env.aggregate_id, ev.user_id)
+            return
+        if isinstance(ev, CreditAccount.LowBalanceReached | CreditAccount.LowBalanceCleared):
+            reached = isinstance(ev, CreditAccount.LowBalanceReached)
+            status = await conn.execute(
+                _LOW_BALANCE,
+                env.aggregate_id,
+                reached,
+                ev.threshold_mc,
+                env.occurred_at,
+                env.position,
+            )
+            if status != "UPDATE 1":
+                raise UnknownAccount(f"credit account {env.aggregate_id} was never opened")
             return
         user_id = await self._owners.user_of(conn, env.aggregate_id)
         change = ledger_change(ev)

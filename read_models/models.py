@@ -50,6 +50,7 @@ class Balance:
     refunded_mc: int
     expired_mc: int
     debited_mc: int
+    low_balance: bool  # below the plan's warning threshold
     position: int
     lots: tuple[CreditLot, ...]  # in spend order
 
@@ -162,7 +163,8 @@ class Subscription:
     period_start: datetime
     period_end: datetime
     cancel_at: datetime | None
-    external_id: str | None
+    external_id: str | None  # Stripe subscription
+    customer_id: str | None  # Stripe customer
     custom_terms: dict[str, Any] | None
 
 

@@ -126,7 +126,7 @@ async def get_balance(db: Db, user_id: str, *, at: datetime | None = None) -> Ba
     async with _snapshot(db) as conn:
         row = await conn.fetchrow(
             "SELECT user_id, available_mc, held_mc, granted_mc, consumed_mc, refunded_mc,"
-            " expired_mc, debited_mc, position FROM balances WHERE user_id = $1",
+            " expired_mc, debited_mc, low_balance, position FROM balances WHERE user_id = $1",
             user_id,
         )
         if row is None:
@@ -342,7 +342,7 @@ async def get_user(db: Db, user_id: str) -> User | None:
     in ``subscription.custom_terms``) and their subscription."""
     row = await db.fetchrow(
         "SELECT u.user_id, u.created_at, s.plan AS subscribed_plan, s.status, s.period_start,"
-        " s.period_end, s.cancel_at, s.external_id, s.custom_terms,"
+        " s.period_end, s.cancel_at, s.external_id, s.customer_id, s.custom_terms,"
         f" {', '.join(f'p.{c}' for c in _PLAN_FIELDS)}"
         " FROM users AS u"
         " JOIN user_subscriptions AS s ON s.user_id = u.user_id"
@@ -364,6 +364,7 @@ async def get_user(db: Db, user_id: str) -> User | None:
             period_end=row["period_end"],
             cancel_at=row["cancel_at"],
             external_id=row["external_id"],
+            customer_id=row["customer_id"],
             custom_terms=None if terms is None else json.loads(terms),
         ),
     )

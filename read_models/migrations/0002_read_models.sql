@@ -59,6 +59,8 @@ CREATE TABLE user_subscriptions (
     plan                   TEXT NOT NULL,         -- subscribed plan (kept after it ends)
     status                 TEXT NOT NULL,
     external_id            TEXT,                  -- Stripe subscription id
+    customer_id            TEXT,                  -- Stripe customer id
+    stripe_synced_at       TIMESTAMPTZ,           -- newest Stripe object state applied
     custom_terms           JSONB,                 -- negotiated (enterprise) terms
     period_start           TIMESTAMPTZ NOT NULL,
     period_end             TIMESTAMPTZ NOT NULL,
@@ -119,6 +121,8 @@ CREATE TABLE balances (
     expired_mc   BIGINT NOT NULL DEFAULT 0,
     debited_mc   BIGINT NOT NULL DEFAULT 0,  -- negative adjustments
     lot_count    INTEGER NOT NULL DEFAULT 0, -- numbers the next lot (credit_lots.seq)
+    low_balance  BOOLEAN NOT NULL DEFAULT false,  -- warned: below the plan's threshold
+    low_balance_threshold_mc BIGINT,
     opened_at    TIMESTAMPTZ NOT NULL,
     updated_at   TIMESTAMPTZ NOT NULL,
     position     BIGINT NOT NULL
