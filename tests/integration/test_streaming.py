@@ -233,7 +233,7 @@ async def test_tailing_relay_skips_no_event_under_concurrent_delayed_commits(
 
     monkeypatch.setattr(PostgresApplicationRecorder, "_fetch_ids_after_insert_events", delayed)
     app = new_app(stack)
-    writers, jobs_each = 6, 420  # each submission stores 3 events: 6 x 420 x 3 + sign-ups > 10k
+    writers, jobs_each = 6, 600  # each submission stores 3 events: 6 x 600 x 3 > 10k
 
     def write(w: int) -> None:
         user = f"writer-{w}"
