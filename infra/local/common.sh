@@ -1,0 +1,180 @@
+# Shared helpers for the local-stack scripts in infra/local/ (sourced, not run).
+#
+# Every service script follows one pattern:
+#   start  : no-op if the service already answers a real request on its port; otherwise install
+#            what is missing, spawn the server in its own session (it outlives the script), and
+#            wait until it answers a real request. On failure: exit 1 with the tail of its log.
+#   stop   : kill the process named by its pid file (TERM, then KILL after a grace period).
+#   status : one line, exit 0 when the service answers, 1 otherwise.
+#
+# Everything lives in one stack dir (PINKSEA_STACK_DIR, default ~/.pinksea-stack) so several
+# clones of the repo share one running stack.
+
+set -euo pipefail
+
+LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$LOCAL_DIR/../.." && pwd)
+STACK_DIR=${PINKSEA_STACK_DIR:-$HOME/.pinksea-stack}
+RUN_DIR=$STACK_DIR/run
+LOG_DIR=$STACK_DIR/log
+mkdir -p "$RUN_DIR" "$LOG_DIR"
+STACK_DIR=$(cd "$STACK_DIR" && pwd)
+RUN_DIR=$STACK_DIR/run
+LOG_DIR=$STACK_DIR/log
+
+HOST=127.0.0.1
+# How long start waits for a service to answer before giving up (seconds).
+START_TIMEOUT=${PINKSEA_START_TIMEOUT:-90}
+
+# apt-get must never prompt.
+export DEBIAN_FRONTEND=noninteractive
+
+say() { printf '[%s] %s\n' "$SERVICE" "$*" >&2; }
+die() {
+  say "ERROR: $*"
+  exit 1
+}
+
+# Run a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+APT_UPDATED=
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found; install $* by hand"
+  say "installing Debian packages: $*"
+  if [ -z "$APT_UPDATED" ]; then
+    as_root apt-get update -qq
+    APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1 (bash's /dev/tcp, no nc needed).
+port_open() {
+  (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
+}
+
+pidfile() { echo "$RUN_DIR/$1.pid"; }
+logfile() { echo "$LOG_DIR/$1.log"; }
+
+# Pid from the pid file when that process is alive and its command line contains $2
+# (guards against a stale pid file whose pid was reused by something else).
+live_pid() {
+  local f pid
+  f=$(pidfile "$1")
+  [ -s "$f" ] || return 1
+  pid=$(cat "$f")
+  [ -d "/proc/$pid" ] || return 1
+  if [ -n "${2:-}" ]; then
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2" || return 1
+  fi
+  echo "$pid"
+}
+
+# spawn NAME CMD...: start CMD in a new session, detached from the terminal and from make's
+# process group (so Ctrl-C or the end of CI's shell does not take it down), stdout/stderr
+# appended to the service log, pid recorded. The script runs without job control, so the
+# background child is not a group leader and setsid execs in place: $! is the server's pid.
+spawn() {
+  local name=$1
+  shift
+  local log
+  log=$(logfile "$name")
+  printf '\n===== %s start: %s\n' "$(date -Is)" "$*" >>"$log"
+  (
+    # Close inherited descriptors (our flock, callers' pipes): a server holding them would
+    # block the next start on the lock, or keep a caller's output pipe open forever.
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    exec setsid nohup "$@"
+  ) >>"$log" 2>&1 </dev/null &
+  echo $! >"$(pidfile "$name")"
+}
+
+# tail_log NAME [LINES]: the end of a service log, for failure messages.
+tail_log() {
+  local log
+  log=$(logfile "$1")
+  if [ -s "$log" ]; then
+    echo "----- last ${2:-40} lines of $log -----" >&2
+    tail -n "${2:-40}" "$log" >&2
+    echo "-----" >&2
+  else
+    echo "(no log at $log)" >&2
+  fi
+}
+
+# wait_ready NAME PATTERN CHECK...: poll CHECK until it succeeds. Fails fast when the spawned
+# process exits, and after START_TIMEOUT seconds; both print the log tail.
+wait_ready() {
+  local name=$1 pattern=$2
+  shift 2
+  local deadline=$((SECONDS + START_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if "$@" >/dev/null 2>&1; then
+      return 0
+    fi
+    if ! live_pid "$name" "$pattern" >/dev/null; then
+      say "ERROR: $name exited before it answered"
+      tail_log "$name"
+      exit 1
+    fi
+    sleep 0.5
+  done
+  say "ERROR: $name did not answer within ${START_TIMEOUT}s"
+  tail_log "$name"
+  exit 1
+}
+
+# stop_pid NAME PATTERN [GRACE] [SIGNAL]: send SIGNAL (default TERM) to the recorded process,
+# KILL it after GRACE seconds.
+stop_pid() {
+  local name=$1 pattern=$2 grace=${3:-20} sig=${4:-TERM} pid
+  if ! pid=$(live_pid "$name" "$pattern"); then
+    rm -f "$(pidfile "$name")"
+    say "not running (no live pid file)"
+    return 0
+  fi
+  say "stopping pid $pid (SIG$sig)"
+  kill -"$sig" "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + grace))
+  while [ -d "/proc/$pid" ] && ((SECONDS < deadline)); do
+    sleep 0.2
+  done
+  if [ -d "/proc/$pid" ]; then
+    say "still running after ${grace}s, sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$(pidfile "$name")"
+}
+
+# Serialise start/stop of one service across concurrent callers (several clones, make -j).
+lock_service() {
+  exec 9>"$RUN_DIR/$1.lock"
+  flock 9
+}
+
+# main START STOP STATUS "$@": dispatch the subcommand to the script's functions.
+main() {
+  local start_fn=$1 stop_fn=$2 status_fn=$3
+  shift 3
+  case "${1:-}" in
+    start)
+      lock_service "$SERVICE"
+      "$start_fn"
+      ;;
+    stop)
+      lock_service "$SERVICE"
+      "$stop_fn"
+      ;;
+    status) "$status_fn" ;;
+    *)
+      echo "usage: $0 start|stop|status" >&2
+      exit 2
+      ;;
+  esac
+}
