@@ -1,22 +1,29 @@
-"""Publish Kafka consumer lag as CloudWatch metrics (the GPU auto-scaling signal).
+"""Publish Kafka consumer lag and the GPU backlog as CloudWatch metrics (the scaling signal).
 
-An adapter, nothing more: it reads committed offsets of every ``pinksea-*`` consumer group and
-the end offsets of the partitions they consume, and writes, every ``--interval`` seconds, to
-the CloudWatch namespace ``Pinksea/Kafka``:
+An adapter, nothing more. Every ``--interval`` seconds it reads the committed offsets of every
+``pinksea.*`` consumer group and the end offsets of the partitions they consume, optionally the
+scheduler's queue depth from its ``/metrics``, and writes to the CloudWatch namespace
+``Pinksea/Kafka``:
 
 ``ConsumerLag``    {Environment, ConsumerGroup}          sum of the group's lag over its topics
 ``ConsumerLag``    {Environment, ConsumerGroup, Topic}   the same, per topic
 ``MaxConsumerLag`` {Environment}                         the largest group lag (alarm > 100)
+``GpuBacklog``     {Environment, Tier}                   jobs waiting for a GPU of that tier
 
-The GPU auto-scaling groups scale on ``ConsumerLag`` of ``pinksea-gpu-<tier>``, the group that
-reads ``pinksea.gpu.dispatch.<tier>.v1`` (infra/terraform/modules/compute/gpu.tf).
+``GpuBacklog`` is what the GPU auto-scaling groups scale on (infra/terraform/modules/compute/
+gpu.tf): the jobs the scheduler still holds for the tier (``pinksea_queue_depth{tier}``) plus
+the largest lag of a worker group (``pinksea.gpu.worker.<id>``, one per worker) on
+``pinksea.gpu.dispatch.<tier>.v1``. The scheduler dispatches only to idle workers, so the
+dispatch topic alone stays near zero however long the queue grows; without
+``--queue-metrics-url`` the backlog is the dispatch lag alone.
 
 Lag of a partition = end offset - committed offset; a partition the group has never committed
 counts from the log start (our consumers start at the earliest offset).
 
-Run it as ``python -m infra.aws_lag_metric`` (the ECS service ``lag-metric`` does so); the
-``pinksea`` CLI is meant to expose the same ``main()`` as ``pinksea lag-metric`` (docs/DEPLOY.md).
-On MSK (TLS + IAM) set ``--security-protocol SASL_SSL --sasl-mechanism OAUTHBEARER`` or the
+Run it as ``python -m infra.aws_lag_metric`` (on ECS it is a sidecar of the scheduler task, so
+it reads the scheduler's metrics on 127.0.0.1); the ``pinksea`` CLI is meant to expose the same
+``main()`` as ``pinksea lag-metric`` (docs/DEPLOY.md). On MSK (TLS + IAM) set
+``--security-protocol SASL_SSL --sasl-mechanism OAUTHBEARER`` or the
 ``PINKSEA_KAFKA_SECURITY_PROTOCOL`` / ``PINKSEA_KAFKA_SASL_MECHANISM`` environment variables;
 OAUTHBEARER tokens come from the ``aws-msk-iam-sasl-signer-python`` package.
 """
@@ -37,7 +44,9 @@ from typing import Any
 log = logging.getLogger("pinksea.lag_metric")
 
 NAMESPACE = "Pinksea/Kafka"
-GROUP_PREFIX = "pinksea-"
+GROUP_PREFIX = "pinksea."
+GPU_TIERS = ("basic", "high_performance", "dedicated")
+QUEUE_DEPTH_METRIC = "pinksea_queue_depth"
 #: CloudWatch accepts at most 1000 metric data items per PutMetricData call.
 MAX_ITEMS_PER_CALL = 1000
 
@@ -83,16 +92,50 @@ def group_lag(
     return [TopicLag(group, topic, lag) for topic, lag in sorted(per_topic.items())]
 
 
+def dispatch_topic(tier: str) -> str:
+    """The topic the GPU workers of ``tier`` read (infra/envelope.py names it the same way)."""
+    return f"pinksea.gpu.dispatch.{tier}.v1"
+
+
+def queue_depths(metrics_text: str) -> dict[str, float]:
+    """``pinksea_queue_depth{tier}`` out of a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    depths: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == QUEUE_DEPTH_METRIC and "tier" in sample.labels:
+                depths[sample.labels["tier"]] = sample.value
+    return depths
+
+
+def gpu_backlog(
+    lags: Iterable[TopicLag], depths: Mapping[str, float], tiers: Iterable[str] = GPU_TIERS
+) -> dict[str, int]:
+    """Jobs waiting for a GPU per tier: queued in the scheduler plus not yet consumed.
+
+    Every worker reads the whole dispatch topic in a group of its own, so the topic's lag is
+    the largest lag among those groups, not their sum.
+    """
+    lags = list(lags)
+    return {
+        tier: int(depths.get(tier, 0))
+        + max((x.lag for x in lags if x.topic.endswith(dispatch_topic(tier))), default=0)
+        for tier in tiers
+    }
+
+
 def metric_data(
     lags: Iterable[TopicLag],
     environment: str,
     groups: Iterable[str] = (),
     timestamp: float | None = None,
+    backlog: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """CloudWatch ``MetricData`` items for ``put_metric_data``.
 
     ``groups`` names groups that must be published even without a committed offset (their lag
-    is then 0): the GPU groups, so their scale-in alarm always has data.
+    is then 0). ``backlog`` (tier => jobs waiting) adds the ``GpuBacklog`` scaling metric.
     """
     ts = time.time() if timestamp is None else timestamp
     lags = list(lags)
@@ -126,6 +169,10 @@ def metric_data(
     data.append(
         datum("MaxConsumerLag", max(per_group.values(), default=0), Environment=environment)
     )
+    data += [
+        datum("GpuBacklog", jobs, Environment=environment, Tier=tier)
+        for tier, jobs in sorted((backlog or {}).items())
+    ]
     return data
 
 
@@ -247,7 +294,14 @@ async def run_once(args: argparse.Namespace, cloudwatch: Any | None) -> list[dic
         region=args.region,
     )
     lags = await collect_lag(conn, args.group_prefix)
-    data = metric_data(lags, args.environment, groups=args.always_group)
+    depths: dict[str, float] = {}
+    if args.queue_metrics_url:
+        try:
+            depths = queue_depths(await asyncio.to_thread(_fetch, args.queue_metrics_url))
+        except Exception:  # the scheduler restarting: publish the Kafka part alone
+            log.warning("queue depth unavailable from %s", args.queue_metrics_url, exc_info=True)
+    backlog = gpu_backlog(lags, depths, args.tier)
+    data = metric_data(lags, args.environment, backlog=backlog)
     if cloudwatch is None:
         print(json.dumps(data, indent=2, default=str))
     else:
@@ -255,6 +309,13 @@ async def run_once(args: argparse.Namespace, cloudwatch: Any | None) -> list[dic
     worst = max((d["Value"] for d in data if d["MetricName"] == "MaxConsumerLag"), default=0.0)
     log.info("published %d lag data points, max lag %d", len(data), int(worst))
     return data
+
+
+def _fetch(url: str) -> str:
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=5) as response:  # an operator-given local URL
+        return str(response.read().decode())
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -304,18 +365,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--environment", default=env.get("PINKSEA_ENVIRONMENT", "local"))
     p.add_argument("--group-prefix", default=GROUP_PREFIX)
     p.add_argument(
-        "--always-group",
+        "--tier",
         action="append",
         default=[],
-        help="group published even before its first commit (repeatable; default: GPU groups)",
+        help="GPU tier whose backlog is published (repeatable; default: every tier)",
+    )
+    p.add_argument(
+        "--queue-metrics-url",
+        default=env.get("PINKSEA_QUEUE_METRICS_URL", ""),
+        help="the scheduler's /metrics, for pinksea_queue_depth (e.g. http://127.0.0.1:9103/metrics)",
     )
     p.add_argument("--interval", type=float, default=60.0, help="seconds between runs; 0 runs once")
     p.add_argument(
         "--dry-run", action="store_true", help="print the metric data instead of publishing"
     )
     args = p.parse_args(argv)
-    if not args.always_group:
-        args.always_group = [f"pinksea-gpu-{t}" for t in ("basic", "high_performance", "dedicated")]
+    if not args.tier:
+        args.tier = list(GPU_TIERS)
     return args
 
 

@@ -1,5 +1,7 @@
 # Container registry, the ECS cluster, and the Fargate services: the API behind the ALB and
-# the pipeline processes (relay, projections, scheduler, settler, expiry, lag metric).
+# the pipeline processes (relay, projections, scheduler, settler, expiry). The consumer-lag
+# publisher runs as a sidecar of the scheduler: it reads the scheduler's queue depth on
+# 127.0.0.1:9103/metrics and publishes the GPU backlog the auto-scaling groups scale on.
 
 locals {
   lag_metric_namespace = "Pinksea/Kafka"
@@ -42,6 +44,35 @@ locals {
     stripe_key     = "PINKSEA_STRIPE_API_KEY"
     stripe_webhook = "PINKSEA_STRIPE_WEBHOOK_SECRET"
     cdn_signer     = "PINKSEA_CLOUDFRONT_PRIVATE_KEY"
+  }
+
+  # The sidecar of the scheduler task (infra/aws_lag_metric.py); `pinksea lag-metric` once the
+  # CLI exposes it (docs/DEPLOY.md).
+  lag_metric_command = [
+    "python", "-m", "infra.aws_lag_metric",
+    "--namespace", local.lag_metric_namespace,
+    "--environment", var.environment,
+    "--interval", "60",
+    "--queue-metrics-url", "http://127.0.0.1:9103/metrics",
+  ]
+
+  lag_metric_sidecar = {
+    name                   = "lag-metric"
+    image                  = local.app_image
+    command                = local.lag_metric_command
+    essential              = false # the scheduler keeps running; a silent metric pages (consumer-lag)
+    readonlyRootFilesystem = true
+    user                   = "10001:10001"
+    environment            = [for k, v in local.common_environment : { name = k, value = v }]
+    mountPoints            = [{ sourceVolume = "tmp", containerPath = "/tmp", readOnly = false }]
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.service["scheduler"].name
+        awslogs-region        = var.region
+        awslogs-stream-prefix = "lag-metric"
+      }
+    }
   }
 
   # Every Fargate service: its command, the secrets it may read, and its size.
@@ -91,19 +122,6 @@ locals {
     expiry = {
       command           = ["pinksea", "expire"]
       secrets           = ["database"]
-      cpu               = var.pipeline_cpu
-      memory            = var.pipeline_memory
-      extra_environment = {}
-    }
-    lag-metric = {
-      # Until `pinksea lag-metric` exists the module runs directly (docs/DEPLOY.md).
-      command = [
-        "python", "-m", "infra.aws_lag_metric",
-        "--namespace", local.lag_metric_namespace,
-        "--environment", var.environment,
-        "--interval", "60",
-      ]
-      secrets           = []
       cpu               = var.pipeline_cpu
       memory            = var.pipeline_memory
       extra_environment = {}
@@ -223,7 +241,7 @@ resource "aws_ecs_task_definition" "service" {
     name = "tmp"
   }
 
-  container_definitions = jsonencode([{
+  container_definitions = jsonencode(concat([{
     name                   = each.key
     image                  = local.app_image
     command                = each.value.command
@@ -259,7 +277,9 @@ resource "aws_ecs_task_definition" "service" {
         awslogs-stream-prefix = each.key
       }
     }
-  }])
+    }],
+    each.key == "scheduler" ? [local.lag_metric_sidecar] : [],
+  ))
 
   tags = var.tags
 }

@@ -1,8 +1,10 @@
 # One EC2 auto-scaling group per GPU tier (basic = g4dn.xlarge / T4, high_performance =
 # g5.xlarge / A10G, dedicated = p4d.24xlarge / A100), each running one `pinksea gpu-worker
-# --tier <tier>` container, scaled on the consumer lag of its dispatch topic
-# (pinksea.gpu.dispatch.<tier>.v1, consumer group pinksea-gpu-<tier>) that
-# infra/aws_lag_metric.py publishes to CloudWatch every minute:
+# --tier <tier>` container, scaled on the tier's Kafka consumer lag that
+# infra/aws_lag_metric.py publishes to CloudWatch every minute as GpuBacklog{Environment, Tier}:
+# the lag on pinksea.gpu.dispatch.<tier>.v1 (largest over the workers' groups
+# pinksea.gpu.worker.<id>) plus the jobs the scheduler still holds for the tier (it dispatches
+# only to idle workers, so the topic alone never shows a queue):
 #
 #   lag > 10  -> +1 instance, 5 min warm-up ("cooldown")
 #   lag > 50  -> +3 instances, 3 min warm-up
@@ -81,8 +83,9 @@ resource "aws_launch_template" "gpu" {
     efs_access_point_id = var.efs_access_point_id
     redis_secret_arn    = var.redis_secret_arn
     environment = merge(local.common_environment, {
-      PINKSEA_GPU_TIER   = each.key
-      PINKSEA_MODELS_DIR = "/models"
+      PINKSEA_GPU_TIER         = each.key
+      PINKSEA_MODELS_DIR       = "/models"
+      PINKSEA_MODELS_S3_BUCKET = var.models_bucket_name # fallback when a model is not on EFS
     })
   }))
 
@@ -206,8 +209,8 @@ resource "aws_cloudwatch_metric_alarm" "gpu_lag_over_10" {
   alarm_name          = "${var.name}-gpu-${each.key}-lag-over-10"
   alarm_description   = "Scale out the ${each.key} GPU tier by 1: dispatch lag above 10 for 1 minute"
   namespace           = local.lag_metric_namespace
-  metric_name         = "ConsumerLag"
-  dimensions          = { Environment = var.environment, ConsumerGroup = "pinksea-gpu-${each.key}" }
+  metric_name         = "GpuBacklog"
+  dimensions          = { Environment = var.environment, Tier = each.key }
   statistic           = "Maximum"
   period              = 60
   evaluation_periods  = 1
@@ -225,8 +228,8 @@ resource "aws_cloudwatch_metric_alarm" "gpu_lag_over_50" {
   alarm_name          = "${var.name}-gpu-${each.key}-lag-over-50"
   alarm_description   = "Scale out the ${each.key} GPU tier by 3: dispatch lag above 50 for 1 minute"
   namespace           = local.lag_metric_namespace
-  metric_name         = "ConsumerLag"
-  dimensions          = { Environment = var.environment, ConsumerGroup = "pinksea-gpu-${each.key}" }
+  metric_name         = "GpuBacklog"
+  dimensions          = { Environment = var.environment, Tier = each.key }
   statistic           = "Maximum"
   period              = 60
   evaluation_periods  = 1
@@ -244,8 +247,8 @@ resource "aws_cloudwatch_metric_alarm" "gpu_lag_under_3" {
   alarm_name          = "${var.name}-gpu-${each.key}-lag-under-3"
   alarm_description   = "Scale in the ${each.key} GPU tier by 1: dispatch lag below 3 for 10 minutes"
   namespace           = local.lag_metric_namespace
-  metric_name         = "ConsumerLag"
-  dimensions          = { Environment = var.environment, ConsumerGroup = "pinksea-gpu-${each.key}" }
+  metric_name         = "GpuBacklog"
+  dimensions          = { Environment = var.environment, Tier = each.key }
   statistic           = "Maximum"
   period              = 60
   evaluation_periods  = 10

@@ -26,7 +26,6 @@ locals {
     scheduler   = [var.database_secret_arn, var.redis_secret_arn]
     settler     = [var.database_secret_arn]
     expiry      = [var.database_secret_arn]
-    lag-metric  = []
     model-sync  = []
   }
 
@@ -37,7 +36,6 @@ locals {
     scheduler   = data.aws_iam_policy_document.scheduler.json
     settler     = data.aws_iam_policy_document.settler.json
     expiry      = data.aws_iam_policy_document.ecs_exec.json
-    lag-metric  = data.aws_iam_policy_document.lag_metric.json
     model-sync  = data.aws_iam_policy_document.model_sync.json
   }
 }
@@ -192,8 +190,15 @@ data "aws_iam_policy_document" "relay" {
 
   statement {
     sid       = "KafkaWriteDomainTopics"
-    actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:CreateTopic", "kafka-cluster:WriteData"]
+    actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"]
     resources = [for t in local.domain_topics : "${local.msk_topic_arn}/${t}"]
+  }
+
+  # `pinksea kafka init` runs in the relay task (docs/DEPLOY.md): it creates every topic.
+  statement {
+    sid       = "KafkaCreateTopics"
+    actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:CreateTopic"]
+    resources = ["${local.msk_topic_arn}/pinksea.*"]
   }
 }
 
@@ -215,11 +220,12 @@ data "aws_iam_policy_document" "projections" {
   statement {
     sid       = "KafkaOwnGroups"
     actions   = ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]
-    resources = ["${local.msk_group_arn}/pinksea-projections*"]
+    resources = ["${local.msk_group_arn}/pinksea.projection.*"]
   }
 }
 
 data "aws_iam_policy_document" "scheduler" {
+  # checkov:skip=CKV_AWS_356:cloudwatch:PutMetricData (lag-metric sidecar) supports no resource ARNs; it is limited to one namespace by condition.
   source_policy_documents = [data.aws_iam_policy_document.ecs_exec.json]
 
   statement {
@@ -236,14 +242,27 @@ data "aws_iam_policy_document" "scheduler" {
 
   statement {
     sid       = "KafkaWriteDispatchAndDeadLetters"
-    actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:CreateTopic", "kafka-cluster:WriteData"]
+    actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"]
     resources = [for t in concat(local.dispatch_topics, [local.dlq_topic]) : "${local.msk_topic_arn}/${t}"]
   }
 
+  # The lag-metric sidecar: offsets of every pinksea group, one CloudWatch namespace.
   statement {
-    sid       = "KafkaOwnGroups"
-    actions   = ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]
-    resources = ["${local.msk_group_arn}/pinksea-scheduler*"]
+    sid       = "LagMetricDescribeTopicsAndGroups"
+    actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:DescribeGroup"]
+    resources = ["${local.msk_topic_arn}/pinksea.*", "${local.msk_group_arn}/pinksea.*"]
+  }
+
+  statement {
+    sid       = "LagMetricPublish"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [var.metric_namespace]
+    }
   }
 }
 
@@ -271,36 +290,7 @@ data "aws_iam_policy_document" "settler" {
   statement {
     sid       = "KafkaOwnGroups"
     actions   = ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]
-    resources = ["${local.msk_group_arn}/pinksea-settler*"]
-  }
-}
-
-data "aws_iam_policy_document" "lag_metric" {
-  # checkov:skip=CKV_AWS_356:cloudwatch:PutMetricData supports no resource ARNs; it is limited to one namespace by condition.
-  source_policy_documents = [data.aws_iam_policy_document.ecs_exec.json]
-
-  statement {
-    sid       = "KafkaDescribe"
-    actions   = ["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"]
-    resources = [var.msk_cluster_arn]
-  }
-
-  statement {
-    sid       = "KafkaDescribeTopicsAndGroups"
-    actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:DescribeGroup"]
-    resources = ["${local.msk_topic_arn}/pinksea.*", "${local.msk_group_arn}/pinksea-*"]
-  }
-
-  statement {
-    sid       = "PublishLagMetric"
-    actions   = ["cloudwatch:PutMetricData"]
-    resources = ["*"]
-
-    condition {
-      test     = "StringEquals"
-      variable = "cloudwatch:namespace"
-      values   = [var.metric_namespace]
-    }
+    resources = ["${local.msk_group_arn}/pinksea.settler"]
   }
 }
 
@@ -420,6 +410,12 @@ data "aws_iam_policy_document" "gpu" {
   }
 
   statement {
+    sid       = "ListModelsBucket"
+    actions   = ["s3:ListBucket"]
+    resources = [var.models_bucket_arn]
+  }
+
+  statement {
     sid       = "ReadModelsBucket"
     actions   = ["s3:GetObject"]
     resources = ["${var.models_bucket_arn}/*"]
@@ -452,7 +448,7 @@ data "aws_iam_policy_document" "gpu" {
   statement {
     sid       = "KafkaOwnGroup"
     actions   = ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]
-    resources = ["${local.msk_group_arn}/pinksea-gpu-${each.key}"]
+    resources = ["${local.msk_group_arn}/pinksea.gpu.worker.*"] # one group per worker
   }
 }
 
