@@ -55,24 +55,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def stack_unreachable(service: str, address: str, exc: BaseException) -> NoReturn:
-    pytest.fail(
-        f"{service} at {address} does not answer ({type(exc).__name__}: {exc}). "
-        "The integration tests need the local stack: run `make services` "
-        "(then `make services-status` or `pinksea doctor`).",
-        pytrace=False,
+    cause = (str(exc).strip().splitlines() or [""])[0]
+    message = (
+        f"{service} at {address} does not answer: the integration tests need the local stack, "
+        "run `make services` (check it with `make services-status` or `pinksea doctor`).\n"
+        f"cause: {type(exc).__name__}: {cause}"
     )
+    # `from None`: the report is this message, not the client library's exception chain.
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 @contextlib.contextmanager
 def reachable(service: str, address: str) -> Iterator[None]:
-    """Turn any failure inside the block into :func:`stack_unreachable` (outside the except
-    clause, so the report is one clear line rather than a chained traceback)."""
+    """Turn any failure inside the block into :func:`stack_unreachable`."""
     try:
         yield
-        return
     except Exception as exc:
-        failure = exc
-    stack_unreachable(service, address, failure)
+        stack_unreachable(service, address, exc)
 
 
 def run_async(make: Callable[[], Awaitable[T]]) -> T:
