@@ -250,3 +250,39 @@ def report(
             console.print(f"chart written to {plot}")
 
     asyncio.run(main())
+
+
+@ledger_app.command()
+def verify(database_url: str = DatabaseUrl) -> None:
+    """Replay every event, recompute the read models in memory, compare and check invariants.
+    Exits 1 on any mismatch, showing the first differing rows."""
+    from audit.store import JOB_EVENTS, SUBSCRIPTION_EVENTS
+    from audit.verify import verify as run_verify
+
+    topics = (ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS)
+
+    async def main() -> bool:
+        url = database_url or get_settings().effective_read_database_url
+        pool = await asyncpg.create_pool(url, min_size=3, max_size=3)
+        try:
+            async with pool.acquire() as conn:
+                events = _with_progress(conn, stream_events(conn, topics=topics), topics)
+                report = await run_verify(pool, events)
+        finally:
+            await pool.close()
+        table = Table(title=f"ledger verify: {report.events} events replayed")
+        table.add_column("read model")
+        table.add_column("rows checked", justify="right")
+        for name, n in report.checked.items():
+            table.add_row(name, str(n))
+        Console().print(table)
+        for finding in report.findings:
+            Console().print(f"[red]FAIL[/red] {finding.check}: {finding.detail}")
+            for row in finding.rows:
+                Console().print(f"    {row}")
+        if report.ok:
+            Console().print("[green]OK[/green]: every invariant holds and every read model matches")
+        return report.ok
+
+    if not asyncio.run(main()):
+        raise typer.Exit(1)
