@@ -74,8 +74,14 @@ def dev_key_path(settings: Settings) -> Path:
     return Path(settings.dev_jwt_key_path).expanduser()
 
 
+_dev_keys: dict[Path, rsa.RSAPrivateKey] = {}
+
+
 def load_or_create_dev_key(path: Path) -> rsa.RSAPrivateKey:
     """The dev issuer's private key, generated on first use (mode 0600)."""
+    cached = _dev_keys.get(path)
+    if cached is not None and path.exists():
+        return cached  # loading validates the key, which takes tens of milliseconds
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -96,6 +102,7 @@ def load_or_create_dev_key(path: Path) -> rsa.RSAPrivateKey:
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, rsa.RSAPrivateKey):
         raise ValueError(f"{path} does not hold an RSA private key")
+    _dev_keys[path] = loaded
     return loaded
 
 

@@ -12,6 +12,7 @@ costs speed: every error is swallowed and the caller reads the database.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis.asyncio as redis
@@ -25,23 +26,41 @@ HITS = Counter("pinksea_api_cache_hits_total", "Cache hits", ["cache"])
 MISSES = Counter("pinksea_api_cache_misses_total", "Cache misses", ["cache"])
 
 
+class Breaker:
+    """After a Redis failure, skip Redis for a few seconds: while it is down (or blackholed),
+    requests should not each wait for a connect timeout."""
+
+    def __init__(self, pause_s: float = 5.0) -> None:
+        self.pause_s = pause_s
+        self.open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return time.monotonic() < self.open_until
+
+    def trip(self) -> None:
+        self.open_until = time.monotonic() + self.pause_s
+
+
 class JsonCache:
     def __init__(self, client: redis.Redis, prefix: str, name: str, ttl_s: float) -> None:
         self.client = client
         self.prefix = f"{prefix}{name}:"
         self.name = name
         self.ttl_ms = int(ttl_s * 1000)
+        self.breaker = Breaker()
 
     @property
     def enabled(self) -> bool:
-        return self.ttl_ms > 0
+        return self.ttl_ms > 0 and not self.breaker.open
 
     async def get(self, key: str) -> Any | None:
         if not self.enabled:
             return None
         try:
             raw = await self.client.get(self.prefix + key)
-        except RedisError as e:
+        except (RedisError, OSError) as e:
+            self.breaker.trip()
             log.debug("cache read failed", cache=self.name, error=repr(e))
             raw = None
         if raw is None:
@@ -55,13 +74,15 @@ class JsonCache:
             return
         try:
             await self.client.set(self.prefix + key, json.dumps(value), px=self.ttl_ms)
-        except RedisError as e:
+        except (RedisError, OSError) as e:
+            self.breaker.trip()
             log.debug("cache write failed", cache=self.name, error=repr(e))
 
     async def delete(self, *keys: str) -> None:
-        if not keys:
+        if not keys or self.ttl_ms <= 0:
             return
         try:
             await self.client.delete(*(self.prefix + k for k in keys))
-        except RedisError as e:
+        except (RedisError, OSError) as e:
+            # Not tripping the breaker here: a missed delete only leaves an entry to its TTL.
             log.warning("cache delete failed", cache=self.name, error=repr(e))

@@ -92,7 +92,7 @@ async def _principal_from_api_key(svc: Services, key: str) -> Principal:
     # Recorded at most once a minute per key: usage tracking must not cost a write per call.
     await svc.pool.execute(
         "UPDATE api_keys SET last_used_at = $2 WHERE key_id = $1"
-        " AND (last_used_at IS NULL OR last_used_at < $2 - interval '60 seconds')",
+        " AND (last_used_at IS NULL OR last_used_at < $2::timestamptz - interval '60 seconds')",
         row["key_id"],
         at,
     )

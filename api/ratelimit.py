@@ -8,8 +8,9 @@ Headers (draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Limit``, ``RateLimit
 ``RateLimit-Reset`` (seconds) and ``RateLimit-Policy`` on every limited response; a 429 adds
 ``Retry-After``.
 
-**Fails open.** When Redis is unreachable or slow (0.5 s timeout), requests are let through
-and ``pinksea_api_ratelimit_fail_open_total`` counts them: the limits protect capacity, and
+**Fails open.** When Redis is unreachable or slow (1 s timeout), requests are let through
+(and for 5 s after a failure Redis is not asked at all, so an outage adds no latency);
+``pinksea_api_ratelimit_fail_open_total`` counts them: the limits protect capacity, and
 the domain's own queue limit (unfinished jobs per plan) still bounds what a user can hold.
 Refusing every request because the limiter is down would turn a Redis outage into an API one.
 """
@@ -24,6 +25,8 @@ import redis.asyncio as redis
 import structlog
 from prometheus_client import Counter
 from redis.exceptions import RedisError
+
+from api.cache import Breaker
 
 log = structlog.get_logger("api.ratelimit")
 
@@ -84,11 +87,15 @@ class RateLimiter:
         self.client = client
         self.prefix = f"{prefix}rl:"
         self.multiplier = multiplier
+        self.breaker = Breaker()
         self._warned_at = 0.0
 
     async def hit(self, group: str, user_id: str, plan: str) -> Decision | None:
         """Count one request; None when Redis could not be asked (fail open)."""
         limit = limit_for(group, plan, self.multiplier)
+        if self.breaker.open:
+            FAIL_OPEN.inc()
+            return None
         now = time.time()
         window = int(now // WINDOW_S)
         elapsed = now - window * WINDOW_S
@@ -101,6 +108,7 @@ class RateLimiter:
                 pipe.get(previous)
                 count, _, prev_raw = await pipe.execute()
         except (RedisError, OSError) as e:
+            self.breaker.trip()
             FAIL_OPEN.inc()
             if now - self._warned_at > 10:  # once in a while, not per request
                 self._warned_at = now

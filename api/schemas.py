@@ -25,6 +25,11 @@ PlanSlug = Literal[tuple(PLANS)]  # type: ignore[valid-type]
 TierName = Literal["basic", "high_performance", "dedicated"]
 
 
+# Text that ends up in events and read models: NUL cannot be stored in PostgreSQL text.
+NO_NUL = r"^[^\x00]*$"
+USER_ID = r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$"  # as api/auth.py accepts in tokens
+
+
 def credits(mc: int) -> Credits:
     return format_credits(mc)
 
@@ -42,9 +47,11 @@ class Strict(BaseModel):
 
 
 class JobRequest(Strict):
-    model: str = Field(min_length=1, max_length=64, examples=["tiny-sd"])
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, examples=["a lighthouse"])
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    model: str = Field(min_length=1, max_length=64, pattern=NO_NUL, examples=["tiny-sd"])
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NO_NUL, examples=["a lighthouse"]
+    )
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)
     steps: int = Field(ge=1, le=150, examples=[4])
     width: int = Field(ge=8, le=4096, examples=[64])
     height: int = Field(ge=8, le=4096, examples=[64])
@@ -456,7 +463,7 @@ class UserSummaryView(BaseModel):
 
 
 class ApiKeyRequest(Strict):
-    name: str = Field(min_length=1, max_length=100, examples=["ci"])
+    name: str = Field(min_length=1, max_length=100, pattern=NO_NUL, examples=["ci"])
     expires_at: datetime | None = Field(None, description="timezone-aware; null: never")
 
 
@@ -487,11 +494,11 @@ CreditsAmount = Decimal
 
 
 class GrantRequest(Strict):
-    user_id: str = Field(min_length=1, max_length=128)
+    user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID)
     credits: Decimal = Field(gt=0, le=10**9, decimal_places=3, description="e.g. 100 or '2.5'")
     valid_from: datetime | None = Field(None, description="default: now")
     valid_until: datetime | None = Field(None, description="null: never expires")
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
     plan: Literal["tester"] | None = Field(
         None, description="'tester': also put the user on the tester plan (needs valid_until)"
     )
@@ -508,11 +515,11 @@ class GrantResult(BaseModel):
 
 
 class AdjustmentRequest(Strict):
-    user_id: str = Field(min_length=1, max_length=128)
+    user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID)
     credits: Decimal = Field(
         ge=-(10**9), le=10**9, decimal_places=3, description="positive adds, negative debits"
     )
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
 
 
 class AdjustmentResult(BaseModel):
@@ -525,7 +532,7 @@ class AdjustmentResult(BaseModel):
 
 
 class RefundRequest(Strict):
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
 
 
 class RefundResult(BaseModel):
@@ -545,7 +552,7 @@ class CustomTermsBody(Strict):
 
 class PlanChangeRequest(Strict):
     plan: PlanSlug
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
     custom_terms: CustomTermsBody | None = Field(None, description="enterprise terms")
 
 

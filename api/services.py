@@ -16,6 +16,8 @@ import boto3
 import redis.asyncio as redis
 from anyio import CapacityLimiter, to_thread
 from botocore.config import Config
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from api.auth import JwtVerifier
 from api.cache import JsonCache
@@ -143,11 +145,14 @@ async def start_services(settings: Settings) -> Services:
             env=event_store_env(settings.database_url, pool_size=settings.db_pool_size)
         )
     )
+    # One quick retry at most: the default retries take seconds, and every Redis use here
+    # can do without (rate limits fail open, caches fall back to the database).
     client = redis.from_url(
         settings.redis_url,
-        socket_timeout=0.5,
-        socket_connect_timeout=0.5,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
         health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
     )
     watcher = JobWatcher(pool, interval_s=settings.sse_poll_interval_s)
     return Services(
@@ -155,7 +160,9 @@ async def start_services(settings: Settings) -> Services:
         pool=pool,
         application=application,
         redis=client,
-        pubsub_redis=redis.from_url(settings.redis_url, socket_connect_timeout=0.5),
+        pubsub_redis=redis.from_url(
+            settings.redis_url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 1)
+        ),
         s3=s3_client(settings),
         verifier=JwtVerifier(settings),
         limiter=anyio.CapacityLimiter(settings.db_pool_size),

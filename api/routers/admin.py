@@ -16,6 +16,7 @@ from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.routers.me import ledger_page
 from api.schemas import (
+    USER_ID,
     AdjustmentRequest,
     AdjustmentResult,
     GrantRequest,
@@ -42,7 +43,7 @@ router = APIRouter(
     dependencies=[Depends(rate_limit("admin"))],
 )
 ERRORS = (401, 403, 429, 503)
-UserId = Annotated[str, Path(min_length=1, max_length=128)]
+UserId = Annotated[str, Path(min_length=1, max_length=128, pattern=USER_ID)]
 
 
 def _actor(admin: Any) -> str:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,7 @@ class Kit:
                 gpu_ms=gpu_ms,
                 cuda_ms=gpu_ms - 5,
                 images=images or [],
-                at=at + timedelta(seconds=1),
+                at=at,
             )
 
 

@@ -17,11 +17,14 @@ from projections.registry import ALL_PROJECTIONS
 from projections.runner import apply_gated
 
 BATCH = 500
+_done: dict[str, int] = {}  # database -> the newest position projected by this process
 
 
-async def project_now(app: PinkseaApplication, database_url: str, start: int = 1) -> int:
-    """Project every stored event from ``start`` on; returns the newest position applied.
-    Repeating is harmless: events applied before are skipped by the version gate."""
+async def project_now(app: PinkseaApplication, database_url: str, start: int | None = None) -> int:
+    """Project every stored event not projected yet (or from ``start``); returns the newest
+    position applied. Repeating is harmless: the version gate skips events applied before."""
+    if start is None:
+        start = _done.get(database_url, 0) + 1
     conn = await asyncpg.connect(database_url)
     position = start - 1
     try:
@@ -45,4 +48,5 @@ async def project_now(app: PinkseaApplication, database_url: str, start: int = 1
             )
     finally:
         await conn.close()
+    _done[database_url] = max(_done.get(database_url, 0), position)
     return position

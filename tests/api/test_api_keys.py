@@ -1,0 +1,148 @@
+"""API keys: plan gate, shown once, stored hashed, usable, listed, revoked, expired."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.api.conftest import Kit, problem_type
+
+pytestmark = pytest.mark.integration
+
+
+async def _pro(kit: Kit, user: str) -> None:
+    await kit.client.get("/v1/me", headers=kit.auth(user))
+    await kit.set_plan(user, "pro")
+
+
+async def _create(kit: Kit, user: str, **body: object) -> dict[str, object]:
+    r = await kit.client.post("/v1/api-keys", json={"name": "ci", **body}, headers=kit.auth(user))
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_plans_without_api_access_cannot_create_keys(kit: Kit, user: str) -> None:
+    r = await kit.client.post("/v1/api-keys", json={"name": "x"}, headers=kit.auth(user))
+    assert r.status_code == 403
+    assert problem_type(r) == "no-api-access"
+    assert "upgrade" in r.json()["detail"].lower()
+
+
+async def test_create_use_list_revoke(kit: Kit, user: str) -> None:
+    await _pro(kit, user)
+    created = await _create(kit, user)
+    key = str(created["key"])
+    assert key.startswith("psk_") and key.startswith(str(created["prefix"]) + "_")
+    row = await kit.services.pool.fetchrow(
+        "SELECT prefix, hash FROM api_keys WHERE key_id = $1", created["id"]
+    )
+    assert row["hash"] == hashlib.sha256(key.encode()).hexdigest() and key not in row.values()
+    # Usable as a bearer token and as X-API-Key.
+    for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+        r = await kit.client.get("/v1/me", headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["user_id"] == user and r.json()["auth"] == "api_key"
+    r = await kit.client.post("/v1/jobs", json={**_tiny()}, headers={"X-API-Key": key})
+    assert r.status_code == 202
+    listed = (await kit.client.get("/v1/api-keys", headers=kit.auth(user))).json()["items"]
+    assert [k["prefix"] for k in listed] == [created["prefix"]]
+    assert listed[0]["last_used_at"] is not None and "key" not in listed[0]
+    r = await kit.client.delete(f"/v1/api-keys/{created['id']}", headers=kit.auth(user))
+    assert r.status_code == 204
+    r = await kit.client.get("/v1/me", headers={"X-API-Key": key})
+    assert r.status_code == 401 and problem_type(r) == "unauthorized"
+    again = await kit.client.delete(f"/v1/api-keys/{created['id']}", headers=kit.auth(user))
+    assert again.status_code == 204
+    listed = (await kit.client.get("/v1/api-keys", headers=kit.auth(user))).json()["items"]
+    assert listed[0]["revoked_at"] is not None
+
+
+async def test_wrong_secret_with_a_real_prefix_is_401(kit: Kit, user: str) -> None:
+    await _pro(kit, user)
+    key = str((await _create(kit, user))["key"])
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    r = await kit.client.get("/v1/me", headers={"X-API-Key": forged})
+    assert r.status_code == 401
+
+
+async def test_expired_keys_are_401(kit: Kit, user: str) -> None:
+    await _pro(kit, user)
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    key = str((await _create(kit, user, expires_at=soon.isoformat()))["key"])
+    assert (await kit.client.get("/v1/me", headers={"X-API-Key": key})).status_code == 200
+    await asyncio.sleep(1.2)
+    assert (await kit.client.get("/v1/me", headers={"X-API-Key": key})).status_code == 401
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    r = await kit.client.post(
+        "/v1/api-keys", json={"name": "x", "expires_at": past}, headers=kit.auth(user)
+    )
+    assert r.status_code == 422
+
+
+async def test_keys_cannot_manage_keys(kit: Kit, user: str) -> None:
+    await _pro(kit, user)
+    created = await _create(kit, user)
+    headers = {"X-API-Key": str(created["key"])}
+    for method, path in [
+        ("POST", "/v1/api-keys"),
+        ("GET", "/v1/api-keys"),
+        ("DELETE", f"/v1/api-keys/{created['id']}"),
+    ]:
+        r = await kit.client.request(method, path, json={"name": "x"}, headers=headers)
+        assert r.status_code == 403, (method, r.text)
+        assert problem_type(r) == "forbidden"
+
+
+async def test_idempotent_creation(kit: Kit, user: str) -> None:
+    await _pro(kit, user)
+    headers = {**kit.auth(user), "Idempotency-Key": "key-1"}
+    first = await kit.client.post("/v1/api-keys", json={"name": "a"}, headers=headers)
+    again = await kit.client.post("/v1/api-keys", json={"name": "a"}, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"] and again.json()["key"] is None
+    assert again.json()["prefix"] == first.json()["prefix"]
+    conflict = await kit.client.post("/v1/api-keys", json={"name": "b"}, headers=headers)
+    assert conflict.status_code == 409 and problem_type(conflict) == "idempotency-conflict"
+
+
+async def test_downgrade_disables_keys(kit: Kit, user: str) -> None:
+    await _pro(kit, user)
+    key = str((await _create(kit, user))["key"])
+    await kit.set_plan(user, "starter")
+    r = await kit.client.get("/v1/me", headers={"X-API-Key": key})
+    assert r.status_code == 403 and problem_type(r) == "no-api-access"
+
+
+async def test_other_users_keys_are_404(kit: Kit, user: str, other: str) -> None:
+    await _pro(kit, user)
+    created = await _create(kit, user)
+    r = await kit.client.delete(f"/v1/api-keys/{created['id']}", headers=kit.auth(other))
+    assert r.status_code == 404
+    assert (await kit.client.get("/v1/api-keys", headers=kit.auth(other))).json()["items"] == []
+    r = await kit.client.get("/v1/me", headers={"X-API-Key": str(created["key"])})
+    assert r.status_code == 200  # untouched
+
+
+async def test_list_pages_and_limits(kit: Kit, user: str) -> None:
+    await _pro(kit, user)
+    for i in range(3):
+        await _create(kit, user, name=f"k{i}")
+    page = (await kit.client.get("/v1/api-keys?limit=2", headers=kit.auth(user))).json()
+    assert [k["name"] for k in page["items"]] == ["k2", "k1"]
+    rest = (
+        await kit.client.get(f"/v1/api-keys?cursor={page['next_cursor']}", headers=kit.auth(user))
+    ).json()
+    assert [k["name"] for k in rest["items"]] == ["k0"] and rest["next_cursor"] is None
+    r = await kit.client.get("/v1/api-keys?cursor=zzz", headers=kit.auth(user))
+    assert r.status_code == 422
+    for i in range(17):
+        await _create(kit, user, name=f"more{i}")
+    r = await kit.client.post("/v1/api-keys", json={"name": "21st"}, headers=kit.auth(user))
+    assert r.status_code == 409 and problem_type(r) == "invalid-transition"
+
+
+def _tiny() -> dict[str, object]:
+    return {"model": "tiny-sd", "prompt": "k", "steps": 4, "width": 64, "height": 64}

@@ -1,0 +1,101 @@
+"""Images: listing, presigned URLs that S3 honours, deletion that frees quota and objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.api.conftest import Kit, problem_type
+
+pytestmark = pytest.mark.integration
+
+
+async def _job_with_images(kit: Kit, user: str, count: int = 2) -> tuple[str, list[dict[str, Any]]]:
+    """A completed job whose images exist in S3, as a worker would have uploaded them."""
+    job_id = (await kit.submit(user, batch_size=count)).json()["job_id"]
+    s3 = kit.services.s3
+    images = []
+    for i in range(count):
+        name = f"{job_id}-{i}"
+        key = f"users/{user}/images/{name}.png"
+        thumb = f"users/{user}/images/{name}.webp"
+        png = b"\x89PNG fake " + name.encode()
+        s3.put_object(Bucket=kit.settings.s3_bucket, Key=key, Body=png)
+        s3.put_object(Bucket=kit.settings.s3_bucket, Key=thumb, Body=b"RIFF webp")
+        images.append(
+            {
+                "name": name,
+                "key": key,
+                "thumbnail_key": thumb,
+                "size_bytes": len(png),
+                "width": 64,
+                "height": 64,
+            }
+        )
+    kit.run_job(job_id, images=images)  # type: ignore[arg-type]
+    await kit.project()
+    return job_id, images
+
+
+async def test_list_get_and_presigned_urls(kit: Kit, user: str) -> None:
+    job_id, images = await _job_with_images(kit, user)
+    r = await kit.client.get("/v1/images?limit=1", headers=kit.auth(user))
+    assert r.status_code == 200
+    page = r.json()
+    assert [i["name"] for i in page["items"]] == [images[1]["name"]]
+    rest = await kit.client.get(f"/v1/images?cursor={page['next_cursor']}", headers=kit.auth(user))
+    assert [i["name"] for i in rest.json()["items"]] == [images[0]["name"]]
+    r = await kit.client.get(f"/v1/images/{images[0]['name']}", headers=kit.auth(user))
+    assert r.status_code == 200
+    image = r.json()
+    assert image["job_id"] == job_id and image["size_bytes"] == images[0]["size_bytes"]
+    png = httpx.get(image["url"])
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    assert httpx.get(image["thumbnail_url"]).content == b"RIFF webp"
+    job = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
+    assert [i["href"] for i in job["images"]] == [f"/v1/images/{i['name']}" for i in images]
+
+
+async def test_delete_frees_quota_and_removes_objects(kit: Kit, user: str) -> None:
+    job_id, images = await _job_with_images(kit, user)
+    me = (await kit.client.get("/v1/me", headers=kit.auth(user))).json()
+    assert me["storage_used_bytes"] == sum(i["size_bytes"] for i in images)
+    await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))  # cached now
+    name = images[0]["name"]
+    r = await kit.client.delete(f"/v1/images/{name}", headers=kit.auth(user))
+    assert r.status_code == 204 and r.content == b""
+    for key in (images[0]["key"], images[0]["thumbnail_key"]):
+        with pytest.raises(ClientError):
+            kit.services.s3.head_object(Bucket=kit.settings.s3_bucket, Key=key)
+    me = (await kit.client.get("/v1/me", headers=kit.auth(user))).json()
+    assert me["storage_used_bytes"] == images[1]["size_bytes"]
+    r = await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))
+    assert r.status_code == 404
+    again = await kit.client.delete(f"/v1/images/{name}", headers=kit.auth(user))
+    assert again.status_code == 404
+    listed = (await kit.client.get("/v1/images", headers=kit.auth(user))).json()["items"]
+    assert [i["name"] for i in listed] == [images[1]["name"]]
+    job = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
+    assert [i["name"] for i in job["images"]] == [images[1]["name"]]  # the cache was dropped
+
+
+async def test_other_users_images_are_404(kit: Kit, user: str, other: str) -> None:
+    _, images = await _job_with_images(kit, user, count=1)
+    name = images[0]["name"]
+    for method in ("GET", "DELETE"):
+        r = await kit.client.request(method, f"/v1/images/{name}", headers=kit.auth(other))
+        assert r.status_code == 404
+        assert problem_type(r) == "not-found"
+    assert (await kit.client.get("/v1/images", headers=kit.auth(other))).json()["items"] == []
+    # Still there for its owner.
+    assert (await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["bad name", "x" * 201, "a%2Fb"])
+async def test_bad_image_names_are_422_or_404(kit: Kit, user: str, name: str) -> None:
+    r = await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))
+    assert r.status_code in (404, 422)
+    assert r.headers["content-type"].startswith("application/problem+json")
