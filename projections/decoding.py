@@ -24,5 +24,5 @@ def domain_event(env: Envelope) -> Any:
         originator_id=env.aggregate_id,
         originator_version=env.version,
         timestamp=env.occurred_at,
-        **dict(fields),
+        **fields.__dict__,  # the validated values (faster than iterating the model)
     )

@@ -2,7 +2,7 @@
 
 Job events after ``Submitted`` carry only the job id; the user comes from the job's own row
 (the runner delivers a job's events in order). One statement per event: a terminal event
-updates the job and writes its images and usage record together, in one round trip.
+updates the job and writes its images and usage record together.
 
 Usage: one record per job whose hold was settled, i.e. that ran and was billed (completed,
 failed through the user's fault, cancelled after it started), even at 0 mc. Platform failures
@@ -12,20 +12,15 @@ and cancellations before start void the hold and leave no usage record.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
-
-import asyncpg
 
 from domain.jobs import Fault, JobStatus
 from infra.envelope import JOBS_TOPIC, Envelope
-from projections.base import Projection
+from projections.batching import Statement, StatementProjection
 from projections.decoding import UnknownEventType, domain_event
 
-
-class UnknownJob(Exception):
-    """An event for a job whose Submitted event was never projected."""
-
+# Every statement starts with $1 job id, $2 occurred_at, $3 position.
 
 _SUBMITTED = """
 INSERT INTO jobs (
@@ -36,26 +31,43 @@ VALUES ($1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $2, $2, $3, 
 """
 
 
-def _update(assignments: str) -> str:
-    """An update of one job: $1 job id, $2 occurred_at, $3 position, then the event's own."""
-    return f"UPDATE jobs SET {assignments}, updated_at = $2, position = $3 WHERE job_id = $1"
-
-
-def _finish(assignments: str, record_usage: str) -> str:
-    """A terminal update that also writes the usage record when ``record_usage`` holds."""
+def _update(assignments: str, *more: str) -> str:
+    """Update the job (which must exist), and run the ``more`` CTEs that read ``job``: the
+    updated row."""
+    ctes = "".join(f",\n{cte}" for cte in more)
     return f"""
-WITH job AS ({_update(assignments)} RETURNING *),
-usage AS (
+WITH job AS (
+    UPDATE jobs SET {assignments}, updated_at = $2, position = $3 WHERE job_id = $1
+    RETURNING *
+){ctes}
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM job), 'an event of job ' || $1::text || ', which was never submitted'
+)
+"""
+
+
+def _usage_if(condition: str) -> str:
+    return f"""usage AS (
     INSERT INTO usage_records (
         job_id, user_id, outcome, model, tier, steps, width, height, batch_size,
         gpu_ms, cuda_ms, charged_mc, occurred_at, position
     )
     SELECT job_id, user_id, status, model, tier, steps, width, height, batch_size,
         gpu_ms, cuda_ms, charged_mc, $2, $3
-    FROM job WHERE {record_usage}
-)
-"""
+    FROM job WHERE {condition}
+)"""
 
+
+_IMAGES = """images AS (
+    INSERT INTO images (
+        user_id, name, job_id, idx, key, thumbnail_key, size_bytes, width, height,
+        created_at, position
+    )
+    SELECT job.user_id, i.name, job.job_id, i.idx - 1, i.key, i.thumbnail_key, i.size_bytes,
+        i.width, i.height, $2, $3
+    FROM job, unnest($8::text[], $9::text[], $10::text[], $11::bigint[], $12::int[], $13::int[])
+        WITH ORDINALITY AS i(name, key, thumbnail_key, size_bytes, width, height, idx)
+)"""
 
 _ACCEPTED = _update(
     "status = $4, hold_id = $5, hold_mc = $6, budget_ms = $7, estimate_ms = $8, accepted_at = $2"
@@ -65,61 +77,30 @@ _DISPATCHED = _update("status = $4, attempt = $5, worker_id = $6, dispatched_at 
 _STARTED = _update("status = $4, worker_id = $5, gpu = $6, started_at = $2")
 _CANCEL_REQUESTED = _update("cancel_requested = true")
 _ATTEMPT_FAILED = _update("status = $4, failure_reason = $5")
-
-_COMPLETED = (
-    _finish(
-        "status = $4, gpu_ms = $5, cuda_ms = $6, charged_mc = $7,"
-        " image_count = cardinality($8::text[]), finished_at = $2",
-        "true",
-    )
-    + """,
-images AS (
-    INSERT INTO images (
-        user_id, name, job_id, idx, key, thumbnail_key, size_bytes, width, height,
-        created_at, position
-    )
-    SELECT job.user_id, i.name, job.job_id, i.idx - 1, i.key, i.thumbnail_key, i.size_bytes,
-        i.width, i.height, $2, $3
-    FROM job, unnest($8::text[], $9::text[], $10::text[], $11::bigint[], $12::int[], $13::int[])
-        WITH ORDINALITY AS i(name, key, thumbnail_key, size_bytes, width, height, idx)
+_COMPLETED = _update(
+    "status = $4, gpu_ms = $5, cuda_ms = $6, charged_mc = $7,"
+    " image_count = cardinality($8::text[]), finished_at = $2",
+    _usage_if("true"),
+    _IMAGES,
 )
-SELECT count(*) FROM job
-"""
+_FAILED = _update(
+    "status = $4, failure_reason = $5, failure_fault = $6, retryable = $7, gpu_ms = $8,"
+    " charged_mc = $9, finished_at = $2",
+    _usage_if("$10"),
 )
-_FAILED = (
-    _finish(
-        "status = $4, failure_reason = $5, failure_fault = $6, retryable = $7, gpu_ms = $8,"
-        " charged_mc = $9, finished_at = $2",
-        "$10",
-    )
-    + "SELECT count(*) FROM job"
+_CANCELLED = _update(
+    "status = $4, gpu_ms = $5, charged_mc = $6, finished_at = $2",
+    _usage_if("$7"),
 )
-_CANCELLED = (
-    _finish("status = $4, gpu_ms = $5, charged_mc = $6, finished_at = $2", "$7")
-    + "SELECT count(*) FROM job"
+_REFUNDED = _update(
+    "refunded_mc = $4",
+    "usage AS (UPDATE usage_records SET refunded_mc = $4 WHERE job_id = $1)",
 )
-_REFUNDED = """
-WITH job AS (
-    UPDATE jobs SET refunded_mc = $4, updated_at = $2, position = $3 WHERE job_id = $1
-    RETURNING job_id
-),
-usage AS (UPDATE usage_records SET refunded_mc = $4 WHERE job_id = $1)
-SELECT count(*) FROM job
-"""
-
-Handler = Callable[[asyncpg.Connection, Envelope, Any], Awaitable[object]]
 
 
-def _key(env: Envelope) -> tuple[Any, ...]:
-    """The leading parameters of every statement: $1 job id, $2 occurred_at, $3 position."""
-    return env.aggregate_id, env.occurred_at, env.position
-
-
-async def _submitted(conn: asyncpg.Connection, env: Envelope, ev: Any) -> None:
+def _submitted(ev: Any) -> tuple[Any, ...]:
     params = ev.parameters
-    await conn.execute(
-        _SUBMITTED,
-        *_key(env),
+    return (
         ev.user_id,
         ev.idempotency_key,
         JobStatus.SUBMITTED.value,
@@ -134,47 +115,9 @@ async def _submitted(conn: asyncpg.Connection, env: Envelope, ev: Any) -> None:
     )
 
 
-async def _accepted(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    hold_id = str(env.aggregate_id)  # as GenerationJob.hold_id
-    return await conn.execute(
-        _ACCEPTED,
-        *_key(env),
-        JobStatus.ACCEPTED.value,
-        hold_id,
-        ev.hold_mc,
-        ev.budget_ms,
-        ev.estimate_ms,
-    )
-
-
-async def _rejected(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_REJECTED, *_key(env), JobStatus.REJECTED.value, ev.reason, ev.detail)
-
-
-async def _dispatched(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(
-        _DISPATCHED, *_key(env), JobStatus.DISPATCHED.value, ev.attempt, ev.worker_id
-    )
-
-
-async def _started(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_STARTED, *_key(env), JobStatus.RUNNING.value, ev.worker_id, ev.gpu)
-
-
-async def _cancel_requested(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_CANCEL_REQUESTED, *_key(env))
-
-
-async def _attempt_failed(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    # A retryable failure puts the job back in the queue (GenerationJob._attempt_failed).
-    return await conn.execute(_ATTEMPT_FAILED, *_key(env), JobStatus.ACCEPTED.value, ev.reason)
-
-
-async def _completed(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
+def _completed(ev: Any) -> tuple[Any, ...]:
     images = ev.images
-    return await conn.fetchval(
-        _COMPLETED,
-        *_key(env),
+    return (
         JobStatus.COMPLETED.value,
         ev.gpu_ms,
         ev.cuda_ms,
@@ -188,54 +131,65 @@ async def _completed(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object
     )
 
 
-async def _failed(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.fetchval(
-        _FAILED,
-        *_key(env),
+def _failed(ev: Any) -> tuple[Any, ...]:
+    billed = ev.fault == Fault.USER.value  # a user-fault failure is billed; a platform one not
+    return (
         JobStatus.FAILED.value,
         ev.reason,
         ev.fault,
         ev.retryable,
         ev.gpu_ms,
         ev.charged_mc,
-        ev.fault == Fault.USER.value,  # a user-fault failure is billed; a platform one is not
+        billed,
     )
 
 
-async def _cancelled(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
+def _cancelled(ev: Any) -> tuple[Any, ...]:
     # Cancelled before start: hold voided, nothing ran. Stopped by the worker: billed.
     ran = ev.after_start or ev.gpu_ms > 0 or ev.charged_mc > 0
-    return await conn.fetchval(
-        _CANCELLED,
-        *_key(env),
-        JobStatus.CANCELLED.value,
-        ev.gpu_ms,
-        ev.charged_mc,
-        ran,
-    )
+    return JobStatus.CANCELLED.value, ev.gpu_ms, ev.charged_mc, ran
 
 
-async def _refunded(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.fetchval(_REFUNDED, *_key(env), ev.amount_mc)
-
-
-# By public type name: an event class that is renamed or removed only ever fails to match.
-_HANDLERS: dict[str, Handler] = {
-    "GenerationJob.Submitted": _submitted,
-    "GenerationJob.Accepted": _accepted,
-    "GenerationJob.Rejected": _rejected,
-    "GenerationJob.Dispatched": _dispatched,
-    "GenerationJob.Started": _started,
-    "GenerationJob.CancelRequested": _cancel_requested,
-    "GenerationJob.AttemptFailed": _attempt_failed,
-    "GenerationJob.Completed": _completed,
-    "GenerationJob.Failed": _failed,
-    "GenerationJob.Cancelled": _cancelled,
-    "GenerationJob.Refunded": _refunded,
+# By public type name (an event class renamed or removed only ever fails to match): the
+# statement and the event's own arguments, from $4 on.
+_STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
+    "GenerationJob.Submitted": (_SUBMITTED, _submitted),
+    "GenerationJob.Accepted": (
+        _ACCEPTED,
+        lambda ev: (
+            JobStatus.ACCEPTED.value,
+            str(ev.originator_id),  # the hold id, as GenerationJob.hold_id
+            ev.hold_mc,
+            ev.budget_ms,
+            ev.estimate_ms,
+        ),
+    ),
+    "GenerationJob.Rejected": (
+        _REJECTED,
+        lambda ev: (JobStatus.REJECTED.value, ev.reason, ev.detail),
+    ),
+    "GenerationJob.Dispatched": (
+        _DISPATCHED,
+        lambda ev: (JobStatus.DISPATCHED.value, ev.attempt, ev.worker_id),
+    ),
+    "GenerationJob.Started": (
+        _STARTED,
+        lambda ev: (JobStatus.RUNNING.value, ev.worker_id, ev.gpu),
+    ),
+    "GenerationJob.CancelRequested": (_CANCEL_REQUESTED, lambda ev: ()),
+    # A retryable failure puts the job back in the queue (GenerationJob._attempt_failed).
+    "GenerationJob.AttemptFailed": (
+        _ATTEMPT_FAILED,
+        lambda ev: (JobStatus.ACCEPTED.value, ev.reason),
+    ),
+    "GenerationJob.Completed": (_COMPLETED, _completed),
+    "GenerationJob.Failed": (_FAILED, _failed),
+    "GenerationJob.Cancelled": (_CANCELLED, _cancelled),
+    "GenerationJob.Refunded": (_REFUNDED, lambda ev: (ev.amount_mc,)),
 }
 
 
-class JobsProjection(Projection):
+class JobsProjection(StatementProjection):
     name = "jobs"
     topics = (JOBS_TOPIC,)
     tables = ("jobs", "images", "usage_records")
@@ -243,11 +197,10 @@ class JobsProjection(Projection):
     def wants(self, env: Envelope) -> bool:
         return env.aggregate_type == "GenerationJob"
 
-    async def apply(self, conn: asyncpg.Connection, env: Envelope) -> None:
-        handler = _HANDLERS.get(env.type)
-        if handler is None:
-            raise UnknownEventType(env.type)
-        result = await handler(conn, env, domain_event(env))
-        # UPDATE statements report "UPDATE n"; the CTE statements count the job rows.
-        if result in (0, "UPDATE 0"):
-            raise UnknownJob(f"no job {env.aggregate_id} (event {env.id})")
+    def statements(self, env: Envelope) -> list[Statement]:
+        try:
+            sql, arguments = _STATEMENTS[env.type]
+        except KeyError:
+            raise UnknownEventType(env.type) from None
+        key = (env.aggregate_id, env.occurred_at, env.position)
+        return [(sql, key + arguments(domain_event(env)))]

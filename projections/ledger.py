@@ -3,11 +3,13 @@
 Each credit event becomes one ``LedgerChange`` (how it moves each lot, the lot it creates, the
 statement line), computed in Python from the domain event, plus the domain's own postings.
 One SQL statement applies all of it: the balance, the lots, the line with its running balance
-(read back from the balance update) and the postings, in a single round trip per event.
+(read back from the balance update) and the postings. Money events all share that statement,
+so a batch of them is one pipelined ``executemany``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,16 +21,12 @@ from domain.credits import CreditAccount, LotSource
 from domain.postings import Posting, postings_for
 from domain.units import format_credits
 from infra.envelope import CREDITS_TOPIC, Envelope
-from projections.base import Projection
+from projections.batching import Statement, StatementProjection
 from projections.decoding import UnknownEventType, domain_event
 
 
 class UnknownAccount(Exception):
     """A credit event for an account whose Opened event was never projected."""
-
-
-class UnknownLot(Exception):
-    """A credit event moving a lot whose grant was never projected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,13 +239,19 @@ INSERT INTO balances (user_id, account_id, opened_at, updated_at, position)
 VALUES ($1, $2, $3, $3, $4)
 """
 
-_OWNER = "SELECT user_id FROM balances WHERE account_id = $1"
+_OWNERS = "SELECT account_id, user_id FROM balances WHERE account_id = ANY($1::uuid[])"
 
 # Low-balance warnings move no money: they only flag the balance (the API shows a banner).
 _LOW_BALANCE = """
-UPDATE balances SET low_balance = $2, low_balance_threshold_mc = $3, updated_at = $4,
-    position = $5
-WHERE account_id = $1
+WITH flagged AS (
+    UPDATE balances SET low_balance = $2, low_balance_threshold_mc = $3, updated_at = $4,
+        position = $5
+    WHERE account_id = $1
+    RETURNING 1
+)
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM flagged), 'credit account ' || $1::text || ' was never opened'
+)
 """
 
 # $1 user  $2 event id  $3 position  $4 occurred_at  $5 job id
@@ -308,7 +312,11 @@ posted AS (
     FROM unnest($34::text[], $35::bigint[], $36::text[])
         WITH ORDINALITY AS p(account, amount_mc, lot_id, seq)
 )
-SELECT (SELECT count(*) FROM balance) AS balances, (SELECT count(*) FROM moved) AS lots
+SELECT read_model_check(
+    (SELECT count(*) FROM balance) = 1
+        AND (SELECT count(*) FROM moved) = cardinality($14::text[]),
+    'event ' || $2 || ' moves credit of an account or a lot never projected'
+)
 """
 
 
@@ -321,22 +329,30 @@ class _Owners:
     def __init__(self) -> None:
         self._users: dict[UUID, str] = {}
 
-    def remember(self, account_id: UUID, user_id: str) -> None:
-        if len(self._users) >= self.MAX_ENTRIES:
+    def __getitem__(self, account_id: UUID) -> str:
+        return self._users[account_id]
+
+    async def load(self, conn: asyncpg.Connection, envs: Sequence[Envelope]) -> None:
+        """Know the owner of every account in ``envs``: from their Opened events, the cache,
+        or one query."""
+        if len(self._users) > self.MAX_ENTRIES:
             self._users.clear()
-        self._users[account_id] = user_id
+        unknown: set[UUID] = set()
+        for env in envs:
+            if env.type == "CreditAccount.Opened":
+                self._users[env.aggregate_id] = env.data["user_id"]
+            elif env.aggregate_id not in self._users:
+                unknown.add(env.aggregate_id)
+        if not unknown:
+            return
+        for row in await conn.fetch(_OWNERS, list(unknown)):
+            self._users[row["account_id"]] = row["user_id"]
+        missing = unknown - self._users.keys()
+        if missing:
+            raise UnknownAccount(f"credit accounts never opened: {sorted(map(str, missing))}")
 
-    async def user_of(self, conn: asyncpg.Connection, account_id: UUID) -> str:
-        user_id = self._users.get(account_id)
-        if user_id is None:
-            user_id = await conn.fetchval(_OWNER, account_id)
-            if user_id is None:
-                raise UnknownAccount(f"credit account {account_id} was never opened")
-            self.remember(account_id, user_id)
-        return user_id
 
-
-class LedgerProjection(Projection):
+class LedgerProjection(StatementProjection):
     name = "ledger"
     topics = (CREDITS_TOPIC,)
     tables = ("balances", "credit_lots", "credit_transactions", "postings")
@@ -347,70 +363,61 @@ class LedgerProjection(Projection):
     def wants(self, env: Envelope) -> bool:
         return env.aggregate_type == "CreditAccount"
 
-    async def apply(self, conn: asyncpg.Connection, env: Envelope) -> None:
+    async def prepare(self, conn: asyncpg.Connection, envs: Sequence[Envelope]) -> None:
+        await self._owners.load(conn, envs)
+
+    def statements(self, env: Envelope) -> list[Statement]:
         ev = domain_event(env)
         if isinstance(ev, CreditAccount.Opened):
-            await conn.execute(_OPEN, ev.user_id, env.aggregate_id, env.occurred_at, env.position)
-            self._owners.remember(env.aggregate_id, ev.user_id)
-            return
+            return [(_OPEN, (ev.user_id, env.aggregate_id, env.occurred_at, env.position))]
         if isinstance(ev, CreditAccount.LowBalanceReached | CreditAccount.LowBalanceCleared):
             reached = isinstance(ev, CreditAccount.LowBalanceReached)
-            status = await conn.execute(
-                _LOW_BALANCE,
-                env.aggregate_id,
-                reached,
-                ev.threshold_mc,
-                env.occurred_at,
-                env.position,
-            )
-            if status != "UPDATE 1":
-                raise UnknownAccount(f"credit account {env.aggregate_id} was never opened")
-            return
-        user_id = await self._owners.user_of(conn, env.aggregate_id)
+            args = (env.aggregate_id, reached, ev.threshold_mc, env.occurred_at, env.position)
+            return [(_LOW_BALANCE, args)]
+        user_id = self._owners[env.aggregate_id]
         change = ledger_change(ev)
         postings = postings_for(user_id, ev)
-        lot = change.new_lot
-        moves = change.moves
-        updated = await conn.fetchrow(
-            _APPLY,
-            user_id,
-            env.id,
-            env.position,
-            env.occurred_at,
-            change.job_id,
-            change.available_mc,
-            change.total("held_mc"),
-            change.granted_mc,
-            change.total("consumed_mc"),
-            change.refunded_mc,
-            change.total("expired_mc"),
-            change.total("debited_mc"),
-            0 if lot is None else 1,
-            [m.lot_id for m in moves],
-            [m.remaining_mc for m in moves],
-            [m.held_mc for m in moves],
-            [m.consumed_mc for m in moves],
-            [m.expired_mc for m in moves],
-            [m.debited_mc for m in moves],
-            [m.refunded_mc for m in moves],
-            [m.closes for m in moves],
-            None if lot is None else lot.lot_id,
-            None if lot is None else lot.source,
-            None if lot is None else lot.amount_mc,
-            None if lot is None else lot.valid_from,
-            None if lot is None else lot.valid_until,
-            None if lot is None else lot.reference,
-            None if lot is None else lot.actor,
-            None if lot is None else lot.reason,
-            change.kind,
-            change.lot_id,
-            change.description,
-            bool(postings),  # a statement line only for events that move money
-            [p.account for p in postings],
-            [p.amount_mc for p in postings],
-            [p.lot_id for p in postings],
-        )
-        if updated["balances"] != 1:
-            raise UnknownAccount(f"no balance row for user {user_id} (event {env.id})")
-        if updated["lots"] != len(moves):
-            raise UnknownLot(f"event {env.id} moves credit of a lot that was never granted")
+        lot, moves = change.new_lot, change.moves
+        return [
+            (
+                _APPLY,
+                (
+                    user_id,
+                    env.id,
+                    env.position,
+                    env.occurred_at,
+                    change.job_id,
+                    change.available_mc,
+                    change.total("held_mc"),
+                    change.granted_mc,
+                    change.total("consumed_mc"),
+                    change.refunded_mc,
+                    change.total("expired_mc"),
+                    change.total("debited_mc"),
+                    0 if lot is None else 1,
+                    [m.lot_id for m in moves],
+                    [m.remaining_mc for m in moves],
+                    [m.held_mc for m in moves],
+                    [m.consumed_mc for m in moves],
+                    [m.expired_mc for m in moves],
+                    [m.debited_mc for m in moves],
+                    [m.refunded_mc for m in moves],
+                    [m.closes for m in moves],
+                    None if lot is None else lot.lot_id,
+                    None if lot is None else lot.source,
+                    None if lot is None else lot.amount_mc,
+                    None if lot is None else lot.valid_from,
+                    None if lot is None else lot.valid_until,
+                    None if lot is None else lot.reference,
+                    None if lot is None else lot.actor,
+                    None if lot is None else lot.reason,
+                    change.kind,
+                    change.lot_id,
+                    change.description,
+                    bool(postings),  # a statement line only for events that move money
+                    [p.account for p in postings],
+                    [p.amount_mc for p in postings],
+                    [p.lot_id for p in postings],
+                ),
+            )
+        ]

@@ -1,20 +1,23 @@
-"""Every projection the runners know, by name (``pinksea project --only NAME``)."""
+"""Every projection the runners know, by name (``pinksea project --only NAME``).
+
+Each is a ``StatementProjection``: ``apply`` for one event (live), ``apply_batch`` for many
+in few pipelined round trips (rebuild)."""
 
 from __future__ import annotations
 
-from projections.base import Projection
+from projections.batching import StatementProjection
 from projections.jobs import JobsProjection
 from projections.ledger import LedgerProjection
 from projections.subscriptions import SubscriptionsProjection
 
-ALL_PROJECTIONS: tuple[Projection, ...] = (
+ALL_PROJECTIONS: tuple[StatementProjection, ...] = (
     LedgerProjection(),
     JobsProjection(),
     SubscriptionsProjection(),
 )
 
 
-def get_projection(name: str) -> Projection:
+def get_projection(name: str) -> StatementProjection:
     for projection in ALL_PROJECTIONS:
         if projection.name == name:
             return projection

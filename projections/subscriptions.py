@@ -12,23 +12,18 @@ by ``CreditAccount.Opened`` (which precedes every other event of its account).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
-
-import asyncpg
 
 from domain.credits import LotSource
 from domain.subscription import SubscriptionStatus
 from infra.envelope import CREDITS_TOPIC, SUBSCRIPTIONS_TOPIC, Envelope
-from projections.base import Projection
+from projections.batching import Statement, StatementProjection
 from projections.decoding import UnknownEventType, domain_event
 
 TESTER_PLAN = "tester"
 
-
-class UnknownSubscriber(Exception):
-    """An event for a subscription or account whose first event was never projected."""
-
+# Every statement starts with $1 aggregate id, $2 occurred_at, $3 position.
 
 _TRIAL_STARTED = """
 WITH subscription AS (
@@ -54,11 +49,17 @@ WITH subscription AS (
     UPDATE user_subscriptions SET {assignments}, updated_at = $2, position = $3
     WHERE subscription_id = $1
     RETURNING user_id, plan, status
-){extra}
-UPDATE users AS u SET
-    plan = CASE WHEN s.status = 'ended' THEN 'trial' ELSE s.plan END,
-    subscription_status = s.status, updated_at = $2, position = $3
-FROM subscription AS s WHERE u.user_id = s.user_id
+){extra},
+synced AS (
+    UPDATE users AS u SET
+        plan = CASE WHEN s.status = 'ended' THEN 'trial' ELSE s.plan END,
+        subscription_status = s.status, updated_at = $2, position = $3
+    FROM subscription AS s WHERE u.user_id = s.user_id
+    RETURNING 1
+)
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM synced), 'an event of subscription ' || $1::text || ', never started'
+)
 """
 
 
@@ -87,111 +88,39 @@ _CUSTOMER_LINKED = _change("customer_id = $4")
 _STRIPE_SYNCED = _change("stripe_synced_at = $4")
 _ENDED = _change("status = $4, cancel_at = NULL, ended_at = $2, end_reason = $5")
 
-_ACCOUNT_OPENED = "INSERT INTO credit_account_owners (account_id, user_id) VALUES ($1, $2)"
+_ACCOUNT_OPENED = """
+INSERT INTO credit_account_owners (account_id, user_id, opened_at, position)
+VALUES ($1, $4, $2, $3)
+"""
 _TESTER_CREDITS = """
-INSERT INTO test_plan_grants (
-    event_id, user_id, kind, actor, reason, granted_at, position,
-    grant_id, lot_id, amount_mc, valid_from, valid_until
+WITH granted AS (
+    INSERT INTO test_plan_grants (
+        event_id, user_id, kind, actor, reason, granted_at, position,
+        grant_id, lot_id, amount_mc, valid_from, valid_until
+    )
+    SELECT $4, user_id, 'credits', $5, $6, $2, $3, $7, $8, $9, $10, $11
+    FROM credit_account_owners WHERE account_id = $1
+    RETURNING 1
 )
-SELECT $4, user_id, 'credits', $5, $6, $2, $3, $7, $8, $9, $10, $11
-FROM credit_account_owners WHERE account_id = $1
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM granted), 'credit account ' || $1::text || ' was never opened'
+)
 """
 
-Handler = Callable[[asyncpg.Connection, Envelope, Any], Awaitable[object]]
 
-
-def _key(env: Envelope) -> tuple[Any, ...]:
-    return env.aggregate_id, env.occurred_at, env.position
-
-
-async def _trial_started(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(
-        _TRIAL_STARTED,
-        *_key(env),
-        ev.user_id,
-        "trial",  # as Subscription.__init__
-        SubscriptionStatus.TRIALING.value,
-        ev.period_start,
-        ev.period_end,
-    )
-
-
-async def _started(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(
-        _STARTED,
-        *_key(env),
-        ev.plan,
-        ev.external_id,
-        SubscriptionStatus.ACTIVE.value,
-        ev.period_start,
-        ev.period_end,
-    )
-
-
-async def _period_renewed(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(
-        _PERIOD_RENEWED,
-        *_key(env),
-        SubscriptionStatus.ACTIVE.value,
-        ev.period_start,
-        ev.period_end,
-        ev.invoice_id,
-    )
-
-
-async def _plan_changed(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
+def _plan_changed(env: Envelope, ev: Any) -> tuple[Any, ...]:
     terms = None if ev.custom_terms is None else json.dumps(ev.custom_terms, sort_keys=True)
-    return await conn.execute(
-        _PLAN_CHANGED,
-        *_key(env),
-        ev.to_plan,
-        terms,
-        ev.actor,
-        ev.reason,
-        ev.from_plan,
-        env.id,
-        ev.to_plan == TESTER_PLAN,  # audited in test_plan_grants
-    )
+    to_tester = ev.to_plan == TESTER_PLAN  # audited in test_plan_grants
+    return (ev.to_plan, terms, ev.actor, ev.reason, ev.from_plan, env.id, to_tester)
 
 
-async def _cancellation_scheduled(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_CANCELLATION_SCHEDULED, *_key(env), ev.effective_at)
-
-
-async def _cancellation_revoked(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_CANCELLATION_REVOKED, *_key(env))
-
-
-async def _payment_failed(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(
-        _PAYMENT_FAILED, *_key(env), SubscriptionStatus.PAST_DUE.value, ev.invoice_id
-    )
-
-
-async def _customer_linked(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_CUSTOMER_LINKED, *_key(env), ev.customer_id)
-
-
-async def _stripe_synced(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_STRIPE_SYNCED, *_key(env), ev.object_at)
-
-
-async def _ended(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_ENDED, *_key(env), SubscriptionStatus.ENDED.value, ev.reason)
-
-
-async def _account_opened(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(_ACCOUNT_OPENED, env.aggregate_id, ev.user_id)
-
-
-async def _tester_credits(conn: asyncpg.Connection, env: Envelope, ev: Any) -> object:
-    return await conn.execute(
-        _TESTER_CREDITS,
-        *_key(env),
+def _tester_credits(env: Envelope, ev: Any) -> tuple[Any, ...]:
+    grant_id = ev.reference  # the admin's grant id
+    return (
         env.id,
         ev.actor,
         ev.reason,
-        ev.reference,  # the admin's grant id
+        grant_id,
         ev.lot_id,
         ev.amount_mc,
         ev.valid_from,
@@ -199,24 +128,49 @@ async def _tester_credits(conn: asyncpg.Connection, env: Envelope, ev: Any) -> o
     )
 
 
-# By public type name: an event class that is renamed or removed only ever fails to match.
-_HANDLERS: dict[str, Handler] = {
-    "Subscription.TrialStarted": _trial_started,
-    "Subscription.Started": _started,
-    "Subscription.PeriodRenewed": _period_renewed,
-    "Subscription.PlanChanged": _plan_changed,
-    "Subscription.CancellationScheduled": _cancellation_scheduled,
-    "Subscription.CancellationRevoked": _cancellation_revoked,
-    "Subscription.PaymentFailed": _payment_failed,
-    "Subscription.CustomerLinked": _customer_linked,
-    "Subscription.StripeSynced": _stripe_synced,
-    "Subscription.Ended": _ended,
-    "CreditAccount.Opened": _account_opened,
-    "CreditAccount.CreditsGranted": _tester_credits,  # only tester grants pass ``wants``
+_S = SubscriptionStatus
+# By public type name (an event class renamed or removed only ever fails to match): the
+# statement and the event's own arguments, from $4 on.
+_STATEMENTS: dict[str, tuple[str, Callable[[Envelope, Any], tuple[Any, ...]]]] = {
+    "Subscription.TrialStarted": (
+        _TRIAL_STARTED,
+        # "trial" as in Subscription.__init__
+        lambda env, ev: (ev.user_id, "trial", _S.TRIALING.value, ev.period_start, ev.period_end),
+    ),
+    "Subscription.Started": (
+        _STARTED,
+        lambda env, ev: (
+            ev.plan,
+            ev.external_id,
+            _S.ACTIVE.value,
+            ev.period_start,
+            ev.period_end,
+        ),
+    ),
+    "Subscription.PeriodRenewed": (
+        _PERIOD_RENEWED,
+        lambda env, ev: (_S.ACTIVE.value, ev.period_start, ev.period_end, ev.invoice_id),
+    ),
+    "Subscription.PlanChanged": (_PLAN_CHANGED, _plan_changed),
+    "Subscription.CancellationScheduled": (
+        _CANCELLATION_SCHEDULED,
+        lambda env, ev: (ev.effective_at,),
+    ),
+    "Subscription.CancellationRevoked": (_CANCELLATION_REVOKED, lambda env, ev: ()),
+    "Subscription.PaymentFailed": (
+        _PAYMENT_FAILED,
+        lambda env, ev: (_S.PAST_DUE.value, ev.invoice_id),
+    ),
+    "Subscription.CustomerLinked": (_CUSTOMER_LINKED, lambda env, ev: (ev.customer_id,)),
+    "Subscription.StripeSynced": (_STRIPE_SYNCED, lambda env, ev: (ev.object_at,)),
+    "Subscription.Ended": (_ENDED, lambda env, ev: (_S.ENDED.value, ev.reason)),
+    "CreditAccount.Opened": (_ACCOUNT_OPENED, lambda env, ev: (ev.user_id,)),
+    # Only tester grants pass ``wants``.
+    "CreditAccount.CreditsGranted": (_TESTER_CREDITS, _tester_credits),
 }
 
 
-class SubscriptionsProjection(Projection):
+class SubscriptionsProjection(StatementProjection):
     name = "subscriptions"
     topics = (SUBSCRIPTIONS_TOPIC, CREDITS_TOPIC)
     tables = ("users", "user_subscriptions", "credit_account_owners", "test_plan_grants")
@@ -228,11 +182,10 @@ class SubscriptionsProjection(Projection):
             return env.data.get("source") == LotSource.TESTER.value
         return env.type == "CreditAccount.Opened"
 
-    async def apply(self, conn: asyncpg.Connection, env: Envelope) -> None:
-        handler = _HANDLERS.get(env.type)
-        if handler is None:
-            raise UnknownEventType(env.type)
-        status = await handler(conn, env, domain_event(env))
-        # Every statement ends in an INSERT or UPDATE of exactly one row ("INSERT 0 1").
-        if not str(status).endswith(" 1"):
-            raise UnknownSubscriber(f"event {env.id} ({env.type}) found no subscriber")
+    def statements(self, env: Envelope) -> list[Statement]:
+        try:
+            sql, arguments = _STATEMENTS[env.type]
+        except KeyError:
+            raise UnknownEventType(env.type) from None
+        key = (env.aggregate_id, env.occurred_at, env.position)
+        return [(sql, key + arguments(env, domain_event(env)))]

@@ -8,6 +8,18 @@
 -- No foreign keys between projection tables: each projection advances (and is rebuilt) on its
 -- own, so another projection's rows may legitimately not be there yet.
 
+-- Projection statements assert what they expect (the job's row exists, every lot moved) with
+-- this, in SQL, so a statement fails the same way alone or pipelined in a batch.
+CREATE FUNCTION read_model_check(ok boolean, failure text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION 'read model: %', failure USING ERRCODE = 'data_exception';
+    END IF;
+    RETURN true;
+END
+$$;
+
 -- ------------------------------------------------------------------------ static: plans
 
 -- Seeded from domain.plans.PLANS (tests/integration/test_read_models.py checks they agree).
@@ -82,7 +94,9 @@ CREATE TABLE user_subscriptions (
 -- credit grants arrive on the credits topic, unordered with the subscription's events.
 CREATE TABLE credit_account_owners (
     account_id UUID PRIMARY KEY,
-    user_id    TEXT NOT NULL
+    user_id    TEXT NOT NULL,
+    opened_at  TIMESTAMPTZ NOT NULL,
+    position   BIGINT NOT NULL
 );
 
 -- Audit of tester access: one row per admin event, either the plan change to "tester"
