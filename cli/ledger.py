@@ -286,3 +286,48 @@ def verify(database_url: str = DatabaseUrl) -> None:
 
     if not asyncio.run(main()):
         raise typer.Exit(1)
+
+
+@ledger_app.command()
+def reconcile(
+    start: str = From,
+    end: str = To,
+    reports: bool = typer.Option(True, help="Also compare with the workers' reports on Kafka."),
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Usage records vs ledger debits vs worker reports vs Stripe payments. Exits 1 on any
+    discrepancy."""
+    from audit.reconcile import reconcile as run_reconcile
+    from audit.reconcile import worker_reports
+    from audit.store import JOB_EVENTS
+
+    topics = (ACCOUNT_EVENTS, JOB_EVENTS)
+
+    async def main() -> bool:
+        settings = get_settings()
+        retained = await worker_reports(settings) if reports else None
+        conn = await _connect(database_url)
+        events_conn = await _connect(database_url)
+        try:
+            events = _with_progress(events_conn, stream_events(events_conn, topics=topics), topics)
+            result = await run_reconcile(conn, events, retained, _when(start), _when(end))
+        finally:
+            await conn.close()
+            await events_conn.close()
+        Console().print(
+            f"{result.jobs} settled jobs, {result.reports} worker reports, "
+            f"{result.invoices} invoices compared"
+        )
+        if result.discrepancies:
+            table = Table(title=f"{len(result.discrepancies)} discrepancies")
+            for col in ("subject", "check", "detail"):
+                table.add_column(col)
+            for d in result.discrepancies:
+                table.add_row(d.subject, d.check, d.detail)
+            Console().print(table)
+            return False
+        Console().print("[green]OK[/green]: usage, ledger, worker reports and payments agree")
+        return True
+
+    if not asyncio.run(main()):
+        raise typer.Exit(1)
