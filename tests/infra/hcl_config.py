@@ -110,7 +110,8 @@ class Config:
 def load_hcl(path: Path) -> dict[str, Any]:
     hcl2 = pytest.importorskip("hcl2")
     with path.open() as f:
-        return normalize(hcl2.load(f))
+        parsed: dict[str, Any] = normalize(hcl2.load(f))
+    return parsed
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,8 @@ def block(body: dict[str, Any], name: str) -> dict[str, Any]:
     """The single nested block ``name`` of a resource body."""
     value = body.get(name)
     assert isinstance(value, list) and len(value) == 1, f"expected one {name} block, got {value!r}"
-    return value[0]
+    first: dict[str, Any] = value[0]
+    return first
 
 
 def default(tf: Config, var: str) -> Any:
@@ -176,7 +177,7 @@ def _rules(tf: Config, kind: str) -> list[dict[str, Any]]:
                 )
         else:
             assert "for_each" not in body and "count" not in body, r.address
-            peer = body.get("referenced_security_group_id")
+            peer_ref = body.get("referenced_security_group_id")
             out.append(
                 {
                     "rule": r.name,
@@ -184,7 +185,7 @@ def _rules(tf: Config, kind: str) -> list[dict[str, Any]]:
                     "from": body["from_port"],
                     "to": body["to_port"],
                     "cidr": body.get("cidr_ipv4") or body.get("cidr_ipv6"),
-                    "peer": ref_name(peer, "aws_security_group") if peer else None,
+                    "peer": ref_name(peer_ref, "aws_security_group") if peer_ref else None,
                 }
             )
     return out
@@ -486,10 +487,10 @@ def _alarm(tf: Config, name: str) -> dict[str, Any]:
 
 def _window(alarm: dict[str, Any]) -> int:
     if "period" in alarm:
-        return alarm["period"] * alarm["evaluation_periods"]
+        return int(alarm["period"]) * int(alarm["evaluation_periods"])
     periods = {q["metric"][0]["period"] for q in alarm["metric_query"] if "metric" in q}
     assert len(periods) == 1
-    return periods.pop() * alarm["evaluation_periods"]
+    return int(periods.pop()) * int(alarm["evaluation_periods"])
 
 
 def test_alarm_table(tf: Config) -> None:
