@@ -78,8 +78,10 @@ class LoadedPipeline:
     key: str
     family: ModelFamily
     pipeline: Any  # a diffusers DiffusionPipeline
-    # The scheduler the model was saved with: each run builds a fresh scheduler from it.
-    scheduler_config: Any = field(repr=False)
+    # The scheduler the model was saved with: each run builds a fresh one from these (a job
+    # may ask for another class, which is built from the same settings).
+    scheduler_class: type | None = field(default=None, repr=False)
+    scheduler_config: Any = field(default=None, repr=False)
 
 
 def dtype_for(family: ModelFamily, device: torch.device) -> torch.dtype:
@@ -150,7 +152,8 @@ class ModelRegistry:
                 folder, torch_dtype=dtype_for(family, device), local_files_only=True
             )
         pipeline.set_progress_bar_config(disable=True)
-        return LoadedPipeline(key, family, pipeline, pipeline.scheduler.config)
+        scheduler = pipeline.scheduler
+        return LoadedPipeline(key, family, pipeline, type(scheduler), scheduler.config)
 
     def _s3_prefix(self, key: str) -> str:
         return f"{self.s3_prefix}{key}/"

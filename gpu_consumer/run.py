@@ -257,8 +257,9 @@ def _set_scheduler(model: LoadedPipeline, name: str | None) -> None:
     import diffusers
 
     pipeline = model.pipeline
-    cls = getattr(diffusers, SCHEDULERS[name]) if name else type(pipeline.scheduler)
-    pipeline.scheduler = cls.from_config(model.scheduler_config)
+    cls = getattr(diffusers, SCHEDULERS[name]) if name else model.scheduler_class
+    if cls is not None:
+        pipeline.scheduler = cls.from_config(model.scheduler_config)
 
 
 def to_pil(frames: np.ndarray) -> list[Image.Image]:

@@ -37,7 +37,7 @@ class FakeSource:
 
     def load(self, key: str, device: torch.device) -> LoadedPipeline:
         self.loads.append(key)
-        return LoadedPipeline(key, ModelFamily.SD15, FakePipeline(self.sizes_mb[key]), {})
+        return LoadedPipeline(key, ModelFamily.SD15, FakePipeline(self.sizes_mb[key]))
 
 
 def cpu_cache(source: FakeSource, budget_mb: int) -> ModelCache:

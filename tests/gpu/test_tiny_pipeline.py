@@ -79,7 +79,8 @@ def test_a_run_produces_images_and_meters_cpu_time(tiny: LoadedPipeline) -> None
     assert [image.size for image in result.images] == [(64, 64), (64, 64)]
     assert isinstance(result.gpu_ms, int) and result.gpu_ms > 0
     assert result.cuda_ms is None  # CUDA events exist only on CUDA
-    assert result.steps_done == 5  # PNDM takes one step more than asked
+    assert result.steps_done == 5  # PNDM, the model's own scheduler, takes one step more
+    assert type(tiny.pipeline.scheduler).__name__ == "PNDMScheduler"
     assert channel.steps[-1] == (4, 4)  # progress counts the job's own steps
     assert [s for s, _ in channel.steps] == sorted(s for s, _ in channel.steps)
 
@@ -98,6 +99,14 @@ def test_every_scheduler_runs_and_is_deterministic(tiny: LoadedPipeline, name: s
     assert runs[0].outcome is Outcome.COMPLETED, runs[0].failure
     assert type(tiny.pipeline.scheduler).__name__ == SCHEDULERS[name]
     assert png(runs[0].images[0]) == png(runs[1].images[0])
+
+
+def test_a_job_without_a_scheduler_gets_the_models_own(tiny: LoadedPipeline) -> None:
+    before = run_dispatch(tiny, make_dispatch(), CPU, FakeChannel())
+    run_dispatch(tiny, make_dispatch(scheduler="euler_a"), CPU, FakeChannel())
+    after = run_dispatch(tiny, make_dispatch(), CPU, FakeChannel())
+    assert type(tiny.pipeline.scheduler).__name__ == "PNDMScheduler"
+    assert png(before.images[0]) == png(after.images[0])
 
 
 def test_cancel_stops_within_one_step(tiny: LoadedPipeline) -> None:
