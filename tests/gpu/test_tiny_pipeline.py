@@ -206,3 +206,13 @@ def test_models_dir_folder_is_used_as_is(tmp_path: Path, registry: ModelRegistry
     loaded = shared.load("sd-1.5", CPU)
     result = run_dispatch(loaded, make_dispatch(model="sd-1.5"), CPU, FakeChannel())
     assert result.outcome is Outcome.COMPLETED
+
+
+def test_sd15_sized_configs_have_sd15_shapes(tmp_path: Path) -> None:
+    """Checked on the meta device: shapes without memory or weights."""
+    from gpu_consumer.tiny_model import _sd15_components, write_byte_level_vocab
+
+    with torch.device("meta"):
+        parts = _sd15_components(write_byte_level_vocab(tmp_path))
+    millions = {k: sum(p.numel() for p in m.parameters()) // 10**6 for k, m in parts.items()}
+    assert millions == {"text_encoder": 123, "unet": 859, "vae": 83}
