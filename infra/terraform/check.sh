@@ -2,7 +2,8 @@
 # Static checks of infra/ that need no AWS account and no provider download:
 #   1. HCL formatting:        tofu fmt -check -recursive infra/terraform
 #   2. Prometheus rules:      promtool check rules + promtool test rules (alerts_test.yml)
-#   3. Security policy:       checkov over infra/ (terraform + dockerfile), zero failed checks
+#   3. GPU user data:         the template rendered by tofu (no provider needed), then bash -n
+#   4. Security policy:       checkov over infra/ (terraform + dockerfile), zero failed checks
 # Missing tools are built or installed once and cached:
 #   tofu, promtool -> $GOBIN (default ~/go/bin), built from the Go module proxy
 #   checkov        -> its own virtualenv ($PINKSEA_CHECKOV_VENV, default
@@ -76,6 +77,31 @@ step "tofu fmt -check -recursive infra/terraform ($("$TOFU" version | head -1))"
 step "promtool check rules / test rules"
 "$PROMTOOL" check rules infra/observability/prometheus/alerts.yml
 (cd infra/observability/prometheus && "$PROMTOOL" test rules alerts_test.yml)
+
+step "GPU user data: render with tofu, bash -n"
+render=$(mktemp -d)
+trap 'rm -rf "$render"' EXIT
+cat > "$render/main.tf" <<HCL
+output "user_data" {
+  value = templatefile("$ROOT/infra/terraform/modules/compute/gpu-user-data.sh.tftpl", {
+    region              = "ap-northeast-2"
+    tier                = "basic"
+    image               = "123456789012.dkr.ecr.ap-northeast-2.amazonaws.com/pinksea/gpu-worker:check"
+    registry            = "123456789012.dkr.ecr.ap-northeast-2.amazonaws.com"
+    log_group           = "/pinksea-check/gpu/basic"
+    efs_file_system_id  = "fs-0123456789abcdef0"
+    efs_access_point_id = "fsap-0123456789abcdef0"
+    redis_secret_arn    = "arn:aws:secretsmanager:ap-northeast-2:123456789012:secret:pinksea/redis"
+    environment         = { PINKSEA_GPU_TIER = "basic", PINKSEA_S3_ENDPOINT_URL = "" }
+  })
+}
+HCL
+(cd "$render" && "$TOFU" init -input=false >/dev/null \
+  && "$TOFU" apply -auto-approve -input=false >/dev/null \
+  && "$TOFU" output -raw user_data > user-data.sh)
+bash -n "$render/user-data.sh"
+grep -q 'pinksea gpu-worker --tier basic' "$render/user-data.sh"
+echo "rendered $(wc -l < "$render/user-data.sh") lines, bash syntax ok"
 
 step "checkov $("$CHECKOV" --version) -d infra/ --framework terraform,dockerfile"
 "$CHECKOV" -d infra/ --framework terraform,dockerfile --quiet --compact --skip-download
