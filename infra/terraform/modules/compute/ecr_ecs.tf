@@ -156,11 +156,11 @@ resource "aws_ecr_lifecycle_policy" "this" {
   policy = jsonencode({
     rules = [{
       rulePriority = 1
-      description  = "Keep the last 30 releases"
+      description  = "Keep the last 10 releases"
       selection = {
         tagStatus   = "any"
         countType   = "imageCountMoreThan"
-        countNumber = 30
+        countNumber = 10
       }
       action = { type = "expire" }
     }]

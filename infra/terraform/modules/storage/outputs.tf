@@ -1,6 +1,9 @@
 output "bucket_names" {
   description = "Bucket names by role: images, models, frontend, logs."
   value       = { for k, b in aws_s3_bucket.this : k => b.bucket }
+
+  # The ALB checks at creation that it may write its access logs: policies first.
+  depends_on = [aws_s3_bucket_policy.this]
 }
 
 output "bucket_arns" {
