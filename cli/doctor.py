@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import typer
 from rich.console import Console
@@ -20,6 +21,8 @@ def doctor(
     ),
 ) -> None:
     """Check PostgreSQL, Kafka, Redis, S3 and Stripe with a real round trip each."""
+    # The table reports every failure; aiokafka would also log its connection errors to stderr.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     results = asyncio.run(check_all(get_settings(), timeout))
     console = Console()
     console.print(_table(results))

@@ -57,9 +57,17 @@ def redact_url(url: str) -> str:
     return f"{host}{port}{parts.path}"
 
 
-def _error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def describe_error(exc: BaseException) -> str:
+    """One line: the exception's type and the message of its root cause (client libraries wrap
+    "connection refused" in several layers of prose)."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = str(root).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    name = type(exc).__name__
+    text = text.removeprefix(f"{name}: ")
+    return f"{name}: {text}" if text else name
 
 
 async def _guard(
@@ -73,7 +81,7 @@ async def _guard(
     except TimeoutError:
         return CheckResult(service, address, False, error=f"no answer within {timeout:g}s")
     except Exception as exc:
-        return CheckResult(service, address, False, error=_error(exc))
+        return CheckResult(service, address, False, error=describe_error(exc))
     return CheckResult(service, address, True, version=version, rtt_ms=rtt_ms)
 
 

@@ -55,11 +55,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def stack_unreachable(service: str, address: str, exc: BaseException) -> NoReturn:
-    cause = (str(exc).strip().splitlines() or [""])[0]
     message = (
         f"{service} at {address} does not answer: the integration tests need the local stack, "
         "run `make services` (check it with `make services-status` or `pinksea doctor`).\n"
-        f"cause: {type(exc).__name__}: {cause}"
+        f"cause: {health.describe_error(exc)}"
     )
     # `from None`: the report is this message, not the client library's exception chain.
     raise pytest.fail.Exception(message, pytrace=False) from None
