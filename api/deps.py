@@ -46,7 +46,8 @@ async def authenticate(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
-    token = api_key or (bearer.credentials if bearer is not None else None)
+    # Authorization wins when both are sent: it is the primary scheme.
+    token = (bearer.credentials if bearer is not None else None) or api_key
     if not token:
         raise ProblemError(
             p.UNAUTHORIZED,
@@ -155,6 +156,16 @@ def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
         if not x_min_position:
             return None
         topics = tuple(svc.settings.topic(t) for t in topics_of)
+        if await wait_for_position(svc.pool, projection, topics, x_min_position, timeout=0):
+            return x_min_position
+        newest = await svc.command(svc.application.current_position)
+        if x_min_position > newest:
+            # No command returned this position: waiting would never end well.
+            raise ProblemError(
+                p.INVALID_REQUEST,
+                f"X-Min-Position {x_min_position} is past the newest event ({newest}); "
+                "send a position that a command returned.",
+            )
         reached = await wait_for_position(
             svc.pool,
             projection,

@@ -316,6 +316,8 @@ def rewrite_problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
         for op in path.values():
             if not isinstance(op, dict):
                 continue
+            if "requestBody" in op:  # a body that is not even text (bad UTF-8) is a 400
+                op["responses"].setdefault("400", {"description": _DESCRIPTIONS[400]})
             for status, response in op.get("responses", {}).items():
                 if not str(status).isdigit() or int(status) < 400:
                     continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -98,6 +100,11 @@ async def balance(
             return cached
     at = now()
     found = await queries.get_balance(svc.pool, user, at=at)
+    # Signed up a moment ago: the ledger projection opens the account within moments.
+    deadline = time.monotonic() + svc.settings.read_your_writes_timeout_s
+    while found is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        found = await queries.get_balance(svc.pool, user, at=at)
     if found is None:
         raise ProblemError(
             p.NOT_YET_CONSISTENT,

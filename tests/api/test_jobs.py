@@ -229,11 +229,14 @@ async def test_other_users_jobs_are_404(kit: Kit, user: str, other: str) -> None
 
 async def test_read_your_writes_with_x_min_position(kit: Kit, user: str) -> None:
     body = (await kit.submit(user)).json()
-    headers = {**kit.auth(user), "X-Min-Position": str(body["position"] + 10_000)}
+    headers = {**kit.auth(user), "X-Min-Position": str(body["position"])}
     r = await kit.client.get(f"/v1/jobs/{body['job_id']}", headers=headers)
-    assert r.status_code == 503
+    assert r.status_code == 503  # not projected (in time)
     assert problem_type(r) == "not-yet-consistent"
     assert r.headers["retry-after"] == "1"
+    headers["X-Min-Position"] = str(body["position"] + 10_000)
+    r = await kit.client.get(f"/v1/jobs/{body['job_id']}", headers=headers)
+    assert r.status_code == 422  # no command ever returned that position
     await kit.project()
     headers["X-Min-Position"] = str(body["position"])
     r = await kit.client.get(f"/v1/jobs/{body['job_id']}", headers=headers)
