@@ -15,28 +15,32 @@ class GpuWorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PINKSEA_", env_file=".env", extra="ignore")
 
     models_dir: Path | None = Field(
-        Path("/models"), description="Shared model folder (EFS), one subfolder per model key."
+        default=Path("/models"),
+        description="Shared model folder (EFS), one subfolder per model key.",
     )
     models_cache_dir: Path = Field(
-        Path(tempfile.gettempdir()) / "pinksea-models",
+        default=Path(tempfile.gettempdir()) / "pinksea-models",
         description="Local folder for models downloaded from S3 and for the tiny model.",
     )
-    models_s3_bucket: str | None = Field(None, description="Bucket of model folders, if any.")
-    models_s3_prefix: str = Field("models/", description="Prefix of model folders in it.")
+    models_s3_bucket: str | None = Field(
+        default=None, description="Bucket of model folders, if any."
+    )
+    models_s3_prefix: str = Field(default="models/", description="Prefix of model folders in it.")
     gpu_memory_budget_mb: int | None = Field(
-        None, description="Memory for cached pipelines on the GPU (default: 60% of it)."
+        default=None, description="Memory for cached pipelines on the GPU (default: 60% of it)."
     )
     host_memory_budget_mb: int | None = Field(
-        None, description="Host memory for cached pipelines (default: 40% of RAM)."
+        default=None, description="Host memory for cached pipelines (default: 40% of RAM)."
     )
-    heartbeat_interval_s: float = Field(2.0, description="Seconds between heartbeats.")
+    heartbeat_interval_s: float = Field(default=2.0, description="Seconds between heartbeats.")
     stop_grace_s: float = Field(
-        60.0, description="On shutdown, how long a running job may go on before it is aborted."
+        default=60.0,
+        description="On shutdown, how long a running job may go on before it is aborted.",
     )
     max_dispatch_age_s: float = Field(
-        600.0, description="Older dispatches are refused as stale (reported, never run)."
+        default=600.0, description="Older dispatches are refused as stale (reported, never run)."
     )
-    thumbnail_max_px: int = Field(256, description="Longest side of a WebP thumbnail.")
+    thumbnail_max_px: int = Field(default=256, description="Longest side of a WebP thumbnail.")
 
     def device_budget_bytes(self, device: torch.device) -> int:
         if device.type != "cuda":

@@ -286,4 +286,5 @@ def _weight_files(local_dir: Path) -> Iterable[Path]:
 def _safetensors_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(length))
+        header: dict[str, Any] = json.loads(f.read(length))
+        return header

@@ -257,7 +257,7 @@ def _set_scheduler(model: LoadedPipeline, name: str | None) -> None:
     import diffusers
 
     pipeline = model.pipeline
-    cls = getattr(diffusers, SCHEDULERS[name]) if name else model.scheduler_class
+    cls: Any = getattr(diffusers, SCHEDULERS[name]) if name else model.scheduler_class
     if cls is not None:
         pipeline.scheduler = cls.from_config(model.scheduler_config)
 

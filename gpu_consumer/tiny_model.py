@@ -60,7 +60,7 @@ def build_sd15_sized(
 
 def is_built(directory: Path, kind: str, dtype: torch.dtype = torch.float32) -> bool:
     try:
-        marker = json.loads((directory / MARKER).read_text())
+        marker: object = json.loads((directory / MARKER).read_text())
     except (OSError, ValueError):
         return False
     return marker == _marker(kind, dtype)
@@ -139,9 +139,9 @@ def _text_config(
         max_position_embeddings=MAX_TOKENS,
         projection_dim=projection,
         hidden_act="quick_gelu",
-        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
-        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-        pad_token_id=tokenizer.convert_tokens_to_ids(EOS),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
 
 
@@ -165,7 +165,7 @@ def write_byte_level_vocab(directory: Path) -> CLIPTokenizer:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(
+    tokenizer: CLIPTokenizer = CLIPTokenizer.from_pretrained(
         directory,
         local_files_only=True,
         bos_token=BOS,
@@ -174,6 +174,7 @@ def write_byte_level_vocab(directory: Path) -> CLIPTokenizer:
         pad_token=EOS,
         model_max_length=MAX_TOKENS,
     )
+    return tokenizer
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -212,7 +213,7 @@ def _build(
         tokenizer = write_byte_level_vocab(staging / "vocab")
         with _seeded(SEED, device), device:
             parts = components(tokenizer)
-        pipeline = StableDiffusionPipeline(
+        pipeline: Any = StableDiffusionPipeline(
             **parts,
             tokenizer=tokenizer,
             scheduler=_sd_scheduler(),

@@ -115,7 +115,10 @@ class GpuWorker:
         self.images = ImageStore(
             s3_client(settings), settings.s3_bucket, thumbnail_max_px=self.config.thumbnail_max_px
         )
-        self.redis = redis_client or redis.Redis.from_url(settings.redis_url)
+        # Timeouts: the step callback talks to Redis, and a hung connection must not hang a job.
+        self.redis = redis_client or redis.Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
         self.on_job_done = on_job_done
         self.gpu_name = (
             torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
@@ -155,7 +158,7 @@ class GpuWorker:
             await asyncio.to_thread(self._warm_up)
             heartbeats = asyncio.create_task(self._heartbeats(producer))
             self._log.info("worker started", device=str(self.device), gpu=self.gpu_name)
-            await self._consume(consumer, producer, stop)
+            await self._consume(consumer, producer)
         finally:
             if heartbeats is not None:
                 heartbeats.cancel()
@@ -176,11 +179,9 @@ class GpuWorker:
         except Exception as e:  # the jobs will report it if it lasts
             self._log.warning("warm-up failed", error=str(e))
 
-    async def _consume(
-        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
-    ) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         pending: deque[ConsumerRecord] = deque()
-        while not stop.is_set():
+        while not self._stop.is_set():
             if not pending:
                 await self._commit(consumer)
                 batch = await consumer.getmany(timeout_ms=200)
@@ -190,7 +191,7 @@ class GpuWorker:
                     pending.extend(records)
                 continue
             record = pending.popleft()
-            await self._handle(record, consumer, producer, pending, stop)
+            await self._handle(record, consumer, producer, pending)
 
     async def _handle(
         self,
@@ -198,7 +199,6 @@ class GpuWorker:
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         pending: deque[ConsumerRecord],
-        stop: asyncio.Event,
     ) -> None:
         partition = TopicPartition(record.topic, record.partition)
         try:
@@ -211,7 +211,7 @@ class GpuWorker:
                 self._log.info("dispatch already finished here", job=dispatch.key)
             else:
                 await self._commit(consumer)  # what was skipped before it
-                await self._run(dispatch, consumer, producer, pending, stop)
+                await self._run(dispatch, consumer, producer, pending)
                 self._to_commit[partition] = record.offset + 1
                 await self._commit(consumer)  # its Finished is acknowledged: never run again
                 return
@@ -234,7 +234,6 @@ class GpuWorker:
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         pending: deque[ConsumerRecord],
-        stop: asyncio.Event,
     ) -> None:
         received = time.perf_counter_ns()
         self._busy = dispatch
@@ -246,7 +245,7 @@ class GpuWorker:
         consumer.pause(*paused)
         try:
             job = asyncio.create_task(self._execute(dispatch, producer, job_log))
-            await self._keep_polling(job, consumer, pending, stop)
+            await self._keep_polling(job, consumer, pending)
             finished, upload_ms = job.result()
             await self._publish(producer, finished, str(dispatch.job_id))
         finally:
@@ -269,11 +268,7 @@ class GpuWorker:
         self._record(record, finished, job_log)
 
     async def _keep_polling(
-        self,
-        job: asyncio.Task[Any],
-        consumer: AIOKafkaConsumer,
-        pending: deque[ConsumerRecord],
-        stop: asyncio.Event,
+        self, job: asyncio.Task[Any], consumer: AIOKafkaConsumer, pending: deque[ConsumerRecord]
     ) -> None:
         """Wait for the job while polling the (paused) consumer, which keeps it in its group.
         On stop, give the job ``stop_grace_s``, then ask it to abort."""
@@ -283,7 +278,7 @@ class GpuWorker:
             await asyncio.wait({job}, timeout=1.0)
             for records in (await consumer.getmany(timeout_ms=0)).values():
                 pending.extend(records)  # only from partitions assigned after the pause
-            if stop.is_set() and abort_at is None:
+            if self._stop.is_set() and abort_at is None:
                 abort_at = loop.time() + self.config.stop_grace_s
             if abort_at is not None and loop.time() >= abort_at:
                 self._abort.set()
@@ -459,10 +454,16 @@ class GpuWorker:
         while True:
             self._beat_now.clear()
             try:
-                await producer.send(
+                # Not awaited to delivery: a late heartbeat is superseded by the next one.
+                delivery = await producer.send(
                     self.reports_topic, self.heartbeat().to_bytes(), key=self.worker_id.encode()
                 )
+                delivery.add_done_callback(self._heartbeat_delivered)
             except KafkaError as e:
                 self._log.warning("heartbeat not sent", error=str(e))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), self.config.heartbeat_interval_s)
+
+    def _heartbeat_delivered(self, delivery: asyncio.Future[Any]) -> None:
+        if not delivery.cancelled() and delivery.exception() is not None:
+            self._log.warning("heartbeat not delivered", error=str(delivery.exception()))
