@@ -219,7 +219,8 @@ def run_dispatch(
             raise _Stop(Outcome.FAILED, _ABORTED)
         return tensors
 
-    # A CPU generator draws the same noise on every device: same seed, same image anywhere.
+    # A CPU generator draws the same starting noise on every device: same seed, same image
+    # on the same hardware, and only precision-level differences across GPUs.
     generator = torch.Generator("cpu").manual_seed(dispatch.seed)
     arguments: dict[str, Any] = {
         "prompt": dispatch.prompt,
