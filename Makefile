@@ -14,7 +14,7 @@ else
 PY ?= $(PYTHON3)
 endif
 # The `pinksea` console script, run through PY so it works without the venv on PATH.
-PINKSEA ?= $(PY) -c 'from cli.main import app; app(prog_name="pinksea")'
+PINKSEA ?= $(PY) -m cli
 PYTEST_ARGS ?=
 
 # The s3 script runs moto's server with the project's interpreter (moto[server] is in .[dev]).

@@ -129,7 +129,7 @@ def _doctor(settings: Settings, **env: str) -> subprocess.CompletedProcess[str]:
         **env,
     }
     return subprocess.run(
-        [sys.executable, "-c", "from cli.main import app; app(prog_name='pinksea')", "doctor"],
+        [sys.executable, "-m", "cli", "doctor"],
         cwd=REPO,
         env=environ,
         capture_output=True,
