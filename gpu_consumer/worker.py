@@ -274,14 +274,19 @@ class GpuWorker:
         On stop, give the job ``stop_grace_s``, then ask it to abort."""
         abort_at: float | None = None
         loop = asyncio.get_running_loop()
-        while not job.done():
-            await asyncio.wait({job}, timeout=1.0)
-            for records in (await consumer.getmany(timeout_ms=0)).values():
-                pending.extend(records)  # only from partitions assigned after the pause
-            if self._stop.is_set() and abort_at is None:
-                abort_at = loop.time() + self.config.stop_grace_s
-            if abort_at is not None and loop.time() >= abort_at:
-                self._abort.set()
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            while not job.done():
+                timeout = 1.0 if abort_at is None else max(0.0, abort_at - loop.time())
+                await asyncio.wait({job, stopping}, timeout=min(timeout, 1.0))
+                for records in (await consumer.getmany(timeout_ms=0)).values():
+                    pending.extend(records)  # only from partitions assigned after the pause
+                if stopping.done() and abort_at is None:
+                    abort_at = loop.time() + self.config.stop_grace_s
+                if abort_at is not None and loop.time() >= abort_at:
+                    self._abort.set()
+        finally:
+            stopping.cancel()
 
     async def _execute(
         self, dispatch: Dispatch, producer: AIOKafkaProducer, job_log: Any

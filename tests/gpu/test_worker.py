@@ -226,14 +226,17 @@ async def test_stop_lets_a_job_finish_within_the_grace_then_aborts_it(
     worker_id = f"w-{uuid.uuid4().hex[:8]}"
     worker = new_worker(settings, registry, models_cache, worker_id)
     worker.config.stop_grace_s = 0.3
-    long_job = make_dispatch(worker_id=worker_id, steps=150, scheduler="ddim")
+    # Minutes of CPU if it ran to the end.
+    long_job = make_dispatch(
+        worker_id=worker_id, steps=150, batch_size=8, width=256, height=256, scheduler="ddim"
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     await asyncio.wait_for(worker.ready.wait(), 30)
     await send(settings, long_job)
     await reports_until(settings, lambda rs: bool(started(rs, long_job.job_id)))
     stop.set()
-    await asyncio.wait_for(task, 30)
+    await asyncio.wait_for(task, 30)  # the grace, then one step
     reports = await reports_until(settings, lambda rs: bool(finished(rs, long_job.job_id)))
     [report] = finished(reports, long_job.job_id)
     assert report.outcome is Outcome.FAILED and (report.fault, report.retryable) == (
