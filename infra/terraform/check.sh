@@ -58,9 +58,13 @@ find_promtool() {
 }
 
 find_checkov() {
-  if [[ -x "$CHECKOV_VENV/bin/checkov" ]]; then echo "$CHECKOV_VENV/bin/checkov"; return; fi
+  if "$CHECKOV_VENV/bin/checkov" --version 2>/dev/null | grep -qx "$CHECKOV_VERSION"; then
+    echo "$CHECKOV_VENV/bin/checkov"
+    return
+  fi
   need checkov
   echo "installing checkov $CHECKOV_VERSION into $CHECKOV_VENV (about a minute, once)" >&2
+  rm -rf "$CHECKOV_VENV"
   python3 -m venv "$CHECKOV_VENV" >&2
   "$CHECKOV_VENV/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" >&2
   echo "$CHECKOV_VENV/bin/checkov"
@@ -70,6 +74,7 @@ cd "$ROOT"
 TOFU=$(find_tofu)
 PROMTOOL=$(find_promtool)
 CHECKOV=$(find_checkov)
+CHECKOV_RUNNING=$("$CHECKOV" --version)
 
 step "tofu fmt -check -recursive infra/terraform ($("$TOFU" version | head -1))"
 "$TOFU" fmt -check -recursive -diff infra/terraform
@@ -103,7 +108,7 @@ bash -n "$render/user-data.sh"
 grep -q 'pinksea gpu-worker --tier basic' "$render/user-data.sh"
 echo "rendered $(wc -l < "$render/user-data.sh") lines, bash syntax ok"
 
-step "checkov $("$CHECKOV" --version) -d infra/ --framework terraform,dockerfile"
+step "checkov $CHECKOV_RUNNING -d infra/ --framework terraform,dockerfile"
 "$CHECKOV" -d infra/ --framework terraform,dockerfile --quiet --compact --skip-download
 
 step "infra checks passed"
