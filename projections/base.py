@@ -11,6 +11,7 @@ So handlers are plain inserts/updates with no idempotency logic of their own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import ClassVar
 
 import asyncpg
@@ -30,3 +31,10 @@ class Projection(ABC):
     @abstractmethod
     async def apply(self, conn: asyncpg.Connection, env: Envelope) -> None:
         """Write the event's effect on this projection's tables."""
+
+    async def apply_batch(self, conn: asyncpg.Connection, envs: Iterable[Envelope]) -> None:
+        """Apply many events in stream order (skipping those it does not want). Projections
+        override this to send a batch in few round trips; the effect must equal ``apply``."""
+        for env in envs:
+            if self.wants(env):
+                await self.apply(conn, env)

@@ -122,20 +122,21 @@ async def rebuild(
                 )
                 if not rows:
                     break
-                async with lock_conn.transaction():
-                    for row in rows:
-                        event = mapper.to_domain_event(
-                            StoredEvent(
-                                row["originator_id"],
-                                row["originator_version"],
-                                row["topic"],
-                                bytes(row["state"]),
-                            )
+                envs = []
+                for row in rows:
+                    event = mapper.to_domain_event(
+                        StoredEvent(
+                            row["originator_id"],
+                            row["originator_version"],
+                            row["topic"],
+                            bytes(row["state"]),
                         )
-                        env = envelope_for(event, row["notification_id"])
-                        versions[env.aggregate_id] = env.version
-                        if projection.wants(env):
-                            await projection.apply(lock_conn, env)
+                    )
+                    env = envelope_for(event, row["notification_id"])
+                    versions[env.aggregate_id] = env.version
+                    envs.append(env)
+                async with lock_conn.transaction():
+                    await projection.apply_batch(lock_conn, envs)
                 after = rows[-1]["notification_id"]
                 done += len(rows)
                 if progress:

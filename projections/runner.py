@@ -53,6 +53,33 @@ async def apply_gated(conn: asyncpg.Connection, projection: Projection, env: Env
     return True
 
 
+async def gate_batch(
+    conn: asyncpg.Connection, projection: Projection, envs: list[Envelope]
+) -> tuple[list[Envelope], int]:
+    """The events of ``envs`` this projection has not applied yet (by aggregate version), and
+    the number skipped; records the new versions. One round trip to read, one to write."""
+    ids = list({env.aggregate_id for env in envs})
+    rows = await conn.fetch(
+        "SELECT aggregate_id, version FROM projection_versions "
+        "WHERE projection = $1 AND aggregate_id = ANY($2::uuid[])",
+        projection.name,
+        ids,
+    )
+    applied = {r["aggregate_id"]: r["version"] for r in rows}
+    fresh = []
+    for env in envs:
+        if env.version > applied.get(env.aggregate_id, 0):
+            applied[env.aggregate_id] = env.version
+            fresh.append(env)
+    touched = {env.aggregate_id for env in fresh}
+    await conn.executemany(
+        "INSERT INTO projection_versions (projection, aggregate_id, version) VALUES ($1, $2, $3) "
+        "ON CONFLICT (projection, aggregate_id) DO UPDATE SET version = EXCLUDED.version",
+        [(projection.name, a, applied[a]) for a in touched],
+    )
+    return fresh, len(envs) - len(fresh)
+
+
 async def save_positions(
     conn: asyncpg.Connection,
     projection: str,
@@ -125,8 +152,6 @@ class LiveProjectionRunner:
 
     async def process(self, polled: dict[TopicPartition, list]) -> None:
         name = self.projection.name
-        applied = skipped = 0
-        max_position = 0
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(
                 "SELECT pg_try_advisory_xact_lock(hashtext($1))", lock_key(name)
@@ -138,16 +163,13 @@ class LiveProjectionRunner:
             if (generation or 0) != (self.generation or 0):
                 self.generation = generation
                 raise _Reseek
-            for messages in polled.values():
-                for message in messages:
-                    env = Envelope.from_bytes(message.value)
-                    max_position = max(max_position, env.position)
-                    if not self.projection.wants(env):
-                        continue
-                    if await apply_gated(conn, self.projection, env):
-                        applied += 1
-                    else:
-                        skipped += 1
+            envs = [Envelope.from_bytes(m.value) for msgs in polled.values() for m in msgs]
+            max_position = max((env.position for env in envs), default=0)
+            fresh, skipped = await gate_batch(
+                conn, self.projection, [env for env in envs if self.projection.wants(env)]
+            )
+            await self.projection.apply_batch(conn, fresh)
+            applied = len(fresh)
             await save_positions(
                 conn,
                 name,
