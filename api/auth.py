@@ -45,6 +45,7 @@ log = structlog.get_logger("api.auth")
 DEV_ISSUER = "urn:pinksea:dev"
 ALGORITHM = "RS256"
 LEEWAY_S = 30  # clock skew tolerated on exp / nbf / iat
+VERIFIED_CACHE = 10_000  # tokens whose signature this process has checked
 API_KEY_PREFIX = "psk_"
 _USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
 _API_KEY = re.compile(r"^psk_([A-Za-z0-9]{10})_([A-Za-z0-9_-]{43})$")
@@ -167,6 +168,7 @@ class JwtVerifier:
         self.http = http
         self.issuers: dict[str, _KeySet] = {}
         self._lock = asyncio.Lock()
+        self._verified: dict[str, tuple[Principal, float]] = {}
         if settings.jwt_issuer:
             url = settings.jwks_url or settings.jwt_issuer.rstrip("/") + "/.well-known/jwks.json"
             self.issuers[settings.jwt_issuer] = _KeySet(url=url, keys={})
@@ -174,6 +176,21 @@ class JwtVerifier:
             self.issuers[DEV_ISSUER] = _KeySet(url=None, keys=_parse_jwks(dev_jwks(settings)))
 
     async def verify(self, token: str) -> Principal:
+        # A client sends the same token for its whole life: verifying the signature once per
+        # process is enough. The entry is only used until the token's own exp.
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, exp = hit
+            if time.time() < exp:
+                return principal
+            del self._verified[token]
+        principal, exp = await self._verify(token)
+        self._verified[token] = (principal, exp)
+        while len(self._verified) > VERIFIED_CACHE:
+            self._verified.pop(next(iter(self._verified)))
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -209,12 +226,13 @@ class JwtVerifier:
         if not isinstance(user_id, str) or not _USER_ID.match(user_id):
             raise AuthError("the token's subject is not a valid user id")
         groups = claims.get("cognito:groups") or []
-        return Principal(
+        principal = Principal(
             user_id=user_id,
             is_admin=isinstance(groups, list) and self.settings.admin_group in groups,
             via="jwt",
             email=claims.get("email") if isinstance(claims.get("email"), str) else None,
         )
+        return principal, float(claims["exp"])
 
     def _check_audience(self, claims: dict[str, Any]) -> None:
         expected = self.settings.jwt_audience

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -19,7 +20,8 @@ from projections.registry import get_projection
 MAX_POSITION = 2**63 - 1
 
 
-def services(request: Request) -> Services:
+# Dependencies are async even when they need not be: FastAPI runs sync ones on a thread pool.
+async def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -185,20 +187,23 @@ def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
     return dependency
 
 
+@dataclass(frozen=True)
 class PageParams:
-    def __init__(
-        self,
-        cursor: Annotated[
-            str | None,
-            Query(max_length=512, description="`next_cursor` of the previous page."),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 20,
-    ) -> None:
-        self.cursor = cursor
-        self.limit = limit
+    cursor: str | None
+    limit: int
 
 
-Paging = Annotated[PageParams, Depends()]
+async def page_params(
+    cursor: Annotated[
+        str | None,
+        Query(max_length=512, description="`next_cursor` of the previous page."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 20,
+) -> PageParams:
+    return PageParams(cursor, limit)
+
+
+Paging = Annotated[PageParams, Depends(page_params)]
 
 
 IdempotencyKey = Annotated[

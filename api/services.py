@@ -27,11 +27,14 @@ from domain.application import PinkseaApplication
 from infra.db import create_pool
 from infra.event_store import event_store_env
 from infra.settings import Settings
+from read_models import queries
 from read_models.migrate import migrate
 
 T = TypeVar("T")
 
 PLAN_CACHE_S = 30.0  # how stale a user's plan may be for rate limits and API-key access
+EVENT_STORE_LOCK_KEY = 0x70696E6B_65767473  # "pinkevts": creating the event tables
+STORAGE_CACHE_S = 5.0  # how stale the storage used may be when a job is submitted
 REGISTERED_CACHE = 100_000  # users known to be registered, per process
 
 
@@ -80,6 +83,7 @@ class Services:
     watcher: JobWatcher
     registered: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
     plans: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, PLAN_CACHE_S))
+    storage: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, STORAGE_CACHE_S))
 
     async def command(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a synchronous Application call on a worker thread. The limiter holds the
@@ -107,6 +111,15 @@ class Services:
             slug = sub.plan.slug
             self.plans.put(user_id, slug)
         return str(slug)
+
+    async def storage_used(self, user_id: str) -> int:
+        """Bytes of the user's images, for the storage quota at submit. Cached for a few
+        seconds: the quota is a soft limit, and the sum is a query per submission otherwise."""
+        used = self.storage.get(user_id)
+        if used is None:
+            used = await queries.storage_used_bytes(self.pool, user_id)
+            self.storage.put(user_id, used)
+        return int(used)
 
     async def close(self) -> None:
         await self.watcher.stop()
@@ -140,11 +153,17 @@ async def start_services(settings: Settings) -> Services:
     pool = await create_pool(settings)
     async with pool.acquire() as conn:
         await migrate(conn)  # idempotent, serialised by an advisory lock
-    application = await to_thread.run_sync(
-        lambda: PinkseaApplication(
-            env=event_store_env(settings.database_url, pool_size=settings.db_pool_size)
-        )
-    )
+        # The Application creates its tables if missing; workers starting together on a new
+        # database would race on that, so they take turns.
+        await conn.execute("SELECT pg_advisory_lock($1)", EVENT_STORE_LOCK_KEY)
+        try:
+            application = await to_thread.run_sync(
+                lambda: PinkseaApplication(
+                    env=event_store_env(settings.database_url, pool_size=settings.db_pool_size)
+                )
+            )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", EVENT_STORE_LOCK_KEY)
     # One quick retry at most: the default retries take seconds, and every Redis use here
     # can do without (rate limits fail open, caches fall back to the database).
     client = redis.from_url(

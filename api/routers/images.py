@@ -112,4 +112,5 @@ async def delete_image(image_name: ImageName, principal: CurrentUser, svc: Servi
             Delete={"Objects": [{"Key": row["key"]}, {"Key": row["thumbnail_key"]}]},
         )
     await svc.job_cache.delete(str(row["job_id"]))
+    svc.storage.drop(principal.user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -51,7 +51,7 @@ async def submit_job(
 ) -> JobAccepted:
     user = principal.user_id
     params = JobParameters(**body.model_dump())
-    storage = await queries.storage_used_bytes(svc.pool, user)
+    storage = await svc.storage_used(user)
     result = await svc.command(
         svc.application.submit_job,
         user,
