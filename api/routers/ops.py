@@ -1,4 +1,10 @@
-"""Operations: liveness, readiness (every backing service), Prometheus metrics."""
+"""Operations: liveness, readiness (every backing service), Prometheus metrics.
+
+Readiness is asked every few seconds by the load balancer, so its probes are light and use
+this process's own pools and clients: the full round trips of infra/health.py (a Kafka topic
+created and deleted, an S3 object written) belong to ``pinksea doctor``. The API itself never
+talks to Kafka (the relay does), so for Kafka a broker that accepts connections is enough.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from api import problems as p
 from api.deps import ServicesDep
 from api.problems import problem_response, problem_responses
 from api.services import Services
+from infra.health import describe_error
 
 router = APIRouter(tags=["operations"])
 
@@ -91,7 +98,7 @@ async def _probe(check: Callable[[Services], Awaitable[None]], svc: Services) ->
     except TimeoutError:
         return f"timed out after {time.monotonic() - started:.1f} s"
     except Exception as e:  # a probe reports any failure as data
-        return f"{type(e).__name__}: {e}"[:200]
+        return describe_error(e)[:200]
     return "ok"
 
 

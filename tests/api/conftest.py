@@ -222,7 +222,7 @@ def process_env(settings: Settings) -> dict[str, str]:
 
 
 # `pinksea api` as the console script runs it (cli.api imported in case cli.main does not yet).
-_CLI = "import cli.api; from cli.main import app; app(prog_name='pinksea')"
+CLI = "import cli.api; from cli.main import app; app(prog_name='pinksea')"
 
 
 @contextlib.contextmanager
@@ -230,7 +230,7 @@ def api_process(settings: Settings) -> Iterator[str]:
     """``pinksea api`` in a subprocess on a free port; yields its base URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CLI, "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-c", CLI, "api", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
         env=process_env(settings),
         stdout=subprocess.DEVNULL,

@@ -226,6 +226,8 @@ async def test_other_users_jobs_are_404(kit: Kit, user: str, other: str) -> None
         await kit.client.get(f"/v1/jobs/{uuid.uuid4()}", headers=kit.auth(user))
     ).status_code == 404
     assert (await kit.client.get("/v1/jobs/not-a-uuid", headers=kit.auth(user))).status_code == 422
+    r = await kit.client.post("/v1/jobs/not-a-uuid/cancel", headers=kit.auth(user))
+    assert r.status_code == 422
 
 
 async def test_read_your_writes_with_x_min_position(kit: Kit, user: str) -> None:

@@ -3,17 +3,26 @@ routes, and what happens when Redis is not there (rate limits fail open, caches 
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
+import httpx
+import jwt
 import pytest
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from api.app import create_app
+from api.auth import JwtVerifier, sign_dev_token
 from api.cache import JsonCache
 from api.ratelimit import RateLimiter
-from tests.api.conftest import TINY, Kit, problem_type
+from infra.db import create_pool
+from infra.settings import Settings
+from tests.api.conftest import CLI, REPO, TINY, Kit, problem_type, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +141,49 @@ async def test_lone_surrogates_are_refused_not_crashed(kit: Kit, user: str) -> N
     )
     assert r.status_code in (202, 422), r.text
     await kit.project()  # whatever was accepted must not break the projections
+
+
+async def test_body_that_is_not_text_is_400(kit: Kit, user: str) -> None:
+    r = await kit.client.post(
+        "/v1/jobs",
+        content=b"\xff\xfe\x00garbage",
+        headers={**kit.auth(user), "Content-Type": "application/json"},
+    )
+    assert r.status_code in (400, 422)
+    assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_database_outage_is_503_not_500(api_settings: Settings, user: str) -> None:
+    app = create_app(api_settings)
+    async with app.router.lifespan_context(app):
+        services = app.state.services
+        token = sign_dev_token(api_settings, user)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            headers = {"Authorization": f"Bearer {token}"}
+            assert (await client.get("/v1/jobs", headers=headers)).status_code == 200
+            await services.pool.close()  # the read side's connections are gone
+            r = await client.get("/v1/jobs", headers=headers)
+            assert r.status_code == 503, r.text
+            assert problem_type(r) == "service-unavailable"
+            assert r.headers["retry-after"]
+            services.pool = await create_pool(api_settings)  # for a clean shutdown
+
+
+def test_dev_token_cli_makes_accepted_tokens(api_settings: Settings) -> None:
+    env = {**process_env(api_settings)}
+    out = subprocess.run(
+        [sys.executable, "-c", CLI, "dev-token", "--user", "cli-user", "--admin"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    token = out.stdout.strip()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == "cli-user" and claims["cognito:groups"] == ["admin"]
+    verifier = JwtVerifier(api_settings)
+    principal = asyncio.run(verifier.verify(token))
+    assert principal.user_id == "cli-user" and principal.is_admin
