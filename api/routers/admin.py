@@ -176,7 +176,11 @@ async def adjust(
     responses=problem_responses(*ERRORS, 404, 409, 413, 422),
 )
 async def refund(
-    job_id: UUID, body: RefundRequest, admin: AdminUser, svc: ServicesDep
+    job_id: UUID,
+    body: RefundRequest,
+    admin: AdminUser,
+    svc: ServicesDep,
+    idempotency_key: IdempotencyKey = None,  # accepted; a job is refunded at most once anyway
 ) -> RefundResult:
     def run() -> Any:
         try:

@@ -150,7 +150,12 @@ async def get_job(
     responses=problem_responses(*AUTH_ERRORS, 404, 409, 422),
     dependencies=[Depends(rate_limit("command"))],
 )
-async def cancel_job(job_id: UUID, principal: CurrentUser, svc: ServicesDep) -> CancelAccepted:
+async def cancel_job(
+    job_id: UUID,
+    principal: CurrentUser,
+    svc: ServicesDep,
+    idempotency_key: IdempotencyKey = None,  # accepted; a cancel is idempotent by itself
+) -> CancelAccepted:
     job, result, was_dispatched = await svc.command(_cancel, svc, principal.user_id, job_id)
     if was_dispatched or job.status == JobStatus.RUNNING.value:
         # The worker checks this flag every step: a dispatched job never starts, a running
