@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,8 +20,11 @@ from read_models import models as rm
 T = TypeVar("T")
 
 Credits = str  # "12.345"
-SchedulerName = Literal[tuple(sorted(SCHEDULERS))]  # type: ignore[valid-type]
-PlanSlug = Literal[tuple(PLANS)]  # type: ignore[valid-type]
+SchedulerName = Literal["ddim", "dpm++_2m", "euler", "euler_a", "lms", "pndm"]
+PlanSlug = Literal["starter", "pro", "studio", "enterprise", "tester", "trial"]
+# Spelled out for the type checker; they must stay the domain's own sets.
+assert set(get_args(SchedulerName)) == SCHEDULERS
+assert set(get_args(PlanSlug)) == set(PLANS)
 TierName = Literal["basic", "high_performance", "dedicated"]
 
 
@@ -339,7 +342,7 @@ class UsageView(BaseModel):
     def of(cls, u: rm.UsageSummary) -> UsageView:
         return cls(
             group_by=u.group_by,
-            from_=u.start,
+            **{"from": u.start},
             to=u.end,
             buckets=[
                 UsageBucketView(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg
 import boto3
-import redis.asyncio as redis
+import redis.asyncio as aioredis
 from anyio import CapacityLimiter, to_thread
 from botocore.config import Config
 from redis.asyncio.retry import Retry
@@ -72,8 +72,8 @@ class Services:
     settings: Settings
     pool: asyncpg.Pool
     application: PinkseaApplication
-    redis: redis.Redis
-    pubsub_redis: redis.Redis  # no read timeout: subscribers wait for messages
+    redis: aioredis.Redis
+    pubsub_redis: aioredis.Redis  # no read timeout: subscribers wait for messages
     s3: Any
     verifier: JwtVerifier
     limiter: CapacityLimiter
@@ -166,7 +166,7 @@ async def start_services(settings: Settings) -> Services:
             await conn.execute("SELECT pg_advisory_unlock($1)", EVENT_STORE_LOCK_KEY)
     # One quick retry at most: the default retries take seconds, and every Redis use here
     # can do without (rate limits fail open, caches fall back to the database).
-    client = redis.from_url(
+    client = aioredis.from_url(
         settings.redis_url,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
@@ -179,7 +179,7 @@ async def start_services(settings: Settings) -> Services:
         pool=pool,
         application=application,
         redis=client,
-        pubsub_redis=redis.from_url(
+        pubsub_redis=aioredis.from_url(
             settings.redis_url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 1)
         ),
         s3=s3_client(settings),

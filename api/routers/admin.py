@@ -215,7 +215,13 @@ async def set_plan(
 ) -> PlanChangeResult:
     terms: CustomTerms | None = None
     if body.custom_terms is not None:
-        terms = CustomTerms(**body.custom_terms.model_dump())
+        t = body.custom_terms
+        terms = CustomTerms(
+            credits_per_month=t.credits_per_month,
+            tier=t.tier,
+            concurrent_jobs=t.concurrent_jobs,
+            storage_gb=t.storage_gb,
+        )
 
     def run() -> Any:
         _require_user(svc, user_id)

@@ -137,7 +137,7 @@ async def _progress(
     except (RedisError, OSError) as e:
         log.warning("progress unavailable", job_id=str(job_id), error=repr(e))
         with contextlib.suppress(Exception):
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
         yield
         return
 
@@ -163,4 +163,4 @@ async def _progress(
             await reader
         with contextlib.suppress(Exception):
             await pubsub.unsubscribe(channel)
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
