@@ -102,7 +102,7 @@ async def worker_reports(
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("could not read the whole reports topic in time")
             for messages in (await consumer.getmany(timeout_ms=500)).values():

@@ -884,6 +884,7 @@ def _decide(
         width=params.width,
         height=params.height,
         batch_size=params.batch_size,
+        model=params.model,
     )
     hold_mc = hold_for_estimate(estimate_ms, plan.tier)
     try:
@@ -949,6 +950,8 @@ def _submit_result(job: GenerationJob, position: int, *, created: bool) -> Submi
 class TrackingPinkseaApplication(PinkseaApplication):
     """The same application for a consumer of Kafka (the settler): its recorder also keeps the
     consumer's positions (table pinksea_tracking), written atomically with the events."""
+
+    name = "Pinksea"  # the same event store as the command side, not a store of its own
 
     def construct_recorder(self) -> ProcessRecorder:
         return self.factory.process_recorder()

@@ -23,6 +23,7 @@ import re
 import shutil
 import struct
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from gpu_consumer.tiny_model import build_tiny_sd
 MANIFEST_NAME = "pinksea-manifest.json"
 TINY_MODEL = "tiny-sd"
 _CHUNK = 1 << 20
+
+_LOAD_LOCK = threading.Lock()
 
 
 class ModelFamily(StrEnum):
@@ -145,7 +148,9 @@ class ModelRegistry:
         transformers.utils.logging.disable_progress_bar()
         family = self.family(key)
         folder = self.resolve(key)
-        with warnings.catch_warnings():
+        # from_pretrained builds modules on the "meta" device by patching torch globally
+        # (accelerate), so two loads in one process must not overlap.
+        with _LOAD_LOCK, warnings.catch_warnings():
             # Newer diffusers renamed ``torch_dtype`` to ``dtype``; the old name works on all.
             warnings.filterwarnings("ignore", r".*torch_dtype.*deprecated", FutureWarning)
             pipeline = AutoPipelineForText2Image.from_pretrained(

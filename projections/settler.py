@@ -24,6 +24,7 @@ from eventsourcing.persistence import Tracking
 from prometheus_client import Counter
 
 from domain.application import TrackingPinkseaApplication
+from domain.errors import DomainError
 from domain.jobs import MAX_ATTEMPTS, Fault
 from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC
 from infra.kafka import idempotent_producer, manual_consumer
@@ -129,7 +130,14 @@ class Settler:
             return  # heartbeats are the scheduler's
         # Tracking ids must be positive: record offset + 1, the next offset to read.
         tracking = Tracking(source_name(tp.topic, tp.partition), offset + 1)
-        dead = await asyncio.to_thread(self.apply, report, tracking)
+        try:
+            dead = await asyncio.to_thread(self.apply, report, tracking)
+        except DomainError as e:
+            # A report the ledger refuses (e.g. of an unknown job) would be refused again:
+            # log it and go past it rather than stop settling everyone else's jobs.
+            SETTLED.labels(report.kind, "refused").inc()
+            log.error("report refused", job_id=str(report.job_id), error=e.detail)
+            return
         if dead is not None:
             assert self.producer is not None
             await self.producer.send_and_wait(

@@ -69,9 +69,12 @@ class Scheduler:
     workers: dict[str, WorkerState] = field(default_factory=dict)
     # Attempts dispatched but not yet visible in scheduler_jobs: job -> (worker, attempt).
     in_flight: dict[UUID, tuple[str, int]] = field(default_factory=dict)
-    # Jobs a worker reported finished, until scheduler_jobs says so too.
-    finished: set[UUID] = field(default_factory=set)
+    # Attempts a worker reported finished, until scheduler_jobs has moved past them: the
+    # worker is free and the job no longer counts as running for its user.
+    finished: dict[UUID, int] = field(default_factory=dict)
     turns: Turns = field(default_factory=Turns)
+    lease_s: float = HEARTBEAT_STALE_S
+    delivery_timeout_s: float = DELIVERY_TIMEOUT_S
     started_at: float = field(default_factory=time.monotonic)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _limits: dict[str, tuple[float, int]] = field(default_factory=dict)
@@ -152,7 +155,7 @@ class Scheduler:
                 worker.busy_job = report.job_id
             else:
                 worker.busy_job = None
-                self.finished.add(report.job_id)
+                self.finished[report.job_id] = report.attempt
                 self.wake()  # a worker just became free: work-conserving
 
     # -------------------------------------------------------------------------- dispatch
@@ -163,7 +166,10 @@ class Scheduler:
             "parameters, seed, budget_ms, queued_at FROM scheduler_jobs WHERE status <> 'done'"
         )
         by_id = {r["job_id"]: r for r in rows}
-        self.finished &= set(by_id)  # forget jobs the table has caught up with
+        for job_id, attempt in list(self.finished.items()):
+            row = by_id.get(job_id)
+            if row is None or row["status"] == "queued" or row["attempt"] > attempt:
+                del self.finished[job_id]  # the table has caught up with that report
         for job_id, (_, attempt) in list(self.in_flight.items()):
             row = by_id.get(job_id)
             if row is None or row["attempt"] >= attempt:
@@ -199,7 +205,7 @@ class Scheduler:
         return [
             IdleWorker(worker_id, w.tier, w.models)
             for worker_id, w in self.workers.items()
-            if now - w.seen < HEARTBEAT_STALE_S and w.busy_job is None and worker_id not in occupied
+            if now - w.seen < self.lease_s and w.busy_job is None and worker_id not in occupied
         ]
 
     async def dispatch(self, row: asyncpg.Record, worker_id: str) -> None:
@@ -211,7 +217,7 @@ class Scheduler:
         job = await asyncio.to_thread(self.app.job, job_id)
         if job.status == "failed":  # the attempt cap was reached: dead-letter it
             await self._dead_letter(job_id, attempt - 1, job.failure or "attempts exhausted")
-            self.finished.add(job_id)
+            self.finished[job_id] = MAX_ATTEMPTS + 1
             return
         if not result.changed and (job.attempt != attempt or job.worker_id != worker_id):
             return  # another dispatch of this job won; nothing to send
@@ -261,7 +267,7 @@ class Scheduler:
 
     async def expire_leases(self) -> None:
         """Re-dispatch attempts whose worker went silent, or that no worker picked up."""
-        if time.monotonic() - self.started_at < HEARTBEAT_STALE_S:
+        if time.monotonic() - self.started_at < self.lease_s:
             return  # just started: give the workers time to say they are alive
         rows = await self.pool.fetch(
             "SELECT job_id, user_id, tier, model, status, attempt, worker_id, queue_position, "
@@ -273,12 +279,13 @@ class Scheduler:
             if r["job_id"] in self.finished or r["job_id"] in self.in_flight:
                 continue
             worker = self.workers.get(r["worker_id"])
-            silent = worker is None or now - worker.seen > HEARTBEAT_STALE_S
+            silent = worker is None or now - worker.seen > self.lease_s
             undelivered = (
                 r["status"] == "dispatched"
                 and worker is not None
                 and worker.busy_job != r["job_id"]
-                and (datetime.now(UTC) - r["dispatched_at"]).total_seconds() > DELIVERY_TIMEOUT_S
+                and (datetime.now(UTC) - r["dispatched_at"]).total_seconds()
+                > self.delivery_timeout_s
             )
             if not (silent or undelivered):
                 continue
@@ -298,7 +305,7 @@ class Scheduler:
                     at=datetime.now(UTC),
                 )
                 await self._dead_letter(r["job_id"], r["attempt"], "workers lost on every attempt")
-                self.finished.add(r["job_id"])
+                self.finished[r["job_id"]] = MAX_ATTEMPTS + 1
                 continue
             idle = self.idle_workers({i[0] for i in self.in_flight.values()})
             candidates = [w for w in idle if w.tier == r["tier"]]

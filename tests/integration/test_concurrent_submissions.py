@@ -53,7 +53,13 @@ def test_sixteen_writers_get_exactly_k_jobs_and_never_overspend(database_url: st
     assert probe.rejection == "insufficient_credits"
     hold_mc = hold_for_estimate(
         estimate_gpu_ms(
-            ModelFamily.SD15, GpuTier.BASIC, steps=4, width=64, height=64, batch_size=1
+            ModelFamily.SD15,
+            GpuTier.BASIC,
+            steps=4,
+            width=64,
+            height=64,
+            batch_size=1,
+            model="tiny-sd",
         ),
         GpuTier.BASIC,
     )
