@@ -139,13 +139,19 @@ async def test_export_round_trips_through_pyarrow_and_duckdb_with_exact_sums(
     assert table.num_rows == sum(r["n"] for r in postings) > 0
     by_account = table.group_by("account").aggregate([("amount_mc", "sum")]).to_pylist()
     assert {r["account"]: r["amount_mc_sum"] for r in by_account} == expected
-    db = duckdb.connect().execute(
-        f"SELECT sum(amount_mc) AS total, count(DISTINCT event_id) AS events FROM '{out}'"
-    ).fetchone()
+    db = (
+        duckdb.connect()
+        .execute(f"SELECT sum(amount_mc) AS total, count(DISTINCT event_id) AS events FROM '{out}'")
+        .fetchone()
+    )
     assert db is not None and db[0] == 0
-    settled = duckdb.connect().execute(
-        f"SELECT sum(gpu_ms), min(rate_mc_per_ms) FROM '{out}' "
-        "WHERE event_type = 'HoldSettled' AND account = 'revenue'"
-    ).fetchone()
+    settled = (
+        duckdb.connect()
+        .execute(
+            f"SELECT sum(gpu_ms), min(rate_mc_per_ms) FROM '{out}' "
+            "WHERE event_type = 'HoldSettled' AND account = 'revenue'"
+        )
+        .fetchone()
+    )
     assert settled is not None and settled[1] == 1
     assert len(events) > 0
