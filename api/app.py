@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from api.auth import dev_jwks
+from api.billing import router as billing
 from api.edge import EdgeMiddleware
 from api.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    for module in (jobs, events, images, me, plans, api_keys, admin, ops):
+    for module in (jobs, events, images, me, plans, api_keys, admin, billing, ops):
         app.include_router(module.router)
     if settings.dev_jwt_enabled:
         jwks = dev_jwks(settings)

@@ -54,6 +54,16 @@ class Settings(BaseSettings):
         "http://127.0.0.1:12111", description="Stripe API base; empty for api.stripe.com."
     )
     stripe_api_key: SecretStr = Field(SecretStr("sk_test_123"), description="Stripe secret key.")
+    stripe_price_ids: dict[str, str] = Field(
+        {"starter": "price_starter", "pro": "price_pro", "studio": "price_studio"},
+        description="Stripe price id of each plan sold (JSON object plan -> price id).",
+    )
+    checkout_success_url: str = Field(
+        "http://localhost:3000/billing/success", description="Where Checkout returns on success."
+    )
+    checkout_cancel_url: str = Field(
+        "http://localhost:3000/billing", description="Where Checkout returns when abandoned."
+    )
     stripe_webhook_secret: SecretStr = Field(
         SecretStr("whsec_local"), description="Stripe webhook signing secret."
     )

@@ -26,7 +26,8 @@ from tests.api.conftest import CLI, REPO, TINY, Kit, problem_type, process_env
 
 pytestmark = pytest.mark.integration
 
-NO_AUTH = {"/healthz", "/readyz", "/metrics", "/v1/plans"}
+# Public routes; Stripe webhooks authenticate by their signature (400 when it fails).
+NO_AUTH = {"/healthz", "/readyz", "/metrics", "/v1/plans", "/v1/webhooks/stripe"}
 
 
 async def test_health_and_readiness(kit: Kit) -> None:
