@@ -61,8 +61,10 @@ services-status:
 test:
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The whole flow: every process started, two users, a plan sold, jobs run and one cancelled,
+# statements, usage and image URLs printed (infra/local/demo.sh).
 demo: services
-	$(PINKSEA) doctor
+	PY=$(PY) infra/local/demo.sh
 
 lint:
 	$(PY) -m ruff check .

@@ -27,13 +27,13 @@ from domain.application import PinkseaApplication
 from infra.db import create_pool
 from infra.event_store import event_store_env
 from infra.settings import Settings
+from projections.event_store import create_event_tables
 from read_models import queries
 from read_models.migrate import migrate
 
 T = TypeVar("T")
 
 PLAN_CACHE_S = 30.0  # how stale a user's plan may be for rate limits and API-key access
-EVENT_STORE_LOCK_KEY = 0x70696E6B_65767473  # "pinkevts": creating the event tables
 STORAGE_CACHE_S = 5.0  # how stale the storage used may be when a job is submitted
 REGISTERED_CACHE = 100_000  # users known to be registered, per process
 
@@ -153,17 +153,12 @@ async def start_services(settings: Settings) -> Services:
     pool = await create_pool(settings)
     async with pool.acquire() as conn:
         await migrate(conn)  # idempotent, serialised by an advisory lock
-        # The Application creates its tables if missing; workers starting together on a new
-        # database would race on that, so they take turns.
-        await conn.execute("SELECT pg_advisory_lock($1)", EVENT_STORE_LOCK_KEY)
-        try:
-            application = await to_thread.run_sync(
-                lambda: PinkseaApplication(
-                    env=event_store_env(settings.database_url, pool_size=settings.db_pool_size)
-                )
-            )
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", EVENT_STORE_LOCK_KEY)
+        await create_event_tables(conn, settings.database_url)
+    application = await to_thread.run_sync(
+        lambda: PinkseaApplication(
+            env=event_store_env(settings.database_url, pool_size=settings.db_pool_size)
+        )
+    )
     # One quick retry at most: the default retries take seconds, and every Redis use here
     # can do without (rate limits fail open, caches fall back to the database).
     client = aioredis.from_url(

@@ -96,24 +96,12 @@ def statement(
             console.print(f"[red]no credit account for user {user}[/red]")
             raise typer.Exit(1)
         s = build_statement(user, events, start=_when(start), end=_when(end), as_of=_when(as_of))
-        table = Table(title=f"statement of {user}")
-        for col in (
-            "time",
-            "event",
-            "kind",
-            "job",
-            "lot",
-            "available Δ",
-            "held Δ",
-            "available",
-            "held",
-        ):
-            table.add_column(col)
+        table = Table(title=f"statement of {user} (credits)")
+        for col in ("time (UTC)", "kind", "job", "Δ available", "Δ held", "available", "held"):
+            table.add_column(col, justify="right" if col != "kind" else "left")
         table.add_row(
             "",
-            "",
             "opening",
-            "",
             "",
             "",
             "",
@@ -122,11 +110,9 @@ def statement(
         )
         for line in s.lines:
             table.add_row(
-                line.occurred_at.isoformat(timespec="milliseconds"),
-                line.event_id[-12:],
+                line.occurred_at.strftime("%m-%d %H:%M:%S.%f")[:-3],
                 line.kind,
                 (line.job_id or "")[:8],
-                (line.lot_id or "")[:8],
                 format_credits(line.available_delta_mc),
                 format_credits(line.held_delta_mc),
                 format_credits(line.available_mc),
@@ -134,9 +120,7 @@ def statement(
             )
         table.add_row(
             "",
-            "",
             "closing",
-            "",
             "",
             "",
             "",

@@ -19,7 +19,17 @@ def _root() -> None:
 
 def _register() -> None:
     # Each command group lives in its own module; importing it attaches it to ``app``.
-    from cli import api, dev_token, doctor, gpu_worker, ledger, processes, streaming  # noqa: F401
+    from cli import (  # noqa: F401
+        api,
+        demo,
+        dev_token,
+        doctor,
+        gpu_worker,
+        ledger,
+        processes,
+        streaming,
+        up,
+    )
 
 
 _register()

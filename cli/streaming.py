@@ -41,12 +41,15 @@ async def prepare(settings: Settings) -> None:
 
 
 async def migrate(settings: Settings) -> list[str]:
+    """The event store's tables and the read models' migrations (both idempotent)."""
     import asyncpg
 
+    from projections.event_store import create_event_tables
     from read_models.migrate import migrate as apply_migrations
 
     conn = await asyncpg.connect(settings.database_url)
     try:
+        await create_event_tables(conn, settings.database_url)
         return await apply_migrations(conn)
     finally:
         await conn.close()

@@ -46,7 +46,7 @@ CALIBRATION: dict[tuple[ModelFamily, GpuTier], Calibration] = {
 # Models whose speed is not their family's: the tiny local model runs on CPU workers in tests
 # and the demo, where a step of even a tiny UNet at 256x256 costs tens of milliseconds.
 MODEL_CALIBRATION: dict[str, Calibration] = {
-    "tiny-sd": Calibration(256 * 256, 150, 400),
+    "tiny-sd": Calibration(256 * 256, 300, 1500),
 }
 
 
