@@ -451,6 +451,9 @@ class MeView(BaseModel):
     subscription: SubscriptionView
     storage_used_bytes: int
     storage_quota_bytes: int
+    low_balance: bool = Field(
+        description="available credit is below a tenth of the plan's monthly credits"
+    )
     auth: Literal["jwt", "api_key"]
     is_admin: bool
 

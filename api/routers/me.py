@@ -34,6 +34,7 @@ async def me(principal: CurrentUser, svc: ServicesDep) -> MeView:
     user = principal.user_id
     row = await queries.get_user(svc.pool, user)
     used = await queries.storage_used_bytes(svc.pool, user)
+    low = await svc.pool.fetchval("SELECT low_balance FROM balances WHERE user_id = $1", user)
     if row is not None:
         terms = row.subscription.custom_terms
         plan = get_plan(row.plan.slug)
@@ -75,6 +76,7 @@ async def me(principal: CurrentUser, svc: ServicesDep) -> MeView:
         subscription=sub,
         storage_used_bytes=used,
         storage_quota_bytes=plan.storage_bytes,
+        low_balance=bool(low),
         auth="api_key" if principal.via == "api_key" else "jwt",
         is_admin=principal.is_admin,
     )

@@ -155,3 +155,22 @@ async def test_bad_usage_queries_are_422(kit: Kit, user: str, params: dict[str, 
     r = await kit.client.get("/v1/me/usage", params=params, headers=kit.auth(user))
     assert r.status_code == 422, r.text
     assert problem_type(r) == "invalid-request"
+
+
+async def test_me_shows_the_low_balance_warning(kit: Kit, user: str) -> None:
+    await kit.client.get("/v1/me", headers=kit.auth(user))
+    position = await kit.project()
+    r = await kit.client.get("/v1/me", headers={**kit.auth(user), "X-Min-Position": str(position)})
+    assert r.json()["low_balance"] is False
+    trial = PLANS["trial"].credits_per_month_mc
+    kit.app.adjust_credits(
+        user,
+        adjustment_id="spend-down",
+        amount_mc=-(trial - 1),
+        reason="t",
+        actor="t",
+        at=datetime.now(UTC),
+    )
+    position = await kit.project()
+    r = await kit.client.get("/v1/me", headers={**kit.auth(user), "X-Min-Position": str(position)})
+    assert r.json()["low_balance"] is True
