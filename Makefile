@@ -36,7 +36,7 @@ ifdef STRIPE_MOCK_PORT
 export PINKSEA_STRIPE_API_BASE ?= http://127.0.0.1:$(STRIPE_MOCK_PORT)
 endif
 
-.PHONY: help venv services services-down services-status test demo lint bench chaos
+.PHONY: help venv services services-down services-status test demo lint bench chaos infra-check
 
 help:
 	@echo "make venv | services | services-down | services-status | test | demo | lint | bench | chaos"
@@ -70,6 +70,10 @@ lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy domain/
+
+# Terraform formatting, checkov and promtool over infra/ (the tools are built on first use).
+infra-check:
+	bash infra/terraform/check.sh
 
 # Every bench/<name>.py with a __main__ block, in --quick mode; the last line of each is its
 # JSON result.
