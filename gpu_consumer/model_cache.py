@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -155,6 +156,7 @@ class ModelCache:
         nbytes = pipeline_bytes(model.pipeline)
         self._make_room(nbytes, key)  # the estimate can be short (buffers, tied weights)
         model.pipeline.to(self.device)
+        _warm_up(model)
         return _Entry(model, nbytes)
 
     def _make_room(self, nbytes: int, key: str) -> None:
@@ -223,3 +225,18 @@ def _free_memory(device: torch.device) -> None:
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.0f} MiB"
+
+
+def _warm_up(model: LoadedPipeline) -> None:
+    """One tiny run right after loading: the first call of a fresh pipeline pays one-time
+    costs (kernel selection, allocator growth, lazy initialisation). They belong to loading,
+    which is never billed, not to the first user's job."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            model.pipeline(
+                prompt="warm-up", num_inference_steps=1, width=64, height=64, output_type="pil"
+            )
+    except Exception:
+        logging.getLogger(__name__).warning("warm-up of %s failed", model.key, exc_info=True)
