@@ -725,16 +725,7 @@ class PinkseaApplication(Application[UUID]):
             if not job.is_current(attempt):
                 return self._unchanged(job)
             account = self.account(job.user_id)
-            billed_ms, charged = _billed(job, gpu_ms)
-            account.settle(
-                hold_id=job.hold_id,
-                charged_mc=charged,
-                gpu_ms=billed_ms,
-                rate_mc_per_ms=_rate(job),
-                tier=job.tier,
-                cuda_ms=cuda_ms,
-                at=at,
-            )
+            charged = _settle(account, job, gpu_ms, at, cuda_ms=cuda_ms)
             job.complete(
                 attempt=attempt,
                 gpu_ms=gpu_ms,
@@ -771,15 +762,7 @@ class PinkseaApplication(Application[UUID]):
                 return SettlementResult(True, job.status, 0, self._save(job))
             account = self.account(job.user_id)
             if fault is Fault.USER:
-                billed_ms, charged = _billed(job, gpu_ms)
-                account.settle(
-                    hold_id=job.hold_id,
-                    charged_mc=charged,
-                    gpu_ms=billed_ms,
-                    rate_mc_per_ms=_rate(job),
-                    tier=job.tier,
-                    at=at,
-                )
+                charged = _settle(account, job, gpu_ms, at)
             else:
                 charged = 0
                 account.release(hold_id=job.hold_id, reason=f"platform failure: {reason}", at=at)
@@ -807,15 +790,7 @@ class PinkseaApplication(Application[UUID]):
             if not job.is_current(attempt):
                 return self._unchanged(job)
             account = self.account(job.user_id)
-            billed_ms, charged = _billed(job, gpu_ms)
-            account.settle(
-                hold_id=job.hold_id,
-                charged_mc=charged,
-                gpu_ms=billed_ms,
-                rate_mc_per_ms=_rate(job),
-                tier=job.tier,
-                at=at,
-            )
+            charged = _settle(account, job, gpu_ms, at)
             job.cancel(gpu_ms=gpu_ms, charged_mc=charged, at=at)
             _rearm_low_balance(account, at)
             return SettlementResult(True, job.status, charged, self._save(job, account))
@@ -854,6 +829,28 @@ def _rearm_low_balance(account: CreditAccount, at: datetime) -> None:
 
 def _rate(job: GenerationJob) -> int:
     return RATE_MC_PER_GPU_MS[GpuTier(job.tier)]
+
+
+def _settle(
+    account: CreditAccount,
+    job: GenerationJob,
+    gpu_ms: int,
+    at: datetime,
+    *,
+    cuda_ms: int | None = None,
+) -> int:
+    """Settle the job's hold at its billed GPU time; returns the charge."""
+    billed_ms, charged = _billed(job, gpu_ms)
+    account.settle(
+        hold_id=job.hold_id,
+        charged_mc=charged,
+        gpu_ms=billed_ms,
+        rate_mc_per_ms=_rate(job),
+        tier=job.tier,
+        cuda_ms=cuda_ms,
+        at=at,
+    )
+    return charged
 
 
 def _billed(job: GenerationJob, gpu_ms: int) -> tuple[int, int]:
