@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import psycopg
 from aiokafka import AIOKafkaConsumer
-from read_models.migrate import migrate
 
 from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
@@ -20,6 +19,7 @@ from infra.envelope import DOMAIN_TOPICS, Envelope
 from infra.event_store import event_store_env
 from infra.kafka import ensure_topics
 from infra.settings import Settings
+from read_models.migrate import migrate
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 TINY = JobParameters(model="tiny-sd", prompt="stream", steps=4, width=64, height=64)

@@ -18,12 +18,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 from eventsourcing.postgres import PostgresApplicationRecorder
-from projections.registry import ALL_PROJECTIONS
 
 from domain.application import PinkseaApplication
 from infra.db import create_pool
 from infra.settings import Settings
 from projections.consistency import has_reached
+from projections.registry import ALL_PROJECTIONS
 from projections.relay import Relay
 from projections.replay import rebuild
 from projections.runner import LiveProjectionRunner
