@@ -82,6 +82,22 @@ async def drop_topics(settings: Settings) -> None:
             await admin.close()
 
 
+def relay_retries() -> float:
+    """Batches the relays of this process retried after a Kafka error, so far."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("pinksea_relay_retries_total") or 0.0
+
+
+def warn_if_disturbed(retries: float) -> None:
+    if retries:
+        print(
+            f"WARNING: the relay retried {retries:.0f} batches during the run: Kafka was "
+            "unreachable for a while (another process stopping the broker?); these figures "
+            "measure that outage, not the system. Run again on a quiet stack."
+        )
+
+
 def clock() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
@@ -215,6 +231,7 @@ class Lags:
     submissions: int
     rate: float
     polls: int
+    relay_retries: float
 
 
 async def run_load(settings: Settings, rate: float, seconds: float) -> Lags:
@@ -229,6 +246,7 @@ async def run_load(settings: Settings, rate: float, seconds: float) -> Lags:
     warm_position = prepare_users(setup, run_id)
     setup.close()
 
+    retries_before = relay_retries()
     pool = await create_pool(settings, max_size=10)
     tasks: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
@@ -286,7 +304,9 @@ async def run_load(settings: Settings, rate: float, seconds: float) -> Lags:
             per[name].append(lag)
         slowest.append(max(lags))
     span = committed[-1][1] - committed[0][1]
-    return Lags(relay, per, slowest, len(committed), (len(committed) - 1) / span, monitor.polls)
+    rate = (len(committed) - 1) / span
+    retries = relay_retries() - retries_before
+    return Lags(relay, per, slowest, len(committed), rate, monitor.polls, retries)
 
 
 def report(lags: Lags, seconds: float) -> None:
@@ -332,6 +352,7 @@ async def run(quick: bool, rate: float) -> None:
         finally:
             await drop_topics(settings)
     report(lags, seconds)
+    warn_if_disturbed(lags.relay_retries)
     summary(
         "projection_lag",
         "ms (p99, all projections)",
