@@ -278,7 +278,11 @@ class GpuWorker:
         try:
             while not job.done():
                 timeout = 1.0 if abort_at is None else max(0.0, abort_at - loop.time())
-                await asyncio.wait({job, stopping}, timeout=min(timeout, 1.0))
+                # Wake as soon as the job ends (or a stop arrives, once), not at the timeout.
+                waiters = {job} if stopping.done() else {job, stopping}
+                await asyncio.wait(
+                    waiters, timeout=min(timeout, 1.0), return_when=asyncio.FIRST_COMPLETED
+                )
                 for records in (await consumer.getmany(timeout_ms=0)).values():
                     pending.extend(records)  # only from partitions assigned after the pause
                 if stopping.done() and abort_at is None:
