@@ -210,13 +210,14 @@ async def test_cancel_before_start_bills_nothing_and_during_run_bills_the_time_u
     app, settings = platform.app, platform.settings
     app.register_user("bo", datetime.now(UTC))
     long_job = submit(app, "bo", "long", LONG)
-    queued = submit(app, "bo", "queued")  # waits: the trial runs one job at a time
     r = redis.Redis.from_url(settings.redis_url)
 
     async def started() -> bool:
         return (await asyncio.to_thread(app.job, long_job.job_id)).status == "running"
 
     await wait_until(started, timeout=60, interval=0.05)
+    # Submitted once the long job runs: the trial runs one job at a time, so this one waits.
+    queued = submit(app, "bo", "queued")
     await asyncio.sleep(0.3)
     for job in (queued, long_job):
         app.cancel_job(job.job_id, datetime.now(UTC))
