@@ -235,6 +235,15 @@ class PinkseaApplication(Application[UUID]):
             plan = sub.plan
         account.check_low_balance(plan.low_balance_threshold_mc, at)
 
+    def _account_changed(
+        self, account: CreditAccount, changed: bool, at: datetime
+    ) -> CommandResult:
+        """Save a changed account (watching its balance); a repeated command saves nothing."""
+        if not changed:
+            return CommandResult(False, self.current_position())
+        self._watch_balance(account, at)
+        return CommandResult(True, self._save(account))
+
     def _account_or_open(self, user_id: str, at: datetime) -> CreditAccount:
         account = self._get(ids.account_id(user_id))
         return account if account is not None else CreditAccount(user_id=user_id, timestamp=at)
@@ -432,10 +441,7 @@ class PinkseaApplication(Application[UUID]):
                 reason=f"upgrade from {from_plan} to {to_plan}, prorated",
                 at=at,
             )
-            if not changed:
-                return CommandResult(False, self.current_position())
-            self._watch_balance(account, at)
-            return CommandResult(True, self._save(account))
+            return self._account_changed(account, changed, at)
 
         return self._retrying(command)
 
@@ -453,10 +459,7 @@ class PinkseaApplication(Application[UUID]):
                 actor="stripe",
                 at=at,
             )
-            if not taken:
-                return CommandResult(False, self.current_position())
-            self._watch_balance(account, at)
-            return CommandResult(True, self._save(account))
+            return self._account_changed(account, bool(taken), at)
 
         return self._retrying(command)
 
@@ -567,10 +570,7 @@ class PinkseaApplication(Application[UUID]):
                 reason=reason,
                 at=at,
             )
-            if not changed:
-                return CommandResult(False, self.current_position())
-            self._watch_balance(account, at)
-            return CommandResult(True, self._save(account))
+            return self._account_changed(account, changed, at)
 
         return self._retrying(command)
 

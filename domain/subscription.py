@@ -280,10 +280,6 @@ class Subscription(Aggregate):
         self._customer_linked(customer_id=customer_id, timestamp=at)
         return True
 
-    def ensure_same_external(self, external_id: str) -> None:
-        if self.external_id is not None and self.external_id != external_id:
-            raise IdempotencyConflict("this user already has a different subscription")
-
     # ------------------------------------------------------------- event bodies (mutate only)
 
     @event(Started)
