@@ -41,6 +41,33 @@ class GpuWorkerSettings(BaseSettings):
         default=600.0, description="Older dispatches are refused as stale (reported, never run)."
     )
     thumbnail_max_px: int = Field(default=256, description="Longest side of a WebP thumbnail.")
+    # S3 outages: botocore retries each request a few times (jittered), the upload retries
+    # whole requests with its own jittered backoff, and the deadline bounds the lot so a job
+    # whose images cannot be stored fails (retried elsewhere, never billed) instead of hanging.
+    upload_deadline_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a job's image upload keeps retrying S3 before the attempt fails "
+        "as storage_unavailable (never billed).",
+    )
+    upload_backoff_s: float = Field(
+        default=0.5, gt=0, description="First pause between upload retries (doubles, full jitter)."
+    )
+    upload_backoff_max_s: float = Field(
+        default=8.0, gt=0, description="Longest pause between upload retries."
+    )
+    s3_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="HTTP attempts per S3 request, first included (botocore's standard retry "
+        "mode: jittered backoff).",
+    )
+    s3_connect_timeout_s: float = Field(
+        default=3.0, gt=0, description="Connect timeout of the workers' S3 requests."
+    )
+    s3_read_timeout_s: float = Field(
+        default=20.0, gt=0, description="Read timeout of the workers' S3 requests."
+    )
 
     def device_budget_bytes(self, device: torch.device) -> int:
         if device.type != "cuda":

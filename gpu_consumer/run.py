@@ -27,6 +27,7 @@ from PIL import Image
 
 from gpu_consumer.meter import GpuMeter
 from gpu_consumer.model_cache import CacheFull
+from gpu_consumer.outputs import STORAGE_UNAVAILABLE, UploadFailed, is_transient
 from gpu_consumer.registry import LoadedPipeline, ModelError, ModelFamily, UnknownModel
 from infra import redis_keys
 from infra.messages import Dispatch, Outcome
@@ -70,6 +71,11 @@ def classify(exc: BaseException, phase: Phase) -> Failure:
     reason = f"{type(exc).__name__}: {exc}"[:500]
     if isinstance(exc, UnknownModel | InvalidJob):
         return Failure("user", False, reason)
+    if isinstance(exc, UploadFailed) or (phase == "load" and is_transient(exc)):
+        # The job's images (or its model) could not reach or leave S3: not the user's doing,
+        # and a later attempt may find S3 back. A code first, for operators and the DLQ.
+        detail = str(exc) if isinstance(exc, UploadFailed) else reason
+        return Failure("platform", True, f"{STORAGE_UNAVAILABLE}: {detail}"[:500])
     if isinstance(exc, torch.OutOfMemoryError):
         return Failure("platform", True, f"out of memory: {exc}"[:500], out_of_memory=True)
     if phase != "run" or isinstance(exc, ModelError | CacheFull | OSError):

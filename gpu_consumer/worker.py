@@ -113,7 +113,12 @@ class GpuWorker:
             host_budget_bytes=self.config.host_budget_bytes(),
         )
         self.images = ImageStore(
-            s3_client(settings), settings.s3_bucket, thumbnail_max_px=self.config.thumbnail_max_px
+            self._s3_client(),
+            settings.s3_bucket,
+            deadline_s=self.config.upload_deadline_s,
+            backoff_s=self.config.upload_backoff_s,
+            backoff_max_s=self.config.upload_backoff_max_s,
+            thumbnail_max_px=self.config.thumbnail_max_px,
         )
         # Timeouts: the step callback talks to Redis, and a hung connection must not hang a job.
         self.redis = redis_client or redis.Redis.from_url(
@@ -139,9 +144,20 @@ class GpuWorker:
         return ModelRegistry(
             models_dir=self.config.models_dir,
             cache_dir=self.config.models_cache_dir,
-            s3_client=s3_client(self.settings, max_attempts=5) if bucket else None,
+            s3_client=self._s3_client() if bucket else None,
             s3_bucket=bucket,
             s3_prefix=self.config.models_s3_prefix,
+        )
+
+    def _s3_client(self) -> Any:
+        # Short timeouts and a few jittered botocore retries per request: an S3 outage shows
+        # within seconds. Past them, the upload retries until its deadline; a model download
+        # fails the attempt (storage_unavailable), which the scheduler retries.
+        return s3_client(
+            self.settings,
+            max_attempts=self.config.s3_max_attempts,
+            connect_timeout=self.config.s3_connect_timeout_s,
+            read_timeout=self.config.s3_read_timeout_s,
         )
 
     # -------------------------------------------------------------------------- main loop
