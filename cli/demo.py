@@ -9,11 +9,8 @@ images' URLs.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -21,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from api.billing.dev_events import plan_purchase, signed_delivery
 from cli.main import app
 
 console = Console()
@@ -40,70 +38,12 @@ LONG = {
 }
 
 
-def _signed_webhook(secret: str, event: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(event).encode()
-    ts = int(time.time())
-    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return body, {"Stripe-Signature": f"t={ts},v1={mac}", "Content-Type": "application/json"}
-
-
 def _buy_pro(client: httpx.Client, secret: str, user: str, price: str) -> None:
-    now = datetime.now(UTC)
-    start, end = int(now.timestamp()), int((now + timedelta(days=30)).timestamp())
-    meta = {"user_id": user}
-    events = [
-        (
-            "customer.subscription.created",
-            {
-                "id": f"sub_demo_{user}",
-                "customer": f"cus_demo_{user}",
-                "status": "active",
-                "metadata": meta,
-                "items": {
-                    "data": [
-                        {
-                            "price": {"id": price},
-                            "current_period_start": start,
-                            "current_period_end": end,
-                        }
-                    ]
-                },
-            },
-        ),
-        (
-            "invoice.paid",
-            {
-                "id": f"in_demo_{user}_{start}",
-                "customer": f"cus_demo_{user}",
-                "amount_paid": 7500,
-                "currency": "usd",
-                "billing_reason": "subscription_create",
-                "parent": {
-                    "subscription_details": {"subscription": f"sub_demo_{user}", "metadata": meta}
-                },
-                "lines": {
-                    "data": [
-                        {
-                            "amount": 7500,
-                            "price": {"id": price},
-                            "period": {"start": start, "end": end},
-                        }
-                    ]
-                },
-            },
-        ),
-    ]
-    for n, (kind, obj) in enumerate(events):
-        event = {
-            "id": f"evt_demo_{user}_{start}_{n}",
-            "type": kind,
-            "created": start,
-            "data": {"object": obj},
-        }
-        body, headers = _signed_webhook(secret, event)
+    for event in plan_purchase(user, price, datetime.now(UTC)):
+        body, headers = signed_delivery(secret, event)
         r = client.post("/v1/webhooks/stripe", content=body, headers=headers)
         r.raise_for_status()
-        console.print(f"  Stripe {kind}: {r.json()['action']}")
+        console.print(f"  Stripe {event['type']}: {r.json()['action']}")
 
 
 def _wait(

@@ -1,0 +1,88 @@
+"""The fault plan: seeded, so a run is replayable (same seed, same faults at the same offsets),
+and complete (every process is killed at least once, every dependency fails at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from chaos.processes import Supervisor
+from chaos.stack import ChaosStack
+
+
+@dataclass(frozen=True)
+class Fault:
+    at_s: float  # offset from the start of the load
+    kind: str  # kill_process | restart_postgres | restart_kafka | pause_redis
+    target: str  # process name, or the dependency
+    duration_s: float  # down time (kill: until the supervisor restarts it anyway)
+
+    def describe(self) -> str:
+        return f"t+{self.at_s:5.1f}s {self.kind:<16} {self.target:<12} {self.duration_s:.1f}s"
+
+
+DEPENDENCY_FAULTS = {
+    "restart_postgres": "postgres",
+    "restart_kafka": "kafka",
+    "pause_redis": "redis",
+}
+
+
+def plan_faults(
+    seed: int, processes: list[str], window_s: float, rounds: int, start_s: float = 5.0
+) -> list[Fault]:
+    """``rounds`` rounds; each kills every process once and fails every dependency once, in a
+    shuffled order at random offsets inside ``[start_s, window_s)``."""
+    rng = random.Random(seed)
+    faults: list[Fault] = []
+    for _ in range(rounds):
+        for name in processes:
+            faults.append(Fault(0, "kill_process", name, 0))
+        for kind, target in DEPENDENCY_FAULTS.items():
+            down = rng.uniform(3, 8) if kind == "pause_redis" else rng.uniform(1, 5)
+            faults.append(Fault(0, kind, target, round(down, 1)))
+    offsets = sorted(rng.uniform(start_s, window_s) for _ in faults)
+    rng.shuffle(faults)
+    return [
+        Fault(round(at, 1), f.kind, f.target, f.duration_s)
+        for at, f in zip(offsets, faults, strict=True)
+    ]
+
+
+@dataclass
+class Injector:
+    stack: ChaosStack
+    supervisor: Supervisor
+    plan: list[Fault]
+    injected: Counter[str] = field(default_factory=Counter)
+    log: list[str] = field(default_factory=list)
+
+    async def run(self, started: float) -> None:
+        """Inject the plan in order. A dependency's outage runs in the background, so a process
+        can be killed while Kafka is still down; two outages of one dependency never overlap."""
+        outages: dict[str, asyncio.Task[None]] = {}
+        for fault in self.plan:
+            await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
+            self.log.append(f"{time.monotonic() - started:6.1f}s {fault.describe()}")
+            self.injected[fault.kind] += 1
+            if fault.kind == "kill_process":
+                self.supervisor.kill(fault.target)
+                continue
+            if fault.target in outages:
+                await outages[fault.target]
+            outages[fault.target] = asyncio.create_task(self._outage(fault))
+        await asyncio.gather(*outages.values())
+
+    async def _outage(self, fault: Fault) -> None:
+        if fault.kind == "restart_postgres":
+            await self.stack.restart_postgres(fault.duration_s)
+        elif fault.kind == "restart_kafka":
+            await self.stack.restart_kafka(fault.duration_s)
+        elif fault.kind == "pause_redis":
+            await self.stack.pause_redis(fault.duration_s)
+        else:
+            raise ValueError(f"unknown fault kind {fault.kind!r}")

@@ -1,0 +1,112 @@
+"""The Pinksea processes of a chaos run, each its own ``pinksea`` subcommand (what production
+runs, one per container), supervised the way an orchestrator would: a process that exits is
+started again after a short back-off. The fault injector kill -9s them through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESTART_BACKOFF_S = 1.0  # an orchestrator's restart delay; also stops a crash loop spinning
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    killed: bool = False  # by the injector: its exit is expected, not a crash
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+def chaos_processes(api_ports: list[int], worker_tiers: list[str]) -> list[Child]:
+    children = [Child(f"api-{i + 1}", ["api", "--port", str(p)]) for i, p in enumerate(api_ports)]
+    children += [
+        Child("relay", ["relay", "--metrics-port", "0"]),
+        Child("project", ["project", "--metrics-port", "0"]),
+        Child("scheduler", ["scheduler", "--metrics-port", "0"]),
+        Child("settle", ["settle", "--metrics-port", "0"]),
+        Child("expire", ["expire", "--interval", "3", "--metrics-port", "0"]),
+    ]
+    for i, tier in enumerate(worker_tiers):
+        # A stable worker id: a restarted worker resumes its own consumer group.
+        args = ["gpu-worker", "--tier", tier, "--device", "cpu", "--worker-id", f"chaos-w{i + 1}"]
+        children.append(Child(f"gpu-worker-{i + 1}", [*args, "--metrics-port", "0"]))
+    return children
+
+
+@dataclass
+class Supervisor:
+    children: list[Child]
+    env: dict[str, str]
+    log_dir: Path
+    crashes: Counter[str] = field(default_factory=Counter)  # exits the injector did not cause
+    restarts: Counter[str] = field(default_factory=Counter)
+    _task: asyncio.Task[None] | None = None
+    _stopping: bool = False
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    async def _spawn(self, child: Child) -> None:
+        with (self.log_dir / f"{child.name}.log").open("ab") as log:
+            log.write(f"\n===== {time.strftime('%H:%M:%S')} start\n".encode())
+            log.flush()
+            child.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cli", *child.args, env=self.env, stdout=log, stderr=log
+            )
+        child.started_at = time.monotonic()
+        child.killed = False
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for child in self.children:
+            await self._spawn(child)
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.2)
+            for child in self.children:
+                if self._stopping or child.alive or child.process is None:
+                    continue
+                if not child.killed:
+                    self.crashes[child.name] += 1
+                await asyncio.sleep(RESTART_BACKOFF_S)
+                if not self._stopping:
+                    self.restarts[child.name] += 1
+                    await self._spawn(child)
+
+    def kill(self, name: str) -> None:
+        """kill -9: no shutdown handler runs, in-flight work and connections are cut."""
+        child = self.child(name)
+        if child.alive and child.process is not None:
+            child.killed = True
+            child.process.send_signal(signal.SIGKILL)
+
+    async def stop(self, grace_s: float = 30) -> None:
+        self._stopping = True
+        if self._task:
+            await self._task
+        for child in self.children:
+            if child.alive and child.process is not None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                await asyncio.wait_for(child.process.wait(), max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                child.process.kill()
+                await child.process.wait()

@@ -1,0 +1,202 @@
+"""One chaos run, start to verdict:
+
+1. start the private stack and create the run's database, topics and bucket;
+2. start every process (API x2, relay, projections, scheduler, settler, expiry, 2 GPU workers);
+3. run the load while the injector works through the seeded fault plan;
+4. wait for quiescence, judge (verify, reconcile, acknowledged-vs-ledger);
+5. print the summary table; the result is also written as JSON for RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from chaos.faults import Injector, plan_faults
+from chaos.load import LoadConfig, LoadGenerator
+from chaos.outcome import judge, wait_for_quiescence
+from chaos.processes import Supervisor, chaos_processes
+from chaos.stack import ChaosStack
+from infra.health import ensure_bucket, s3_client
+from infra.settings import Settings
+
+API_PORTS = [28001, 28002]
+WORKER_TIERS = ["basic", "high_performance"]  # trial users run on basic, pro on high_performance
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    load: LoadConfig
+    fault_rounds: int
+    quiesce_timeout_s: float
+
+
+QUICK = Profile("quick", LoadConfig(users=20, jobs=150, duration_s=60), 1, 240)
+FULL = Profile("full", LoadConfig(users=200, jobs=2000, duration_s=900), 4, 900)
+
+
+async def _wait_ready(urls: list[str], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5) as client:
+        for url in urls:
+            while True:
+                try:
+                    if (await client.get(f"{url}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not become ready in {timeout_s}s")
+                await asyncio.sleep(0.5)
+
+
+async def _prepare(env: dict[str, str], log: Path) -> None:
+    """Topics and tables before anything starts (each process would also do it on start);
+    the images bucket is created by the caller (the stack's S3 keeps objects in memory)."""
+    for args in (["db", "migrate"], ["kafka", "init"]):
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cli", *args, env=env, stdout=out, stderr=out
+            )
+            if await proc.wait() != 0:
+                raise RuntimeError(f"pinksea {' '.join(args)} failed; see {log}")
+
+
+async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool) -> dict[str, Any]:
+    console = Console()
+    run_id = f"{seed}x{int(time.time()) % 10**6}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stack = ChaosStack(run_id, log=out_dir / "stack.log")
+    t0 = time.monotonic()
+    console.print(f"chaos {profile.name}: seed {seed}, run {run_id}, logs in {out_dir}")
+    await stack.start()
+    env = stack.pinksea_env()
+    await _prepare(env, out_dir / "stack.log")
+    settings = Settings(
+        database_url=env["PINKSEA_DATABASE_URL"],
+        redis_url=env["PINKSEA_REDIS_URL"],
+        redis_key_prefix=env["PINKSEA_REDIS_KEY_PREFIX"],
+        kafka_bootstrap_servers=env["PINKSEA_KAFKA_BOOTSTRAP_SERVERS"],
+        kafka_topic_prefix=env["PINKSEA_KAFKA_TOPIC_PREFIX"],
+        s3_endpoint_url=env["PINKSEA_S3_ENDPOINT_URL"],
+        s3_bucket=env["PINKSEA_S3_BUCKET"],
+        dev_jwt_enabled=True,
+    )
+    s3 = s3_client(settings)
+    await asyncio.to_thread(ensure_bucket, s3, settings.s3_bucket, settings.s3_region)
+    supervisor = Supervisor(chaos_processes(API_PORTS, WORKER_TIERS), env, out_dir / "logs")
+    urls = [f"http://127.0.0.1:{p}" for p in API_PORTS]
+    plan = plan_faults(
+        seed, [c.name for c in supervisor.children], profile.load.duration_s, profile.fault_rounds
+    )
+    (out_dir / "fault-plan.txt").write_text("\n".join(f.describe() for f in plan) + "\n")
+    injector = Injector(stack, supervisor, plan)
+    pool: asyncpg.Pool | None = None
+    try:
+        await supervisor.start()
+        await _wait_ready(urls)
+        console.print(
+            f"stack and {len(supervisor.children)} processes up in {time.monotonic() - t0:.0f}s"
+        )
+        load = LoadGenerator(settings, urls, profile.load, seed, run_id)
+        started = time.monotonic()
+        load_result, _ = await asyncio.gather(load.run(), injector.run(started))
+        console.print(f"load and faults done in {time.monotonic() - started:.0f}s")
+        pool = await asyncpg.create_pool(settings.database_url, min_size=3, max_size=4)
+        quiet = await wait_for_quiescence(settings, pool, profile.quiesce_timeout_s)
+        console.print(f"quiescence: {quiet.last} after {quiet.waited_s:.0f}s")
+        verdict = await judge(settings, pool, load_result)
+    finally:
+        if pool is not None:
+            await pool.close()
+        await supervisor.stop()
+        if not keep_stack:
+            await stack.stop()
+    summary = {
+        "profile": profile.name,
+        "seed": seed,
+        "run_id": run_id,
+        "load": asdict(profile.load),
+        "faults": dict(injector.injected),
+        "fault_log": injector.log,
+        "crash_restarts": dict(supervisor.crashes),
+        "restarts": dict(supervisor.restarts),
+        "requests": dict(Counter(load_result.answers)),
+        "retries": load_result.retries,
+        "accepted_jobs": len(load_result.accepted),
+        "cancels": load_result.cancels,
+        "grants": load_result.grants,
+        "webhook_deliveries": load_result.webhooks,
+        "unexpected_answers": load_result.unexpected,
+        "quiescent": quiet.reached,
+        "quiescence_s": round(quiet.waited_s, 1),
+        "events": verdict.events,
+        "settled_jobs": verdict.settled_jobs,
+        "jobs_by_status": verdict.jobs_by_status,
+        "verify_findings": verdict.verify_findings,
+        "reconcile_discrepancies": verdict.reconcile_discrepancies,
+        "lost": verdict.lost,
+        "unfinished": verdict.unfinished,
+        "discrepancies": verdict.discrepancies + (0 if quiet.reached else 1),
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+    (out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(console, summary)
+    return summary
+
+
+def print_summary(console: Console, s: dict[str, Any]) -> None:
+    faults = Table(title=f"chaos {s['profile']} run, seed {s['seed']}: faults injected")
+    faults.add_column("kind")
+    faults.add_column("count", justify="right")
+    for kind, n in sorted(s["faults"].items()):
+        faults.add_row(kind, str(n))
+    for name, n in sorted(s["crash_restarts"].items()):
+        # Exits the injector did not cause: a process giving up while a dependency was down.
+        faults.add_row(f"  then exited by itself: {name}", str(n))
+    console.print(faults)
+    table = Table(title="outcome")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("jobs accepted (202)", s["accepted_jobs"]),
+        *((f"  ended {k}", v) for k, v in sorted(s["jobs_by_status"].items())),
+        ("jobs settled (HoldSettled)", s["settled_jobs"]),
+        ("cancels sent", s["cancels"]),
+        ("credit grants", s["grants"]),
+        ("Stripe webhook deliveries (each twice)", s["webhook_deliveries"]),
+        ("client retries (same Idempotency-Key)", s["retries"]),
+        ("events in the store", s["events"]),
+        ("quiescent", f"{s['quiescent']} after {s['quiescence_s']}s"),
+        ("verify findings", len(s["verify_findings"])),
+        ("reconcile discrepancies", len(s["reconcile_discrepancies"])),
+        ("acknowledged but lost", len(s["lost"])),
+        ("accepted but never ended", len(s["unfinished"])),
+        ("unexpected answers (500s, give-ups)", len(s["unexpected_answers"])),
+        ("DISCREPANCIES (must be 0)", s["discrepancies"]),
+        ("wall time", f"{s['wall_s']}s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+    for key in (
+        "verify_findings",
+        "reconcile_discrepancies",
+        "lost",
+        "unfinished",
+        "unexpected_answers",
+    ):
+        for line in s[key][:10]:
+            console.print(f"[red]{key}[/red] {line}")

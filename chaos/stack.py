@@ -1,0 +1,149 @@
+"""A private local stack for the chaos run: PostgreSQL, Redis, Kafka and S3 on their own ports
+and data directories, started and stopped with the same ``infra/local`` scripts as
+``make services``. The fault injector restarts these, never the developer's stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO_ROOT / "infra" / "local"
+SERVICES = ("postgres", "redis", "s3", "kafka")
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def default_stack_dir() -> Path:
+    shared = Path(os.environ.get("PINKSEA_STACK_DIR", Path.home() / ".pinksea-stack"))
+    return shared.with_name(shared.name + "-chaos")
+
+
+@dataclass
+class ChaosStack:
+    run_id: str
+    stack_dir: Path = field(default_factory=default_stack_dir)
+    pg_port: int = 25432
+    redis_port: int = 26379
+    kafka_port: int = 29092
+    kafka_controller_port: int = 29093
+    s3_port: int = 29000
+    log: Path | None = None  # where the scripts' output goes (default: inherited)
+
+    @property
+    def database(self) -> str:
+        return f"chaos_{self.run_id}"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://pinksea:pinksea@127.0.0.1:{self.pg_port}/{self.database}"
+
+    def script_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PINKSEA_STACK_DIR": str(self.stack_dir),
+            "PG_PORT": str(self.pg_port),
+            "REDIS_PORT": str(self.redis_port),
+            "KAFKA_PORT": str(self.kafka_port),
+            "KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
+            "S3_PORT": str(self.s3_port),
+            "PINKSEA_PYTHON": sys.executable,
+            "PINKSEA_START_TIMEOUT": "120",
+        }
+
+    def pinksea_env(self) -> dict[str, str]:
+        """The environment of every Pinksea process of the run: this stack, and a database,
+        topic prefix, key prefix and bucket of its own (a second run never sees the first)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PINKSEA_")}
+        env.update(
+            PINKSEA_DATABASE_URL=self.database_url,
+            PINKSEA_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            PINKSEA_REDIS_KEY_PREFIX=f"chaos{self.run_id}:",
+            PINKSEA_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{self.kafka_port}",
+            PINKSEA_KAFKA_TOPIC_PREFIX=f"chaos{self.run_id}.",
+            PINKSEA_S3_ENDPOINT_URL=f"http://127.0.0.1:{self.s3_port}",
+            PINKSEA_S3_BUCKET=f"pinksea-chaos-{self.run_id}",
+            PINKSEA_DEV_JWT_ENABLED="true",
+            PINKSEA_LOG_JSON="false",
+            PINKSEA_LOG_LEVEL="WARNING",
+        )
+        for keep in ("PINKSEA_DEV_JWT_KEY_PATH", "PINKSEA_STRIPE_API_BASE", "PINKSEA_PYTHON"):
+            if keep in os.environ:
+                env[keep] = os.environ[keep]
+        return env
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    async def script(self, service: str, action: str) -> None:
+        out = self.log.open("ab") if self.log else None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                str(SCRIPTS / f"{service}.sh"),
+                action,
+                env=self.script_env(),
+                stdout=out,
+                stderr=out,
+            )
+            code = await proc.wait()
+        finally:
+            if out:
+                out.close()
+        if code != 0:
+            where = f" (see {self.log})" if self.log else ""
+            raise StackError(f"infra/local/{service}.sh {action} failed with {code}{where}")
+
+    async def start(self) -> None:
+        for service in SERVICES:
+            await self.script(service, "start")
+        conn = await asyncpg.connect(self.database_url.rsplit("/", 1)[0] + "/postgres")
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+
+    async def stop(self) -> None:
+        for service in reversed(SERVICES):
+            await self.script(service, "stop")
+
+    def pid(self, service: str) -> int:
+        return int((self.stack_dir / "run" / f"{service}.pid").read_text().strip())
+
+    # ------------------------------------------------------------------------- faults
+
+    async def crash_and_restart(self, service: str, sig: signal.Signals, down_s: float) -> None:
+        """Send ``sig`` to the server, wait for it to die, keep it down ``down_s``, start it."""
+        pid = self.pid(service)
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(down_s)
+        await self.script(service, "start")
+
+    async def restart_postgres(self, down_s: float) -> None:
+        # SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, crash recovery at start.
+        await self.crash_and_restart("postgres", signal.SIGQUIT, down_s)
+
+    async def restart_kafka(self, down_s: float) -> None:
+        # kill -9 of the only broker: unflushed page cache survives (same host), the log is
+        # recovered at start, exactly as after a process crash on a broker machine.
+        await self.crash_and_restart("kafka", signal.SIGKILL, down_s)
+
+    async def pause_redis(self, seconds: float) -> None:
+        """SIGSTOP: connections stay open and hang (the worst case for clients), then resume."""
+        pid = self.pid("redis")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
