@@ -90,6 +90,7 @@ def _document_problems(app: FastAPI) -> None:
             for name, sub in Problem.model_json_schema(ref_template=_REF).get("$defs", {}).items():
                 components.setdefault(name, sub)
             components["Problem"].pop("$defs", None)
+            _add_links(schema)
             app.openapi_schema = rewrite_problem_media_types(schema)
         return app.openapi_schema
 
@@ -97,6 +98,57 @@ def _document_problems(app: FastAPI) -> None:
 
 
 _REF = "#/components/schemas/{model}"
+
+# OpenAPI links: what a client (and schemathesis' stateful tests) can do next with what a
+# command returned. (source path, method, status) -> {link name: (target path, method,
+# {parameter: runtime expression})}. A job's reads wait for the returned position, so the
+# link reads the write it follows, not a projection that has not caught up yet.
+_LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("/v1/jobs", "post", "202"): {
+        "GetJob": (
+            "/v1/jobs/{job_id}",
+            "get",
+            {
+                "path.job_id": "$response.body#/job_id",
+                "header.x-min-position": "$response.body#/position",
+            },
+        ),
+        "CancelJob": (
+            "/v1/jobs/{job_id}/cancel",
+            "post",
+            {"path.job_id": "$response.body#/job_id"},
+        ),
+    },
+    ("/v1/jobs/{job_id}/cancel", "post", "202"): {
+        "GetCancelledJob": (
+            "/v1/jobs/{job_id}",
+            "get",
+            {
+                "path.job_id": "$response.body#/job_id",
+                "header.x-min-position": "$response.body#/position",
+            },
+        ),
+    },
+    ("/v1/api-keys", "post", "201"): {
+        "RevokeApiKey": ("/v1/api-keys/{key_id}", "delete", {"path.key_id": "$response.body#/id"}),
+    },
+}
+
+
+def _add_links(schema: dict[str, Any]) -> None:
+    paths = schema.get("paths", {})
+    for (path, method, status), links in _LINKS.items():
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue  # the route is gone: nothing to link from
+        for name, (target, target_method, parameters) in links.items():
+            operation = paths.get(target, {}).get(target_method)
+            if operation is not None:
+                response.setdefault("links", {})[name] = {
+                    "operationId": operation["operationId"],
+                    "parameters": parameters,
+                }
+
 
 __all__ = ["PROBLEM_MEDIA_TYPE", "create_app"]
 

@@ -79,10 +79,14 @@ class JsonCache:
             log.debug("cache write failed", cache=self.name, error=repr(e))
 
     async def delete(self, *keys: str) -> None:
-        if not keys or self.ttl_ms <= 0:
+        # While the breaker is open the delete would fail too, after a timeout when Redis
+        # hangs: either way the entry lives to its TTL, so skip it rather than make every
+        # command wait.
+        if not keys or not self.enabled:
             return
         try:
             await self.client.delete(*(self.prefix + k for k in keys))
         except (RedisError, OSError) as e:
-            # Not tripping the breaker here: a missed delete only leaves an entry to its TTL.
+            # Tripping also keeps reads off the entry that could not be deleted for a while.
+            self.breaker.trip()
             log.warning("cache delete failed", cache=self.name, error=repr(e))

@@ -57,7 +57,7 @@ async def authenticate(
             headers={"WWW-Authenticate": 'Bearer realm="pinksea"'},
         )
     if looks_like_api_key(token):
-        principal = await _principal_from_api_key(svc, token)
+        principal = await _principal_from_api_key(request, svc, token)
     else:
         try:
             principal = await svc.verifier.verify(token)
@@ -68,10 +68,15 @@ async def authenticate(
     return principal
 
 
-async def _principal_from_api_key(svc: Services, key: str) -> Principal:
+async def _principal_from_api_key(request: Request, svc: Services, key: str) -> Principal:
+    # A client address over its bound of failed attempts is refused before the lookup, so a
+    # guesser learns nothing more and costs the database nothing.
+    address = request.client.host if request.client else "unknown"
+    await _limit_key_guessing(svc, address, counting=False)
     prefix = api_key_prefix(key)
     refused = _unauthorized("The API key is unknown, revoked or expired; create a new one.")
     if prefix is None:
+        await _limit_key_guessing(svc, address, counting=True)
         raise refused
     row = await svc.pool.fetchrow(
         "SELECT key_id, user_id, hash, expires_at, revoked_at FROM api_keys WHERE prefix = $1",
@@ -84,6 +89,7 @@ async def _principal_from_api_key(svc: Services, key: str) -> Principal:
         or row["revoked_at"] is not None
         or (row["expires_at"] is not None and row["expires_at"] <= at)
     ):
+        await _limit_key_guessing(svc, address, counting=True)
         raise refused
     user_id: str = row["user_id"]
     plan = await svc.plan_of(user_id)
@@ -100,6 +106,24 @@ async def _principal_from_api_key(svc: Services, key: str) -> Principal:
         at,
     )
     return Principal(user_id=user_id, is_admin=False, via="api_key", key_id=str(row["key_id"]))
+
+
+async def _limit_key_guessing(svc: Services, address: str, *, counting: bool) -> None:
+    """Failed API-key attempts per client address (the ``auth`` group of api/ratelimit.py):
+    past the bound every API-key request from there is a 429 until the window slides on.
+    Like every limit here it fails open without Redis."""
+    if not svc.settings.rate_limit_enabled:
+        return
+    limiter = svc.rate_limiter
+    ask = limiter.hit if counting else limiter.peek
+    decision = await ask("auth", address, "trial")
+    if decision is not None and not decision.allowed:
+        raise ProblemError(
+            p.RATE_LIMITED,
+            f"More than {decision.limit} failed API-key attempts a minute came from your "
+            f"address; retry in {decision.retry_after_s} s with a valid key.",
+            headers=decision.headers(),
+        )
 
 
 CurrentUser = Annotated[Principal, Depends(authenticate)]

@@ -39,6 +39,7 @@ GROUP_BASE: dict[str, int] = {
     "query": 300,  # reads
     "stream": 20,  # opening an SSE stream
     "admin": 600,  # admin routes (per admin)
+    "auth": 30,  # failed API-key attempts, per client address (see api/deps.py)
 }
 # ... scaled by the plan.
 PLAN_FACTOR: dict[str, int] = {
@@ -78,6 +79,8 @@ class Decision:
 
 def limit_for(group: str, plan: str, multiplier: float = 1.0) -> int:
     base = GROUP_BASE[group]
+    if group == "auth":
+        return base  # a bound on guessing, not on capacity: no plan or load test moves it
     factor = 1 if group == "admin" else PLAN_FACTOR.get(plan, 1)
     return max(1, int(base * factor * multiplier))
 
@@ -92,6 +95,13 @@ class RateLimiter:
 
     async def hit(self, group: str, user_id: str, plan: str) -> Decision | None:
         """Count one request; None when Redis could not be asked (fail open)."""
+        return await self._ask(group, user_id, plan, counting=True)
+
+    async def peek(self, group: str, user_id: str, plan: str) -> Decision | None:
+        """The decision ``hit`` would give now, without counting anything."""
+        return await self._ask(group, user_id, plan, counting=False)
+
+    async def _ask(self, group: str, user_id: str, plan: str, *, counting: bool) -> Decision | None:
         limit = limit_for(group, plan, self.multiplier)
         if self.breaker.open:
             FAIL_OPEN.inc()
@@ -102,11 +112,15 @@ class RateLimiter:
         current = f"{self.prefix}{group}:{user_id}:{window}"
         previous = f"{self.prefix}{group}:{user_id}:{window - 1}"
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.incr(current)
-                pipe.expire(current, 2 * WINDOW_S)
-                pipe.get(previous)
-                count, _, prev_raw = await pipe.execute()
+            if counting:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.incr(current)
+                    pipe.expire(current, 2 * WINDOW_S)
+                    pipe.get(previous)
+                    count, _, prev_raw = await pipe.execute()
+            else:
+                current_raw, prev_raw = await self.client.mget(current, previous)
+                count = int(current_raw or 0) + 1  # as if this request were counted
         except (RedisError, OSError) as e:
             self.breaker.trip()
             FAIL_OPEN.inc()
@@ -114,6 +128,7 @@ class RateLimiter:
                 self._warned_at = now
                 log.warning("rate limiter unavailable: failing open", error=repr(e))
             return None
+        count = int(count)
         prev = int(prev_raw or 0)
         weight = (WINDOW_S - elapsed) / WINDOW_S
         used = prev * weight + count
@@ -121,7 +136,8 @@ class RateLimiter:
         allowed = used <= limit
         retry = 0
         if not allowed:
-            REJECTED.labels(group).inc()
+            if counting:
+                REJECTED.labels(group).inc()
             if count >= limit or prev == 0:
                 retry = reset  # this window alone is full: wait for the next one
             else:

@@ -37,6 +37,16 @@ from infra import redis_keys
 log = structlog.get_logger("api.events")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "progress", "end"]},
+        "data": {"type": "string", "description": "a JSON object"},
+        "id": {"type": "string", "description": "status events: the store position"},
+    },
+    "required": ["event", "data"],
+}
+
 
 @router.get(
     "/{job_id}/events",
@@ -45,7 +55,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     responses={
         200: {
             "description": "event: status | progress | end; data: JSON",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            # One event of the stream (OpenAPI 3.1 tools read an event stream's schema so).
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         },
         **problem_responses(401, 403, 404, 422, 429, 503),
     },
