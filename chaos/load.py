@@ -51,6 +51,7 @@ class LoadResult:
     grants: int = 0
     webhooks: int = 0
     retries: int = 0
+    refused: Counter[str] = field(default_factory=Counter)  # still 429 when the client gave up
     unexpected: list[str] = field(default_factory=list)  # 500s, undocumented answers, give-ups
 
 
@@ -81,7 +82,13 @@ class ServiceClient:
                 self.result.unexpected.append(f"{label}: {r.status_code} {r.text[:200]}")
                 return None
             if time.monotonic() > deadline:
-                self.result.unexpected.append(f"{label}: gave up after {RETRY_FOR_S}s ({status})")
+                if status == 429:
+                    # A documented answer (the user's queue stayed full): the client gives up.
+                    self.result.refused[label] += 1
+                else:
+                    self.result.unexpected.append(
+                        f"{label}: unavailable for {RETRY_FOR_S}s ({status})"
+                    )
                 return None
             self.result.retries += 1
             wait = delay
@@ -208,6 +215,14 @@ class LoadGenerator:
                 return
             job_id = r.json()["job_id"]
             self.result.accepted[job_id] = user
+            # Read your write, through the other API process: waits for the projection.
+            await self.client.request(
+                "GET",
+                f"/v1/jobs/{job_id}",
+                label="GET /v1/jobs/{id}",
+                ok={200},
+                headers={**self.auth(user), "X-Min-Position": str(r.json()["position"])},
+            )
             if cancel_after is not None:
                 await asyncio.sleep(cancel_after)
                 # 409: it finished first, which is a fine answer to a late cancel.
