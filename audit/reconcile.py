@@ -24,6 +24,7 @@ from audit.store import StoredDomainEvent
 from domain.credits import CreditAccount, LotSource
 from domain.jobs import GenerationJob
 from infra.envelope import REPORTS_TOPIC
+from infra.kafka import connection_kwargs
 from infra.messages import Finished, parse_report
 from infra.settings import Settings
 
@@ -84,7 +85,7 @@ async def worker_reports(
 ) -> dict[tuple[UUID, int], Finished]:
     """Every Finished report still retained on the reports topic, by (job, attempt)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False
+        **connection_kwargs(settings), group_id=None, enable_auto_commit=False
     )
     await consumer.start()
     found: dict[tuple[UUID, int], Finished] = {}

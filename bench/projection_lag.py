@@ -42,7 +42,7 @@ from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
 from infra.db import create_pool
 from infra.event_store import event_store_env
-from infra.kafka import ensure_topics
+from infra.kafka import connection_kwargs, ensure_topics
 from infra.settings import Settings
 from projections.consistency import has_reached
 from projections.registry import ALL_PROJECTIONS
@@ -71,7 +71,7 @@ async def drop_topics(settings: Settings) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     with contextlib.suppress(Exception):
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        admin = AIOKafkaAdminClient(**connection_kwargs(settings))
         await admin.start()
         try:
             prefix = settings.kafka_topic_prefix

@@ -30,7 +30,7 @@ from domain.jobs import JobParameters
 from infra.db import create_pool
 from infra.envelope import DOMAIN_TOPICS, Envelope
 from infra.event_store import event_store_env
-from infra.kafka import ensure_topics, idempotent_producer
+from infra.kafka import connection_kwargs, ensure_topics, idempotent_producer
 from infra.settings import Settings
 from projections.envelopes import envelope_for, topic_for
 from projections.relay import Relay
@@ -128,7 +128,7 @@ async def commit_to_kafka_lag(
     pool = await create_pool(settings, max_size=3)
     consumer = AIOKafkaConsumer(
         *(settings.topic(t) for t in DOMAIN_TOPICS),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **connection_kwargs(settings),
         auto_offset_reset="latest",
         group_id=None,
     )
@@ -188,7 +188,7 @@ async def _create_raw_topics(settings: Settings) -> None:
     """Topics for the raw producer, so the two runs don't share partitions."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**connection_kwargs(settings))
     await admin.start()
     try:
         await admin.create_topics(

@@ -25,6 +25,7 @@ def _register() -> None:
         dev_token,
         doctor,
         gpu_worker,
+        lag_metric,
         ledger,
         processes,
         streaming,

@@ -56,11 +56,19 @@ async def migrate(settings: Settings) -> list[str]:
 
 @kafka_app.command("init")
 def kafka_init() -> None:
-    """Create every topic with its partitions and retention (idempotent)."""
+    """Create every topic with its partitions and retention (idempotent).
+
+    Replication: PINKSEA_KAFKA_REPLICATION_FACTOR / PINKSEA_KAFKA_MIN_INSYNC_REPLICAS
+    (1/1 locally, 3/2 on MSK); topics that exist already are left as they are."""
     from infra.kafka import ensure_topics
 
-    created = asyncio.run(ensure_topics(get_settings()))
-    console.print(f"created {len(created)} topic(s): {', '.join(created) or 'none missing'}")
+    settings = get_settings()
+    created = asyncio.run(ensure_topics(settings))
+    console.print(
+        f"created {len(created)} topic(s) (replication factor "
+        f"{settings.kafka_replication_factor}, min.insync.replicas "
+        f"{settings.kafka_min_insync_replicas}): {', '.join(created) or 'none missing'}"
+    )
 
 
 @db_app.command("migrate")

@@ -20,12 +20,12 @@ dispatch topic alone stays near zero however long the queue grows; without
 Lag of a partition = end offset - committed offset; a partition the group has never committed
 counts from the log start (our consumers start at the earliest offset).
 
-Run it as ``python -m infra.aws_lag_metric`` (on ECS it is a sidecar of the scheduler task, so
-it reads the scheduler's metrics on 127.0.0.1); the ``pinksea`` CLI is meant to expose the same
-``main()`` as ``pinksea lag-metric`` (docs/DEPLOY.md). On MSK (TLS + IAM) set
+Run it as ``pinksea lag-metric`` (cli/lag_metric.py, configured by the ``PINKSEA_*`` settings;
+on ECS it is a sidecar of the scheduler task, so it reads the scheduler's metrics on 127.0.0.1)
+or as ``python -m infra.aws_lag_metric`` with explicit options. On MSK (TLS + IAM) set
 ``--security-protocol SASL_SSL --sasl-mechanism OAUTHBEARER`` or the
 ``PINKSEA_KAFKA_SECURITY_PROTOCOL`` / ``PINKSEA_KAFKA_SASL_MECHANISM`` environment variables;
-OAUTHBEARER tokens come from the ``aws-msk-iam-sasl-signer-python`` package.
+the connection options are those of every other client (``infra.kafka.security_kwargs``).
 """
 
 from __future__ import annotations
@@ -196,41 +196,11 @@ class KafkaConnection:
     region: str | None = None
 
     def client_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.security_protocol,
-        }
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
+        from infra.kafka import security_kwargs
 
-            kwargs["ssl_context"] = create_ssl_context()
-        if self.sasl_mechanism:
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            if self.sasl_mechanism == "OAUTHBEARER":
-                kwargs["sasl_oauth_token_provider"] = msk_iam_token_provider(self.region)
-        return kwargs
-
-
-def msk_iam_token_provider(region: str | None) -> Any:
-    """An aiokafka token provider that signs MSK IAM tokens with the task's credentials."""
-    try:
-        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
-    except ImportError as exc:  # pragma: no cover - depends on the deployment image
-        raise SystemExit(
-            "OAUTHBEARER on MSK needs the aws-msk-iam-sasl-signer-python package"
-        ) from exc
-    from aiokafka.abc import AbstractTokenProvider
-
-    aws_region = region or os.environ.get("AWS_REGION") or "ap-northeast-2"
-
-    class _Provider(AbstractTokenProvider):  # type: ignore[misc]
-        async def token(self) -> str:
-            token, _expiry_ms = await asyncio.to_thread(
-                MSKAuthTokenProvider.generate_auth_token, aws_region
-            )
-            return str(token)
-
-    return _Provider()
+        return security_kwargs(
+            self.bootstrap_servers, self.security_protocol, self.sasl_mechanism, self.region
+        )
 
 
 async def collect_lag(conn: KafkaConnection, group_prefix: str = GROUP_PREFIX) -> list[TopicLag]:
@@ -323,7 +293,11 @@ async def run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         import boto3
 
-        cloudwatch = boto3.client("cloudwatch", region_name=args.region)
+        cloudwatch = boto3.client(
+            "cloudwatch",
+            region_name=args.region,
+            endpoint_url=args.cloudwatch_endpoint_url or None,  # empty: AWS's own endpoint
+        )
     while True:
         started = time.monotonic()
         try:
@@ -359,7 +333,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sasl-mechanism", default=env.get("PINKSEA_KAFKA_SASL_MECHANISM", ""))
     p.add_argument(
         "--region",
-        default=env.get("AWS_REGION") or env.get("PINKSEA_S3_REGION") or "ap-northeast-2",
+        # the same order as Settings.kafka_region
+        default=env.get("PINKSEA_KAFKA_AWS_REGION")
+        or env.get("AWS_REGION")
+        or env.get("AWS_DEFAULT_REGION")
+        or env.get("PINKSEA_S3_REGION")
+        or "ap-northeast-2",
+    )
+    p.add_argument(
+        "--cloudwatch-endpoint-url",
+        default=env.get("PINKSEA_CLOUDWATCH_ENDPOINT_URL", ""),
+        help="another CloudWatch endpoint (moto locally); empty: AWS's own",
     )
     p.add_argument("--namespace", default=NAMESPACE)
     p.add_argument("--environment", default=env.get("PINKSEA_ENVIRONMENT", "local"))
@@ -376,10 +360,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the scheduler's /metrics, for pinksea_queue_depth (e.g. http://127.0.0.1:9103/metrics)",
     )
     p.add_argument("--interval", type=float, default=60.0, help="seconds between runs; 0 runs once")
+    p.add_argument("--once", action="store_true", help="publish once and exit (= --interval 0)")
     p.add_argument(
         "--dry-run", action="store_true", help="print the metric data instead of publishing"
     )
     args = p.parse_args(argv)
+    if args.once:
+        args.interval = 0.0
     if not args.tier:
         args.tier = list(GPU_TIERS)
     return args

@@ -112,16 +112,14 @@ async def check_postgres(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S)
 # --- Kafka ------------------------------------------------------------------------------------
 
 
-async def _kafka_round_trip(bootstrap: str, topic: str, timeout_ms: int) -> float:
+async def _kafka_round_trip(connection: dict[str, Any], topic: str, timeout_ms: int) -> float:
     """Produce one record (acks=all) and read it back by its offset; the round trip in ms."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     payload = uuid.uuid4().bytes
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", request_timeout_ms=timeout_ms
-    )
+    producer = AIOKafkaProducer(**connection, acks="all", request_timeout_ms=timeout_ms)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **connection,
         group_id=None,
         enable_auto_commit=False,
         request_timeout_ms=timeout_ms,
@@ -150,12 +148,15 @@ async def check_kafka(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) ->
     """Create a scratch topic, produce one record, consume it back, delete the topic."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    from infra.kafka import connection_kwargs
+
     bootstrap = settings.kafka_bootstrap_servers
+    connection = connection_kwargs(settings)
     timeout_ms = int(timeout * 1000)
 
     async def probe() -> tuple[str, float]:
         topic = settings.topic(f"pinksea.doctor.{uuid.uuid4().hex[:12]}")
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+        admin = AIOKafkaAdminClient(**connection, request_timeout_ms=timeout_ms)
         await admin.start()
         created = False
         try:
@@ -167,7 +168,7 @@ async def check_kafka(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) ->
                 if code:
                     raise RuntimeError(f"create topic {topic}: error {code} {detail}")
             created = True
-            rtt = await _kafka_round_trip(bootstrap, topic, timeout_ms)
+            rtt = await _kafka_round_trip(connection, topic, timeout_ms)
         finally:
             if created:
                 await admin.delete_topics([topic], timeout_ms=timeout_ms)

@@ -1,13 +1,22 @@
-"""Kafka client setup and topic administration (aiokafka)."""
+"""Kafka client setup and topic administration (aiokafka).
+
+Every aiokafka client in the code base takes its connection options from
+:func:`connection_kwargs`: PLAINTEXT on the local stack, TLS + IAM (SASL_SSL/OAUTHBEARER) on MSK.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from infra.envelope import (
     DLQ_TOPIC,
@@ -21,14 +30,83 @@ from infra.settings import Settings
 WEEK_MS = 7 * 24 * 3600 * 1000
 
 
+class MskIamTokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is untyped
+    """SASL/OAUTHBEARER tokens for MSK IAM, signed with the process's AWS credentials.
+
+    A token is valid 15 minutes and is only read when a connection authenticates, so one is
+    reused until a minute before it expires (aiokafka asks at every broker connection).
+    """
+
+    REFRESH_BEFORE_S = 60.0
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._token = ""
+        self._expires_at = 0.0  # epoch seconds
+        self._lock = asyncio.Lock()
+
+    async def token(self) -> str:
+        async with self._lock:
+            if time.time() >= self._expires_at - self.REFRESH_BEFORE_S:
+                # botocore may fetch credentials over HTTP (ECS, IMDS): not on the event loop.
+                self._token, expiry_ms = await asyncio.to_thread(self._generate)
+                self._expires_at = expiry_ms / 1000
+            return self._token
+
+    def _generate(self) -> tuple[str, int]:
+        try:
+            from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
+        except ImportError as exc:
+            raise RuntimeError(
+                "OAUTHBEARER on MSK needs aws-msk-iam-sasl-signer-python (the `aws` extra)"
+            ) from exc
+        token, expiry_ms = MSKAuthTokenProvider.generate_auth_token(self.region)
+        return str(token), int(expiry_ms)
+
+
+def security_kwargs(
+    bootstrap_servers: str,
+    security_protocol: str = "PLAINTEXT",
+    sasl_mechanism: str | None = None,
+    region: str | None = None,
+) -> dict[str, Any]:
+    """The aiokafka options shared by producers, consumers and admin clients."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers,
+        "security_protocol": security_protocol,
+    }
+    if security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = create_ssl_context()  # the system CAs: MSK's are public
+    if sasl_mechanism:
+        kwargs["sasl_mechanism"] = sasl_mechanism
+        if sasl_mechanism == "OAUTHBEARER":
+            if not region:
+                raise ValueError("OAUTHBEARER (MSK IAM) needs an AWS region")
+            kwargs["sasl_oauth_token_provider"] = MskIamTokenProvider(region)
+    return kwargs
+
+
+def connection_kwargs(settings: Settings) -> dict[str, Any]:
+    """Bootstrap servers and security options of every Kafka client, from the settings."""
+    return security_kwargs(
+        settings.kafka_bootstrap_servers,
+        settings.kafka_security_protocol,
+        settings.kafka_sasl_mechanism,
+        settings.kafka_region if settings.kafka_sasl_mechanism else None,
+    )
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str  # logical name, without the settings prefix
     partitions: int
     retention_ms: int  # -1: keep forever
 
-    def config(self) -> dict[str, str]:
-        return {"retention.ms": str(self.retention_ms), "min.insync.replicas": "1"}
+    def config(self, min_insync_replicas: int = 1) -> dict[str, str]:
+        return {
+            "retention.ms": str(self.retention_ms),
+            "min.insync.replicas": str(min_insync_replicas),
+        }
 
 
 # Domain topics keep everything: they can rebuild any consumer. Work topics keep a week.
@@ -40,9 +118,13 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
-async def ensure_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
-    """Create every topic that is missing (idempotent). Returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every topic that is missing (idempotent). Returns the names created.
+
+    Replication comes from the settings: 1/1 on the one-broker local stack, 3/2 on MSK.
+    Existing topics are left as they are.
+    """
+    admin = AIOKafkaAdminClient(**connection_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -50,8 +132,8 @@ async def ensure_topics(settings: Settings, replication_factor: int = 1) -> list
             NewTopic(
                 name=settings.topic(spec.name),
                 num_partitions=spec.partitions,
-                replication_factor=replication_factor,
-                topic_configs=spec.config(),
+                replication_factor=settings.kafka_replication_factor,
+                topic_configs=spec.config(settings.kafka_min_insync_replicas),
             )
             for spec in TOPICS
             if settings.topic(spec.name) not in existing
@@ -68,7 +150,7 @@ async def ensure_topics(settings: Settings, replication_factor: int = 1) -> list
 def idempotent_producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
     """acks=all and idempotence: a retried send never duplicates or reorders a partition."""
     options: dict[str, object] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **connection_kwargs(settings),
         "enable_idempotence": True,
         "acks": "all",
         "linger_ms": 2,
@@ -84,7 +166,7 @@ def manual_consumer(
     """A consumer whose offsets the caller commits itself, after its own effects are durable.
     Without ``topics``, the caller subscribes (e.g. with a rebalance listener)."""
     options: dict[str, object] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **connection_kwargs(settings),
         "group_id": f"{settings.kafka_topic_prefix}{group_id}",
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

@@ -6,9 +6,11 @@ checkout runs without any configuration. Production overrides them (see infra/te
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +35,23 @@ class Settings(BaseSettings):
     kafka_topic_prefix: str = Field(
         "", description="Prefix for every topic name (tests use a unique one)."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT locally; SASL_SSL on MSK (TLS + IAM)."
+    )
+    kafka_sasl_mechanism: Literal["OAUTHBEARER"] | None = Field(
+        None, description="OAUTHBEARER: MSK IAM tokens signed with the AWS credentials."
+    )
+    kafka_aws_region: str | None = Field(
+        None,
+        description="Region of the MSK cluster for IAM tokens (default: AWS_REGION, "
+        "AWS_DEFAULT_REGION, then s3_region).",
+    )
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of created topics (MSK: 3)."
+    )
+    kafka_min_insync_replicas: int = Field(
+        1, ge=1, description="min.insync.replicas of created topics (MSK: 2)."
+    )
 
     # Redis: rate limits, caches, live progress, cancel flags.
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL.")
@@ -48,6 +67,9 @@ class Settings(BaseSettings):
         SecretStr("pinksea-secret"), description="S3 secret key."
     )
     s3_bucket: str = Field("pinksea-images", description="Bucket for generated images.")
+    cloudwatch_endpoint_url: str | None = Field(
+        None, description="CloudWatch endpoint of `pinksea lag-metric`; empty for AWS's own."
+    )
 
     # Stripe (stripe-mock locally).
     stripe_api_base: str | None = Field(
@@ -115,6 +137,36 @@ class Settings(BaseSettings):
     )
     sse_heartbeat_s: float = Field(15.0, description="Keep-alive comment interval on streams.")
     sse_max_duration_s: float = Field(3600.0, description="Longest life of one event stream.")
+
+    # Terraform writes "" for "not set" (an ECS environment entry cannot be null).
+    @field_validator(
+        "kafka_sasl_mechanism", "kafka_aws_region", "cloudwatch_endpoint_url", mode="before"
+    )
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _kafka_consistent(self) -> Settings:
+        sasl = self.kafka_security_protocol == "SASL_SSL"
+        if sasl != (self.kafka_sasl_mechanism is not None):
+            raise ValueError(
+                "PINKSEA_KAFKA_SECURITY_PROTOCOL=SASL_SSL and PINKSEA_KAFKA_SASL_MECHANISM "
+                "go together"
+            )
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError("kafka_min_insync_replicas exceeds kafka_replication_factor")
+        return self
+
+    @property
+    def kafka_region(self) -> str:
+        """Where MSK IAM tokens are signed for: the setting, else the process's AWS region."""
+        return (
+            self.kafka_aws_region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or self.s3_region
+        )
 
     @property
     def effective_read_database_url(self) -> str:

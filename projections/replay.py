@@ -22,6 +22,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from eventsourcing.persistence import StoredEvent
 
+from infra.kafka import connection_kwargs
 from infra.settings import Settings
 from projections.base import Projection
 from projections.envelopes import AGGREGATE_TOPICS, envelope_for
@@ -46,7 +47,7 @@ class RebuildResult:
 async def kafka_end_offsets(
     settings: Settings, topics: tuple[str, ...]
 ) -> dict[tuple[str, int], int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    consumer = AIOKafkaConsumer(**connection_kwargs(settings))
     await consumer.start()
     try:
         partitions = [

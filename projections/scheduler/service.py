@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from domain.application import PinkseaApplication
 from domain.jobs import MAX_ATTEMPTS
 from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC, dispatch_topic
-from infra.kafka import idempotent_producer
+from infra.kafka import connection_kwargs, idempotent_producer
 from infra.messages import DeadLetter, Dispatch, Finished, Heartbeat, Started, parse_report
 from infra.settings import Settings
 from projections.runner import LiveProjectionRunner
@@ -125,7 +125,7 @@ class Scheduler:
         """Heartbeats and reports, from now on (a restarted scheduler relearns in seconds)."""
         consumer = AIOKafkaConsumer(
             self.settings.topic(REPORTS_TOPIC),
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **connection_kwargs(self.settings),
             group_id=None,
             auto_offset_reset="latest",
         )

@@ -404,6 +404,44 @@ def test_alb_listeners(tf: Config) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def test_lag_metric_sidecar_runs_a_command_that_exists(tf: Config) -> None:
+    import typer.main
+
+    from cli.main import app
+
+    command = typer.main.get_command(app).commands["lag-metric"]  # type: ignore[attr-defined]
+    accepted = {opt for param in command.params for opt in param.opts}
+    lag = tf.locals("compute")["lag_metric_command"]
+    assert lag[:2] == ["pinksea", "lag-metric"]
+    assert {a for a in lag[2:] if a.startswith("--")} <= accepted
+
+
+def test_kafka_environment_is_what_the_settings_read(
+    tf: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task definitions' Kafka variables are Settings fields, and valid together."""
+    from infra.kafka import connection_kwargs
+    from infra.settings import Settings
+
+    env = tf.locals("compute")["common_environment"]
+    kafka = {k: v for k, v in env.items() if k.startswith("PINKSEA_KAFKA_")}
+    fields = {f"PINKSEA_{name.upper()}" for name in Settings.model_fields}
+    assert set(kafka) <= fields
+    assert kafka["PINKSEA_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert kafka["PINKSEA_KAFKA_SASL_MECHANISM"] == "OAUTHBEARER"
+    for name, value in kafka.items():
+        monkeypatch.setenv(name, value if "${" not in value else "b-1.msk:9098")
+    monkeypatch.setenv("PINKSEA_KAFKA_AWS_REGION", REGION)
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    # as the MSK configuration's defaults (modules/data): topics survive one broker lost
+    assert (s.kafka_replication_factor, s.kafka_min_insync_replicas) == (3, 2)
+    assert connection_kwargs(s)["sasl_oauth_token_provider"].region == REGION
+    assert env["PINKSEA_KAFKA_AWS_REGION"] == "${var.region}"
+    properties = tf.resource("aws_msk_configuration", "main", "data").body["server_properties"]
+    assert "default.replication.factor=3" in properties
+    assert "min.insync.replicas=2" in properties
+
+
 def test_fargate_services(tf: Config) -> None:
     services = tf.locals("compute")["services"]
     assert set(services) == {"api", "relay", "projections", "scheduler", "settler", "expiry"}
@@ -416,7 +454,7 @@ def test_fargate_services(tf: Config) -> None:
     assert commands["expiry"] == ["pinksea", "expire"]
     # the lag publisher is a sidecar of the scheduler: it reads the queue depth on localhost
     lag = tf.locals("compute")["lag_metric_command"]
-    assert lag[:3] == ["python", "-m", "infra.aws_lag_metric"]
+    assert lag[:2] == ["pinksea", "lag-metric"]
     assert lag[lag.index("--queue-metrics-url") + 1] == "http://127.0.0.1:9103/metrics"
     assert tf.locals("compute")["lag_metric_sidecar"]["command"] == "${local.lag_metric_command}"
     svc = tf.resource("aws_ecs_service", "service", "compute").body

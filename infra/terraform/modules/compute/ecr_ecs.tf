@@ -17,17 +17,21 @@ locals {
 
   # Settings shared by every process (infra/settings.py reads PINKSEA_*).
   common_environment = {
-    PINKSEA_ENVIRONMENT             = var.environment
-    PINKSEA_KAFKA_BOOTSTRAP_SERVERS = var.msk_bootstrap_brokers
-    PINKSEA_KAFKA_SECURITY_PROTOCOL = "SASL_SSL"
-    PINKSEA_KAFKA_SASL_MECHANISM    = "OAUTHBEARER" # MSK IAM: aws-msk-iam-sasl-signer token
-    PINKSEA_S3_ENDPOINT_URL         = ""            # AWS's own endpoints
-    PINKSEA_S3_REGION               = var.region
-    PINKSEA_S3_BUCKET               = var.images_bucket_name
-    PINKSEA_S3_ACCESS_KEY_ID        = "" # empty: the task role's credentials
-    PINKSEA_STRIPE_API_BASE         = "" # empty: api.stripe.com
-    PINKSEA_LOG_JSON                = "true"
-    PINKSEA_LOG_LEVEL               = "INFO"
+    PINKSEA_ENVIRONMENT               = var.environment
+    PINKSEA_KAFKA_BOOTSTRAP_SERVERS   = var.msk_bootstrap_brokers
+    PINKSEA_KAFKA_SECURITY_PROTOCOL   = "SASL_SSL"
+    PINKSEA_KAFKA_SASL_MECHANISM      = "OAUTHBEARER" # MSK IAM: aws-msk-iam-sasl-signer token
+    PINKSEA_KAFKA_AWS_REGION          = var.region    # the GPU hosts' docker run sets no AWS_REGION
+    PINKSEA_KAFKA_REPLICATION_FACTOR  = "3"           # `pinksea kafka init`: as the MSK defaults
+    PINKSEA_KAFKA_MIN_INSYNC_REPLICAS = "2"
+    PINKSEA_S3_ENDPOINT_URL           = "" # AWS's own endpoints
+    PINKSEA_S3_REGION                 = var.region
+    PINKSEA_S3_BUCKET                 = var.images_bucket_name
+    PINKSEA_S3_ACCESS_KEY_ID          = "" # empty: the task role's credentials
+    PINKSEA_CLOUDWATCH_ENDPOINT_URL   = "" # empty: AWS's own (`pinksea lag-metric`)
+    PINKSEA_STRIPE_API_BASE           = "" # empty: api.stripe.com
+    PINKSEA_LOG_JSON                  = "true"
+    PINKSEA_LOG_LEVEL                 = "INFO"
   }
 
   # secret name => "<secret arn>:<json key>::"
@@ -46,10 +50,9 @@ locals {
     cdn_signer     = "PINKSEA_CLOUDFRONT_PRIVATE_KEY"
   }
 
-  # The sidecar of the scheduler task (infra/aws_lag_metric.py); `pinksea lag-metric` once the
-  # CLI exposes it (docs/DEPLOY.md).
+  # The sidecar of the scheduler task (cli/lag_metric.py, infra/aws_lag_metric.py).
   lag_metric_command = [
-    "python", "-m", "infra.aws_lag_metric",
+    "pinksea", "lag-metric",
     "--namespace", local.lag_metric_namespace,
     "--environment", var.environment,
     "--interval", "60",
