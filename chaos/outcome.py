@@ -124,6 +124,10 @@ async def judge(settings: Settings, pool: asyncpg.Pool, load: LoadResult) -> Jud
         out.jobs_by_status[key] = out.jobs_by_status.get(key, 0) + 1
         if r["status"] in LIVE_STATUSES:
             out.unfinished.append(f"job {r['job_id']} is still {r['status']}")
+    # Every hold resolved once: at quiescence nothing may still be held.
+    held = await pool.fetchval("SELECT coalesce(sum(held_mc), 0) FROM credit_lots")
+    if held:
+        out.unfinished.append(f"{held} mc still held with every job ended")
     lots = {
         r["reference"]
         for r in await pool.fetch("SELECT reference FROM credit_lots WHERE source = 'admin'")
