@@ -162,7 +162,14 @@ async def check_kafka(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) ->
         try:
             cluster = await admin.describe_cluster()
             response = await admin.create_topics(
-                [NewTopic(topic, num_partitions=1, replication_factor=1)], timeout_ms=timeout_ms
+                [
+                    NewTopic(
+                        topic,
+                        num_partitions=1,
+                        replication_factor=settings.kafka_replication_factor,
+                    )
+                ],
+                timeout_ms=timeout_ms,
             )
             for _name, code, *detail in response.topic_errors:
                 if code:
