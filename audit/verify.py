@@ -207,6 +207,20 @@ async def _compare_tables(conn: asyncpg.Connection, report: VerifyReport, replay
         lambda r: (r[0], tuple(r[1:])),
         expected_jobs,
     )
+    # Every image a job produced, and whether (and when) its owner deleted it.
+    expected_images = {
+        (j.user_id, i["name"]): (j.id, i["size_bytes"], j.deleted_images.get(i["name"]))
+        for j in replay.jobs.values()
+        for i in j.images
+    }
+    await _compare(
+        conn,
+        report,
+        "images",
+        "SELECT user_id, name, job_id, size_bytes, deleted_at FROM images",
+        lambda r: ((r[0], r[1]), tuple(r[2:])),
+        expected_images,
+    )
     # A usage record for every job whose hold was settled: it ran and was billed.
     expected_usage = {
         j.id: (j.charged_mc, j.refunded_mc)

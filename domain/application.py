@@ -813,6 +813,19 @@ class PinkseaApplication(Application[UUID]):
 
         return self._retrying(command)
 
+    def delete_image(self, job_id: UUID, *, user_id: str, name: str, at: datetime) -> CommandResult:
+        """The owner deletes one of a job's images (its S3 objects are the caller's to remove).
+        A repeated delete changes nothing; an unknown job or image, or another user's, is
+        NotFound."""
+
+        def command() -> CommandResult:
+            job = self.job(job_id)
+            if not job.delete_image(name=name, user_id=user_id, at=at):
+                return CommandResult(False, self.current_position())
+            return CommandResult(True, self._save(job))
+
+        return self._retrying(command)
+
     def _unchanged(self, job: GenerationJob) -> SettlementResult:
         return SettlementResult(False, job.status, job.charged_mc, self.current_position())
 

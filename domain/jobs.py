@@ -23,7 +23,7 @@ from typing_extensions import TypedDict  # pydantic reads these (event JSON Sche
 
 from domain import ids
 from domain.catalog import MODELS, get_model
-from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition
+from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition, NotFound
 from domain.units import require_aware
 
 MAX_ATTEMPTS = 3
@@ -214,6 +214,15 @@ class GenerationJob(Aggregate):
         reason: str
         actor: str
 
+    class ImageDeleted(Aggregate.Event):
+        """The owner deleted one of the job's images: it no longer counts against their storage
+        quota, and its S3 objects (named here, so a consumer can remove them) are to go."""
+
+        TOPIC = "pinksea:GenerationJob.ImageDeleted"
+        name: str
+        key: str
+        thumbnail_key: str
+
     @staticmethod
     def create_id(user_id: str, idempotency_key: str) -> UUID:
         return ids.job_id(user_id, idempotency_key)
@@ -249,7 +258,8 @@ class GenerationJob(Aggregate):
         self.cuda_ms: int | None = None
         self.charged_mc = 0
         self.refunded_mc = 0
-        self.images: list[ImageRecord] = []
+        self.images: list[ImageRecord] = []  # as produced; deletions do not remove them
+        self.deleted_images: dict[str, datetime] = {}  # image name -> when it was deleted
         self.failure: str | None = None
 
     @classmethod
@@ -402,6 +412,20 @@ class GenerationJob(Aggregate):
             raise InvalidTransition("the job was refunded already")
         self._refunded(amount_mc=amount_mc, reason=reason, actor=actor, timestamp=at)
 
+    def delete_image(self, *, name: str, user_id: str, at: datetime) -> bool:
+        """The owner deletes one of the job's images. False: it was deleted before, and a
+        repeated delete changes nothing. Another user's image is as unknown as a missing one."""
+        require_aware(at)
+        image = next((i for i in self.images if i["name"] == name), None)
+        if image is None or user_id != self.user_id:
+            raise NotFound(f"the job has no image {name!r}")
+        if name in self.deleted_images:
+            return False
+        self._image_deleted(
+            name=name, key=image["key"], thumbnail_key=image["thumbnail_key"], timestamp=at
+        )
+        return True
+
     def _require(self, status: JobStatus) -> None:
         if self.status != status.value:
             raise InvalidTransition(f"the job is {self.status}, not {status.value}")
@@ -490,3 +514,7 @@ class GenerationJob(Aggregate):
     @event(Refunded)
     def _refunded(self, amount_mc: int, reason: str, actor: str, timestamp: datetime) -> None:
         self.refunded_mc = amount_mc
+
+    @event(ImageDeleted)
+    def _image_deleted(self, name: str, key: str, thumbnail_key: str, timestamp: datetime) -> None:
+        self.deleted_images[name] = timestamp

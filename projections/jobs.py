@@ -4,6 +4,9 @@ Job events after ``Submitted`` carry only the job id; the user comes from the jo
 (the runner delivers a job's events in order). One statement per event: a terminal event
 updates the job and writes its images and usage record together.
 
+Deleting an image (``ImageDeleted``) marks its row ``deleted_at``: the storage quota counts
+only images that are not deleted, and the queries list only those.
+
 Usage: one record per job whose hold was settled, i.e. that ran and was billed (completed,
 failed through the user's fault, cancelled after it started), even at 0 mc. Platform failures
 and cancellations before start void the hold and leave no usage record.
@@ -92,6 +95,19 @@ _CANCELLED = _update(
     "status = $4, gpu_ms = $5, charged_mc = $6, finished_at = $2",
     _usage_if("$7"),
 )
+# The owner deleted an image: it stops counting against their storage quota and disappears
+# from every listing (the row stays, marked, as the event history does).
+_IMAGE_DELETED = """
+WITH job AS (
+    UPDATE jobs SET updated_at = $2, position = $3 WHERE job_id = $1
+), image AS (
+    UPDATE images SET deleted_at = $2 WHERE job_id = $1 AND name = $4 RETURNING 1
+)
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM image),
+    'image ' || $4 || ' of job ' || $1::text || ' was deleted, but never produced'
+)
+"""
 _REFUNDED = _update(
     "refunded_mc = $4",
     "usage AS (UPDATE usage_records SET refunded_mc = $4 WHERE job_id = $1)",
@@ -186,6 +202,7 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
     "GenerationJob.Failed": (_FAILED, _failed),
     "GenerationJob.Cancelled": (_CANCELLED, _cancelled),
     "GenerationJob.Refunded": (_REFUNDED, lambda ev: (ev.amount_mc,)),
+    "GenerationJob.ImageDeleted": (_IMAGE_DELETED, lambda ev: (ev.name,)),
 }
 
 

@@ -316,6 +316,15 @@ async def get_image(db: Db, user_id: str, name: str) -> Image | None:
     return None if row is None else _image(row)
 
 
+async def image_job_id(db: Db, user_id: str, name: str) -> UUID | None:
+    """The job that produced the user's image ``name``, deleted or not (a repeated delete
+    finds it, and the job's own record says whether it is deleted)."""
+    job_id = await db.fetchval(
+        "SELECT job_id FROM images WHERE user_id = $1 AND name = $2", user_id, name
+    )
+    return job_id if isinstance(job_id, UUID) else None
+
+
 async def storage_used_bytes(db: Db, user_id: str) -> int:
     """Bytes of the user's images that are not deleted (the plan's storage quota)."""
     used = await db.fetchval(

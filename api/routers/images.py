@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Annotated
+from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Response, status
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Response, status
 
 from api import problems as p
 from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
@@ -13,10 +16,16 @@ from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import ImageView, Page
 from api.services import Services, now
+from domain.application import CommandResult
+from domain.errors import NotFound
+from domain.jobs import ImageRecord
+from projections.consistency import wait_for_position
+from projections.registry import get_projection
 from read_models import models as rm
 from read_models import queries
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
+log = structlog.get_logger("api.images")
 
 URL_TTL = timedelta(hours=1)
 ImageName = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -85,32 +94,93 @@ async def get_image(image_name: ImageName, principal: CurrentUser, svc: Services
     return _view(svc, image)
 
 
+POSITION_HEADER = "X-Position"
+
+
 @router.delete(
     "/{image_name}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete one of your images (frees storage quota)",
-    responses=problem_responses(*ERRORS, 404, 422),
+    description="Recorded as the event `GenerationJob.ImageDeleted`; the response's "
+    f"`{POSITION_HEADER}` header is its position: send it as `X-Min-Position` to read your "
+    "images (and storage used) without it. Deleting it again is a 404.",
+    responses={
+        204: {
+            "description": "Deleted",
+            "headers": {
+                POSITION_HEADER: {
+                    "description": "store position of the deletion, for X-Min-Position",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
+        **problem_responses(*ERRORS, 404, 422),
+    },
     dependencies=[Depends(rate_limit("command"))],
 )
-async def delete_image(image_name: ImageName, principal: CurrentUser, svc: ServicesDep) -> Response:
-    # The row is marked inside a transaction that commits only after S3 deleted the objects:
-    # a failed S3 call leaves the image listed, so the client can simply retry.
-    async with svc.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "UPDATE images SET deleted_at = $3 WHERE user_id = $1 AND name = $2"
-            " AND deleted_at IS NULL RETURNING job_id, key, thumbnail_key",
-            principal.user_id,
-            image_name,
-            now(),
-        )
-        if row is None:
-            raise _not_found(image_name)
-        await svc.blocking(
+async def delete_image(
+    image_name: ImageName, principal: CurrentUser, svc: ServicesDep, background: BackgroundTasks
+) -> Response:
+    user = principal.user_id
+    job_id = await queries.image_job_id(svc.pool, user, image_name)  # deleted ones too
+    if job_id is None:
+        raise _not_found(image_name)
+    result, image = await svc.command(_delete, svc, user, job_id, image_name)
+    # The event is the truth: once it is recorded the image is deleted (once projected, no
+    # listing shows it, no URL is signed for it, the quota no longer counts it; a rebuild keeps
+    # it so). Its objects go after it, best effort: S3 deletes are idempotent, so a failure here
+    # is only logged (with the keys; the event names them too, for a sweeper) and a repeated
+    # DELETE, answered 404 like any deleted image, tries the objects again.
+    await _delete_objects(svc, image)
+    if not result.changed:
+        raise _not_found(image_name)
+    await svc.job_cache.delete(str(job_id))
+    svc.storage.drop(user)
+    background.add_task(_forget_job_view_once_projected, svc, job_id, result.position)
+    return Response(
+        status_code=status.HTTP_204_NO_CONTENT, headers={POSITION_HEADER: str(result.position)}
+    )
+
+
+def _delete(
+    svc: Services, user_id: str, job_id: UUID, name: str
+) -> tuple[CommandResult, ImageRecord]:
+    """On a command thread: the deletion, and the image as the job recorded it."""
+    app = svc.application
+    try:
+        result = app.delete_image(job_id, user_id=user_id, name=name, at=now())
+    except NotFound:
+        raise _not_found(name) from None
+    image = next(i for i in app.job(job_id).images if i["name"] == name)
+    return result, image
+
+
+async def _delete_objects(svc: Services, image: ImageRecord) -> None:
+    keys = [image["key"], image["thumbnail_key"]]
+    try:
+        answer = await svc.blocking(
             svc.s3.delete_objects,
             Bucket=svc.settings.s3_bucket,
-            Delete={"Objects": [{"Key": row["key"]}, {"Key": row["thumbnail_key"]}]},
+            Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
         )
-    await svc.job_cache.delete(str(row["job_id"]))
-    svc.storage.drop(principal.user_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    except (BotoCoreError, ClientError) as e:
+        log.warning("image objects not deleted", image=image["name"], keys=keys, error=repr(e))
+        return
+    # DeleteObjects answers 200 and lists the keys it could not delete.
+    errors = answer.get("Errors") if isinstance(answer, dict) else None
+    if errors:
+        log.warning("image objects not deleted", image=image["name"], keys=keys, errors=errors)
+
+
+async def _forget_job_view_once_projected(svc: Services, job_id: UUID, position: int) -> None:
+    """A job's view read before the projection applied the deletion would be cached (finished
+    jobs' views are, for a day) with the image still in it: drop it again once the projection
+    is past the deletion. After the response, so the client does not wait for it."""
+    topics = tuple(svc.settings.topic(t) for t in get_projection("jobs").topics)
+    reached = await wait_for_position(
+        svc.pool, "jobs", topics, position, timeout=svc.settings.read_your_writes_timeout_s
+    )
+    await svc.job_cache.delete(str(job_id))
+    if not reached:
+        log.info("jobs view behind an image deletion", job_id=str(job_id), position=position)

@@ -12,6 +12,9 @@ from projections.base import Projection
 
 DONE = ("GenerationJob.Rejected", "GenerationJob.Completed", "GenerationJob.Failed",
         "GenerationJob.Cancelled")  # fmt: skip
+# Events that change nothing about a job's place in the queue.
+_NOT_QUEUE_EVENTS = ("GenerationJob.CancelRequested", "GenerationJob.Refunded",
+                     "GenerationJob.ImageDeleted")  # fmt: skip
 
 
 class SchedulerQueue(Projection):
@@ -20,7 +23,7 @@ class SchedulerQueue(Projection):
     tables: ClassVar[tuple[str, ...]] = ("scheduler_jobs",)
 
     def wants(self, env: Envelope) -> bool:
-        return env.type != "GenerationJob.CancelRequested" and env.type != "GenerationJob.Refunded"
+        return env.type not in _NOT_QUEUE_EVENTS
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope) -> None:
         d, job_id = env.data, env.aggregate_id

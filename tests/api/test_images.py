@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
@@ -70,13 +71,19 @@ async def test_delete_frees_quota_and_removes_objects(kit: Kit, user: str) -> No
     for key in (images[0]["key"], images[0]["thumbnail_key"]):
         with pytest.raises(ClientError):
             kit.services.s3.head_object(Bucket=kit.settings.s3_bucket, Key=key)
+    # The deletion is an event: the read models show it once the jobs projection applied it.
+    position = int(r.headers["X-Position"])
+    stored = kit.app.job(UUID(job_id))
+    assert stored.deleted_images.keys() == {name}
+    assert await kit.project() >= position
     me = (await kit.client.get("/v1/me", headers=kit.auth(user))).json()
     assert me["storage_used_bytes"] == images[1]["size_bytes"]
     r = await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))
     assert r.status_code == 404
     again = await kit.client.delete(f"/v1/images/{name}", headers=kit.auth(user))
     assert again.status_code == 404
-    listed = (await kit.client.get("/v1/images", headers=kit.auth(user))).json()["items"]
+    read_back = {**kit.auth(user), "X-Min-Position": str(position)}
+    listed = (await kit.client.get("/v1/images", headers=read_back)).json()["items"]
     assert [i["name"] for i in listed] == [images[1]["name"]]
     job = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
     assert [i["name"] for i in job["images"]] == [images[1]["name"]]  # the cache was dropped
@@ -99,3 +106,29 @@ async def test_bad_image_names_are_422_or_404(kit: Kit, user: str, name: str) ->
     r = await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))
     assert r.status_code in (404, 422)
     assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_deleted_once_recorded_even_when_s3_fails(
+    kit: Kit, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event is the truth: an S3 failure after it is logged, not undone, and a repeated
+    DELETE (a 404, the image is gone) removes the objects then."""
+    job_id, images = await _job_with_images(kit, user, count=1)
+    name, s3 = images[0]["name"], kit.services.s3
+
+    def unavailable(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "ServiceUnavailable"}}, "DeleteObjects")
+
+    with monkeypatch.context() as m:
+        m.setattr(s3, "delete_objects", unavailable)
+        r = await kit.client.delete(f"/v1/images/{name}", headers=kit.auth(user))
+    assert r.status_code == 204
+    assert name in kit.app.job(UUID(job_id)).deleted_images
+    s3.head_object(Bucket=kit.settings.s3_bucket, Key=images[0]["key"])  # still there
+    await kit.project()
+    assert (await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))).status_code == 404
+    again = await kit.client.delete(f"/v1/images/{name}", headers=kit.auth(user))
+    assert again.status_code == 404 and problem_type(again) == "not-found"
+    for key in (images[0]["key"], images[0]["thumbnail_key"]):
+        with pytest.raises(ClientError):
+            s3.head_object(Bucket=kit.settings.s3_bucket, Key=key)

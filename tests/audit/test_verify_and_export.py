@@ -76,6 +76,10 @@ CORRUPTIONS = {
     "WHERE job_id = (SELECT job_id FROM usage_records LIMIT 1)",
     "user_subscriptions": "UPDATE user_subscriptions SET plan = 'studio' "
     "WHERE user_id = 'audited-2'",
+    # A deletion lost (as a read-model-only write would be by a rebuild), and one made up.
+    "images": "UPDATE images SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END "
+    "WHERE name IN ((SELECT name FROM images WHERE deleted_at IS NULL LIMIT 1),"
+    " (SELECT name FROM images WHERE deleted_at IS NOT NULL LIMIT 1))",
 }
 
 

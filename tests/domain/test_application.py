@@ -239,6 +239,39 @@ def test_refund_returns_the_charge(app: PinkseaApplication, user: str) -> None:
         app.refund_job(other.job_id, reason="r", actor="admin", at=T0)
 
 
+def test_image_deletion_is_an_event_once_and_only_by_the_owner(
+    app: PinkseaApplication, user: str
+) -> None:
+    job = submit(app, user)
+    run_to_start(app, job.job_id)
+    images = [
+        {"name": f"{job.job_id}-{i}", "key": f"k{i}.png", "thumbnail_key": f"k{i}.webp",
+         "size_bytes": 100 + i, "width": 64, "height": 64}
+        for i in range(2)
+    ]  # fmt: skip
+    app.complete_job(job.job_id, attempt=1, gpu_ms=300, cuda_ms=None, images=images, at=T0)
+    name = images[0]["name"]
+    later = T0 + timedelta(hours=1)
+
+    for someone, image in (("someone-else", name), (user, "no-such-image")):
+        with pytest.raises(NotFound):
+            app.delete_image(job.job_id, user_id=someone, name=image, at=later)
+    with pytest.raises(NotFound):
+        app.delete_image(uuid4(), user_id=user, name=name, at=later)
+
+    first = app.delete_image(job.job_id, user_id=user, name=name, at=later)
+    assert first.changed and first.position > job.position
+    again = app.delete_image(job.job_id, user_id=user, name=name, at=later + timedelta(hours=1))
+    assert again.changed is False  # a repeated delete records nothing
+    deleted = app.job(job.job_id)
+    assert deleted.deleted_images == {name: later}
+    assert [i["name"] for i in deleted.images] == [i["name"] for i in images]  # as produced
+    stored = list(app.repository.event_store.get(job.job_id))
+    assert sum(type(e).__name__ == "ImageDeleted" for e in stored) == 1
+    # The hold and the charge are untouched: deleting an image is not a billing event.
+    assert deleted.charged_mc == 300 and app.account(user).held_mc == 0
+
+
 def test_subscription_lifecycle_grants_each_paid_period_once(
     app: PinkseaApplication, user: str
 ) -> None:

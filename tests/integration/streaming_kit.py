@@ -53,7 +53,8 @@ def new_app(settings: Settings) -> PinkseaApplication:
 
 
 def busy_user(app: PinkseaApplication, user: str, jobs: int = 3, at: datetime = T0) -> None:
-    """Sign-up, a few jobs through every outcome, an expiry: every credit event type."""
+    """Sign-up, a few jobs through every outcome, a deleted image, an expiry: every credit
+    event type."""
     app.register_user(user, at)
     for i in range(jobs):
         job = app.submit_job(user, idempotency_key=f"{user}-{i}", params=TINY, at=at)
@@ -77,6 +78,7 @@ def busy_user(app: PinkseaApplication, user: str, jobs: int = 3, at: datetime = 
         )
         if i % 3 == 1:
             app.refund_job(job.job_id, reason="test", actor="admin", at=at)
+            app.delete_image(job.job_id, user_id=user, name=image["name"], at=at)
     app.expire_due(user, at + timedelta(days=40))
 
 

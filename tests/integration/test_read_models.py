@@ -218,6 +218,7 @@ async def assert_jobs_match(
         assert row["hold_id"] == (job.hold_id if job.hold_mc else None)
         images = await conn.fetch("SELECT * FROM images WHERE job_id = $1 ORDER BY idx", job_id)
         assert [i["name"] for i in images] == [i["name"] for i in job.images]
+        assert {i["name"]: i["deleted_at"] for i in images if i["deleted_at"]} == job.deleted_images
         assert row["image_count"] == len(job.images)
 
 
@@ -333,6 +334,7 @@ class Story:
         app.record_cancelled_run(stopped, attempt=1, gpu_ms=400, at=t)
         capped = self.started("alice", "over-budget", t)
         self.complete(capped, app.job(capped).budget_ms + 5000, t, images=1)
+        app.delete_image(capped, user_id="alice", name=f"{capped}-0", at=t + timedelta(minutes=5))
         self.submit("alice", "pending", t)  # stays accepted: its hold stays open
         for adjustment, mc in (("goodwill", 3_000), ("fix", -1_000)):
             app.adjust_credits(
@@ -483,6 +485,11 @@ async def test_read_models_equal_the_aggregates(db: asyncpg.Connection, story: S
     # The scenario really covered what it meant to.
     kinds = {r["kind"] for r in await db.fetch("SELECT DISTINCT kind FROM credit_transactions")}
     assert kinds == {"grant", "reserve", "settle", "release", "expire", "adjust", "refund"}
+    deleted = await db.fetch("SELECT name, deleted_at FROM images WHERE deleted_at IS NOT NULL")
+    capped_job = story.jobs["over-budget"]
+    assert [(r["name"], r["deleted_at"]) for r in deleted] == [
+        (f"{capped_job}-0", story.app.job(capped_job).deleted_images[f"{capped_job}-0"])
+    ]
     statuses = await db.fetch("SELECT job_id, status FROM jobs WHERE user_id = 'alice'")
     assert {r["status"] for r in statuses} == {"completed", "cancelled", "failed", "accepted"}
     usage = {r["job_id"]: r for r in await db.fetch("SELECT * FROM usage_records")}
@@ -597,9 +604,11 @@ async def test_pagination_walks_every_row_once(db: asyncpg.Connection, story: St
     assert all(j.status == "completed" for j in completed)
 
     expected_images = await db.fetch(
-        "SELECT name FROM images WHERE user_id = $1 ORDER BY position DESC, idx DESC", alice
+        "SELECT name FROM images WHERE user_id = $1 AND deleted_at IS NULL"
+        " ORDER BY position DESC, idx DESC",
+        alice,
     )
-    assert len(expected_images) == 5
+    assert len(expected_images) == 4  # of 5: the over-budget job's image was deleted
     for limit in (1, 2, 4):
         images = await walk(lambda c, n: queries.list_images(db, alice, c, n), limit)
         assert [i.name for i in images] == [r["name"] for r in expected_images]
@@ -676,7 +685,12 @@ async def test_job_image_and_storage_queries(db: asyncpg.Connection, story: Stor
     rejected = await queries.get_job(db, story.bob, story.jobs["bob-too-big"])
     assert rejected is not None and rejected.rejection_reason == "insufficient_credits"
 
-    all_images = [i for j in story.jobs.values() for i in story.app.job(j).images]
+    all_images = [
+        i
+        for j in story.jobs.values()
+        for i in story.app.job(j).images
+        if i["name"] not in story.app.job(j).deleted_images
+    ]
     alice_bytes = sum(
         i["size_bytes"]
         for i in all_images

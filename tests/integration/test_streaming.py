@@ -297,6 +297,13 @@ async def test_rebuilt_projection_equals_live_and_live_resumes_without_duplicate
                 assert result.events > 0
             rebuilt = await read_model_dump(pool)
             assert rebuilt == live, "a rebuild from the store differs from the live projection"
+            # Image deletions are events too: the rebuilt images keep them (busy_user deletes the
+            # image of each refunded job, two of five).
+            deleted = await pool.fetchval(
+                "SELECT count(*) FROM images WHERE deleted_at IS NOT NULL AND user_id = ANY($1)",
+                users,
+            )
+            assert deleted == 2 * len(users)
             # After the hand-over, new events flow live exactly once.
             busy_user(app, "after-rebuild", jobs=4)
             await wait_for_read_models(stack, pool)

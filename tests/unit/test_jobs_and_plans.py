@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain.catalog import MODELS, ModelFamily
-from domain.errors import InvalidParameters, InvalidTransition
+from domain.errors import InvalidParameters, InvalidTransition, NotFound
 from domain.estimation import budget_ms_for_hold, charge_for, estimate_gpu_ms, hold_for_estimate
 from domain.jobs import GenerationJob, JobParameters, seed_for
 from domain.plans import PLANS, GpuTier, ModelAccess
@@ -77,6 +77,33 @@ def test_job_transitions_refuse_what_does_not_follow() -> None:
     job.complete(attempt=1, gpu_ms=5, cuda_ms=None, charged_mc=5, images=[], at=T0)
     with pytest.raises(InvalidTransition):
         job.cancel(gpu_ms=0, charged_mc=0, at=T0)
+
+
+def test_delete_image_validates_then_records_one_event() -> None:
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    job = GenerationJob.submit(
+        user_id="u", idempotency_key="k", params=params(), tier="basic", at=at
+    )
+    job.accept(hold_mc=1000, estimate_ms=900, budget_ms=1000, at=at)
+    job.dispatch(attempt=1, worker_id="w", at=at)
+    job.start(attempt=1, worker_id="w", gpu="T4", at=at)
+    image = {"name": "img-0", "key": "a.png", "thumbnail_key": "a.webp", "size_bytes": 9,
+             "width": 64, "height": 64}  # fmt: skip
+    job.complete(attempt=1, gpu_ms=10, cuda_ms=None, charged_mc=10, images=[image], at=at)
+    job.collect_events()
+    with pytest.raises(NotFound):
+        job.delete_image(name="img-0", user_id="intruder", at=at)
+    with pytest.raises(NotFound):
+        job.delete_image(name="img-9", user_id="u", at=at)
+    with pytest.raises(ValueError):
+        job.delete_image(name="img-0", user_id="u", at=at.replace(tzinfo=None))
+    assert job.collect_events() == []  # refused commands record nothing
+    assert job.delete_image(name="img-0", user_id="u", at=at)
+    assert job.delete_image(name="img-0", user_id="u", at=at) is False
+    (deleted,) = job.collect_events()
+    assert isinstance(deleted, GenerationJob.ImageDeleted)
+    assert (deleted.name, deleted.key, deleted.thumbnail_key) == ("img-0", "a.png", "a.webp")
+    assert job.deleted_images == {"img-0": at}
 
 
 def test_plan_table_matches_the_operator_table() -> None:
