@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,11 @@ from domain.postings import postings_for
 from domain.subscription import Subscription
 
 MAX_SHOWN = 5
+# The replay keeps every aggregate alive to the end: a growing heap of long-lived objects that
+# the cyclic GC rescans at every full collection, a cost that grew with the store (0.33x the raw
+# decode at 50k events, 0.27x at 1M). Freezing what exists every so often takes it out of the
+# collector's reach; garbage made between freezes is still collected.
+FREEZE_EVERY = 20_000
 
 
 @dataclass
@@ -71,15 +77,20 @@ async def verify(
     report = VerifyReport()
     replay = _Replay()
     expected_postings: list[tuple[Any, ...]] = []
-    async with pool.acquire() as stream_conn, pool.acquire() as conn:
-        db_postings = _stream(
-            stream_conn,
-            "SELECT event_id, seq, account, amount_mc, lot_id FROM postings "
-            "ORDER BY position, event_id, seq",
-        )
-        await _replay_and_stream(report, replay, events, expected_postings, db_postings, progress)
-        _check_jobs(report, replay)
-        await _compare_tables(conn, report, replay)
+    try:
+        async with pool.acquire() as stream_conn, pool.acquire() as conn:
+            db_postings = _stream(
+                stream_conn,
+                "SELECT event_id, seq, account, amount_mc, lot_id FROM postings "
+                "ORDER BY position, event_id, seq",
+            )
+            await _replay_and_stream(
+                report, replay, events, expected_postings, db_postings, progress
+            )
+            _check_jobs(report, replay)
+            await _compare_tables(conn, report, replay)
+    finally:
+        gc.unfreeze()
     return report
 
 
@@ -114,6 +125,8 @@ async def _replay_and_stream(
             postings_checked += await _compare_stream(
                 report, "postings", expected_postings, db_postings
             )
+        if report.events % FREEZE_EVERY == 0:
+            gc.freeze()
         if progress and report.events % 5000 == 0:
             progress(report.events)
     postings_checked += await _compare_stream(
