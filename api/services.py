@@ -9,11 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from uuid import UUID
 
 import anyio
 import asyncpg
 import boto3
 import redis.asyncio as aioredis
+import structlog
 from anyio import CapacityLimiter, to_thread
 from botocore.config import Config
 from redis.asyncio.retry import Retry
@@ -27,11 +29,14 @@ from domain.application import PinkseaApplication
 from infra.db import create_pool
 from infra.event_store import event_store_env
 from infra.settings import Settings
+from projections.consistency import wait_for_position
 from projections.event_store import create_event_tables
+from projections.registry import get_projection
 from read_models import queries
 from read_models.migrate import migrate
 
 T = TypeVar("T")
+log = structlog.get_logger("api.services")
 
 PLAN_CACHE_S = 30.0  # how stale a user's plan may be for rate limits and API-key access
 STORAGE_CACHE_S = 5.0  # how stale the storage used may be when a job is submitted
@@ -120,6 +125,19 @@ class Services:
             used = await queries.storage_used_bytes(self.pool, user_id)
             self.storage.put(user_id, used)
         return int(used)
+
+    async def forget_job_view_once_projected(self, job_id: UUID, position: int) -> None:
+        """A finished job's view is cached for a day. One read between a command that changes
+        the job (an image deleted, a refund) and the projection applying it would cache the old
+        view: drop the cache again once the jobs projection is past ``position``. Run it after
+        the response (a background task), so the client does not wait for it."""
+        topics = tuple(self.settings.topic(t) for t in get_projection("jobs").topics)
+        reached = await wait_for_position(
+            self.pool, "jobs", topics, position, timeout=self.settings.read_your_writes_timeout_s
+        )
+        await self.job_cache.delete(str(job_id))
+        if not reached:
+            log.info("jobs view behind a command", job_id=str(job_id), position=position)
 
     async def close(self) -> None:
         await self.watcher.stop()

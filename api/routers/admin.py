@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, status
 
 from api import problems as p
 from api.deps import AdminUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
@@ -180,6 +180,7 @@ async def refund(
     body: RefundRequest,
     admin: AdminUser,
     svc: ServicesDep,
+    background: BackgroundTasks,
     idempotency_key: IdempotencyKey = None,  # accepted; a job is refunded at most once anyway
 ) -> RefundResult:
     def run() -> Any:
@@ -195,6 +196,7 @@ async def refund(
     result, job = await svc.command(run)
     await _changed(svc, job.user_id)
     await svc.job_cache.delete(str(job_id))
+    background.add_task(svc.forget_job_view_once_projected, job_id, result.position)
     return RefundResult(
         job_id=job_id,
         refunded_mc=job.refunded_mc,

@@ -19,8 +19,6 @@ from api.services import Services, now
 from domain.application import CommandResult
 from domain.errors import NotFound
 from domain.jobs import ImageRecord
-from projections.consistency import wait_for_position
-from projections.registry import get_projection
 from read_models import models as rm
 from read_models import queries
 
@@ -137,7 +135,7 @@ async def delete_image(
         raise _not_found(image_name)
     await svc.job_cache.delete(str(job_id))
     svc.storage.drop(user)
-    background.add_task(_forget_job_view_once_projected, svc, job_id, result.position)
+    background.add_task(svc.forget_job_view_once_projected, job_id, result.position)
     return Response(
         status_code=status.HTTP_204_NO_CONTENT, headers={POSITION_HEADER: str(result.position)}
     )
@@ -171,16 +169,3 @@ async def _delete_objects(svc: Services, image: ImageRecord) -> None:
     errors = answer.get("Errors") if isinstance(answer, dict) else None
     if errors:
         log.warning("image objects not deleted", image=image["name"], keys=keys, errors=errors)
-
-
-async def _forget_job_view_once_projected(svc: Services, job_id: UUID, position: int) -> None:
-    """A job's view read before the projection applied the deletion would be cached (finished
-    jobs' views are, for a day) with the image still in it: drop it again once the projection
-    is past the deletion. After the response, so the client does not wait for it."""
-    topics = tuple(svc.settings.topic(t) for t in get_projection("jobs").topics)
-    reached = await wait_for_position(
-        svc.pool, "jobs", topics, position, timeout=svc.settings.read_your_writes_timeout_s
-    )
-    await svc.job_cache.delete(str(job_id))
-    if not reached:
-        log.info("jobs view behind an image deletion", job_id=str(job_id), position=position)

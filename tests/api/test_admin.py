@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import pytest
 
@@ -153,6 +155,27 @@ async def test_refund_a_job(kit: Kit, user: str) -> None:
     assert job["refunded_mc"] == 700
     balance = (await kit.client.get("/v1/me/balance", headers=kit.auth(user))).json()
     assert balance["available_mc"] == 500_000
+
+
+async def test_a_view_cached_before_the_projection_is_dropped_once_it_applies(
+    kit: Kit, user: str
+) -> None:
+    """A finished job's view read between a refund and its projection would stay cached for a
+    day; the route's background task drops it once the jobs projection is past the refund."""
+    job_id = (await kit.submit(user)).json()["job_id"]
+    kit.run_job(job_id, gpu_ms=700)
+    await kit.project()
+    path = f"/v1/admin/jobs/{job_id}/refund"
+    r = await kit.client.post(path, json={"reason": "bad image"}, headers=_admin(kit))
+    stale = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
+    assert stale["refunded_mc"] == 0  # read (and cached) before the projection applied it
+    forget = asyncio.create_task(
+        kit.services.forget_job_view_once_projected(UUID(job_id), r.json()["position"])
+    )
+    await kit.project()
+    await forget
+    job = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
+    assert job["refunded_mc"] == 700
 
 
 async def test_refund_errors(kit: Kit, user: str) -> None:
