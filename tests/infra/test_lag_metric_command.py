@@ -40,7 +40,11 @@ async def _group_with_lag(bootstrap: str, topic: str, group: str) -> None:
             await producer.send_and_wait(topic, str(i).encode(), partition=0)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    # No auto-commit: stop() would commit the consumer's position (the end, 7) over ours
+    # whenever it had fetched one by then, so the command measured lag 0 now and then.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
