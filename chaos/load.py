@@ -14,6 +14,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import cycle
@@ -25,6 +26,7 @@ from api.auth import sign_dev_token
 from api.billing.dev_events import plan_purchase, signed_delivery
 from infra.settings import Settings
 
+Action = Callable[[], Awaitable[None]]  # one client action, drawn up front and run at its time
 RETRYABLE = {429, 502, 503, 504}
 RETRY_FOR_S = 180.0  # a command outlives any single outage the injector causes
 JOB_SIZES = (64, 96)
@@ -133,10 +135,10 @@ class LoadGenerator:
             await self.client.close()
         return self.result
 
-    def _schedule(self) -> list[tuple[float, Any]]:
+    def _schedule(self) -> list[tuple[float, Action]]:
         """Every action and its offset, drawn up front so the seed fixes the whole workload."""
         c, rng = self.config, self.rng
-        actions: list[tuple[float, Any]] = []
+        actions: list[tuple[float, Action]] = []
         for n in range(c.jobs):
             params = {
                 "model": "tiny-sd",
@@ -158,7 +160,7 @@ class LoadGenerator:
             )
         return actions
 
-    async def _at(self, when: float, action: Any) -> None:
+    async def _at(self, when: float, action: Action) -> None:
         await asyncio.sleep(max(0.0, when - time.monotonic()))
         async with self._slots:
             await action()
@@ -200,7 +202,7 @@ class LoadGenerator:
 
     def _job_action(
         self, n: int, user: str, params: dict[str, Any], cancel_after: float | None
-    ) -> Any:
+    ) -> Action:
         async def submit() -> None:
             headers = {**self.auth(user), "Idempotency-Key": f"chaos-{self.run_id}-job-{n}"}
             r = await self.client.request(
@@ -237,7 +239,7 @@ class LoadGenerator:
 
         return submit
 
-    def _grant_action(self, n: int, user: str, credits: int, expires_in: float | None) -> Any:
+    def _grant_action(self, n: int, user: str, credits: int, expires_in: float | None) -> Action:
         async def grant() -> None:
             body: dict[str, Any] = {"user_id": user, "credits": credits, "reason": "chaos grant"}
             if expires_in is not None:
