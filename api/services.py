@@ -13,11 +13,9 @@ from uuid import UUID
 
 import anyio
 import asyncpg
-import boto3
 import redis.asyncio as aioredis
 import structlog
 from anyio import CapacityLimiter, to_thread
-from botocore.config import Config
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -26,6 +24,7 @@ from api.cache import JsonCache
 from api.live import JobWatcher
 from api.ratelimit import RateLimiter
 from domain.application import PinkseaApplication
+from infra import s3
 from infra.db import create_pool
 from infra.event_store import event_store_env
 from infra.settings import Settings
@@ -152,18 +151,12 @@ def now() -> datetime:
 
 
 def s3_client(settings: Settings) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-        config=Config(
-            signature_version="s3v4",
-            connect_timeout=2,
-            read_timeout=5,
-            retries={"max_attempts": 2},
-        ),
+    return s3.s3_client(
+        settings,
+        signature_version="s3v4",
+        connect_timeout=2,
+        read_timeout=5,
+        retries={"max_attempts": 2},
     )
 
 

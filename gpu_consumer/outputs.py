@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import boto3
 import structlog
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as S3ConnectionError
 from PIL import Image
 from prometheus_client import Counter
 
+from infra import s3
 from infra.messages import FinishedImage
 from infra.settings import Settings
 
@@ -69,18 +68,12 @@ def s3_client(
     """An S3 client for the configured endpoint. ``max_attempts`` counts the first request
     (botocore's ``total_max_attempts``; its ``max_attempts`` would count retries only), so the
     default 1 does not retry: callers that retry on their own decide what a failure means."""
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-        config=Config(
-            retries={"total_max_attempts": max_attempts, "mode": "standard"},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_pool_connections=max_pool_connections,
-        ),
+    return s3.s3_client(
+        settings,
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=max_pool_connections,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from infra import s3
 from infra.settings import Settings
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -219,30 +220,14 @@ async def check_redis(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) ->
 
 
 def s3_client(settings: Settings, timeout: float | None = None) -> Any:
-    """A boto3 S3 client for the configured endpoint (path-style, as local servers need)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        s3={"addressing_style": "path"},
-        **(
-            {
-                "connect_timeout": timeout,
-                "read_timeout": timeout,
-                "retries": {"total_max_attempts": 1},
-            }
-            if timeout
-            else {}
-        ),
+    """An S3 client for the configured endpoint (path-style, as local servers need); with
+    ``timeout``, one attempt bounded by it."""
+    bounded = (
+        {"connect_timeout": timeout, "read_timeout": timeout, "retries": {"total_max_attempts": 1}}
+        if timeout
+        else {}
     )
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
-        config=config,
-    )
+    return s3.s3_client(settings, s3={"addressing_style": "path"}, **bounded)
 
 
 def ensure_bucket(client: Any, bucket: str, region: str) -> None:

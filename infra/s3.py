@@ -1,0 +1,23 @@
+"""The one way to build an S3 client: the configured endpoint, region and credentials, plus the
+botocore options (timeouts, retries, pool size) that each caller chooses for itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infra.settings import Settings
+
+
+def s3_client(settings: Settings, **config: Any) -> Any:
+    """``config``: keyword arguments of ``botocore.config.Config``."""
+    import boto3  # lazily: the doctor and the CLI's light commands do not pay for it
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url or None,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        config=Config(**config),
+    )
