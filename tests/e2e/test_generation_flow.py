@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis
+from aiokafka import AIOKafkaConsumer
 
 from domain.application import PinkseaApplication, TrackingPinkseaApplication
 from domain.jobs import JobParameters
@@ -31,7 +32,7 @@ from infra.db import create_pool
 from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC
 from infra.event_store import event_store_env
 from infra.kafka import idempotent_producer
-from infra.messages import Finished
+from infra.messages import DeadLetter, Finished
 from infra.redis_keys import cancel_flag
 from infra.settings import Settings
 from projections.registry import ALL_PROJECTIONS
@@ -322,8 +323,11 @@ async def test_duplicate_and_late_reports_change_nothing_and_poison_jobs_dead_le
     dead = app.job(poison.job_id)
     assert dead.status == "failed" and dead.charged_mc == 0 and dead.attempt == 3
     assert app.account("di").held_mc == 0
-    from aiokafka import AIOKafkaConsumer
+    letter = await dead_letters(settings, poison.job_id)
+    assert letter.job_id == poison.job_id
 
+
+async def dead_letters(settings: Settings, job_id: uuid.UUID, timeout: float = 20) -> DeadLetter:
     consumer = AIOKafkaConsumer(
         settings.topic(DLQ_TOPIC),
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -332,20 +336,15 @@ async def test_duplicate_and_late_reports_change_nothing_and_poison_jobs_dead_le
     )
     await consumer.start()
     try:
-        letters = [m async for m in _take(consumer, 1, timeout=20)]
+        async with asyncio.timeout(timeout):
+            while True:
+                for records in (await consumer.getmany(timeout_ms=300)).values():
+                    for r in records:
+                        letter = DeadLetter.model_validate_json(r.value)
+                        if letter.job_id == job_id:
+                            return letter
     finally:
         await consumer.stop()
-    assert letters and str(poison.job_id) in letters[0].value.decode()
-
-
-async def _take(consumer, n: int, timeout: float):  # type: ignore[no-untyped-def]
-    got = 0
-    deadline = asyncio.get_running_loop().time() + timeout
-    while got < n and asyncio.get_running_loop().time() < deadline:
-        for messages in (await consumer.getmany(timeout_ms=500)).values():
-            for m in messages:
-                got += 1
-                yield m
 
 
 async def test_two_users_share_two_workers_fairly_within_their_limits_across_a_scheduler_restart(

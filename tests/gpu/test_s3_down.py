@@ -26,7 +26,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer
 from PIL import Image
 
 from audit.store import stream_events
@@ -37,11 +36,11 @@ from gpu_consumer.outputs import STORAGE_UNAVAILABLE, ImageStore, UploadFailed
 from gpu_consumer.registry import ModelRegistry
 from gpu_consumer.run import classify
 from gpu_consumer.worker import GpuWorker
-from infra.envelope import DLQ_TOPIC
-from infra.messages import DeadLetter, Outcome
+from infra.messages import Outcome
 from infra.settings import Settings
 from tests.e2e.test_generation_flow import (  # the e2e harness and its fixtures
     Platform,
+    dead_letters,
     platform,  # noqa: F401
     stack,  # noqa: F401
     submit,
@@ -132,26 +131,6 @@ async def start_worker(p: Platform, settings: Settings, models: Path) -> GpuWork
     p._spawn("w-s3", worker.run)
     await asyncio.wait_for(worker.ready.wait(), 60)
     return worker
-
-
-async def dead_letters(settings: Settings, job_id: uuid.UUID, timeout: float = 20) -> DeadLetter:
-    consumer = AIOKafkaConsumer(
-        settings.topic(DLQ_TOPIC),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                for records in (await consumer.getmany(timeout_ms=300)).values():
-                    for r in records:
-                        letter = DeadLetter.model_validate_json(r.value)
-                        if letter.job_id == job_id:
-                            return letter
-    finally:
-        await consumer.stop()
 
 
 async def ledger_verify(settings: Settings) -> VerifyReport:
