@@ -29,7 +29,6 @@ from chaos.outcome import judge, wait_for_quiescence
 from chaos.processes import Supervisor, chaos_processes
 from chaos.stack import ChaosStack
 from infra.health import ensure_bucket, s3_client
-from infra.settings import Settings
 
 API_PORTS = [28001, 28002]
 WORKER_TIERS = ["basic", "high_performance"]  # trial users run on basic, pro on high_performance
@@ -84,16 +83,7 @@ async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool
     await stack.start()
     env = stack.pinksea_env()
     await _prepare(env, out_dir / "stack.log")
-    settings = Settings(
-        database_url=env["PINKSEA_DATABASE_URL"],
-        redis_url=env["PINKSEA_REDIS_URL"],
-        redis_key_prefix=env["PINKSEA_REDIS_KEY_PREFIX"],
-        kafka_bootstrap_servers=env["PINKSEA_KAFKA_BOOTSTRAP_SERVERS"],
-        kafka_topic_prefix=env["PINKSEA_KAFKA_TOPIC_PREFIX"],
-        s3_endpoint_url=env["PINKSEA_S3_ENDPOINT_URL"],
-        s3_bucket=env["PINKSEA_S3_BUCKET"],
-        dev_jwt_enabled=True,
-    )
+    settings = stack.settings()
     s3 = s3_client(settings)
     await asyncio.to_thread(ensure_bucket, s3, settings.s3_bucket, settings.s3_region)
     supervisor = Supervisor(chaos_processes(API_PORTS, WORKER_TIERS), env, out_dir / "logs")

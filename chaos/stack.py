@@ -15,6 +15,8 @@ from pathlib import Path
 
 import asyncpg
 
+from infra.settings import Settings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "infra" / "local"
 SERVICES = ("postgres", "redis", "s3", "kafka")
@@ -81,6 +83,17 @@ class ChaosStack:
             if keep in os.environ:
                 env[keep] = os.environ[keep]
         return env
+
+    def settings(self) -> Settings:
+        """What the run's processes read from :meth:`pinksea_env`, for the harness itself."""
+        env = self.pinksea_env()
+        return Settings(
+            **{
+                k.removeprefix("PINKSEA_").lower(): v
+                for k, v in env.items()
+                if k.startswith("PINKSEA_")
+            }
+        )
 
     # ------------------------------------------------------------------------- lifecycle
 
