@@ -38,6 +38,9 @@ Pinksea: hosted text-to-image generation, billed by the GPU-millisecond.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    problems = settings.deployment_problems()
+    if problems:
+        raise RuntimeError(f"PINKSEA_ENVIRONMENT={settings.environment}: " + "; ".join(problems))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

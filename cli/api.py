@@ -19,6 +19,14 @@ def api(
     """Serve the REST API (/v1, /docs, /healthz, /readyz, /metrics)."""
     import uvicorn
 
+    from infra.settings import get_settings
+
+    problems = get_settings().deployment_problems()
+    if problems:
+        typer.echo(f"pinksea api: not deployable ({get_settings().environment}):", err=True)
+        for problem in problems:
+            typer.echo(f"  - {problem}", err=True)
+        raise typer.Exit(2)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # /metrics must add up every worker's counters, whichever worker answers.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pinksea-metrics-")

@@ -15,6 +15,16 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Pinksea backend."""
+    # Refuse to start on a misspelled or missing setting rather than run on a local default.
+    from gpu_consumer.config import GpuWorkerSettings
+    from infra.settings import check_environment
+
+    problems = check_environment(GpuWorkerSettings)
+    if problems:
+        typer.echo("pinksea: the environment is not a valid configuration:", err=True)
+        for problem in problems:
+            typer.echo(f"  - {problem}", err=True)
+        raise typer.Exit(2)
 
 
 def _register() -> None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.settings import ENV_PREFIX
+
+if TYPE_CHECKING:  # torch is imported where it is used: every process checks these names
+    import torch
+
 
 class GpuWorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PINKSEA_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     models_dir: Path | None = Field(
         default=Path("/models"),
@@ -74,6 +79,8 @@ class GpuWorkerSettings(BaseSettings):
             return self.host_budget_bytes()
         if self.gpu_memory_budget_mb is not None:
             return self.gpu_memory_budget_mb * 2**20
+        import torch
+
         # The rest is for activations: a large batch at a large size needs several GB.
         return int(torch.cuda.get_device_properties(device).total_memory * 0.6)
 

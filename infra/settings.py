@@ -6,16 +6,42 @@ checkout runs without any configuration. Production overrides them (see infra/te
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PINKSEA_"
+
+#: ``PINKSEA_*`` names that are not settings of a process: read by the local stack's scripts,
+#: the test harness and the operator tools, so a process's environment may hold them.
+NON_SETTING_NAMES = frozenset(
+    {
+        "PINKSEA_STACK_DIR",  # infra/local/*.sh: where the local stack keeps its data and logs
+        "PINKSEA_PYTHON",  # infra/local/s3.sh: the interpreter that runs the S3 server
+        "PINKSEA_START_TIMEOUT",  # infra/local/common.sh: how long a service may take to start
+        "PINKSEA_CHECKOV_VENV",  # infra/terraform/check.sh: checkov's own virtualenv
+        "PINKSEA_METRICS_PORT",  # `pinksea gpu-worker --metrics-port`
+        "PINKSEA_QUEUE_METRICS_URL",  # `pinksea lag-metric --queue-metrics-url`
+    }
+)
+
+Environment = Literal["local", "staging", "production"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PINKSEA_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    environment: Environment = Field(
+        "local",
+        description="Where this process runs; staging and production require the settings "
+        "listed in REQUIRED_IN_PRODUCTION and refuse dev tokens.",
+    )
 
     # PostgreSQL: the event store (source of truth) and the read models.
     database_url: str = Field(
@@ -38,8 +64,15 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
         "PLAINTEXT", description="PLAINTEXT locally; SASL_SSL on MSK (TLS + IAM)."
     )
-    kafka_sasl_mechanism: Literal["OAUTHBEARER"] | None = Field(
-        None, description="OAUTHBEARER: MSK IAM tokens signed with the AWS credentials."
+    kafka_sasl_mechanism: Literal["OAUTHBEARER", "SCRAM-SHA-512"] | None = Field(
+        None,
+        description="OAUTHBEARER: MSK IAM tokens signed with the AWS credentials; "
+        "SCRAM-SHA-512: user and password (the local production rehearsal).",
+    )
+    kafka_sasl_username: str | None = Field(None, description="SCRAM user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SCRAM password.")
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle that signs the brokers' certificates (default: system CAs)."
     )
     kafka_aws_region: str | None = Field(
         None,
@@ -69,6 +102,17 @@ class Settings(BaseSettings):
     s3_bucket: str = Field("pinksea-images", description="Bucket for generated images.")
     cloudwatch_endpoint_url: str | None = Field(
         None, description="CloudWatch endpoint of `pinksea lag-metric`; empty for AWS's own."
+    )
+
+    # CloudFront: image URLs signed for the CDN (S3 presigned URLs only when no CDN is set).
+    cdn_domain: str | None = Field(
+        None, description="CloudFront domain that serves /users/* from the images bucket."
+    )
+    cloudfront_key_pair_id: str | None = Field(
+        None, description="Id of the CloudFront public key whose private key signs image URLs."
+    )
+    cloudfront_private_key: SecretStr | None = Field(
+        None, description="PEM private key that signs CloudFront image URLs."
     )
 
     # Stripe (stripe-mock locally).
@@ -140,7 +184,17 @@ class Settings(BaseSettings):
 
     # Terraform writes "" for "not set" (an ECS environment entry cannot be null).
     @field_validator(
-        "kafka_sasl_mechanism", "kafka_aws_region", "cloudwatch_endpoint_url", mode="before"
+        "kafka_sasl_mechanism",
+        "kafka_aws_region",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "cloudwatch_endpoint_url",
+        "cdn_domain",
+        "cloudfront_key_pair_id",
+        "cloudfront_private_key",
+        "jwt_issuer",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -156,7 +210,51 @@ class Settings(BaseSettings):
             )
         if self.kafka_min_insync_replicas > self.kafka_replication_factor:
             raise ValueError("kafka_min_insync_replicas exceeds kafka_replication_factor")
+        if self.kafka_sasl_mechanism == "SCRAM-SHA-512" and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "PINKSEA_KAFKA_SASL_MECHANISM=SCRAM-SHA-512 needs PINKSEA_KAFKA_SASL_USERNAME "
+                "and PINKSEA_KAFKA_SASL_PASSWORD"
+            )
+        cdn = (self.cdn_domain, self.cloudfront_key_pair_id, self.cloudfront_private_key)
+        if any(v is not None for v in cdn) and not all(v is not None for v in cdn):
+            raise ValueError(
+                "PINKSEA_CDN_DOMAIN, PINKSEA_CLOUDFRONT_KEY_PAIR_ID and "
+                "PINKSEA_CLOUDFRONT_PRIVATE_KEY go together"
+            )
         return self
+
+    def deployment_problems(self) -> list[str]:
+        """What stops this configuration from serving real users (empty: nothing).
+
+        The API refuses to start on any of these outside ``local`` (api/app.py): a sale that
+        cannot happen or a sign-in that cannot work must fail the deployment, not a user's
+        first request. Processes that serve no user do not need these settings."""
+        if self.environment == "local":
+            return []
+        defaults = {name: field.default for name, field in type(self).model_fields.items()}
+        problems = [
+            f"{env_name(name)} is required"
+            for name in REQUIRED_IN_PRODUCTION
+            if getattr(self, name) is None
+        ]
+        problems += [
+            f"{env_name(name)} is still the local default"
+            for name in MUST_DIFFER_FROM_LOCAL_DEFAULT
+            if _plain(getattr(self, name)) == _plain(defaults[name])
+        ]
+        problems += [
+            f"{env_name(name)} must be an https:// URL"
+            for name in ("checkout_success_url", "checkout_cancel_url")
+            if not getattr(self, name).startswith("https://")
+        ]
+        missing_prices = sorted(set(PAID_PLANS) - set(self.stripe_price_ids))
+        if missing_prices:
+            problems.append(f"PINKSEA_STRIPE_PRICE_IDS has no price for {missing_prices}")
+        if self.dev_jwt_enabled:
+            problems.append("PINKSEA_DEV_JWT_ENABLED must be false (dev tokens are for local use)")
+        return problems
 
     @property
     def kafka_region(self) -> str:
@@ -175,6 +273,69 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full Kafka topic name for ``name`` (e.g. ``pinksea.jobs.v1``)."""
         return f"{self.kafka_topic_prefix}{name}"
+
+
+#: Plans sold through Stripe Checkout (domain/plans.py): each needs a price id when deployed.
+PAID_PLANS = ("starter", "pro", "studio")
+
+#: Settings with no usable default that a deployment must set (None is "not set").
+REQUIRED_IN_PRODUCTION = ("jwt_issuer", "cdn_domain", "cloudfront_key_pair_id")
+
+#: Settings whose local default would run but serve nobody (a test key, a localhost URL).
+MUST_DIFFER_FROM_LOCAL_DEFAULT = (
+    "stripe_api_key",
+    "stripe_webhook_secret",
+    "stripe_price_ids",
+    "checkout_success_url",
+    "checkout_cancel_url",
+)
+
+
+def _plain(value: object) -> object:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def env_name(field_name: str) -> str:
+    return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+def setting_names(*classes: type[BaseSettings]) -> frozenset[str]:
+    """The environment names the settings classes read (``PINKSEA_<FIELD>``)."""
+    return frozenset(env_name(name) for cls in classes for name in cls.model_fields)
+
+
+def unknown_names(environ: Iterable[str], known: frozenset[str]) -> list[str]:
+    """One message per ``PINKSEA_*`` name that nothing reads, with the closest valid name.
+
+    pydantic-settings ignores unknown names, so a misspelled variable would silently leave its
+    setting at the local default (a deployment that cannot sign anyone in): refuse it instead.
+    """
+    valid = sorted(known | NON_SETTING_NAMES)
+    problems = []
+    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX)):
+        if name in valid:
+            continue
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{name} is not a setting{hint}")
+    return problems
+
+
+def check_environment(*classes: type[BaseSettings]) -> list[str]:
+    """Everything wrong with this process's environment: ``PINKSEA_*`` names nothing reads,
+    then the invalid or missing values of each settings class (empty: the process may start)."""
+    problems = unknown_names(os.environ, setting_names(Settings, *classes))
+    for cls in (Settings, *classes):
+        try:
+            cls()
+        except ValidationError as exc:
+            problems += [_describe(error) for error in exc.errors()]
+    return problems
+
+
+def _describe(error: ErrorDetails) -> str:
+    field = ".".join(str(part) for part in error["loc"])
+    return f"{env_name(field)}: {error['msg']}" if field else error["msg"]
 
 
 @lru_cache

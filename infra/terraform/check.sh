@@ -110,7 +110,7 @@ output "user_data" {
     efs_file_system_id  = "fs-0123456789abcdef0"
     efs_access_point_id = "fsap-0123456789abcdef0"
     redis_secret_arn    = "arn:aws:secretsmanager:ap-northeast-2:123456789012:secret:pinksea/redis"
-    environment         = { PINKSEA_GPU_TIER = "basic", PINKSEA_S3_ENDPOINT_URL = "" }
+    environment         = { PINKSEA_MODELS_DIR = "/models", PINKSEA_S3_ENDPOINT_URL = "" }
   })
 }
 HCL

@@ -144,6 +144,7 @@ module "compute" {
   models_bucket_name         = module.storage.bucket_names["models"]
   cdn_domain_name            = var.domain_name
   cloudfront_public_key_id   = module.storage.cloudfront_public_key_id
+  stripe_price_ids           = var.stripe_price_ids
   msk_bootstrap_brokers      = module.data.msk_bootstrap_brokers_sasl_iam
   efs_file_system_id         = module.data.efs_file_system_id
   efs_access_point_id        = module.data.efs_access_point_id

@@ -76,6 +76,16 @@ variable "cloudfront_public_key_path" {
   type        = string
 }
 
+variable "stripe_price_ids" {
+  description = "Stripe price id of each paid plan, from the Stripe dashboard of this environment's account (Products > the plan > its monthly price)."
+  type        = map(string)
+
+  validation {
+    condition     = alltrue([for plan in ["starter", "pro", "studio"] : can(regex("^price_[A-Za-z0-9]+$", var.stripe_price_ids[plan]))])
+    error_message = "stripe_price_ids needs a price_... id for starter, pro and studio."
+  }
+}
+
 variable "cloudfront_price_class" {
   description = "CloudFront price class (PriceClass_200 includes Korea and Japan edges)."
   type        = string

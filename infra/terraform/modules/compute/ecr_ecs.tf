@@ -87,11 +87,15 @@ locals {
       secrets = ["database", "redis", "stripe_key", "stripe_webhook", "cdn_signer"]
       cpu     = var.api_cpu
       memory  = var.api_memory
+      # What the API refuses to start without outside local (Settings.deployment_problems).
       extra_environment = {
-        PINKSEA_COGNITO_ISSUER         = var.cognito_issuer
-        PINKSEA_COGNITO_AUDIENCE       = var.cognito_client_id
+        PINKSEA_JWT_ISSUER             = var.cognito_issuer
+        PINKSEA_JWT_AUDIENCE           = var.cognito_client_id
         PINKSEA_CDN_DOMAIN             = var.cdn_domain_name
         PINKSEA_CLOUDFRONT_KEY_PAIR_ID = var.cloudfront_public_key_id
+        PINKSEA_STRIPE_PRICE_IDS       = jsonencode(var.stripe_price_ids)
+        PINKSEA_CHECKOUT_SUCCESS_URL   = "https://${var.cdn_domain_name}/billing/success"
+        PINKSEA_CHECKOUT_CANCEL_URL    = "https://${var.cdn_domain_name}/billing"
       }
     }
     relay = {

@@ -83,7 +83,6 @@ resource "aws_launch_template" "gpu" {
     efs_access_point_id = var.efs_access_point_id
     redis_secret_arn    = var.redis_secret_arn
     environment = merge(local.common_environment, {
-      PINKSEA_GPU_TIER         = each.key
       PINKSEA_MODELS_DIR       = "/models"
       PINKSEA_MODELS_S3_BUCKET = var.models_bucket_name # fallback when a model is not on EFS
     })

@@ -88,6 +88,11 @@ variable "cloudfront_public_key_id" {
   type        = string
 }
 
+variable "stripe_price_ids" {
+  description = "Stripe price id of each paid plan (PINKSEA_STRIPE_PRICE_IDS)."
+  type        = map(string)
+}
+
 variable "msk_bootstrap_brokers" {
   description = "MSK bootstrap brokers (TLS + IAM)."
   type        = string
