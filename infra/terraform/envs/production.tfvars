@@ -59,3 +59,7 @@ gpu_tiers = {
 }
 
 log_retention_days = 365
+
+# stripe_price_ids (required, no default): the monthly price of each paid plan in this
+# environment's Stripe account (Dashboard > Products), passed with -var-file or -var:
+#   stripe_price_ids = { starter = "price_...", pro = "price_...", studio = "price_..." }
