@@ -1,6 +1,7 @@
 # Pinksea developer commands. The two that matter: `make demo` and `make test`.
 #
-# PY is the project's Python: an activated virtualenv, else ./.venv, else python3.
+# PY is the project's Python: an activated virtualenv, else ./.venv, which `make demo`,
+# `make test` and `make services` create on first use (system packages included).
 # Service ports can be moved with PG_PORT, REDIS_PORT, KAFKA_PORT, S3_PORT, STRIPE_MOCK_PORT;
 # when one is set, the matching PINKSEA_* setting follows it (unless set explicitly too).
 
@@ -8,10 +9,13 @@ SHELL := /bin/bash
 PYTHON3 ?= python3
 ifneq ($(VIRTUAL_ENV),)
 PY ?= $(VIRTUAL_ENV)/bin/python
-else ifneq ($(wildcard .venv/bin/python),)
-PY ?= .venv/bin/python
 else
-PY ?= $(PYTHON3)
+PY ?= .venv/bin/python
+endif
+# The venv is made once, only when PY is the project's own one (an activated or explicitly
+# named interpreter is the caller's business). The console script marks a finished install.
+ifeq ($(PY),.venv/bin/python)
+VENV_READY := .venv/bin/pinksea
 endif
 # The `pinksea` console script, run through PY so it works without the venv on PATH.
 PINKSEA ?= $(PY) -m cli
@@ -44,12 +48,17 @@ help:
 # Virtualenv with the project editable plus the dev and gpu extras (torch is several GB; pip's
 # cache makes a second install fast).
 venv:
+	infra/local/system_packages.sh
 	$(PYTHON3) -m venv .venv
 	.venv/bin/python -m pip install -q --upgrade pip
 	.venv/bin/python -m pip install -e '.[dev,gpu]'
 
+.venv/bin/pinksea:
+	$(MAKE) venv
+
 # Local stack on 127.0.0.1: PostgreSQL, Redis, S3 (moto), stripe-mock, Kafka (KRaft).
-services:
+services: | $(VENV_READY)
+	infra/local/system_packages.sh
 	infra/local/up.sh
 
 services-down:
@@ -58,7 +67,7 @@ services-down:
 services-status:
 	infra/local/status.sh
 
-test:
+test: | $(VENV_READY)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole flow: every process started, two users, a plan sold, jobs run and one cancelled,
@@ -66,7 +75,7 @@ test:
 demo: services
 	PY=$(PY) infra/local/demo.sh
 
-lint:
+lint: | $(VENV_READY)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy domain/
@@ -77,7 +86,7 @@ infra-check:
 
 # Every bench/<name>.py with a __main__ block, in --quick mode; the last line of each is its
 # JSON result.
-bench:
+bench: | $(VENV_READY)
 	@set -e; found=0; \
 	for f in bench/*.py; do \
 	  name=$$(basename "$$f" .py); \
@@ -91,5 +100,5 @@ bench:
 # The chaos suite on a private stack (its own ports: PostgreSQL 25432, Redis 26379, Kafka 29092,
 # S3 29000), so it never restarts the stack of `make services`. CHAOS_QUICK=1: the reduced run
 # (CI); CHAOS_SEED=N replays a run's faults and load. Logs and result.json in .chaos/.
-chaos:
+chaos: | $(VENV_READY)
 	$(PY) -m chaos
