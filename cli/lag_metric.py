@@ -42,6 +42,8 @@ def lag_metric(
         "--bootstrap-servers", settings.kafka_bootstrap_servers,
         "--security-protocol", settings.kafka_security_protocol,
         "--sasl-mechanism", settings.kafka_sasl_mechanism or "",
+        "--sasl-username", settings.kafka_sasl_username or "",
+        "--ssl-cafile", settings.kafka_ssl_cafile or "",
         "--region", settings.kafka_region,
         "--cloudwatch-endpoint-url", settings.cloudwatch_endpoint_url or "",
         "--environment", environment,
@@ -54,4 +56,7 @@ def lag_metric(
         argv += ["--tier", t]
     if dry_run:
         argv.append("--dry-run")
-    raise typer.Exit(aws_lag_metric.main(argv))
+    password = settings.kafka_sasl_password
+    raise typer.Exit(
+        aws_lag_metric.main(argv, sasl_password=password.get_secret_value() if password else None)
+    )

@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("pinksea.lag_metric")
@@ -194,12 +194,21 @@ class KafkaConnection:
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     region: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
 
     def client_kwargs(self) -> dict[str, Any]:
         from infra.kafka import security_kwargs
 
         return security_kwargs(
-            self.bootstrap_servers, self.security_protocol, self.sasl_mechanism, self.region
+            self.bootstrap_servers,
+            self.security_protocol,
+            self.sasl_mechanism,
+            self.region,
+            sasl_username=self.sasl_username,
+            sasl_password=self.sasl_password,
+            ssl_cafile=self.ssl_cafile,
         )
 
 
@@ -262,6 +271,9 @@ async def run_once(args: argparse.Namespace, cloudwatch: Any | None) -> list[dic
         security_protocol=args.security_protocol,
         sasl_mechanism=args.sasl_mechanism or None,
         region=args.region,
+        sasl_username=args.sasl_username or None,
+        sasl_password=args.sasl_password or None,
+        ssl_cafile=args.ssl_cafile or None,
     )
     lags = await collect_lag(conn, args.group_prefix)
     depths: dict[str, float] = {}
@@ -331,6 +343,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--security-protocol", default=env.get("PINKSEA_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
     )
     p.add_argument("--sasl-mechanism", default=env.get("PINKSEA_KAFKA_SASL_MECHANISM", ""))
+    p.add_argument("--sasl-username", default=env.get("PINKSEA_KAFKA_SASL_USERNAME", ""))
+    p.add_argument(
+        "--ssl-cafile",
+        default=env.get("PINKSEA_KAFKA_SSL_CAFILE", ""),
+        help="CA that signs the brokers' certificates (default: the system CAs)",
+    )
     p.add_argument(
         "--region",
         # the same order as Settings.kafka_region
@@ -365,6 +383,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="print the metric data instead of publishing"
     )
     args = p.parse_args(argv)
+    # The SCRAM password never comes from the command line, which any local user can read.
+    args.sasl_password = env.get("PINKSEA_KAFKA_SASL_PASSWORD", "")
     if args.once:
         args.interval = 0.0
     if not args.tier:
@@ -372,9 +392,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, sasl_password: str | None = None) -> int:
+    """``sasl_password``: the SCRAM password when the caller has it from elsewhere than the
+    environment (``pinksea lag-metric`` from its settings, which may come from a .env file)."""
     logging.basicConfig(level=os.environ.get("PINKSEA_LOG_LEVEL", "INFO"), stream=sys.stderr)
-    return asyncio.run(run(parse_args(argv)))
+    args = parse_args(argv)
+    if sasl_password:
+        args.sasl_password = sasl_password
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Kafka client setup and topic administration (aiokafka).
 
 Every aiokafka client in the code base takes its connection options from
-:func:`connection_kwargs`: PLAINTEXT on the local stack, TLS + IAM (SASL_SSL/OAUTHBEARER) on MSK.
+:func:`connection_kwargs`: PLAINTEXT on the local stack, TLS + IAM (SASL_SSL/OAUTHBEARER) on MSK,
+TLS + SCRAM-SHA-512 against a local broker with a private CA (the production rehearsal,
+``KAFKA_SASL_SSL_PORT`` in infra/local/kafka.sh).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +73,10 @@ def security_kwargs(
     security_protocol: str = "PLAINTEXT",
     sasl_mechanism: str | None = None,
     region: str | None = None,
+    *,
+    sasl_username: str | None = None,
+    sasl_password: str | None = None,
+    ssl_cafile: str | None = None,
 ) -> dict[str, Any]:
     """The aiokafka options shared by producers, consumers and admin clients."""
     kwargs: dict[str, Any] = {
@@ -76,23 +84,48 @@ def security_kwargs(
         "security_protocol": security_protocol,
     }
     if security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = create_ssl_context()  # the system CAs: MSK's are public
+        kwargs["ssl_context"] = tls_context(ssl_cafile)
     if sasl_mechanism:
         kwargs["sasl_mechanism"] = sasl_mechanism
-        if sasl_mechanism == "OAUTHBEARER":
-            if not region:
-                raise ValueError("OAUTHBEARER (MSK IAM) needs an AWS region")
-            kwargs["sasl_oauth_token_provider"] = MskIamTokenProvider(region)
+        kwargs.update(_sasl_credentials(sasl_mechanism, region, sasl_username, sasl_password))
     return kwargs
+
+
+def tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """A verifying context (certificate and host name): from ``cafile`` alone when given (a
+    private CA), the system CAs otherwise (MSK's certificates are signed by a public CA)."""
+    if cafile and not os.path.isfile(cafile):
+        # ssl's own error ("[X509] no certificate or crl found") does not name the file.
+        raise ValueError(f"kafka_ssl_cafile {cafile!r} is not a readable file")
+    return create_ssl_context(cafile=cafile or None)
+
+
+def _sasl_credentials(
+    mechanism: str, region: str | None, username: str | None, password: str | None
+) -> dict[str, Any]:
+    if mechanism == "OAUTHBEARER":
+        if not region:
+            raise ValueError("OAUTHBEARER (MSK IAM) needs an AWS region")
+        return {"sasl_oauth_token_provider": MskIamTokenProvider(region)}
+    if mechanism.startswith("SCRAM-"):
+        if not (username and password):
+            raise ValueError(f"{mechanism} needs a user name and a password")
+        # aiokafka names them "plain" for every user/password mechanism, SCRAM included.
+        return {"sasl_plain_username": username, "sasl_plain_password": password}
+    raise ValueError(f"unsupported SASL mechanism {mechanism!r}")
 
 
 def connection_kwargs(settings: Settings) -> dict[str, Any]:
     """Bootstrap servers and security options of every Kafka client, from the settings."""
+    password = settings.kafka_sasl_password
     return security_kwargs(
         settings.kafka_bootstrap_servers,
         settings.kafka_security_protocol,
         settings.kafka_sasl_mechanism,
-        settings.kafka_region if settings.kafka_sasl_mechanism else None,
+        settings.kafka_region if settings.kafka_sasl_mechanism == "OAUTHBEARER" else None,
+        sasl_username=settings.kafka_sasl_username,
+        sasl_password=password.get_secret_value() if password else None,
+        ssl_cafile=settings.kafka_ssl_cafile,
     )
 
 
