@@ -12,10 +12,36 @@ scheduler's queue depth from its ``/metrics``, and writes to the CloudWatch name
 
 ``GpuBacklog`` is what the GPU auto-scaling groups scale on (infra/terraform/modules/compute/
 gpu.tf): the jobs the scheduler still holds for the tier (``pinksea_queue_depth{tier}``) plus
-the largest lag of a worker group (``pinksea.gpu.worker.<id>``, one per worker) on
+the largest lag of a live worker group (``pinksea.gpu.worker.<id>``, one per worker) on
 ``pinksea.gpu.dispatch.<tier>.v1``. The scheduler dispatches only to idle workers, so the
 dispatch topic alone stays near zero however long the queue grows; without
 ``--queue-metrics-url`` the backlog is the dispatch lag alone.
+
+Workers come and go: only live worker groups are measured
+-------------------------------------------------------------
+Each worker commits under a group of its own, named after its host, and a scaled-in host
+never comes back: its group keeps its last committed offsets, so its lag only grows with every
+later dispatch. Measured like any other group, it held ``GpuBacklog`` (and
+``MaxConsumerLag``) high forever, and the tier scaled out to its maximum after the first
+scale-in and never back. So a worker group is measured only while it has members: Kafka's
+DescribeGroups state ``Empty`` (every member left: a stopped worker leaves at once, a dead
+one after its session timeout) or ``Dead`` means departed, and the group is neither counted
+in the backlog nor published. Any other group (projections, settler) is always measured: that
+one of those is empty means its process is down, which is what the consumer-lag alarm is for.
+
+Why not the alternatives:
+
+- One consumer group per tier would break the dispatch protocol. The scheduler addresses each
+  dispatch to one idle worker (``Dispatch.worker_id``) and publishes it keyed by job, not by
+  worker; every worker reads the whole topic and runs only its own. In a shared group each
+  partition has one reader, so a dispatch would reach its addressee only by chance.
+- The scheduler's queue alone (dropping the dispatch lag) would be right too, but would leave
+  the backlog blind whenever the sidecar cannot read the scheduler's ``/metrics``, and would
+  ignore a dispatch that no live worker has consumed yet.
+- Departed groups are not deleted: Kafka expires an empty group's offsets by itself
+  (``offsets.retention.minutes``, 7 days by default, MSK included), deleting would need
+  ``kafka-cluster:DeleteGroup`` for this sidecar, and a worker restarting on the same host
+  (same id, same group) would lose its position to a deletion racing its restart.
 
 Lag of a partition = end offset - committed offset; a partition the group has never committed
 counts from the log start (our consumers start at the earliest offset).
@@ -47,6 +73,10 @@ NAMESPACE = "Pinksea/Kafka"
 GROUP_PREFIX = "pinksea."
 GPU_TIERS = ("basic", "high_performance", "dedicated")
 QUEUE_DEPTH_METRIC = "pinksea_queue_depth"
+#: Every GPU worker's own group (gpu_consumer/worker.py), after any topic prefix.
+WORKER_GROUP = "pinksea.gpu.worker."
+#: DescribeGroups states of a group without members: a worker group in one has departed.
+DEPARTED_STATES = frozenset({"Empty", "Dead"})
 #: CloudWatch accepts at most 1000 metric data items per PutMetricData call.
 MAX_ITEMS_PER_CALL = 1000
 
@@ -92,6 +122,22 @@ def group_lag(
     return [TopicLag(group, topic, lag) for topic, lag in sorted(per_topic.items())]
 
 
+def is_worker_group(group: str) -> bool:
+    """A GPU worker's own group: it lives and dies with one host."""
+    return WORKER_GROUP in group
+
+
+def measured_groups(groups: Iterable[str], states: Mapping[str, str]) -> list[str]:
+    """``groups`` less the worker groups whose state (``states``) says they have departed.
+
+    Only worker groups are ever left out: an empty projection or settler group is a process
+    down, and its lag must keep paging.
+    """
+    return sorted(
+        g for g in groups if not (is_worker_group(g) and states.get(g) in DEPARTED_STATES)
+    )
+
+
 def dispatch_topic(tier: str) -> str:
     """The topic the GPU workers of ``tier`` read (infra/envelope.py names it the same way)."""
     return f"pinksea.gpu.dispatch.{tier}.v1"
@@ -115,7 +161,8 @@ def gpu_backlog(
     """Jobs waiting for a GPU per tier: queued in the scheduler plus not yet consumed.
 
     Every worker reads the whole dispatch topic in a group of its own, so the topic's lag is
-    the largest lag among those groups, not their sum.
+    the largest lag among those groups, not their sum. ``lags`` holds live groups only
+    (``measured_groups``): a departed worker's group would count its lag forever.
     """
     lags = list(lags)
     return {
@@ -212,8 +259,62 @@ class KafkaConnection:
         )
 
 
+def _describe_groups(groups: list[str]) -> Any:
+    """A DescribeGroups request that aiokafka can read the answer to: v0 to v2 only.
+
+    aiokafka 0.14 sends v3 when the broker offers it (every supported Kafka does) but reads the
+    answer as v2, without the v3 ``authorized_operations`` field, so any group with members
+    fails to decode ("Buffer underrun"); ``AIOKafkaAdminClient.describe_consumer_groups`` is
+    unusable for exactly the groups that matter here. v2 carries the state, all we read.
+    """
+    from aiokafka.protocol.admin import (
+        DescribeGroupsRequest_v0,
+        DescribeGroupsRequest_v1,
+        DescribeGroupsRequest_v2,
+    )
+    from aiokafka.protocol.api import Request
+
+    class DescribeGroupsUpToV2(
+        Request[DescribeGroupsRequest_v0 | DescribeGroupsRequest_v1 | DescribeGroupsRequest_v2]
+    ):
+        API_KEY = 15
+
+        def build(self, request_struct_class: Any) -> Any:
+            return request_struct_class(groups)
+
+    return DescribeGroupsUpToV2()
+
+
+async def group_states(admin: Any, groups: Sequence[str]) -> dict[str, str]:
+    """DescribeGroups state of each of ``groups`` (``Stable``, ``Empty``, ``Dead``...).
+
+    A group the coordinator reports an error for raises: guessing its liveness would either
+    count a departed worker again or hide a live one's lag, so this publication is skipped
+    (a missing metric pages, and never scales in).
+    """
+    from aiokafka.errors import GroupIdNotFound, for_code
+
+    by_coordinator: dict[int, list[str]] = {}
+    for group in groups:
+        by_coordinator.setdefault(await admin.find_coordinator(group), []).append(group)
+    states: dict[str, str] = {}
+    for node_id, ids in by_coordinator.items():
+        # The admin client's own connection (and its TLS/SASL); see _describe_groups for why
+        # not its describe_consumer_groups.
+        response = await admin._client.send(node_id, _describe_groups(ids))
+        # (error_code, group_id, state, protocol_type, protocol, members)
+        for error_code, group, state, *_ in response.groups:
+            if error_code == GroupIdNotFound.errno:
+                state = "Dead"  # expired since it was listed (newer brokers say so this way)
+            elif error_code:
+                raise for_code(error_code)(f"DescribeGroups failed for {group}")
+            states[group] = state
+    return states
+
+
 async def collect_lag(conn: KafkaConnection, group_prefix: str = GROUP_PREFIX) -> list[TopicLag]:
-    """Committed vs end offsets of every consumer group whose id starts with ``group_prefix``."""
+    """Committed vs end offsets of every consumer group whose id starts with ``group_prefix``,
+    less the worker groups that have no members left (``measured_groups``)."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.structs import TopicPartition
@@ -225,9 +326,15 @@ async def collect_lag(conn: KafkaConnection, group_prefix: str = GROUP_PREFIX) -
     await admin.start()
     await consumer.start()
     try:
-        groups = sorted(
-            g[0] for g in await admin.list_consumer_groups() if str(g[0]).startswith(group_prefix)
-        )
+        listed = [
+            str(g[0])
+            for g in await admin.list_consumer_groups()
+            if str(g[0]).startswith(group_prefix)
+        ]
+        states = await group_states(admin, [g for g in listed if is_worker_group(g)])
+        groups = measured_groups(listed, states)
+        if len(groups) < len(listed):
+            log.info("%d departed worker groups not measured", len(listed) - len(groups))
         committed_by_group: dict[str, dict[Partition, int | None]] = {}
         for group in groups:
             offsets = await admin.list_consumer_group_offsets(group)

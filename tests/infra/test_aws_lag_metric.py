@@ -84,6 +84,32 @@ def test_gpu_backlog_is_queue_depth_plus_dispatch_lag() -> None:
     assert backlog[(env, ("Tier", "high_performance"))] == 1
 
 
+def test_departed_worker_groups_are_not_measured() -> None:
+    groups = [
+        "pinksea.gpu.worker.live",
+        "pinksea.gpu.worker.rebalancing",
+        "pinksea.gpu.worker.scaled-in",
+        "t1.pinksea.gpu.worker.expired",  # a topic prefix before the name
+        "pinksea.settler",
+        "pinksea.projection.jobs",
+    ]
+    states = {
+        "pinksea.gpu.worker.live": "Stable",
+        "pinksea.gpu.worker.rebalancing": "PreparingRebalance",
+        "pinksea.gpu.worker.scaled-in": "Empty",
+        "t1.pinksea.gpu.worker.expired": "Dead",
+        "pinksea.settler": "Empty",  # the settler down: its lag must keep paging
+    }
+    assert lm.measured_groups(groups, states) == [
+        "pinksea.gpu.worker.live",
+        "pinksea.gpu.worker.rebalancing",
+        "pinksea.projection.jobs",
+        "pinksea.settler",
+    ]
+    assert lm.is_worker_group("t1.pinksea.gpu.worker.expired")
+    assert not lm.is_worker_group("pinksea.projection.jobs")
+
+
 def test_queue_depths_from_the_scheduler_metrics() -> None:
     text = (
         "# HELP pinksea_queue_depth Jobs waiting for a worker\n"
