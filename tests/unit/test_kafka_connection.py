@@ -1,10 +1,14 @@
-"""Connection options of every Kafka client: PLAINTEXT locally, TLS + IAM on MSK. No network."""
+"""Connection options of every Kafka client: PLAINTEXT locally, TLS + IAM on MSK, TLS + SCRAM
+with a private CA in the rehearsal. No network."""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import os
+import re
 import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,9 +16,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
-from infra import kafka
+from infra import aws_lag_metric, kafka
 from infra.kafka import MskIamTokenProvider, connection_kwargs, security_kwargs
 from infra.settings import Settings
 
@@ -23,6 +31,40 @@ MSK = {
     "kafka_security_protocol": "SASL_SSL",
     "kafka_sasl_mechanism": "OAUTHBEARER",
 }
+SCRAM = {
+    "kafka_bootstrap_servers": "127.0.0.1:39094",
+    "kafka_security_protocol": "SASL_SSL",
+    "kafka_sasl_mechanism": "SCRAM-SHA-512",
+    "kafka_sasl_username": "pinksea",
+    "kafka_sasl_password": "pinksea-scram-secret",
+}
+CA_NAME = "Pinksea unit-test CA"
+
+
+@pytest.fixture(scope="module")
+def ca_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A self-signed CA certificate in PEM (what infra/local/kafka.sh writes as ca.pem)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+def _trusted_names(ctx: ssl.SSLContext) -> set[str]:
+    return {value for cert in ctx.get_ca_certs() for rdn in cert["subject"] for _, value in rdn}
 
 
 @pytest.fixture
@@ -50,6 +92,79 @@ def test_ssl_uses_a_verifying_context() -> None:
     assert isinstance(ctx, ssl.SSLContext)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     assert "sasl_mechanism" not in kwargs
+
+
+def test_scram_with_a_private_ca(no_aws_env: pytest.MonkeyPatch, ca_file: str) -> None:
+    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)  # type: ignore[arg-type]
+    kwargs = connection_kwargs(s)
+    assert (kwargs["security_protocol"], kwargs["sasl_mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    # aiokafka names the user/password options "plain" for SCRAM too.
+    assert kwargs["sasl_plain_username"] == "pinksea"
+    assert kwargs["sasl_plain_password"] == "pinksea-scram-secret"
+    assert "sasl_oauth_token_provider" not in kwargs
+    ctx = kwargs["ssl_context"]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    # That CA alone: a broker certificate from any public CA would not do.
+    assert _trusted_names(ctx) == {CA_NAME}
+
+
+def test_scram_from_the_environment(no_aws_env: pytest.MonkeyPatch, ca_file: str) -> None:
+    for name, value in SCRAM.items():
+        no_aws_env.setenv(f"PINKSEA_{name.upper()}", value)
+    no_aws_env.setenv("PINKSEA_KAFKA_SSL_CAFILE", ca_file)
+    kwargs = connection_kwargs(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert kwargs["sasl_plain_password"] == "pinksea-scram-secret"
+    assert _trusted_names(kwargs["ssl_context"]) == {CA_NAME}
+
+
+def test_without_a_cafile_the_system_cas_are_trusted() -> None:
+    kwargs = security_kwargs(
+        "b-1:9096", "SASL_SSL", "SCRAM-SHA-512", sasl_username="u", sasl_password="p"
+    )
+    ctx = kwargs["ssl_context"]
+    assert CA_NAME not in _trusted_names(ctx)
+    assert ctx.cert_store_stats() == ssl.create_default_context().cert_store_stats()
+
+
+def test_scram_needs_user_and_password(no_aws_env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="PINKSEA_KAFKA_SASL_USERNAME"):
+        Settings(_env_file=None, **{**SCRAM, "kafka_sasl_password": None})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="user name and a password"):
+        security_kwargs("b-1:9096", "SASL_SSL", "SCRAM-SHA-512", sasl_username="pinksea")
+
+
+def test_a_missing_cafile_is_named(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere" / "ca.pem")
+    with pytest.raises(ValueError, match=re.escape(missing)):
+        security_kwargs("b-1:9094", "SSL", ssl_cafile=missing)
+
+
+def test_lag_metric_takes_the_same_scram_options(
+    no_aws_env: pytest.MonkeyPatch, ca_file: str
+) -> None:
+    """``pinksea lag-metric`` builds its clients from its own options: the same SCRAM path,
+    the password from the environment only (never a command-line argument)."""
+    no_aws_env.setenv("PINKSEA_KAFKA_SASL_PASSWORD", "pinksea-scram-secret")
+    args = aws_lag_metric.parse_args(
+        ["--bootstrap-servers", "127.0.0.1:39094", "--security-protocol", "SASL_SSL",
+         "--sasl-mechanism", "SCRAM-SHA-512", "--sasl-username", "pinksea",
+         "--ssl-cafile", ca_file, "--dry-run"]
+    )  # fmt: skip
+    conn = aws_lag_metric.KafkaConnection(
+        args.bootstrap_servers,
+        args.security_protocol,
+        args.sasl_mechanism,
+        sasl_username=args.sasl_username,
+        sasl_password=args.sasl_password,
+        ssl_cafile=args.ssl_cafile,
+    )
+    kwargs = conn.client_kwargs()
+    assert (kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == (
+        "pinksea",
+        "pinksea-scram-secret",
+    )
+    assert _trusted_names(kwargs["ssl_context"]) == {CA_NAME}
+    assert "pinksea-scram-secret" not in repr(conn)
 
 
 def test_msk_iam_from_the_environment(no_aws_env: pytest.MonkeyPatch) -> None:
@@ -118,6 +233,24 @@ async def test_aiokafka_accepts_the_options(no_aws_env: pytest.MonkeyPatch) -> N
         assert client._sasl_mechanism == "OAUTHBEARER"
         assert isinstance(client._sasl_oauth_token_provider, MskIamTokenProvider)
     assert isinstance(producer, AIOKafkaProducer) and isinstance(consumer, AIOKafkaConsumer)
+    await producer.stop()
+    await consumer.stop()
+
+
+async def test_aiokafka_accepts_the_scram_options(
+    no_aws_env: pytest.MonkeyPatch, ca_file: str
+) -> None:
+    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)  # type: ignore[arg-type]
+    producer = kafka.idempotent_producer(s)
+    consumer = kafka.manual_consumer(s, "g", "pinksea.jobs.v1")
+    admin = AIOKafkaAdminClient(**connection_kwargs(s))
+    for client in (producer.client, consumer._client, admin._client):
+        assert (client._security_protocol, client._sasl_mechanism) == (
+            "SASL_SSL",
+            "SCRAM-SHA-512",
+        )
+        assert client._sasl_plain_username == "pinksea"
+        assert client._sasl_plain_password == "pinksea-scram-secret"
     await producer.stop()
     await consumer.stop()
 
