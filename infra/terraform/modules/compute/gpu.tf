@@ -2,8 +2,9 @@
 # g5.xlarge / A10G, dedicated = p4d.24xlarge / A100), each running one `pinksea gpu-worker
 # --tier <tier>` container, scaled on the tier's Kafka consumer lag that
 # infra/aws_lag_metric.py publishes to CloudWatch every minute as GpuBacklog{Environment, Tier}:
-# the lag on pinksea.gpu.dispatch.<tier>.v1 (largest over the workers' groups
-# pinksea.gpu.worker.<id>) plus the jobs the scheduler still holds for the tier (it dispatches
+# the lag on pinksea.gpu.dispatch.<tier>.v1 (largest over the live workers' groups
+# pinksea.gpu.worker.<id>: a departed worker's group is not counted, so the tier scales back
+# in after a scale-in) plus the jobs the scheduler still holds for the tier (it dispatches
 # only to idle workers, so the topic alone never shows a queue):
 #
 #   lag > 10  -> +1 instance, 5 min warm-up ("cooldown")
