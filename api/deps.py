@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import asyncpg
+import structlog
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -16,8 +18,10 @@ from api.services import Services, now
 from domain.plans import PLANS
 from projections.consistency import wait_for_position
 from projections.registry import get_projection
+from workflows.notifier.preferences import remember_address
 
 MAX_POSITION = 2**63 - 1
+log = structlog.get_logger("api.deps")
 
 
 # Dependencies are async even when they need not be: FastAPI runs sync ones on a thread pool.
@@ -64,8 +68,23 @@ async def authenticate(
         except AuthError as e:
             raise _unauthorized(f"The token was refused: {e.detail}.") from None
         await svc.ensure_registered(principal.user_id)
+        await _remember_address(svc, principal)
     request.state.principal = principal
     return principal
+
+
+async def _remember_address(svc: Services, principal: Principal) -> None:
+    """Low-balance e-mails go to the e-mail claim of the user's latest sign-in: record a new
+    one, once per process and address. Best effort: a database that does not answer must not
+    refuse a request that might not need it; a later request records the address."""
+    if not principal.email or svc.addresses.get(principal.user_id) == principal.email:
+        return
+    try:
+        await remember_address(svc.pool, principal.user_id, principal.email, now())
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as e:
+        log.warning("sign-in e-mail not recorded", user_id=principal.user_id, error=repr(e))
+        return
+    svc.addresses.put(principal.user_id, principal.email)
 
 
 async def _principal_from_api_key(request: Request, svc: Services, key: str) -> Principal:

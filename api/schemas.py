@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any, Generic, Literal, TypeVar, get_args
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from domain.catalog import MODELS
 from domain.jobs import MAX_PROMPT_CHARS, MAX_SEED, SCHEDULERS
@@ -454,8 +454,22 @@ class MeView(BaseModel):
     low_balance: bool = Field(
         description="available credit is below a tenth of the plan's monthly credits"
     )
+    low_balance_emails: bool = Field(
+        description="an e-mail each time the balance falls below that line (PATCH to change)"
+    )
+    notification_email: str | None = Field(
+        description="where those e-mails go: the e-mail of your latest sign-in; null: none known"
+    )
     auth: Literal["jwt", "api_key"]
     is_admin: bool
+
+
+class MeUpdate(Strict):
+    """The settings of your own account you may change; leave out what stays as it is."""
+
+    low_balance_emails: StrictBool | None = Field(
+        None, description="false: no more low-balance e-mails; true: e-mail again"
+    )
 
 
 class UserSummaryView(BaseModel):

@@ -88,6 +88,8 @@ class Services:
     registered: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
     plans: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, PLAN_CACHE_S))
     storage: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, STORAGE_CACHE_S))
+    # user -> the sign-in e-mail this process recorded for notifications (api/deps.py)
+    addresses: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
 
     async def command(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a synchronous Application call on a worker thread. The limiter holds the

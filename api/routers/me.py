@@ -13,10 +13,20 @@ from api import problems as p
 from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
-from api.schemas import BalanceView, LedgerLine, MeView, Page, PlanView, SubscriptionView, UsageView
+from api.schemas import (
+    BalanceView,
+    LedgerLine,
+    MeUpdate,
+    MeView,
+    Page,
+    PlanView,
+    SubscriptionView,
+    UsageView,
+)
 from api.services import now
 from domain.plans import GpuTier, get_plan
 from read_models import queries
+from workflows.notifier.preferences import get_preferences, set_low_balance_emails
 
 router = APIRouter(prefix="/v1/me", tags=["me"])
 ERRORS = (401, 403, 429, 503)
@@ -35,6 +45,7 @@ async def me(principal: CurrentUser, svc: ServicesDep) -> MeView:
     row = await queries.get_user(svc.pool, user)
     used = await queries.storage_used_bytes(svc.pool, user)
     low = await svc.pool.fetchval("SELECT low_balance FROM balances WHERE user_id = $1", user)
+    prefs = await get_preferences(svc.pool, user)
     if row is not None:
         terms = row.subscription.custom_terms
         plan = get_plan(row.plan.slug)
@@ -77,9 +88,30 @@ async def me(principal: CurrentUser, svc: ServicesDep) -> MeView:
         storage_used_bytes=used,
         storage_quota_bytes=plan.storage_bytes,
         low_balance=bool(low),
+        low_balance_emails=prefs.low_balance_emails,
+        notification_email=prefs.email,
         auth="api_key" if principal.via == "api_key" else "jwt",
         is_admin=principal.is_admin,
     )
+
+
+@router.patch(
+    "",
+    response_model=MeView,
+    summary="Change your account settings (low-balance e-mails)",
+    description="Only the fields sent change. The e-mails go to the address of your latest "
+    "sign-in (the e-mail claim of your token).",
+    responses=problem_responses(*ERRORS, 413, 422),
+    dependencies=[Depends(rate_limit("command"))],
+)
+async def update_me(body: MeUpdate, principal: CurrentUser, svc: ServicesDep) -> MeView:
+    if body.low_balance_emails is None:
+        raise ProblemError(
+            p.INVALID_REQUEST,
+            'Send at least one setting to change, e.g. {"low_balance_emails": false}.',
+        )
+    await set_low_balance_emails(svc.pool, principal.user_id, body.low_balance_emails, now())
+    return await me(principal, svc)
 
 
 @router.get(
