@@ -121,6 +121,11 @@ module "identity" {
   gpu_tiers            = keys({ for tier, t in var.gpu_tiers : tier => t if t.enabled })
   metric_namespace     = module.compute.lag_metric_namespace
   log_group_name_base  = module.compute.log_group_name_base
+
+  github_repository                  = var.github_repository
+  github_environment                 = var.environment # the GitHub environment of the same name
+  github_oidc_provider_arn           = var.github_oidc_provider_arn
+  github_deploy_pull_repository_arns = var.github_deploy_pull_repository_arns
 }
 
 module "compute" {

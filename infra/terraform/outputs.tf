@@ -77,3 +77,13 @@ output "lag_metric_namespace" {
   description = "CloudWatch namespace of the consumer-lag metric."
   value       = module.compute.lag_metric_namespace
 }
+
+output "github_deploy_role_arn" {
+  description = "AWS_DEPLOY_ROLE_ARN of this GitHub environment (docs/DEPLOY.md, Release pipeline)."
+  value       = module.identity.github_deploy_role_arn
+}
+
+output "ecr_repository_arns" {
+  description = "ECR repository ARNs (production's github_deploy_pull_repository_arns is staging's)."
+  value       = module.compute.ecr_repository_arns
+}

@@ -231,3 +231,23 @@ variable "log_retention_days" {
   type        = number
   default     = 365
 }
+
+# --- release pipeline (.github/workflows/release.yml, docs/DEPLOY.md "Release pipeline") ------
+
+variable "github_repository" {
+  description = "GitHub repository (owner/name) whose release pipeline may assume the deploy role through OIDC; empty: no role."
+  type        = string
+  default     = ""
+}
+
+variable "github_oidc_provider_arn" {
+  description = "The account's GitHub OIDC provider when another state already created it; empty: create it."
+  type        = string
+  default     = ""
+}
+
+variable "github_deploy_pull_repository_arns" {
+  description = "Production: staging's ECR repository ARNs, which the deploy role pulls the released digest from."
+  type        = list(string)
+  default     = []
+}

@@ -747,4 +747,5 @@ def test_identity_has_one_role_per_service(tf: Config) -> None:
         "execution",
         "task",
         "gpu",
+        "github_deploy",  # the release pipeline's (GitHub OIDC), not a service's
     }

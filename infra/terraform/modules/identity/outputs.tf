@@ -42,3 +42,8 @@ output "gpu_instance_profile_names" {
   description = "Instance profile per GPU tier."
   value       = { for k, p in aws_iam_instance_profile.gpu : k => p.name }
 }
+
+output "github_deploy_role_arn" {
+  description = "Role of the release pipeline (GitHub OIDC); null when github_repository is empty."
+  value       = one(aws_iam_role.github_deploy[*].arn)
+}

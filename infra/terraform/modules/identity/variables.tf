@@ -77,3 +77,31 @@ variable "log_group_name_base" {
   description = "Prefix of the services' log groups."
   type        = string
 }
+
+variable "github_repository" {
+  description = "GitHub repository (owner/name) whose release pipeline may assume the deploy role; empty: no role."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.github_repository == "" || can(regex("^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", var.github_repository))
+    error_message = "github_repository must be owner/name (or empty)."
+  }
+}
+
+variable "github_environment" {
+  description = "GitHub environment whose jobs may assume the deploy role (the OIDC sub claim)."
+  type        = string
+}
+
+variable "github_oidc_provider_arn" {
+  description = "The account's existing GitHub OIDC provider; empty: this state creates it."
+  type        = string
+  default     = ""
+}
+
+variable "github_deploy_pull_repository_arns" {
+  description = "ECR repositories of another environment the deploy role may pull from (production: staging's, to promote the same digest)."
+  type        = list(string)
+  default     = []
+}
