@@ -10,8 +10,9 @@
 #   - register task definitions, roll this cluster's services onto them, pass their roles;
 #   - add launch template versions to this environment's GPU launch templates and start or
 #     cancel instance refreshes of its GPU auto-scaling groups (which checks that the caller
-#     could launch from the template itself);
-#   - sign the end-to-end test user in through the server client (its secret, its pool).
+#     could launch from the template itself).
+# The end-to-end check signs its test user in as the web app does (SRP on the public web
+# client): no AWS permission.
 # Created only when var.github_repository is set. The OIDC provider is one per account: when
 # the other environment's state already created it, pass its ARN in var.github_oidc_provider_arn.
 
@@ -250,30 +251,6 @@ data "aws_iam_policy_document" "github_deploy" {
     actions   = ["autoscaling:StartInstanceRefresh", "autoscaling:CancelInstanceRefresh"]
     resources = [local.gpu_asg_arn_pattern]
   }
-
-  statement {
-    sid       = "EndToEndSignIn"
-    actions   = ["cognito-idp:AdminInitiateAuth"]
-    resources = [aws_cognito_user_pool.main.arn]
-  }
-
-  statement {
-    sid       = "EndToEndClientSecret"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.cognito.arn]
-  }
-
-  statement {
-    sid       = "EndToEndClientSecretKey"
-    actions   = ["kms:Decrypt"]
-    resources = [var.kms_key_arn]
-
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["secretsmanager.${var.region}.amazonaws.com"]
-    }
-  }
 }
 
 resource "aws_iam_role" "github_deploy" {
@@ -282,7 +259,7 @@ resource "aws_iam_role" "github_deploy" {
   name                 = "${var.name}-github-deploy"
   description          = "Release pipeline of ${var.github_repository} (GitHub environment ${var.github_environment})"
   assume_role_policy   = data.aws_iam_policy_document.github_assume.json
-  max_session_duration = 3600
+  max_session_duration = 7200 # a production release with a GPU refresh and a rollback
 
   tags = var.tags
 }
