@@ -444,7 +444,15 @@ def test_kafka_environment_is_what_the_settings_read(
 
 def test_fargate_services(tf: Config) -> None:
     services = tf.locals("compute")["services"]
-    assert set(services) == {"api", "relay", "projections", "scheduler", "settler", "expiry"}
+    assert set(services) == {
+        "api",
+        "relay",
+        "projections",
+        "scheduler",
+        "settler",
+        "expiry",
+        "notifier",
+    }
     commands = {name: s["command"][:2] for name, s in services.items()}
     assert commands["api"] == ["pinksea", "api"]
     assert commands["relay"] == ["pinksea", "relay"]
@@ -452,6 +460,7 @@ def test_fargate_services(tf: Config) -> None:
     assert commands["scheduler"] == ["pinksea", "scheduler"]
     assert commands["settler"] == ["pinksea", "settle"]
     assert commands["expiry"] == ["pinksea", "expire"]
+    assert commands["notifier"] == ["pinksea", "notify"]
     # the lag publisher is a sidecar of the scheduler: it reads the queue depth on localhost
     lag = tf.locals("compute")["lag_metric_command"]
     assert lag[:2] == ["pinksea", "lag-metric"]

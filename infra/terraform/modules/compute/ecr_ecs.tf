@@ -1,7 +1,7 @@
 # Container registry, the ECS cluster, and the Fargate services: the API behind the ALB and
-# the pipeline processes (relay, projections, scheduler, settler, expiry). The consumer-lag
-# publisher runs as a sidecar of the scheduler: it reads the scheduler's queue depth on
-# 127.0.0.1:9103/metrics and publishes the GPU backlog the auto-scaling groups scale on.
+# the pipeline processes (relay, projections, scheduler, settler, expiry, notifier). The
+# consumer-lag publisher runs as a sidecar of the scheduler: it reads the scheduler's queue depth
+# on 127.0.0.1:9103/metrics and publishes the GPU backlog the auto-scaling groups scale on.
 
 locals {
   lag_metric_namespace = "Pinksea/Kafka"
@@ -132,6 +132,21 @@ locals {
       cpu               = var.pipeline_cpu
       memory            = var.pipeline_memory
       extra_environment = {}
+    }
+    # Low-balance e-mails through SES (AWS's own endpoint), from the domain's no-reply address
+    # (a verified identity); they link to the billing page.
+    notifier = {
+      command = ["pinksea", "notify"]
+      secrets = ["database"]
+      cpu     = var.pipeline_cpu
+      memory  = var.pipeline_memory
+      extra_environment = {
+        PINKSEA_EMAIL_BACKEND       = "ses"
+        PINKSEA_EMAIL_SENDER        = "Pinksea <no-reply@${var.cdn_domain_name}>"
+        PINKSEA_SES_REGION          = var.region
+        PINKSEA_SES_ENDPOINT_URL    = ""
+        PINKSEA_CHECKOUT_CANCEL_URL = "https://${var.cdn_domain_name}/billing"
+      }
     }
   }
 }

@@ -26,6 +26,7 @@ locals {
     scheduler   = [var.database_secret_arn, var.redis_secret_arn]
     settler     = [var.database_secret_arn]
     expiry      = [var.database_secret_arn]
+    notifier    = [var.database_secret_arn]
     model-sync  = []
   }
 
@@ -36,6 +37,7 @@ locals {
     scheduler   = data.aws_iam_policy_document.scheduler.json
     settler     = data.aws_iam_policy_document.settler.json
     expiry      = data.aws_iam_policy_document.ecs_exec.json
+    notifier    = data.aws_iam_policy_document.notifier.json
     model-sync  = data.aws_iam_policy_document.model_sync.json
   }
 }
@@ -291,6 +293,42 @@ data "aws_iam_policy_document" "settler" {
     sid       = "KafkaOwnGroups"
     actions   = ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]
     resources = ["${local.msk_group_arn}/pinksea.settler"]
+  }
+}
+
+# `pinksea notify`: reads the credits topic in its own group and sends through SES, only from
+# the domain's no-reply address (out of the SES sandbox, only the sender's identity is checked).
+data "aws_iam_policy_document" "notifier" {
+  source_policy_documents = [data.aws_iam_policy_document.ecs_exec.json]
+
+  statement {
+    sid       = "KafkaConnect"
+    actions   = ["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"]
+    resources = [var.msk_cluster_arn]
+  }
+
+  statement {
+    sid       = "KafkaReadCredits"
+    actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"]
+    resources = ["${local.msk_topic_arn}/pinksea.credits.v1"]
+  }
+
+  statement {
+    sid       = "KafkaOwnGroup"
+    actions   = ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]
+    resources = ["${local.msk_group_arn}/pinksea.notifier"]
+  }
+
+  statement {
+    sid       = "SendFromTheDomain"
+    actions   = ["ses:SendEmail", "ses:SendRawEmail"] # SES v2 SendEmail with raw content
+    resources = ["arn:aws:ses:${var.region}:${local.account_id}:identity/${var.domain_name}"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ses:FromAddress"
+      values   = ["no-reply@${var.domain_name}"]
+    }
   }
 }
 
