@@ -37,6 +37,7 @@ def _register() -> None:
         gpu_worker,
         lag_metric,
         ledger,
+        notify,
         processes,
         streaming,
         up,

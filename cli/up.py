@@ -39,6 +39,7 @@ def processes(api_port: int, tiers: list[str], device: str) -> list[Child]:
         Child("scheduler", ["scheduler"]),
         Child("settle", ["settle"]),
         Child("expire", ["expire"]),
+        Child("notify", ["notify"]),
     ]
     for i, tier in enumerate(tiers):
         worker_id = f"local-{tier}-{device}"
@@ -56,7 +57,7 @@ def up(
     device: str = typer.Option("cpu", help="Their device: cpu or cuda:N."),
     dev_tokens: bool = typer.Option(True, help="Accept `pinksea dev-token` JWTs in the API."),
 ) -> None:
-    """Run the API, relay, projections, scheduler, settler, expiry and GPU workers."""
+    """Run the API, relay, projections, scheduler, settler, expiry, notifier and GPU workers."""
     env = dict(os.environ)
     env.setdefault("PINKSEA_LOG_JSON", "false")
     if dev_tokens:

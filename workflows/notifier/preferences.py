@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeAlias
 
 import asyncpg
 
@@ -26,7 +27,7 @@ _ADDRESS = re.compile(
     r"[A-Za-z0-9-]{2,63}$"
 )
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection  # both run the same queries
 
 
 @dataclass(frozen=True)
