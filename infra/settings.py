@@ -182,6 +182,33 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = Field(15.0, description="Keep-alive comment interval on streams.")
     sse_max_duration_s: float = Field(3600.0, description="Longest life of one event stream.")
 
+    # Notifier: low-balance e-mails
+    # (`pinksea notify`, workflows/notifier/; the e-mails link to checkout_cancel_url, the
+    # billing page).
+    email_backend: Literal["smtp", "ses"] = Field(
+        "smtp",
+        description="How `pinksea notify` sends e-mail: smtp (the local stack's server) or ses "
+        "(Amazon SES v2, with the process's AWS credentials).",
+    )
+    email_sender: str = Field(
+        "Pinksea <no-reply@pinksea.local>",
+        description="From address of notification e-mails (ses: of a verified identity).",
+    )
+    smtp_host: str = Field("127.0.0.1", description="SMTP server of the smtp e-mail backend.")
+    smtp_port: int = Field(
+        2525, ge=1, le=65535, description="Its port (the local stack's aiosmtpd)."
+    )
+    ses_endpoint_url: str | None = Field(
+        None, description="SES endpoint; empty for AWS's own (tests: the moto server)."
+    )
+    ses_region: str = Field("ap-northeast-2", description="Region of SES.")
+    low_balance_email_max_age_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="A LowBalanceReached older than this when the notifier reads it is recorded "
+        "as skipped, not mailed (a new notifier reads the whole history).",
+    )
+
     # Terraform writes "" for "not set" (an ECS environment entry cannot be null).
     @field_validator(
         "kafka_sasl_mechanism",
