@@ -192,8 +192,8 @@ class ImageView(BaseModel):
     width: int
     height: int
     created_at: datetime
-    url: str = Field(description="presigned URL of the PNG")
-    thumbnail_url: str = Field(description="presigned URL of the WebP thumbnail")
+    url: str = Field(description="signed URL of the PNG (CloudFront; S3 presigned without a CDN)")
+    thumbnail_url: str = Field(description="signed URL of the WebP thumbnail")
     urls_expire_at: datetime
 
 

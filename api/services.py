@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 
 from api.auth import JwtVerifier
 from api.cache import JsonCache
+from api.image_urls import ImageUrls, image_urls
 from api.live import JobWatcher
 from api.ratelimit import RateLimiter
 from domain.application import PinkseaApplication
@@ -85,6 +86,7 @@ class Services:
     balance_cache: JsonCache
     job_cache: JsonCache
     watcher: JobWatcher
+    image_urls: ImageUrls  # signs every image URL handed out (CloudFront, or S3 presigned)
     registered: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
     plans: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, PLAN_CACHE_S))
     storage: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, STORAGE_CACHE_S))
@@ -163,6 +165,9 @@ def s3_client(settings: Settings) -> Any:
 
 
 async def start_services(settings: Settings) -> Services:
+    s3_images = s3_client(settings)
+    # The URL signing key is parsed once per process, first: a bad key stops the start here.
+    urls = image_urls(settings, s3_images)
     pool = await create_pool(settings)
     async with pool.acquire() as conn:
         await migrate(conn)  # idempotent, serialised by an advisory lock
@@ -190,7 +195,7 @@ async def start_services(settings: Settings) -> Services:
         pubsub_redis=aioredis.from_url(
             settings.redis_url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 1)
         ),
-        s3=s3_client(settings),
+        s3=s3_images,
         verifier=JwtVerifier(settings),
         limiter=anyio.CapacityLimiter(settings.db_pool_size),
         rate_limiter=RateLimiter(
@@ -203,4 +208,5 @@ async def start_services(settings: Settings) -> Services:
             client, settings.redis_key_prefix, "jobcache", settings.job_cache_ttl_s
         ),
         watcher=watcher,
+        image_urls=urls,
     )

@@ -1,8 +1,7 @@
-"""Images: list, read (with presigned URLs), delete (frees storage quota)."""
+"""Images: list, read (with signed URLs, api/image_urls.py), delete (frees storage quota)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 from uuid import UUID
 
@@ -12,6 +11,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Path, Response, status
 
 from api import problems as p
 from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
+from api.image_urls import expiry
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import ImageView, Page
@@ -25,22 +25,13 @@ from read_models import queries
 router = APIRouter(prefix="/v1/images", tags=["images"])
 log = structlog.get_logger("api.images")
 
-URL_TTL = timedelta(hours=1)
 ImageName = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
 ERRORS = (401, 403, 429, 503)
 
 
 def _view(svc: Services, image: rm.Image) -> ImageView:
-    # Presigning is a local HMAC, no request to S3.
-    def sign(key: str) -> str:
-        return str(
-            svc.s3.generate_presigned_url(
-                "get_object",
-                Params={"Bucket": svc.settings.s3_bucket, "Key": key},
-                ExpiresIn=int(URL_TTL.total_seconds()),
-            )
-        )
-
+    # Signed for CloudFront, or presigned for S3 without a CDN: local either way (no request).
+    expires_at = expiry(now())
     return ImageView(
         name=image.name,
         job_id=image.job_id,
@@ -49,9 +40,9 @@ def _view(svc: Services, image: rm.Image) -> ImageView:
         width=image.width,
         height=image.height,
         created_at=image.created_at,
-        url=sign(image.key),
-        thumbnail_url=sign(image.thumbnail_key),
-        urls_expire_at=now() + URL_TTL,
+        url=svc.image_urls.sign(image.key, expires_at),
+        thumbnail_url=svc.image_urls.sign(image.thumbnail_key, expires_at),
+        urls_expire_at=expires_at,
     )
 
 
@@ -81,7 +72,7 @@ async def list_images(principal: CurrentUser, svc: ServicesDep, paging: Paging) 
 @router.get(
     "/{image_name}",
     response_model=ImageView,
-    summary="One of your images, with presigned URLs",
+    summary="One of your images, with signed URLs",
     responses=problem_responses(*ERRORS, 404, 422),
     dependencies=[Depends(rate_limit("query")), Depends(consistent("jobs"))],
 )

@@ -1,14 +1,28 @@
-"""Images: listing, presigned URLs that S3 honours, deletion that frees quota and objects."""
+"""Images: listing, URLs (S3 presigned ones that S3 honours; CloudFront signed ones, verified
+with the public key, when a CDN is configured), deletion that frees quota and objects."""
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from fnmatch import fnmatch
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from uuid import UUID
 
 import httpx
 import pytest
 from botocore.exceptions import ClientError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from pydantic import SecretStr
 
+from api.app import create_app
+from gpu_consumer.outputs import image_key, thumbnail_key
+from infra.settings import Settings
 from tests.api.conftest import Kit, problem_type
 
 pytestmark = pytest.mark.integration
@@ -21,8 +35,7 @@ async def _job_with_images(kit: Kit, user: str, count: int = 2) -> tuple[str, li
     images = []
     for i in range(count):
         name = f"{job_id}-{i}"
-        key = f"users/{user}/images/{name}.png"
-        thumb = f"users/{user}/images/{name}.webp"
+        key, thumb = image_key(user, name), thumbnail_key(user, name)  # the worker's layout
         png = b"\x89PNG fake " + name.encode()
         s3.put_object(Bucket=kit.settings.s3_bucket, Key=key, Body=png)
         s3.put_object(Bucket=kit.settings.s3_bucket, Key=thumb, Body=b"RIFF webp")
@@ -53,6 +66,9 @@ async def test_list_get_and_presigned_urls(kit: Kit, user: str) -> None:
     assert r.status_code == 200
     image = r.json()
     assert image["job_id"] == job_id and image["size_bytes"] == images[0]["size_bytes"]
+    # No CDN configured: S3 presigned URLs, on the S3 endpoint.
+    assert image["url"].startswith(f"{kit.settings.s3_endpoint_url}/")
+    assert "X-Amz-Signature=" in image["url"]
     png = httpx.get(image["url"])
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert httpx.get(image["thumbnail_url"]).content == b"RIFF webp"
@@ -132,3 +148,112 @@ async def test_deleted_once_recorded_even_when_s3_fails(
     for key in (images[0]["key"], images[0]["thumbnail_key"]):
         with pytest.raises(ClientError):
             s3.head_object(Bucket=kit.settings.s3_bucket, Key=key)
+
+
+# --------------------------------------------------------------------- CloudFront signed URLs
+
+CDN_DOMAIN = "cdn.pinksea.test"
+KEY_PAIR_ID = "K2JCJMDEHXQW5F"
+IMAGES_BEHAVIOUR = "/users/*"  # the CloudFront behaviour of the images (modules/storage)
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+async def cdn_kit(api_settings: Settings, signing_key: rsa.RSAPrivateKey) -> AsyncIterator[Kit]:
+    """A second API app on the same stack, configured with a CDN as in production."""
+    pem = signing_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        **{
+            **api_settings.model_dump(),
+            "cdn_domain": CDN_DOMAIN,
+            "cloudfront_key_pair_id": KEY_PAIR_ID,
+            "cloudfront_private_key": SecretStr(pem),
+        },
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            yield Kit(settings, app.state.services, client)
+
+
+def _cloudfront_accepts(public_key: rsa.RSAPublicKey, url: str) -> bool:
+    """CloudFront's check of a canned-policy URL: the policy it rebuilds from the URL and its
+    ``Expires``, verified against ``Signature`` with the key group's public key."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    policy = {
+        "Statement": [
+            {
+                "Resource": urlunsplit(parts._replace(query="")),
+                "Condition": {"DateLessThan": {"AWS:EpochTime": int(query["Expires"])}},
+            }
+        ]
+    }
+    # CloudFront's URL-safe base64: '+' '=' '/' travel as '-' '_' '~'.
+    signature = base64.b64decode(
+        query["Signature"].replace("-", "+").replace("_", "=").replace("~", "/")
+    )
+    try:
+        public_key.verify(
+            signature,
+            json.dumps(policy, separators=(",", ":")).encode(),
+            padding.PKCS1v15(),
+            hashes.SHA1(),
+        )
+    except InvalidSignature:
+        return False
+    return True
+
+
+async def test_cdn_urls_are_signed_for_cloudfront(
+    cdn_kit: Kit, signing_key: rsa.RSAPrivateKey, user: str, other: str
+) -> None:
+    _, images = await _job_with_images(cdn_kit, user, count=1)
+    r = await cdn_kit.client.get(f"/v1/images/{images[0]['name']}", headers=cdn_kit.auth(user))
+    assert r.status_code == 200
+    image = r.json()
+    expires_at = int(datetime.fromisoformat(image["urls_expire_at"]).timestamp())
+    public_key = signing_key.public_key()
+    for url, key in (
+        (image["url"], images[0]["key"]),
+        (image["thumbnail_url"], images[0]["thumbnail_key"]),
+    ):
+        parts = urlsplit(url)
+        # The S3 key is the path: the images behaviour serves it from the bucket as it is.
+        assert (parts.scheme, parts.netloc, parts.path) == ("https", CDN_DOMAIN, f"/{key}")
+        assert fnmatch(parts.path, IMAGES_BEHAVIOUR)
+        query = dict(parse_qsl(parts.query))
+        assert query.keys() == {"Expires", "Signature", "Key-Pair-Id"}
+        assert query["Key-Pair-Id"] == KEY_PAIR_ID
+        assert int(query["Expires"]) == expires_at
+        assert _cloudfront_accepts(public_key, url)
+
+    # The signature covers the path and the expiry: it opens nothing else.
+    url = image["url"]
+    assert not _cloudfront_accepts(public_key, url.replace(f"/users/{user}/", f"/users/{other}/"))
+    later = url.replace(f"Expires={expires_at}", f"Expires={expires_at + 3600}")
+    assert later != url and not _cloudfront_accepts(public_key, later)
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    assert not _cloudfront_accepts(stranger, url)
+
+
+async def test_listed_images_are_signed_for_cloudfront_too(
+    cdn_kit: Kit, signing_key: rsa.RSAPrivateKey, user: str
+) -> None:
+    _, images = await _job_with_images(cdn_kit, user, count=2)
+    items = (await cdn_kit.client.get("/v1/images", headers=cdn_kit.auth(user))).json()["items"]
+    assert {i["name"] for i in items} == {i["name"] for i in images}
+    for item in items:
+        for url in (item["url"], item["thumbnail_url"]):
+            assert urlsplit(url).netloc == CDN_DOMAIN
+            assert _cloudfront_accepts(signing_key.public_key(), url)

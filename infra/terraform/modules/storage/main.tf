@@ -459,7 +459,7 @@ resource "aws_wafv2_web_acl_logging_configuration" "cloudfront" {
 }
 
 # ============================================================================================
-# CloudFront: frontend (default), /images/* (signed URLs), /api/* (the ALB)
+# CloudFront: frontend (default), /users/* (images, signed URLs), /api/* (the ALB)
 # ============================================================================================
 
 resource "aws_cloudfront_public_key" "signer" {
@@ -470,7 +470,7 @@ resource "aws_cloudfront_public_key" "signer" {
 
 resource "aws_cloudfront_key_group" "signer" {
   name    = "${var.name}-image-signers"
-  comment = "Keys trusted for /images/*"
+  comment = "Keys trusted for /users/* (the images)"
   items   = [aws_cloudfront_public_key.signer.id]
 }
 
