@@ -97,7 +97,8 @@ def tls_context(cafile: str | None = None) -> ssl.SSLContext:
     if cafile and not os.path.isfile(cafile):
         # ssl's own error ("[X509] no certificate or crl found") does not name the file.
         raise ValueError(f"kafka_ssl_cafile {cafile!r} is not a readable file")
-    return create_ssl_context(cafile=cafile or None)
+    context: ssl.SSLContext = create_ssl_context(cafile=cafile or None)
+    return context
 
 
 def _sasl_credentials(

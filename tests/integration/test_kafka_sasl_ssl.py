@@ -229,5 +229,7 @@ def test_the_broker_certificate_names_the_host(sasl_broker: SaslBroker) -> None:
         socket.create_connection(("127.0.0.1", sasl_broker.sasl_port), timeout=10) as raw,
         ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
-        alt_names = tls.getpeercert()["subjectAltName"]
+        peer = tls.getpeercert()
+    assert peer is not None
+    alt_names = peer["subjectAltName"]
     assert ("IP Address", "127.0.0.1") in alt_names and ("DNS", "localhost") in alt_names

@@ -95,7 +95,7 @@ def test_ssl_uses_a_verifying_context() -> None:
 
 
 def test_scram_with_a_private_ca(no_aws_env: pytest.MonkeyPatch, ca_file: str) -> None:
-    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)  # type: ignore[arg-type]
+    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)  # type: ignore[call-arg, arg-type]
     kwargs = connection_kwargs(s)
     assert (kwargs["security_protocol"], kwargs["sasl_mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
     # aiokafka names the user/password options "plain" for SCRAM too.
@@ -128,7 +128,7 @@ def test_without_a_cafile_the_system_cas_are_trusted() -> None:
 
 def test_scram_needs_user_and_password(no_aws_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="PINKSEA_KAFKA_SASL_USERNAME"):
-        Settings(_env_file=None, **{**SCRAM, "kafka_sasl_password": None})  # type: ignore[arg-type]
+        Settings(_env_file=None, **{**SCRAM, "kafka_sasl_password": None})  # type: ignore[call-arg, arg-type]
     with pytest.raises(ValueError, match="user name and a password"):
         security_kwargs("b-1:9096", "SASL_SSL", "SCRAM-SHA-512", sasl_username="pinksea")
 
@@ -240,7 +240,7 @@ async def test_aiokafka_accepts_the_options(no_aws_env: pytest.MonkeyPatch) -> N
 async def test_aiokafka_accepts_the_scram_options(
     no_aws_env: pytest.MonkeyPatch, ca_file: str
 ) -> None:
-    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)  # type: ignore[arg-type]
+    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)  # type: ignore[call-arg, arg-type]
     producer = kafka.idempotent_producer(s)
     consumer = kafka.manual_consumer(s, "g", "pinksea.jobs.v1")
     admin = AIOKafkaAdminClient(**connection_kwargs(s))
