@@ -10,7 +10,8 @@ Invariants:
 - the postings of every event, and of all events, sum to zero;
 - no lot's remainder and no available balance is ever negative;
 - every completed job is settled exactly once, with charged = billed gpu_ms x rate;
-- every open hold belongs to a job that is still live.
+- every open hold belongs to a job that is still live;
+- a deactivated account places no hold until it is reactivated.
 """
 
 from __future__ import annotations
@@ -106,6 +107,13 @@ async def _replay_and_stream(
     async for stored in events:
         ev = stored.event
         report.events += 1
+        if isinstance(ev, CreditAccount.CreditsReserved):
+            before = replay.accounts.get(ev.originator_id)
+            if before is not None and before.deactivated:
+                report.fail(
+                    "no holds while deactivated",
+                    f"hold {ev.hold_id} placed on deactivated account {before.user_id}",
+                )
         aggregate = _apply(replay, ev)
         if isinstance(aggregate, CreditAccount):
             event_id = f"{ev.originator_id}:{ev.originator_version}"
@@ -175,15 +183,15 @@ def _check_jobs(report: VerifyReport, replay: _Replay) -> None:
 
 async def _compare_tables(conn: asyncpg.Connection, report: VerifyReport, replay: _Replay) -> None:
     expected_balances = {
-        a.user_id: (sum(lot.remaining_mc for lot in a.lots.values()), a.held_mc)
+        a.user_id: (sum(lot.remaining_mc for lot in a.lots.values()), a.held_mc, a.deactivated)
         for a in replay.accounts.values()
     }
     await _compare(
         conn,
         report,
         "balances",
-        "SELECT user_id, available_mc, held_mc FROM balances",
-        lambda r: (r[0], (r[1], r[2])),
+        "SELECT user_id, available_mc, held_mc, deactivated FROM balances",
+        lambda r: (r[0], tuple(r[1:])),
         expected_balances,
     )
     expected_lots = {
@@ -248,13 +256,17 @@ async def _compare_tables(conn: asyncpg.Connection, report: VerifyReport, replay
         lambda r: (r[0], (r[1], r[2])),
         expected_usage,
     )
-    expected_subs = {s.user_id: (s.plan_slug, s.status) for s in replay.subscriptions.values()}
+    # With the expiry loop's work lists: when a tester plan reverts, the last contract period.
+    expected_subs = {
+        s.user_id: (s.plan_slug, s.status, s.tester_until, s.contract_period_end)
+        for s in replay.subscriptions.values()
+    }
     await _compare(
         conn,
         report,
         "user_subscriptions",
-        "SELECT user_id, plan, status FROM user_subscriptions",
-        lambda r: (r[0], (r[1], r[2])),
+        "SELECT user_id, plan, status, tester_until, contract_period_end FROM user_subscriptions",
+        lambda r: (r[0], tuple(r[1:])),
         expected_subs,
     )
 

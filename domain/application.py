@@ -32,7 +32,13 @@ from eventsourcing.persistence import (
 from domain import ids
 from domain.catalog import MODELS
 from domain.credits import CreditAccount, HoldAsDict, LotAsDict, LotSource
-from domain.errors import InsufficientCredits, InvalidParameters, InvalidTransition, NotFound
+from domain.errors import (
+    AccountDeactivated,
+    InsufficientCredits,
+    InvalidParameters,
+    InvalidTransition,
+    NotFound,
+)
 from domain.estimation import budget_ms_for_hold, charge_for, estimate_gpu_ms, hold_for_estimate
 from domain.jobs import (
     MAX_ATTEMPTS,
@@ -100,6 +106,16 @@ class SubmitResult:
     detail: str | None
     position: int
     created: bool  # False: the Idempotency-Key was seen before, this is the first result again
+
+
+@dataclass(frozen=True)
+class AccountStatusResult:
+    changed: bool  # False: the account was in that state already
+    position: int
+    deactivated: bool
+    version: int  # the account's version at which ``deactivated`` holds (orders the API's flags)
+    cancelled_jobs: tuple[UUID, ...] = ()  # queued jobs cancelled, their holds voided
+    stopping_jobs: tuple[UUID, ...] = ()  # running jobs asked to stop (GPU time used is billed)
 
 
 @dataclass(frozen=True)
@@ -473,12 +489,17 @@ class PinkseaApplication(Application[UUID]):
         at: datetime,
         custom_terms: CustomTerms | None = None,
     ) -> CommandResult:
+        """An admin assigns a plan. Enterprise terms with no Stripe subscription running are a
+        contract: its first period's credits are granted in the same save."""
+
         def command() -> CommandResult:
             sub = self.subscription(user_id)
+            account = self._account_or_open(user_id, at)
             changed = sub.change_plan(
                 to_plan=to_plan, actor=actor, reason=reason, at=at, custom_terms=custom_terms
             )
-            return CommandResult(changed, self._save(sub))
+            changed |= self._grant_contract_period(sub, account, at)
+            return CommandResult(changed, self._save(sub, account))
 
         return self._retrying(command)
 
@@ -494,12 +515,15 @@ class PinkseaApplication(Application[UUID]):
         reason: str,
         at: datetime,
     ) -> CommandResult:
-        """An admin puts a user on the tester plan with credits for a validity window."""
+        """An admin puts a user on the tester plan with credits for a validity window; the plan
+        reverts when the window ends (end_tester_plan), the credits expire with their lot."""
 
         def command() -> CommandResult:
             sub = self.subscription(user_id)
             account = self._account_or_open(user_id, at)
-            changed = sub.change_plan(to_plan="tester", actor=admin, reason=reason, at=at)
+            changed = sub.grant_tester(
+                grant_id=grant_id, valid_until=valid_until, actor=admin, reason=reason, at=at
+            )
             changed |= account.grant(
                 lot_id=ids.lot_id("tester", grant_id),
                 source=LotSource.TESTER,
@@ -515,6 +539,56 @@ class PinkseaApplication(Application[UUID]):
             return CommandResult(changed, self._save(sub, account))
 
         return self._retrying(command)
+
+    def end_tester_plan(self, user_id: str, at: datetime) -> CommandResult:
+        """The tester window is over: back to the plan from before it (safe to repeat). Back
+        on a contract, a period that began meanwhile is granted in the same save."""
+
+        def command() -> CommandResult:
+            sub = self.subscription(user_id)
+            if not sub.end_tester_plan(at):
+                return CommandResult(False, self.current_position())
+            account = self._account_or_open(user_id, at)
+            self._grant_contract_period(sub, account, at)
+            return CommandResult(True, self._save(sub, account))
+
+        return self._retrying(command)
+
+    def start_contract_period(self, user_id: str, at: datetime) -> CommandResult:
+        """Grant the credits of the contract period containing ``at``, once (safe to repeat)."""
+
+        def command() -> CommandResult:
+            sub = self.subscription(user_id)
+            account = self._account_or_open(user_id, at)
+            if not self._grant_contract_period(sub, account, at):
+                return CommandResult(False, self.current_position())
+            return CommandResult(True, self._save(sub, account))
+
+        return self._retrying(command)
+
+    def _grant_contract_period(
+        self, sub: Subscription, account: CreditAccount, at: datetime
+    ) -> bool:
+        """Start the due contract period on ``sub`` and grant its credits, valid to its end,
+        as a lot keyed by the subscription and the period's start."""
+        credits_mc = sub.start_contract_period(at)
+        if credits_mc is None:
+            return False
+        reference = ids.contract_period_reference(sub.id, sub.period_start)
+        granted = account.grant(
+            lot_id=ids.lot_id(LotSource.CONTRACT.value, reference),
+            source=LotSource.CONTRACT,
+            amount_mc=credits_mc,
+            valid_from=sub.period_start,
+            valid_until=sub.period_end,
+            reference=reference,
+            actor="system",
+            reason=f"{sub.plan_slug} contract period",
+            at=at,
+        )
+        assert granted, f"contract period {reference} was granted without its event"
+        self._watch_balance(account, at, sub.plan)
+        return True
 
     def schedule_cancellation(self, user_id: str, at: datetime) -> CommandResult:
         return self._on_subscription(user_id, lambda s: s.schedule_cancellation(at))
@@ -594,6 +668,44 @@ class PinkseaApplication(Application[UUID]):
 
         return self._retrying(command)
 
+    def deactivate_user(
+        self, user_id: str, *, reason: str, actor: str, at: datetime
+    ) -> AccountStatusResult:
+        """An admin stops an account: no new jobs, and every unfinished one is cancelled as
+        the owner's cancel would (queued: cancelled now, hold voided; running: asked to stop,
+        the GPU time used is billed). One save: never deactivated with a queued job left."""
+
+        def command() -> AccountStatusResult:
+            account = self.account(user_id)
+            changed = account.deactivate(reason=reason, actor=actor, at=at)
+            jobs = [self.job(UUID(hold.job_id)) for hold in account.open_holds]
+            cancelled: list[UUID] = []
+            stopping: list[UUID] = []
+            for job in jobs:
+                running = job.status == JobStatus.RUNNING.value
+                if _stop(job, account, reason="account deactivated", at=at):
+                    (stopping if running else cancelled).append(job.id)
+            if not changed and not cancelled and not stopping:
+                return AccountStatusResult(False, self.current_position(), True, account.version)
+            position = self._save(account, *jobs)
+            assert all(j.is_terminal or j.cancel_requested for j in jobs)
+            return AccountStatusResult(
+                changed, position, True, account.version, tuple(cancelled), tuple(stopping)
+            )
+
+        return self._retrying(command)
+
+    def reactivate_user(
+        self, user_id: str, *, reason: str, actor: str, at: datetime
+    ) -> AccountStatusResult:
+        def command() -> AccountStatusResult:
+            account = self.account(user_id)
+            if not account.reactivate(reason=reason, actor=actor, at=at):
+                return AccountStatusResult(False, self.current_position(), False, account.version)
+            return AccountStatusResult(True, self._save(account), False, account.version)
+
+        return self._retrying(command)
+
     def expire_due(self, user_id: str, at: datetime) -> CommandResult:
         """Expire every lot of this user whose validity ended by ``at`` (safe to repeat)."""
 
@@ -624,6 +736,8 @@ class PinkseaApplication(Application[UUID]):
         def command() -> SubmitResult:
             sub = self.subscription(user_id)
             account = self.account(user_id)
+            if account.deactivated:  # checked first: a deactivated account records nothing
+                raise AccountDeactivated("this account is deactivated; it can run no new jobs")
             plan = sub.plan
             job = GenerationJob.submit(
                 user_id=user_id,
@@ -661,8 +775,7 @@ class PinkseaApplication(Application[UUID]):
                 changed = job.request_cancel(at)
                 return CommandResult(changed, self._save(job))
             account = self.account(job.user_id)
-            job.cancel(gpu_ms=0, charged_mc=0, at=at)
-            account.release(hold_id=job.hold_id, reason="cancelled before start", at=at)
+            _stop(job, account, reason="cancelled before start", at=at)
             return CommandResult(True, self._save(job, account))
 
         return self._retrying(command)
@@ -840,6 +953,20 @@ def _rearm_low_balance(account: CreditAccount, at: datetime) -> None:
         account.check_low_balance(account.low_balance_threshold_mc, at)
 
 
+def _stop(job: GenerationJob, account: CreditAccount, *, reason: str, at: datetime) -> bool:
+    """Cancel an unfinished job. Before it runs: cancelled now, its hold voided. Running: the
+    worker is asked to stop within a step; its report bills the GPU time used. False when
+    there is nothing more to do (finished, or asked to stop already)."""
+    if job.is_terminal:
+        return False
+    if job.status == JobStatus.RUNNING.value:
+        return job.request_cancel(at)
+    job.cancel(gpu_ms=0, charged_mc=0, at=at)
+    account.release(hold_id=job.hold_id, reason=reason, at=at)
+    assert job.is_terminal
+    return True
+
+
 def _rate(job: GenerationJob) -> int:
     return RATE_MC_PER_GPU_MS[GpuTier(job.tier)]
 
@@ -973,6 +1100,7 @@ class TrackingPinkseaApplication(PinkseaApplication):
 
 
 __all__ = [
+    "AccountStatusResult",
     "CommandResult",
     "ConcurrencyConflict",
     "PinkseaApplication",

@@ -9,7 +9,8 @@ mutate state, because they run again on every replay.
 Invariants (checked by tests/unit/test_credit_account_stateful.py after every step):
 - every lot: amount + refunded = remaining + held + consumed + expired + debited, all >= 0;
 - available (sum of spendable remainders) is never negative;
-- a hold resolves once, and charges at most its amount.
+- a hold resolves once, and charges at most its amount;
+- a deactivated account places no new hold (what is held still resolves, grants still land).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing_extensions import TypedDict  # pydantic reads these (event JSON Sche
 
 from domain import ids
 from domain.errors import (
+    AccountDeactivated,
     HoldAlreadyResolved,
     IdempotencyConflict,
     InsufficientCredits,
@@ -50,6 +52,7 @@ class LotSource(StrEnum):
     PURCHASE = "purchase"
     ADMIN = "admin"
     REFUND = "refund"
+    CONTRACT = "contract"  # a period of negotiated (enterprise) terms, billed outside Stripe
 
 
 # Promotional credit is spent before paid credit of the same expiry.
@@ -226,6 +229,21 @@ class CreditAccount(Aggregate):
         returns: list[LotAmount]  # back to the lots the charge came from
         new_lot: NewLot | None  # the part whose lots had expired
 
+    class Deactivated(Aggregate.Event):
+        """An admin stopped the account: no new holds until it is reactivated. Moves no credit."""
+
+        TOPIC = "pinksea:CreditAccount.Deactivated"
+        reason: str
+        actor: str
+
+    class Reactivated(Aggregate.Event):
+        TOPIC = "pinksea:CreditAccount.Reactivated"
+        reason: str
+        actor: str
+
+    # The default of accounts whose snapshot predates the attribute.
+    deactivated = False
+
     @staticmethod
     def create_id(user_id: str) -> UUID:
         return ids.account_id(user_id)
@@ -238,6 +256,7 @@ class CreditAccount(Aggregate):
         self.adjustments: dict[str, int] = {}
         self.low_balance = False
         self.low_balance_threshold_mc = 0
+        self.deactivated = False
 
     # ----------------------------------------------------------------------------- queries
 
@@ -313,6 +332,8 @@ class CreditAccount(Aggregate):
             if existing.amount_mc != amount_mc:
                 raise IdempotencyConflict(f"hold {hold_id} exists with a different amount")
             return False
+        if self.deactivated:
+            raise AccountDeactivated("this account is deactivated; it can run no new jobs")
         if amount_mc <= 0:
             raise InvalidParameters("a hold must be a positive amount of millicredits")
         allocations = self._draw(amount_mc, at)
@@ -489,6 +510,28 @@ class CreditAccount(Aggregate):
             self._low_balance_cleared(
                 threshold_mc=threshold_mc, available_mc=available, timestamp=at
             )
+
+    def deactivate(self, *, reason: str, actor: str, at: datetime) -> bool:
+        """Stop the account: no new holds. False when it is deactivated already."""
+        require_aware(at)
+        if self.deactivated:
+            return False
+        if not reason.strip():
+            raise InvalidParameters("a deactivation needs a reason")
+        self._deactivated(reason=reason, actor=actor, timestamp=at)
+        assert self.deactivated
+        return True
+
+    def reactivate(self, *, reason: str, actor: str, at: datetime) -> bool:
+        """Let the account place holds again. False when it is active already."""
+        require_aware(at)
+        if not self.deactivated:
+            return False
+        if not reason.strip():
+            raise InvalidParameters("a reactivation needs a reason")
+        self._reactivated(reason=reason, actor=actor, timestamp=at)
+        assert not self.deactivated
+        return True
 
     def refund(self, *, hold_id: str, reason: str, actor: str, at: datetime) -> int:
         """Give a settled hold's charge back to the lots it came from. Returns mc refunded
@@ -682,6 +725,14 @@ class CreditAccount(Aggregate):
         self, threshold_mc: int, available_mc: int, timestamp: datetime
     ) -> None:
         self.low_balance = False
+
+    @event(Deactivated)
+    def _deactivated(self, reason: str, actor: str, timestamp: datetime) -> None:
+        self.deactivated = True
+
+    @event(Reactivated)
+    def _reactivated(self, reason: str, actor: str, timestamp: datetime) -> None:
+        self.deactivated = False
 
     @event(CreditsRefunded)
     def _refunded(

@@ -45,6 +45,12 @@ class IdempotencyConflict(DomainError):
     code = "idempotency_conflict"
 
 
+class AccountDeactivated(DomainError):
+    """An admin deactivated the account: it may place no new holds (submit no jobs)."""
+
+    code = "account_deactivated"
+
+
 class InvalidTransition(DomainError):
     """The command is not allowed in the aggregate's current state."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from uuid import UUID, uuid5
 
 # A fixed namespace for every id Pinksea derives; never change it (ids are stored).
@@ -27,6 +28,12 @@ def job_id(user_id: str, idempotency_key: str) -> UUID:
 def lot_id(kind: str, reference: str) -> str:
     """A lot's id from what granted it (invoice id, grant id, ...): a second grant is a no-op."""
     return str(_derive("lot", kind, reference))
+
+
+def contract_period_reference(subscription_id: UUID, period_start: datetime) -> str:
+    """What names a contract period (and, through lot_id, its lot): the subscription and the
+    period's start, in UTC so the same instant always gives the same name."""
+    return f"{subscription_id}:{period_start.astimezone(UTC).isoformat()}"
 
 
 def stripe_event_id(stripe_event_id: str) -> UUID:

@@ -3,10 +3,18 @@
 Renewing a period is what grants a month of credits; the application saves the renewal and the
 grant together. Stripe drives the lifecycle (issue 7); admins assign internal and enterprise
 plans with a reason, which the events keep for the audit.
+
+Two admin plans run on the service's own clock (the expiry loop asks, the aggregate decides):
+- a tester grant's window: when the last window ends, the plan reverts to the one before it
+  (``TesterPlanEnded``), once;
+- an enterprise plan with custom terms, assigned while no Stripe subscription runs, is a
+  contract: each calendar month from its assignment is a period whose credits are granted once
+  (``ContractPeriodStarted``, with a lot keyed by the subscription and the period's start).
 """
 
 from __future__ import annotations
 
+import calendar
 from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
@@ -20,6 +28,7 @@ from domain.plans import GpuTier, Plan, PlanType, get_plan
 from domain.units import require_aware
 
 TRIAL_PERIOD = timedelta(days=30)
+TESTER, ENTERPRISE = "tester", "enterprise"
 
 
 class SubscriptionStatus(StrEnum):
@@ -36,6 +45,27 @@ class CustomTerms(TypedDict):
     tier: str
     concurrent_jobs: int
     storage_gb: int
+
+
+def add_months(anchor: datetime, months: int) -> datetime:
+    """``anchor`` moved by whole calendar months, its day clamped to the month's last day
+    (Jan 31 + 1 month = Feb 28 or 29; + 2 months = Mar 31: always counted from the anchor)."""
+    index = anchor.year * 12 + anchor.month - 1 + months
+    year, month0 = divmod(index, 12)
+    day = min(anchor.day, calendar.monthrange(year, month0 + 1)[1])
+    return anchor.replace(year=year, month=month0 + 1, day=day)
+
+
+def contract_period(anchor: datetime, at: datetime) -> tuple[datetime, datetime]:
+    """The monthly period, counted from ``anchor``, that contains ``at`` (>= anchor)."""
+    assert at >= anchor, "a contract period is asked for before the contract began"
+    local = at.astimezone(anchor.tzinfo)
+    months = (local.year - anchor.year) * 12 + (local.month - anchor.month)
+    if add_months(anchor, months) > at:
+        months -= 1
+    start, end = add_months(anchor, months), add_months(anchor, months + 1)
+    assert start <= at < end
+    return start, end
 
 
 class Subscription(Aggregate):
@@ -100,6 +130,39 @@ class Subscription(Aggregate):
         TOPIC = "pinksea:Subscription.Ended"
         reason: str
 
+    class TesterPlanGranted(Aggregate.Event):
+        """A tester grant's window (after the PlanChanged to tester, if there was one): the
+        plan reverts when the latest window ends."""
+
+        TOPIC = "pinksea:Subscription.TesterPlanGranted"
+        grant_id: str
+        valid_until: datetime
+
+    class TesterPlanEnded(Aggregate.Event):
+        """The tester window ended: back to the plan (and terms, and status) from before it."""
+
+        TOPIC = "pinksea:Subscription.TesterPlanEnded"
+        to_plan: str
+        custom_terms: CustomTerms | None
+        status: str
+
+    class ContractPeriodStarted(Aggregate.Event):
+        """A monthly period of negotiated (enterprise) terms began; its credits are granted
+        in the same save."""
+
+        TOPIC = "pinksea:Subscription.ContractPeriodStarted"
+        period_start: datetime
+        period_end: datetime
+        credits_mc: int
+
+    # Defaults for the state the events above introduced (so every replay has them).
+    tester_until: datetime | None = None
+    before_tester: tuple[str, CustomTerms | None, str] | None = None  # plan, terms, status
+    stripe_billed = False  # a Stripe subscription runs (Started, until Ended)
+    contract_since: datetime | None = None  # anchor of the contract's monthly periods
+    contract_period_start: datetime | None = None  # the last period granted
+    contract_period_end: datetime | None = None
+
     @staticmethod
     def create_id(user_id: str) -> UUID:
         return ids.subscription_id(user_id)
@@ -120,6 +183,7 @@ class Subscription(Aggregate):
         self.custom_terms: CustomTerms | None = None
         self.invoices: list[str] = []
         self.failed_invoices: list[str] = []
+        self.tester_grants: list[str] = []
 
     @classmethod
     def start_trial(cls, user_id: str, at: datetime) -> Subscription:
@@ -147,6 +211,21 @@ class Subscription(Aggregate):
     @property
     def is_past_due(self) -> bool:
         return self.status == SubscriptionStatus.PAST_DUE.value
+
+    def due_contract_period(self, at: datetime) -> tuple[datetime, datetime] | None:
+        """The contract period containing ``at`` if its credits are not granted yet."""
+        if (
+            self.contract_since is None
+            or self.plan_slug != ENTERPRISE
+            or self.custom_terms is None
+            or self.status == SubscriptionStatus.ENDED.value
+            or at < self.contract_since
+        ):
+            return None
+        start, end = contract_period(self.contract_since, at)
+        if self.contract_period_start is not None and start <= self.contract_period_start:
+            return None  # granted already (periods only move forward)
+        return start, end
 
     # ---------------------------------------------------------------------------- commands
 
@@ -239,6 +318,50 @@ class Subscription(Aggregate):
         )
         return True
 
+    def grant_tester(
+        self, *, grant_id: str, valid_until: datetime, actor: str, reason: str, at: datetime
+    ) -> bool:
+        """Put the user on the tester plan until ``valid_until`` (a later window extends it).
+        False when this grant was applied before."""
+        require_aware(at)
+        require_aware(valid_until, "valid_until")
+        if grant_id in self.tester_grants:
+            return False
+        self.change_plan(to_plan=TESTER, actor=actor, reason=reason, at=at)
+        self._tester_plan_granted(grant_id=grant_id, valid_until=valid_until, timestamp=at)
+        assert self.plan_slug == TESTER and self.tester_until is not None
+        return True
+
+    def end_tester_plan(self, at: datetime) -> bool:
+        """Revert to the plan from before the tester window once the window is over. False
+        before then, after the revert, or when the plan moved on meanwhile."""
+        require_aware(at)
+        if self.plan_slug != TESTER or self.tester_until is None or at < self.tester_until:
+            return False
+        assert self.before_tester is not None, "the tester plan came without a PlanChanged"
+        plan, terms, status = self.before_tester
+        if status not in (SubscriptionStatus.TRIALING.value, SubscriptionStatus.ENDED.value):
+            # A paid status is Stripe's word since: keep what it says now.
+            status = self.status
+        self._tester_plan_ended(to_plan=plan, custom_terms=terms, status=status, timestamp=at)
+        assert self.plan_slug != TESTER and self.tester_until is None
+        return True
+
+    def start_contract_period(self, at: datetime) -> int | None:
+        """Begin the contract period containing ``at``. Returns its credits (mc) to grant,
+        or None when it began before or no contract runs. A period missed while nothing ran
+        is not granted late: its credits would have expired at its end."""
+        require_aware(at)
+        due = self.due_contract_period(at)
+        if due is None:
+            return None
+        credits_mc = self.plan.credits_per_month_mc
+        assert credits_mc > 0
+        self._contract_period_started(
+            period_start=due[0], period_end=due[1], credits_mc=credits_mc, timestamp=at
+        )
+        return credits_mc
+
     def schedule_cancellation(self, at: datetime) -> bool:
         require_aware(at)
         if self.status not in (SubscriptionStatus.ACTIVE.value, SubscriptionStatus.PAST_DUE.value):
@@ -298,6 +421,8 @@ class Subscription(Aggregate):
         self.period_end = period_end
         self.cancel_at = None
         self.custom_terms = None
+        self.stripe_billed = True
+        self.tester_until = self.before_tester = self.contract_since = None
 
     @event(PeriodRenewed)
     def _renewed(
@@ -325,6 +450,17 @@ class Subscription(Aggregate):
         custom_terms: CustomTerms | None,
         timestamp: datetime,
     ) -> None:
+        if to_plan == TESTER and self.plan_slug != TESTER:
+            # A tester window starts (TesterPlanGranted sets its end): remember what to revert to.
+            self.before_tester = (self.plan_slug, self.custom_terms, self.status)
+            self.tester_until = None
+        elif to_plan != TESTER:
+            self.before_tester = self.tester_until = None
+        if to_plan == ENTERPRISE and custom_terms is not None:
+            if self.contract_since is None and not self.stripe_billed:
+                self.contract_since = timestamp  # the contract's periods count from here
+        elif to_plan != TESTER:  # a tester window inside a contract only pauses it
+            self.contract_since = None
         self.plan_slug = to_plan
         self.custom_terms = custom_terms
         if self.status in (SubscriptionStatus.TRIALING.value, SubscriptionStatus.ENDED.value):
@@ -362,3 +498,29 @@ class Subscription(Aggregate):
     def _ended(self, reason: str, timestamp: datetime) -> None:
         self.status = SubscriptionStatus.ENDED.value
         self.cancel_at = None
+        self.stripe_billed = False
+        self.contract_since = None
+
+    @event(TesterPlanGranted)
+    def _tester_plan_granted(
+        self, grant_id: str, valid_until: datetime, timestamp: datetime
+    ) -> None:
+        self.tester_grants.append(grant_id)
+        if self.tester_until is None or valid_until > self.tester_until:
+            self.tester_until = valid_until
+
+    @event(TesterPlanEnded)
+    def _tester_plan_ended(
+        self, to_plan: str, custom_terms: CustomTerms | None, status: str, timestamp: datetime
+    ) -> None:
+        self.plan_slug = to_plan
+        self.custom_terms = custom_terms
+        self.status = status
+        self.tester_until = self.before_tester = None
+
+    @event(ContractPeriodStarted)
+    def _contract_period_started(
+        self, period_start: datetime, period_end: datetime, credits_mc: int, timestamp: datetime
+    ) -> None:
+        self.contract_period_start = self.period_start = period_start
+        self.contract_period_end = self.period_end = period_end

@@ -254,6 +254,19 @@ SELECT read_model_check(
 )
 """
 
+# Deactivation moves no money either: it flags the account (the API refuses its requests).
+_ACCOUNT_STATUS = """
+WITH flagged AS (
+    UPDATE balances SET deactivated = $2, status_version = $3, status_reason = $4,
+        status_actor = $5, status_changed_at = $6, updated_at = $6, position = $7
+    WHERE account_id = $1
+    RETURNING 1
+)
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM flagged), 'credit account ' || $1::text || ' was never opened'
+)
+"""
+
 # $1 user  $2 event id  $3 position  $4 occurred_at  $5 job id
 # $6..$13  balance deltas: available, held, granted, consumed, refunded, expired, debited, lots
 # $14..$21 lot moves (parallel arrays)
@@ -374,6 +387,18 @@ class LedgerProjection(StatementProjection):
             reached = isinstance(ev, CreditAccount.LowBalanceReached)
             args = (env.aggregate_id, reached, ev.threshold_mc, env.occurred_at, env.position)
             return [(_LOW_BALANCE, args)]
+        if isinstance(ev, CreditAccount.Deactivated | CreditAccount.Reactivated):
+            deactivated = isinstance(ev, CreditAccount.Deactivated)
+            args = (
+                env.aggregate_id,
+                deactivated,
+                env.version,
+                ev.reason,
+                ev.actor,
+                env.occurred_at,
+                env.position,
+            )
+            return [(_ACCOUNT_STATUS, args)]
         user_id = self._owners[env.aggregate_id]
         change = ledger_change(ev)
         postings = postings_for(user_id, ev)

@@ -65,15 +65,17 @@ SELECT read_model_check(
 
 _STARTED = _change(
     "plan = $4, external_id = $5, status = $6, period_start = $7, period_end = $8,"
-    " cancel_at = NULL, custom_terms = NULL, started_at = $2"
+    " cancel_at = NULL, custom_terms = NULL, started_at = $2, tester_until = NULL"
 )
 _PERIOD_RENEWED = _change(
     "status = $4, period_start = $5, period_end = $6, last_invoice_id = $7, last_renewed_at = $2"
 )
-# An admin-assigned plan activates a trialing or ended subscription (Subscription._plan_changed).
+# An admin-assigned plan activates a trialing or ended subscription (Subscription._plan_changed);
+# a tester window lasts only while the plan stays tester (SET sees the row's old values).
 _PLAN_CHANGED = _change(
     "plan = $4, custom_terms = $5::jsonb, plan_changed_by = $6, plan_change_reason = $7,"
-    " status = CASE WHEN status IN ('trialing', 'ended') THEN 'active' ELSE status END",
+    " status = CASE WHEN status IN ('trialing', 'ended') THEN 'active' ELSE status END,"
+    " tester_until = CASE WHEN $4 = 'tester' AND plan = 'tester' THEN tester_until END",
     """tester_grant AS (
     INSERT INTO test_plan_grants (
         event_id, user_id, kind, actor, reason, granted_at, position, from_plan
@@ -87,6 +89,12 @@ _PAYMENT_FAILED = _change("status = $4, last_failed_invoice_id = $5")
 _CUSTOMER_LINKED = _change("customer_id = $4")
 _STRIPE_SYNCED = _change("stripe_synced_at = $4")
 _ENDED = _change("status = $4, cancel_at = NULL, ended_at = $2, end_reason = $5")
+# The latest of the tester windows (GREATEST ignores NULL).
+_TESTER_PLAN_GRANTED = _change("tester_until = GREATEST(tester_until, $4)")
+_TESTER_PLAN_ENDED = _change(
+    "plan = $4, custom_terms = $5::jsonb, status = $6, tester_until = NULL"
+)
+_CONTRACT_PERIOD_STARTED = _change("period_start = $4, period_end = $5, contract_period_end = $5")
 
 _ACCOUNT_OPENED = """
 INSERT INTO credit_account_owners (account_id, user_id, opened_at, position)
@@ -164,6 +172,19 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Envelope, Any], tuple[Any, ...]]]] =
     "Subscription.CustomerLinked": (_CUSTOMER_LINKED, lambda env, ev: (ev.customer_id,)),
     "Subscription.StripeSynced": (_STRIPE_SYNCED, lambda env, ev: (ev.object_at,)),
     "Subscription.Ended": (_ENDED, lambda env, ev: (_S.ENDED.value, ev.reason)),
+    "Subscription.TesterPlanGranted": (_TESTER_PLAN_GRANTED, lambda env, ev: (ev.valid_until,)),
+    "Subscription.TesterPlanEnded": (
+        _TESTER_PLAN_ENDED,
+        lambda env, ev: (
+            ev.to_plan,
+            None if ev.custom_terms is None else json.dumps(ev.custom_terms, sort_keys=True),
+            ev.status,
+        ),
+    ),
+    "Subscription.ContractPeriodStarted": (
+        _CONTRACT_PERIOD_STARTED,
+        lambda env, ev: (ev.period_start, ev.period_end),
+    ),
     "CreditAccount.Opened": (_ACCOUNT_OPENED, lambda env, ev: (ev.user_id,)),
     # Only tester grants pass ``wants``.
     "CreditAccount.CreditsGranted": (_TESTER_CREDITS, _tester_credits),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -20,11 +21,12 @@ from projections.envelopes import envelope_for, topic_for
 from projections.registry import ALL_PROJECTIONS
 from projections.runner import apply_gated
 from read_models.migrate import migrate
-from tests.integration.streaming_kit import busy_user, fresh_database, new_app
+from tests.integration.streaming_kit import T0, TINY, busy_user, fresh_database, new_app
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 USERS = [f"audited-{i}" for i in range(4)]
+RULED = "audited-ruled"  # the admin rules: a contract, a tester window, a deactivation
 
 
 async def project_everything(app: PinkseaApplication, pool: asyncpg.Pool) -> None:
@@ -46,6 +48,7 @@ async def ledger(database_url: str) -> AsyncIterator[Settings]:
         app = new_app(settings)
         for user in USERS:
             busy_user(app, user, jobs=6)
+        ruled_user(app, RULED)
         pool = await create_pool(settings, max_size=4)
         try:
             await project_everything(app, pool)
@@ -53,6 +56,32 @@ async def ledger(database_url: str) -> AsyncIterator[Settings]:
             await pool.close()
             app.close()
         yield settings
+
+
+def ruled_user(app: PinkseaApplication, user: str, at: datetime = T0) -> None:
+    """Every event of the admin rules: a contract's periods, a tester window that reverts, a
+    deactivation that cancels a queued job, a reactivation."""
+    app.register_user(user, at)
+    terms = {"credits_per_month": 100, "tier": "basic", "concurrent_jobs": 2, "storage_gb": 1}
+    app.change_plan(
+        user, to_plan="enterprise", actor="admin", reason="deal", at=at, custom_terms=terms
+    )
+    app.grant_tester_plan(
+        user,
+        grant_id="beta",
+        admin="admin",
+        credits=5,
+        valid_from=at,
+        valid_until=at + timedelta(days=3),
+        reason="beta",
+        at=at,
+    )
+    app.end_tester_plan(user, at + timedelta(days=3))
+    app.start_contract_period(user, at + timedelta(days=31))
+    app.submit_job(user, idempotency_key="queued", params=TINY, at=at + timedelta(days=31))
+    app.deactivate_user(user, reason="abuse", actor="admin", at=at + timedelta(days=32))
+    app.reactivate_user(user, reason="appeal", actor="admin", at=at + timedelta(days=33))
+    app.deactivate_user(user, reason="abuse again", actor="admin", at=at + timedelta(days=34))
 
 
 def run_verify(settings: Settings) -> subprocess.CompletedProcess[str]:
@@ -104,6 +133,34 @@ async def test_verify_passes_on_a_clean_ledger_and_catches_each_planted_corrupti
         assert run_verify(ledger).returncode == 0
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "corruption"),
+    [
+        ("balances", f"UPDATE balances SET deactivated = false WHERE user_id = '{RULED}'"),
+        (
+            "user_subscriptions",
+            f"UPDATE user_subscriptions SET contract_period_end = NULL WHERE user_id = '{RULED}'",
+        ),
+        (
+            "user_subscriptions",
+            f"UPDATE user_subscriptions SET tester_until = now() WHERE user_id = '{RULED}'",
+        ),
+    ],
+)
+async def test_verify_accounts_for_the_admin_rules(
+    ledger: Settings, table: str, corruption: str
+) -> None:
+    """A deactivation, a contract period or a tester window the read model lost is found."""
+    assert run_verify(ledger).returncode == 0
+    conn = await asyncpg.connect(ledger.database_url)
+    try:
+        assert not (await conn.execute(corruption)).endswith(" 0")
+    finally:
+        await conn.close()
+    result = run_verify(ledger)
+    assert result.returncode == 1 and f"{table} = replay" in result.stdout, result.stdout
 
 
 async def test_export_round_trips_through_pyarrow_and_duckdb_with_exact_sums(

@@ -26,6 +26,7 @@ from domain.errors import DomainError
 from domain.jobs import Fault, GenerationJob, ImageRecord, JobParameters
 from domain.plans import PLANS
 from domain.postings import available, held
+from domain.subscription import add_months
 from infra.envelope import Envelope
 from projections.batching import StatementProjection
 from projections.envelopes import envelope_for, event_classes, topic_for
@@ -295,10 +296,10 @@ async def walk(fetch_page: Any, limit: int) -> list[Any]:
 
 class Story:
     """A small world built from real commands: alice pays for pro and runs jobs of every
-    outcome, bob is a tester, carol churns."""
+    outcome, bob is a tester, carol churns, erin has an enterprise contract."""
 
-    alice, bob, carol = "alice", "bob", "carol"
-    users = (alice, bob, carol)
+    alice, bob, carol, erin = "alice", "bob", "carol", "erin"
+    users = (alice, bob, carol, erin)
 
     def __init__(self) -> None:
         self.app = app = new_app()
@@ -382,6 +383,24 @@ class Story:
             at=T0 + 4 * DAY,
         )  # fmt: skip
         app.end_subscription("carol", reason="cancelled", at=T0 + 30 * DAY)
+
+        # erin: an enterprise contract (a period at once, the next a month on) with a tester
+        # window inside that reverts; deactivated (her queued job cancelled), then reactivated.
+        terms = {"credits_per_month": 2_000, "tier": "dedicated", "concurrent_jobs": 2,
+                 "storage_gb": 10}  # fmt: skip
+        app.change_plan(
+            "erin", to_plan="enterprise", actor="admin@pinksea", reason="deal", at=T0,
+            custom_terms=terms,
+        )  # fmt: skip
+        app.grant_tester_plan(
+            "erin", grant_id="erin-beta", admin="admin@pinksea", credits=10,
+            valid_from=T0 + DAY, valid_until=T0 + 10 * DAY, reason="beta", at=T0 + DAY,
+        )  # fmt: skip
+        app.end_tester_plan("erin", T0 + 10 * DAY)
+        app.start_contract_period("erin", add_months(T0, 1))
+        self.submit("erin", "erin-queued", add_months(T0, 1))
+        app.deactivate_user("erin", reason="abuse", actor="admin@pinksea", at=T0 + 32 * DAY)
+        app.reactivate_user("erin", reason="appeal", actor="admin@pinksea", at=T0 + 33 * DAY)
 
         self.envs = envelopes(app)
 
@@ -525,7 +544,23 @@ async def test_read_models_equal_the_aggregates(db: asyncpg.Connection, story: S
     ]
     assert {(g["actor"], g["from_plan"]) for g in grants[:1]} == {("admin@pinksea", "trial")}
     assert grants[2]["valid_until"] == T0 + 90 * DAY
-    assert await db.fetchval("SELECT count(*) FROM test_plan_grants WHERE user_id <> 'bob'") == 0
+    others = "SELECT count(*) FROM test_plan_grants WHERE user_id NOT IN ('bob', 'erin')"
+    assert await db.fetchval(others) == 0
+
+    # erin's contract: two periods granted, the tester window reverted, reactivated.
+    erin = await db.fetchrow("SELECT * FROM user_subscriptions WHERE user_id = 'erin'")
+    assert (erin["plan"], erin["tester_until"], erin["contract_period_end"]) == (
+        "enterprise",
+        None,
+        add_months(T0, 2),
+    )
+    contract = await db.fetch(
+        "SELECT valid_from FROM credit_lots WHERE user_id = 'erin' AND source = 'contract'"
+        " ORDER BY seq"
+    )
+    assert [r["valid_from"] for r in contract] == [T0, add_months(T0, 1)]
+    status = await db.fetchrow("SELECT * FROM balances WHERE user_id = 'erin'")
+    assert (status["deactivated"], status["status_reason"]) == (False, "appeal")
 
 
 async def test_rebuild_is_deterministic_batched_and_topic_order_independent(
@@ -740,12 +775,12 @@ async def test_user_queries_and_admin_search(db: asyncpg.Connection, story: Stor
     assert await queries.get_user(db, "nobody") is None
 
     everyone = await walk(lambda c, n: queries.search_users(db, "", c, n), 1)
-    assert [u.user_id for u in everyone] == ["alice", "bob", "carol"]
+    assert [u.user_id for u in everyone] == ["alice", "bob", "carol", "erin"]
     assert [u.user_id for u in (await queries.search_users(db, "AR")).items] == ["carol"]
     # Wildcards and quotes are data, not syntax.
     for hostile in ("%", "_", "'; DROP TABLE users; --", "\\"):
         assert (await queries.search_users(db, hostile)).items == ()
-    assert await db.fetchval("SELECT count(*) FROM users") == 3
+    assert await db.fetchval("SELECT count(*) FROM users") == 4
 
 
 async def test_unknown_aggregates_fail_loudly(db: asyncpg.Connection) -> None:
