@@ -4,6 +4,8 @@
 #   2. Prometheus rules:      promtool check rules + promtool test rules (alerts_test.yml)
 #   3. GPU user data:         the template rendered by tofu (no provider needed), then bash -n
 #   4. Security policy:       checkov over infra/ (terraform + dockerfile), zero failed checks
+#   5. Release workflow:      actionlint over .github/workflows (.github/scripts/actionlint.sh;
+#                             it builds actionlint into $GOBIN, installs Debian's shellcheck)
 # Missing tools are built or installed once and cached:
 #   tofu, promtool -> $GOBIN (default ~/go/bin), built from the Go module proxy
 #                     (an installed Terraform >= 1.6 stands in for tofu: same fmt, same
@@ -123,5 +125,10 @@ echo "rendered $(wc -l < "$render/user-data.sh") lines, bash syntax ok"
 
 step "checkov $CHECKOV_RUNNING -d infra/ --framework terraform,dockerfile"
 "$CHECKOV" -d infra/ --framework terraform,dockerfile --quiet --compact --skip-download
+
+step "actionlint .github/workflows (run: scripts through shellcheck)"
+actionlint_args=()
+[[ $INSTALL == 1 ]] || actionlint_args+=(--no-install)
+bash .github/scripts/actionlint.sh "${actionlint_args[@]}"
 
 step "infra checks passed"
