@@ -227,6 +227,14 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("cdn_domain")
+    @classmethod
+    def _bare_host(cls, value: str | None) -> str | None:
+        # Image URLs are built as https://<cdn_domain>/<key>: a scheme or path here breaks them.
+        if value is not None and ("/" in value or ":" in value or not value.strip()):
+            raise ValueError("a host name only, e.g. pinksea.example.com (no scheme, no path)")
+        return value
+
     @model_validator(mode="after")
     def _kafka_consistent(self) -> Settings:
         sasl = self.kafka_security_protocol == "SASL_SSL"

@@ -117,3 +117,13 @@ def test_every_command_refuses_an_unknown_name_before_it_starts() -> None:
     assert done.returncode == 2, done.stderr
     assert "PINKSEA_COGNITO_ISSUER is not a setting" in done.stderr
     assert done.stdout == ""  # no token was printed
+
+
+def test_the_cdn_domain_is_a_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PINKSEA_CDN_DOMAIN", "https://pinksea.example.com/")
+    monkeypatch.setenv("PINKSEA_CLOUDFRONT_KEY_PAIR_ID", "K2JCJMDEHXQW5F")
+    monkeypatch.setenv("PINKSEA_CLOUDFRONT_PRIVATE_KEY", "pem")
+    assert check_environment() == [
+        "PINKSEA_CDN_DOMAIN: Value error, a host name only, e.g. pinksea.example.com "
+        "(no scheme, no path)"
+    ]
