@@ -4,11 +4,14 @@ record of each crossing in PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mailbox
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -210,7 +213,8 @@ async def test_a_crossing_sends_one_email_even_when_delivered_twice(
     body = mail.get_payload(decode=True).decode()
     assert "down to 0.001 credits, below 50.000 credits" in body
     assert stack.checkout_cancel_url in body
-    assert notifier.counts == {"sent": 1, "duplicate": 2}
+    # (a batch retried after a rebalance would count more duplicates, never a second send)
+    assert notifier.counts["sent"] == 1 and notifier.counts["duplicate"] >= 2
 
 
 async def test_an_unsubscribed_user_gets_none(
@@ -287,22 +291,51 @@ async def test_an_old_crossing_read_late_is_not_mailed(
 
 
 def _ses_messages(endpoint: str, address: str) -> list[dict[str, Any]]:
-    with urlopen(f"{endpoint}/moto-api/data.json", timeout=10) as response:  # the local moto
+    with urlopen(f"{endpoint}/moto-api/data.json", timeout=10) as response:  # our own moto
         data = json.load(response)
     raw = data.get("ses", {}).get("RawMessage", [])
     return [m for m in raw if address in m["destinations"]]
 
 
+@pytest.fixture(scope="module")
+def ses_endpoint() -> Iterator[str]:
+    """A moto server process of this module's own, speaking SES v2 over HTTP. Not the stack's:
+    reading back what SES accepted needs moto's /moto-api/data.json, which fails on a shared
+    server as soon as another test has deleted a bucket that held objects."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):  # 0.1 s apart: 30 s at most
+            if process.poll() is not None:
+                raise RuntimeError(f"moto.server exited with {process.returncode}")
+            with contextlib.suppress(OSError), urlopen(f"{endpoint}/moto-api/", timeout=1):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("moto.server did not answer in 30 s")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
 @pytest.fixture
-def ses_stack(stack: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The SES backend against the stack's moto server (any credentials do there)."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", stack.s3_access_key_id)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", stack.s3_secret_access_key.get_secret_value())
+def ses_stack(stack: Settings, ses_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The SES backend against a moto server (any credentials do there)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "pinksea")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "pinksea-secret")
     domain = f"n{uuid.uuid4().hex[:8]}.pinksea.test"
     return stack.model_copy(
         update={
             "email_backend": "ses",
-            "ses_endpoint_url": stack.s3_endpoint_url,
+            "ses_endpoint_url": ses_endpoint,
             "email_sender": f"Pinksea <no-reply@{domain}>",
         }
     )
