@@ -73,6 +73,8 @@ start() {
     port_open "$SMTP_PORT" && die "port $SMTP_PORT is taken by something that is not an SMTP server; set SMTP_PORT"
     ensure_aiosmtpd
     mkdir -p "$MAILDIR/tmp" "$MAILDIR/new" "$MAILDIR/cur" # a Maildir: aiosmtpd creates none of them in an existing dir
+    # Bounded: messages older than a week go at each start (the tests read only their own).
+    find "$MAILDIR" -type f -mtime +7 -delete
     say "starting aiosmtpd on $HOST:$SMTP_PORT ($PY), Maildir $MAILDIR"
     spawn smtp "$PY" -m aiosmtpd -n -l "$HOST:$SMTP_PORT" -c aiosmtpd.handlers.Mailbox "$MAILDIR"
   fi
