@@ -325,6 +325,38 @@ resource "aws_route53_record" "cdn" {
 }
 
 # ============================================================================================
+# SES: the domain identity the low-balance e-mails are sent from (`pinksea notify`, sender
+# no-reply@<domain>; the notifier's IAM policy allows only that address), signed with Easy
+# DKIM whose records live in this zone. DKIM alone aligns with the DMARC policy below (SES's
+# default MAIL FROM is amazonses.com, so SPF does not align without a custom MAIL FROM).
+# Leaving the SES sandbox is a support request, not an API call (docs/DEPLOY.md, step 11).
+# ============================================================================================
+
+resource "aws_sesv2_email_identity" "domain" {
+  email_identity = var.domain_name
+
+  tags = var.tags
+}
+
+resource "aws_route53_record" "ses_dkim" {
+  count = 3 # Easy DKIM always publishes three tokens
+
+  zone_id = aws_route53_zone.main.zone_id
+  name    = "${aws_sesv2_email_identity.domain.dkim_signing_attributes[0].tokens[count.index]}._domainkey.${var.domain_name}"
+  type    = "CNAME"
+  ttl     = 600
+  records = ["${aws_sesv2_email_identity.domain.dkim_signing_attributes[0].tokens[count.index]}.dkim.amazonses.com"]
+}
+
+resource "aws_route53_record" "dmarc" {
+  zone_id = aws_route53_zone.main.zone_id
+  name    = "_dmarc.${var.domain_name}"
+  type    = "TXT"
+  ttl     = 600
+  records = ["v=DMARC1; p=quarantine; adkim=s"]
+}
+
+# ============================================================================================
 # WAF in front of CloudFront (scope CLOUDFRONT lives in us-east-1); the ALB's web ACL is in
 # modules/compute next to the load balancer.
 # ============================================================================================
