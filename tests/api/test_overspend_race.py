@@ -49,10 +49,11 @@ async def test_two_hundred_concurrent_submissions_accept_exactly_what_the_credit
         GpuTier.BASIC,
     )
     trial = get_plan("trial").credits_per_month_mc
+    contract = 1000  # the contract's first month (1 credit), granted with the plan
     app.adjust_credits(
         user,
         adjustment_id="race",
-        amount_mc=AFFORDABLE * hold - trial,
+        amount_mc=AFFORDABLE * hold - trial - contract,
         reason="exactly twenty holds",
         actor="t",
         at=now,

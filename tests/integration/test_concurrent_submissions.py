@@ -44,7 +44,8 @@ def test_sixteen_writers_get_exactly_k_jobs_and_never_overspend(database_url: st
     app.adjust_credits(
         user,
         adjustment_id="zero",
-        amount_mc=-get_plan("trial").credits_per_month_mc,
+        # The trial's credit and the contract's first month (1 credit, granted with the plan).
+        amount_mc=-get_plan("trial").credits_per_month_mc - 1000,
         reason="start from nothing",
         actor="test",
         at=T0,
