@@ -69,6 +69,13 @@ async def authenticate(
             raise _unauthorized(f"The token was refused: {e.detail}.") from None
         await svc.ensure_registered(principal.user_id)
         await _remember_address(svc, principal)
+    # Deactivation stops tokens and API keys at once (api/deactivation.py).
+    if await svc.deactivations.is_deactivated(principal.user_id):
+        raise ProblemError(
+            p.ACCOUNT_DEACTIVATED,
+            "This account is deactivated: its tokens and API keys are refused. "
+            "Contact support to have it reactivated.",
+        )
     request.state.principal = principal
     return principal
 

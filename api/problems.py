@@ -53,6 +53,7 @@ INSUFFICIENT_CREDITS = _t("insufficient-credits", 402, "Not enough credits")
 PAYMENT_FAILED = _t("payment-failed", 402, "Payment failed")
 FORBIDDEN = _t("forbidden", 403, "Not allowed")
 ADMIN_REQUIRED = _t("admin-required", 403, "Admin access required")
+ACCOUNT_DEACTIVATED = _t("account-deactivated", 403, "Account deactivated")
 NO_API_ACCESS = _t("no-api-access", 403, "Plan has no API access")
 MODEL_NOT_IN_PLAN = _t("model-not-in-plan", 403, "Model not in plan")
 STORAGE_QUOTA = _t("storage-quota", 403, "Storage quota used up")
@@ -89,6 +90,7 @@ DOMAIN_ERRORS: dict[str, ProblemType] = {
     "invalid_transition": INVALID_TRANSITION,
     "hold_already_resolved": INVALID_TRANSITION,
     "not_found": NOT_FOUND,
+    "account_deactivated": ACCOUNT_DEACTIVATED,
 }
 
 

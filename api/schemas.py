@@ -581,3 +581,21 @@ class PlanChangeResult(BaseModel):
     plan: str
     changed: bool
     position: int
+
+
+class AccountStatusRequest(Strict):
+    reason: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
+
+
+class AccountStatusResult(BaseModel):
+    user_id: str
+    deactivated: bool
+    changed: bool = Field(description="false: the account was in that state already")
+    cancelled_jobs: list[UUID] = Field(
+        default_factory=list, description="queued jobs cancelled, their holds voided"
+    )
+    stopping_jobs: list[UUID] = Field(
+        default_factory=list,
+        description="running jobs asked to stop within a step (the GPU time used is billed)",
+    )
+    position: int

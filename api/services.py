@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 
 from api.auth import JwtVerifier
 from api.cache import JsonCache
+from api.deactivation import AccountFlags
 from api.image_urls import ImageUrls, image_urls
 from api.live import JobWatcher
 from api.ratelimit import RateLimiter
@@ -87,6 +88,7 @@ class Services:
     job_cache: JsonCache
     watcher: JobWatcher
     image_urls: ImageUrls  # signs every image URL handed out (CloudFront, or S3 presigned)
+    deactivations: AccountFlags  # checked on every authenticated request (api/deps.py)
     registered: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
     plans: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, PLAN_CACHE_S))
     storage: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, STORAGE_CACHE_S))
@@ -187,6 +189,7 @@ async def start_services(settings: Settings) -> Services:
         retry=Retry(NoBackoff(), 1),
     )
     watcher = JobWatcher(pool, interval_s=settings.sse_poll_interval_s)
+    limiter = anyio.CapacityLimiter(settings.db_pool_size)
     return Services(
         settings=settings,
         pool=pool,
@@ -197,7 +200,7 @@ async def start_services(settings: Settings) -> Services:
         ),
         s3=s3_images,
         verifier=JwtVerifier(settings),
-        limiter=anyio.CapacityLimiter(settings.db_pool_size),
+        limiter=limiter,
         rate_limiter=RateLimiter(
             client, settings.redis_key_prefix, multiplier=settings.rate_limit_multiplier
         ),
@@ -209,4 +212,5 @@ async def start_services(settings: Settings) -> Services:
         ),
         watcher=watcher,
         image_urls=urls,
+        deactivations=AccountFlags(client, settings.redis_key_prefix, pool, application, limiter),
     )

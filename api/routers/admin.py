@@ -1,5 +1,6 @@
 """Admin actions, each an audited domain event naming the admin: credit grants (optionally
-with the tester plan), adjustments, job refunds, plan assignment; and two lookups."""
+with the tester plan), adjustments, job refunds, plan assignment, deactivating and
+reactivating an account; and two lookups."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from api.routers.jobs import bad_query
 from api.routers.me import ledger_page
 from api.schemas import (
     USER_ID,
+    AccountStatusRequest,
+    AccountStatusResult,
     AdjustmentRequest,
     AdjustmentResult,
     GrantRequest,
@@ -31,6 +34,7 @@ from api.schemas import (
     credits,
 )
 from api.services import Services, now
+from domain.application import AccountStatusResult as StatusOutcome
 from domain.credits import LotSource
 from domain.errors import NotFound
 from domain.subscription import CustomTerms
@@ -243,6 +247,89 @@ async def set_plan(
     svc.plans.drop(user_id)
     return PlanChangeResult(
         user_id=user_id, plan=body.plan, changed=result.changed, position=result.position
+    )
+
+
+@router.post(
+    "/users/{user_id}/deactivate",
+    response_model=AccountStatusResult,
+    summary="Deactivate an account: its tokens and API keys stop, its unfinished jobs cancel",
+    description="At once: the next request with any of the user's tokens or API keys is a 403 "
+    "account-deactivated. Queued jobs are cancelled and their holds voided; running jobs are "
+    "stopped within a step and bill the GPU time they used. Credits stay (they still expire); "
+    "a Stripe subscription is not touched. Repeating it changes nothing more.",
+    responses=problem_responses(*ERRORS, 404, 409, 413, 422),
+)
+async def deactivate(
+    user_id: UserId,
+    body: AccountStatusRequest,
+    admin: AdminUser,
+    svc: ServicesDep,
+) -> AccountStatusResult:
+    if user_id == admin.user_id:
+        raise ProblemError(
+            p.INVALID_TRANSITION, "You cannot deactivate your own account; ask another admin."
+        )
+
+    def run() -> StatusOutcome:
+        _require_user(svc, user_id)
+        return svc.application.deactivate_user(
+            user_id, reason=body.reason, actor=_actor(admin), at=now()
+        )
+
+    result = await svc.command(run)
+    await _enforce(svc, user_id, result)
+    await _changed(svc, user_id)  # unfinished jobs' views are never cached: nothing to drop
+    return _status(user_id, result)
+
+
+@router.post(
+    "/users/{user_id}/reactivate",
+    response_model=AccountStatusResult,
+    summary="Reactivate a deactivated account",
+    description="Its tokens and API keys work again at once; cancelled jobs stay cancelled. "
+    "Repeating it changes nothing more.",
+    responses=problem_responses(*ERRORS, 404, 409, 413, 422),
+)
+async def reactivate(
+    user_id: UserId, body: AccountStatusRequest, admin: AdminUser, svc: ServicesDep
+) -> AccountStatusResult:
+    def run() -> StatusOutcome:
+        _require_user(svc, user_id)
+        return svc.application.reactivate_user(
+            user_id, reason=body.reason, actor=_actor(admin), at=now()
+        )
+
+    result = await svc.command(run)
+    await _enforce(svc, user_id, result)
+    await _changed(svc, user_id)
+    return _status(user_id, result)
+
+
+async def _enforce(svc: Services, user_id: str, result: StatusOutcome) -> None:
+    """Write the flag every API process checks, before answering (also on a repeat, which
+    is how an admin repairs a flag that could not be written)."""
+    written = await svc.deactivations.publish(
+        user_id, version=result.version, deactivated=result.deactivated
+    )
+    if not written:
+        state = "deactivation" if result.deactivated else "reactivation"
+        raise ProblemError(
+            p.UNAVAILABLE,
+            f"The {state} is recorded, but the flag the API checks on every request could not "
+            "be written (Redis did not answer); send the same request again to enforce it now.",
+            headers={"Retry-After": "2"},
+        )
+
+
+def _status(user_id: str, result: StatusOutcome) -> AccountStatusResult:
+    return AccountStatusResult(
+        user_id=user_id,
+        deactivated=result.deactivated,
+        changed=result.changed,
+        cancelled_jobs=list(result.cancelled_jobs),
+        stopping_jobs=list(result.stopping_jobs),
+        position=result.position,
     )
 
 
