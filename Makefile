@@ -40,10 +40,10 @@ ifdef STRIPE_MOCK_PORT
 export PINKSEA_STRIPE_API_BASE ?= http://127.0.0.1:$(STRIPE_MOCK_PORT)
 endif
 
-.PHONY: help venv services services-down services-status test demo lint bench chaos infra-check
+.PHONY: help venv services services-down services-status test demo lint bench chaos rehearsal infra-check
 
 help:
-	@echo "make venv | services | services-down | services-status | test | demo | lint | bench | chaos"
+	@echo "make venv | services | services-down | services-status | test | demo | lint | bench | chaos | rehearsal"
 
 # Virtualenv with the project editable plus the dev and gpu extras (torch is several GB; pip's
 # cache makes a second install fast).
@@ -102,3 +102,10 @@ bench: | $(VENV_READY)
 # (CI); CHAOS_SEED=N replays a run's faults and load. Logs and result.json in .chaos/.
 chaos: | $(VENV_READY)
 	$(PY) -m chaos
+
+# The production rehearsal on a private stack (PostgreSQL 30432, Redis 30379, Kafka 30092 and
+# SASL_SSL 30094, S3 30900, stripe-mock 30111, OIDC provider 30090): every process with the
+# environment rendered from the production task definitions, only the endpoints swapped, then a
+# user's paths end to end. Logs and result.json in .rehearsal/; exit 1 on any failed check.
+rehearsal: | $(VENV_READY)
+	$(PY) -m rehearsal

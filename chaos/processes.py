@@ -23,6 +23,7 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     killed: bool = False  # by the injector: its exit is expected, not a crash
+    env: dict[str, str] | None = None  # its own environment (default: the supervisor's)
 
     @property
     def alive(self) -> bool:
@@ -63,7 +64,13 @@ class Supervisor:
             log.write(f"\n===== {time.strftime('%H:%M:%S')} start\n".encode())
             log.flush()
             child.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cli", *child.args, env=self.env, stdout=log, stderr=log
+                sys.executable,
+                "-m",
+                "cli",
+                *child.args,
+                env=child.env if child.env is not None else self.env,
+                stdout=log,
+                stderr=log,
             )
         child.started_at = time.monotonic()
         child.killed = False

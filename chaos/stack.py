@@ -41,6 +41,7 @@ class ChaosStack:
     kafka_controller_port: int = 29093
     s3_port: int = 29000
     log: Path | None = None  # where the scripts' output goes (default: inherited)
+    services: tuple[str, ...] = SERVICES  # infra/local/<name>.sh, started in this order
 
     @property
     def database(self) -> str:
@@ -116,7 +117,7 @@ class ChaosStack:
             raise StackError(f"infra/local/{service}.sh {action} failed with {code}{where}")
 
     async def start(self) -> None:
-        for service in SERVICES:
+        for service in self.services:
             await self.script(service, "start")
         conn = await asyncpg.connect(self.database_url.rsplit("/", 1)[0] + "/postgres")
         try:
@@ -125,7 +126,7 @@ class ChaosStack:
             await conn.close()
 
     async def stop(self) -> None:
-        for service in reversed(SERVICES):
+        for service in reversed(self.services):
             await self.script(service, "stop")
 
     def pid(self, service: str) -> int:
