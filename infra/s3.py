@@ -17,7 +17,11 @@ def s3_client(settings: Settings, **config: Any) -> Any:
         "s3",
         endpoint_url=settings.s3_endpoint_url or None,
         region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        # An empty key id (production's) means the default chain, the task role's credentials:
+        # boto3 would sign every request with "" as the key if it were passed through.
+        aws_access_key_id=settings.s3_access_key_id or None,
+        aws_secret_access_key=(
+            settings.s3_secret_access_key.get_secret_value() if settings.s3_access_key_id else None
+        ),
         config=Config(**config),
     )
