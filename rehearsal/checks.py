@@ -394,6 +394,66 @@ async def lag_metric_published(checks: Checks, ctx: Context, environment: str) -
         await _until("GpuBacklog in CloudWatch", published, 90, 2)
 
 
+async def low_balance_email(
+    checks: Checks, ctx: Context, users: Users, ses_endpoint: str, sender: str
+) -> None:
+    """The notifier's production transport: a user signed in with an e-mail claim, debited
+    below a tenth of the trial's credits, gets one e-mail through SES from the sender."""
+    async with checks.check("low-balance e-mail through SES (the notifier)") as n:
+        user = f"saver-{ctx.run_id}"
+        tokens = await ctx.provider.sign_in(ctx.http, user, ctx.client_id)
+        me = await ctx.api.get("/v1/me", headers=bearer(tokens.id_token))
+        require(me.status_code == 200, f"GET /v1/me {me.status_code}")
+        address = me.json()["email"]
+        available = await _available_mc(ctx, tokens.id_token)
+        plan_mc = me.json()["plan"]["credits_per_month_mc"]
+        debit_mc = available - plan_mc // 10 + 1000  # a credit under the line
+        r = await ctx.api.post(
+            "/v1/admin/adjustments",
+            json={
+                "user_id": user,
+                "credits": f"-{debit_mc / 1000:.3f}",
+                "reason": "production rehearsal: cross the low-balance line",
+            },
+            headers={**bearer(users.admin.id_token), "Idempotency-Key": f"low-{ctx.run_id}"},
+        )
+        require(r.status_code == 201, f"POST /v1/admin/adjustments {r.status_code} {r.text[:200]}")
+        found: list[dict[str, Any]] = []
+
+        async def mailed() -> bool:
+            nonlocal found
+            found = await asyncio.to_thread(_ses_messages, ses_endpoint, address)
+            return bool(found)
+
+        await _until(f"an SES message to {address}", mailed, READ_TIMEOUT_S * 2, 1)
+        require(len(found) == 1, f"{len(found)} messages to {address}")
+        raw = found[0].get("raw_data", "")
+        require(sender.split("<")[-1].rstrip(">") in raw, f"not from {sender}")
+        n.append(f"debited {debit_mc} mc; one message to {address} from {sender}")
+
+
+async def _available_mc(ctx: Context, token: str) -> int:
+    """The available balance once the sign-up's trial credit is in it."""
+    available = 0
+
+    async def granted() -> bool:
+        nonlocal available
+        r = await ctx.api.get("/v1/me/balance", headers=bearer(token))
+        available = int(r.json().get("available_mc", 0)) if r.status_code == 200 else 0
+        return available > 0
+
+    await _until("the sign-up's trial credit", granted, READ_TIMEOUT_S)
+    return available
+
+
+def _ses_messages(endpoint: str, address: str) -> list[dict[str, Any]]:
+    """What SES accepted, from the rehearsal's own moto server (/moto-api/data.json)."""
+    r = httpx.get(f"{endpoint}/moto-api/data.json", timeout=10)
+    r.raise_for_status()
+    raw = r.json().get("ses", {}).get("RawMessage", [])
+    return [m for m in raw if address in m.get("destinations", [])]
+
+
 async def processes_stayed_up(checks: Checks, crashes: Mapping[str, int]) -> None:
     async with checks.check("no process exited during the rehearsal") as n:
         require(not crashes, f"exits (restarted as ECS would): {dict(crashes)}")

@@ -221,6 +221,10 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
             settings = Settings(_env_file=None)  # type: ignore[call-arg]
         s3 = _s3(settings)
         await asyncio.to_thread(_ensure_bucket, s3, settings.s3_bucket, settings.s3_region)
+        notifier = _notifier_settings(tasks, swapped)
+        if notifier is not None:
+            # What Terraform's SES identity is in production: the sender's domain, verified.
+            await asyncio.to_thread(_verify_sender, notifier)
 
         # 3. The processes, each with its task's environment.
         api_port, scheduler_metrics_port = free_port(), free_port()
@@ -276,6 +280,10 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
             if users is not None:
                 await c.stripe(checks, ctx, users, webhook_secret)
                 await c.job_flow(checks, ctx, users)
+                if notifier is not None and notifier.ses_endpoint_url:
+                    await c.low_balance_email(
+                        checks, ctx, users, notifier.ses_endpoint_url, notifier.email_sender
+                    )
             await c.kafka_over_sasl_ssl(checks, ctx)
             await c.lag_metric_published(checks, ctx, settings.environment)
         async with checks.check("ledger verify (the settler's environment)") as n:
@@ -348,6 +356,32 @@ def s3_credentials_check(checks: c.Checks, env: dict[str, str]) -> None:
         f"PINKSEA_S3_ACCESS_KEY_ID={env.get('PINKSEA_S3_ACCESS_KEY_ID')!r}: requests signed "
         f"with access key {signed_with!r}",
     )
+
+
+def _notifier_settings(tasks: list[Task], swapped: dict[str, dict[str, str]]) -> Any:
+    """What the notifier task reads, when there is one that sends through SES."""
+    from infra.settings import Settings
+
+    for t in tasks:
+        if t.command[1:2] == ["notify"]:
+            with exact_environ(swapped[t.name]):
+                settings = Settings(_env_file=None)  # type: ignore[call-arg]
+            return settings if settings.email_backend == "ses" else None
+    return None
+
+
+def _verify_sender(settings: Any) -> None:
+    import boto3
+
+    ses = boto3.client(
+        "sesv2",
+        endpoint_url=settings.ses_endpoint_url,
+        region_name=settings.ses_region,
+        aws_access_key_id=MOTO_KEY,
+        aws_secret_access_key=MOTO_SECRET,
+    )
+    domain = settings.email_sender.rpartition("@")[2].rstrip(">")
+    ses.create_email_identity(EmailIdentity=domain)  # moto verifies it at once
 
 
 def _s3(settings: Any) -> Any:
