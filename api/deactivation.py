@@ -15,7 +15,8 @@ refuses a deactivated account's submissions on its own). The per-request check i
   A deactivation not yet projected when Redis lost its flag is missed by that rebuild and
   restored by the next one (the domain refuses the account's jobs meanwhile).
 - **Redis unreachable.** The check reads the account from the event store instead (the write
-  side: exact, at a query per request), for a few seconds after each failure (the breaker).
+  side: exact, at a query per request), for a few seconds after each failure (the breaker,
+  shared with the rate limiter: a request that found Redis hanging waits out one timeout).
 - **The command could not write the flag** (Redis down then): the admin gets a 503 and
   repeats the command, which changes nothing more and writes the flag.
 """
@@ -77,6 +78,8 @@ class AccountFlags:
         pool: asyncpg.Pool,
         application: PinkseaApplication,
         limiter: CapacityLimiter,
+        *,
+        breaker: Breaker | None = None,
     ) -> None:
         self.client = client
         self.flag_prefix = f"{prefix}deactivated:"
@@ -84,7 +87,7 @@ class AccountFlags:
         self.pool = pool
         self.application = application
         self.limiter = limiter
-        self.breaker = Breaker()
+        self.breaker = breaker or Breaker()
         self._rebuilding = asyncio.Lock()
 
     def key(self, user_id: str) -> str:
@@ -101,6 +104,8 @@ class AccountFlags:
             except (RedisError, OSError) as e:
                 self.breaker.trip()
                 log.warning("deactivation flags unavailable: asking the event store", error=repr(e))
+            except asyncpg.PostgresError as e:  # the rebuild's read; the next request retries
+                log.warning("deactivation flags not rebuilt: asking the event store", error=repr(e))
         return await to_thread.run_sync(
             functools.partial(_deactivated_in_store, self.application, user_id),
             limiter=self.limiter,

@@ -190,6 +190,9 @@ async def start_services(settings: Settings) -> Services:
     )
     watcher = JobWatcher(pool, interval_s=settings.sse_poll_interval_s)
     limiter = anyio.CapacityLimiter(settings.db_pool_size)
+    rate_limiter = RateLimiter(
+        client, settings.redis_key_prefix, multiplier=settings.rate_limit_multiplier
+    )
     return Services(
         settings=settings,
         pool=pool,
@@ -201,9 +204,7 @@ async def start_services(settings: Settings) -> Services:
         s3=s3_images,
         verifier=JwtVerifier(settings),
         limiter=limiter,
-        rate_limiter=RateLimiter(
-            client, settings.redis_key_prefix, multiplier=settings.rate_limit_multiplier
-        ),
+        rate_limiter=rate_limiter,
         balance_cache=JsonCache(
             client, settings.redis_key_prefix, "balance", settings.balance_cache_ttl_s
         ),
@@ -212,5 +213,12 @@ async def start_services(settings: Settings) -> Services:
         ),
         watcher=watcher,
         image_urls=urls,
-        deactivations=AccountFlags(client, settings.redis_key_prefix, pool, application, limiter),
+        deactivations=AccountFlags(
+            client,
+            settings.redis_key_prefix,
+            pool,
+            application,
+            limiter,
+            breaker=rate_limiter.breaker,  # one Redis, one verdict: a request waits out one timeout
+        ),
     )
