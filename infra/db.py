@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from infra.observability.instrument import track_pool
 from infra.settings import Settings
 
 
@@ -15,4 +16,5 @@ async def create_pool(
     options.update(overrides)
     pool = await asyncpg.create_pool(dsn, **options)
     assert pool is not None
-    return pool
+    # pinksea_db_pool_in_use{pool} and its siblings, read at each scrape of /metrics.
+    return track_pool(pool, "read" if read_only else "primary")

@@ -13,7 +13,9 @@ def s3_client(settings: Settings, **config: Any) -> Any:
     import boto3  # lazily: the doctor and the CLI's light commands do not pay for it
     from botocore.config import Config
 
-    return boto3.client(
+    from infra.observability.instrument import instrument_s3
+
+    client = boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url or None,
         region_name=settings.s3_region,
@@ -25,3 +27,5 @@ def s3_client(settings: Settings, **config: Any) -> Any:
         ),
         config=Config(**config),
     )
+    # Every client counts its requests (pinksea_s3_requests_total, the s3-error-rate twin).
+    return instrument_s3(client)
