@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -127,8 +128,10 @@ async def _run_cli(args: list[str], env: dict[str, str], log: Path, timeout_s: f
 async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
     console = Console(width=max(Console().width, 140))  # CI logs: a readable table
     run_id = c.new_run_id()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "logs").mkdir(exist_ok=True)
+    # This run's logs only: the supervisor appends, and a failure's tail must be this run's.
+    shutil.rmtree(out_dir / "logs", ignore_errors=True)
+    (out_dir / "stack.log").unlink(missing_ok=True)
+    (out_dir / "logs").mkdir(parents=True)
     t0 = time.monotonic()
     checks = c.Checks()
     stack = RehearsalStack(run_id, log=out_dir / "stack.log")
@@ -289,9 +292,15 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
         async with checks.check("ledger verify (the settler's environment)") as n:
             settler = next(t for t in tasks if t.command[1:2] == ["settle"])
             code = await _run_cli(
-                ["ledger", "verify"], {**base, **swapped[settler.name]}, out_dir / "verify.log", 120
+                ["ledger", "verify"],
+                {**base, **swapped[settler.name]},
+                out_dir / "logs" / "ledger-verify.log",
+                120,
             )
-            c.require(code == 0, f"pinksea ledger verify exited {code} (see {out_dir}/verify.log)")
+            c.require(
+                code == 0,
+                f"pinksea ledger verify exited {code} (see {out_dir}/logs/ledger-verify.log)",
+            )
             n.append("0 findings")
         await c.processes_stayed_up(
             checks, {**supervisor.crashes, **(sidecars.crashes if sidecars else {})}
@@ -321,7 +330,19 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
     )
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print_summary(console, summary)
+    if checks.failed:
+        print_log_tails(console, out_dir)
     return summary
+
+
+def print_log_tails(console: Console, out_dir: Path, lines: int = 8) -> None:
+    """The end of every process's log, so that a failure in CI says where to look."""
+    for log in [*sorted((out_dir / "logs").glob("*.log")), out_dir / "stack.log"]:
+        if log.is_file():
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            console.print(f"[bold]----- {log} (last {len(tail)} lines)[/bold]", highlight=False)
+            for line in tail:
+                console.print(line[:400], markup=False, highlight=False)
 
 
 def s3_credentials_check(checks: c.Checks, env: dict[str, str]) -> None:
