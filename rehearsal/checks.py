@@ -145,7 +145,9 @@ async def sign_in(checks: Checks, ctx: Context) -> Users | None:
         me = await ctx.api.get("/v1/me", headers=bearer(token.access_token))
         require(me.status_code == 200, f"GET /v1/me {me.status_code} {me.text[:200]}")
         require(me.json()["user_id"] == users.buyer_id, "another user")
-        n.append("token_use=access accepted for the app client")
+        # As Cognito's: no email claim, so only an ID-token sign-in records the address the
+        # notifier writes to.
+        n.append(f"token_use=access accepted for the app client; email {me.json()['email']}")
 
     async with checks.check("sign-in: admin by cognito:groups") as n:
         groups = Tokens.claims(users.admin.id_token).get("cognito:groups")
