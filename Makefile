@@ -56,7 +56,8 @@ venv:
 .venv/bin/pinksea:
 	$(MAKE) venv
 
-# Local stack on 127.0.0.1: PostgreSQL, Redis, S3 (moto), stripe-mock, Kafka (KRaft).
+# Local stack on 127.0.0.1: PostgreSQL, Redis, S3 (moto), stripe-mock, Kafka (KRaft), SMTP,
+# an OpenID Connect provider.
 services: | $(VENV_READY)
 	infra/local/system_packages.sh
 	infra/local/up.sh
