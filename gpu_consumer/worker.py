@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
+from gpu_consumer import metrics as gpu_metrics
 from gpu_consumer.config import GpuWorkerSettings
 from gpu_consumer.model_cache import ModelCache
 from gpu_consumer.outputs import ImageStore, s3_client
@@ -164,6 +165,7 @@ class GpuWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
+        gpu_metrics.GPUS.watch(self.device, self.tier, self.worker_id, self.gpu_name)
         group = f"pinksea.gpu.worker.{self.worker_id}"
         consumer = manual_consumer(self.settings, group, dispatch_topic(self.tier))
         producer = idempotent_producer(self.settings)
@@ -176,6 +178,7 @@ class GpuWorker:
             self._log.info("worker started", device=str(self.device), gpu=self.gpu_name)
             await self._consume(consumer, producer)
         finally:
+            gpu_metrics.GPUS.unwatch(self.worker_id)
             if heartbeats is not None:
                 heartbeats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -282,6 +285,7 @@ class GpuWorker:
             total_ms,
         )
         self._record(record, finished, job_log)
+        gpu_metrics.observe_job(self.tier, dispatch.model, finished.gpu_ms)
 
     async def _keep_polling(
         self, job: asyncio.Task[Any], consumer: AIOKafkaConsumer, pending: deque[ConsumerRecord]
