@@ -106,11 +106,14 @@ def project(
     chosen = [get_projection(n) for n in only] if only else list(ALL_PROJECTIONS)
 
     async def main(settings: Settings, stop: asyncio.Event) -> None:
+        from projections.gauges import run_gauges
+
         await prepare(settings)
         pool = await create_pool(settings)
         try:
             await asyncio.gather(
-                *(LiveProjectionRunner(settings, pool, p).run(stop) for p in chosen)
+                *(LiveProjectionRunner(settings, pool, p).run(stop) for p in chosen),
+                run_gauges(settings, pool, stop),  # business gauges, consumer lag
             )
         finally:
             await pool.close()

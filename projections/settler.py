@@ -23,13 +23,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from eventsourcing.persistence import Tracking
 from prometheus_client import Counter
 
-from domain.application import TrackingPinkseaApplication
+from domain.application import SettlementResult, TrackingPinkseaApplication
 from domain.errors import DomainError
 from domain.jobs import MAX_ATTEMPTS, Fault
 from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import DeadLetter, Finished, Outcome, Started, parse_report
+from infra.observability.instrument import track_event_store
 from infra.settings import Settings
+from projections.metrics import count_settlement, dead_letters
 
 log = structlog.get_logger("settler")
 
@@ -46,6 +48,8 @@ class Settler:
         self.app = app
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.dead_letters = dead_letters("settler")
+        track_event_store(app)
 
     def apply(self, report: Started | Finished, tracking: Tracking) -> DeadLetter | None:
         """Apply one report as a command (blocking; runs in a worker thread)."""
@@ -60,8 +64,11 @@ class Settler:
                 )
                 SETTLED.labels("started", str(result.changed)).inc()
                 return None
-            applied, status = self._finish(report)
+            settled = self._finish(report)
+        applied, status = settled.applied, settled.job_status
         SETTLED.labels(report.outcome.value, str(applied)).inc()
+        if applied:
+            self._count(report, settled.charged_mc)
         if applied and status == "failed" and report.retryable and report.attempt >= MAX_ATTEMPTS:
             return DeadLetter(
                 job_id=report.job_id,
@@ -71,7 +78,7 @@ class Settler:
             )
         return None
 
-    def _finish(self, report: Finished) -> tuple[bool, str]:
+    def _finish(self, report: Finished) -> SettlementResult:
         common = {"attempt": report.attempt, "at": report.at}
         if report.outcome is Outcome.COMPLETED:
             images = [i.model_dump() for i in report.images]
@@ -102,7 +109,20 @@ class Settler:
                 gpu_ms=report.gpu_ms,
                 **common,
             )
-        return r.applied, r.job_status
+        return r
+
+    def _count(self, report: Finished, charged_mc: int) -> None:
+        """Credits and images of an applied settlement: a redelivered report is not applied
+        again, so each job counts once (projections/metrics.py)."""
+        images = len(report.images) if report.outcome is Outcome.COMPLETED else 0
+        if charged_mc <= 0 and images == 0:
+            return  # a retried attempt or a voided job: nothing was consumed
+        try:
+            tier = self.app.job(report.job_id).tier
+        except Exception:  # the settlement is recorded; a metric must not undo it
+            log.exception("settlement not counted", job_id=str(report.job_id))
+            return
+        count_settlement(tier, charged_mc, images)
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = manual_consumer(self.settings, "pinksea.settler")
@@ -143,6 +163,7 @@ class Settler:
             await self.producer.send_and_wait(
                 self.settings.topic(DLQ_TOPIC), dead.to_bytes(), key=str(dead.job_id).encode()
             )
+            self.dead_letters.inc()
             log.warning("job dead-lettered", job_id=str(dead.job_id), reason=dead.reason)
 
     async def seek_past_tracked(self, partitions: Iterable[TopicPartition]) -> None:

@@ -29,7 +29,9 @@ from domain.jobs import MAX_ATTEMPTS
 from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC, dispatch_topic
 from infra.kafka import connection_kwargs, idempotent_producer
 from infra.messages import DeadLetter, Dispatch, Finished, Heartbeat, Started, parse_report
+from infra.observability.instrument import track_event_store
 from infra.settings import Settings
+from projections.metrics import dead_letters
 from projections.runner import LiveProjectionRunner
 from projections.scheduler.policy import IdleWorker, QueuedJob, Turns, assign
 from projections.scheduler.queue import SchedulerQueue
@@ -83,6 +85,8 @@ class Scheduler:
     # --------------------------------------------------------------------------- running
 
     async def run(self, stop: asyncio.Event) -> None:
+        dead_letters("scheduler")  # exported at 0 from the start
+        track_event_store(self.app)
         async with self.pool.acquire() as leader:
             log.info("waiting to become the active scheduler")
             while not await leader.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_KEY):
@@ -319,3 +323,4 @@ class Scheduler:
         await self.producer.send_and_wait(
             self.settings.topic(DLQ_TOPIC), letter.to_bytes(), key=str(job_id).encode()
         )
+        dead_letters("scheduler").inc()
