@@ -290,6 +290,30 @@ async def test_an_old_crossing_read_late_is_not_mailed(
     assert mails_to(maildir, address) == []
 
 
+async def test_a_deactivated_account_is_not_mailed_until_reactivated(
+    stack: Settings, pool: asyncpg.Pool, app: PinkseaApplication, user: str, maildir: Path
+) -> None:
+    address = f"{user}@example.com"
+    await remember_address(pool, user, address, now())
+    app.register_user(user, now())
+    app.deactivate_user(user, reason="abuse", actor="admin", at=now())
+    spend_down(app, user, "down-1", TRIAL_MC - 1)  # crosses while deactivated
+    async with running(
+        Relay(stack, pool, poll_interval=0.1).run, Notifier(stack, pool, smtp(stack)).run
+    ):
+        await wait_until(recorded(pool, user, 1))
+        app.reactivate_user(user, reason="appeal", actor="admin", at=now())
+        top_up(app, user, "up-1", TRIAL_MC)
+        spend_down(app, user, "down-2", TRIAL_MC - 1)  # crosses again, active
+        await wait_until(recorded(pool, user, 2))
+    rows = await records(pool, user)
+    assert [(r["outcome"], r["reason"]) for r in rows] == [
+        ("skipped", "deactivated"),
+        ("sent", None),
+    ]
+    assert len(mails_to(maildir, address)) == 1
+
+
 def _ses_messages(endpoint: str, address: str) -> list[dict[str, Any]]:
     with urlopen(f"{endpoint}/moto-api/data.json", timeout=10) as response:  # our own moto
         data = json.load(response)

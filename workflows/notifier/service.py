@@ -9,9 +9,12 @@ Each polled batch, in partition order:
 
 - ``CreditAccount.Opened``: remember account -> user (the envelope of a crossing names only the
   account). An account's events share a partition, so its Opened is always read first.
+- ``CreditAccount.Deactivated`` / ``Reactivated``: remember the account's status, in the
+  account's own order (a crossing after a deactivation is never mailed: the operator stopped
+  the account, and its credit is no longer the user's to spend).
 - ``CreditAccount.LowBalanceReached``: in one transaction, decide (stale, unknown account,
-  unsubscribed, no address: skipped), INSERT the event's ``notifications`` row ON CONFLICT DO
-  NOTHING (no row back: handled before, so nothing is sent), send, COMMIT.
+  deactivated, unsubscribed, no address: skipped), INSERT the event's ``notifications`` row
+  ON CONFLICT DO NOTHING (no row back: handled before, so nothing is sent), send, COMMIT.
 - anything else: not ours.
 
 Kafka offsets are committed only after every record of the batch is committed.
@@ -52,6 +55,7 @@ log = structlog.get_logger("notifier")
 GROUP = "pinksea.notifier"
 OPENED = "CreditAccount.Opened"
 REACHED = "CreditAccount.LowBalanceReached"
+STATUS = {"CreditAccount.Deactivated": True, "CreditAccount.Reactivated": False}
 KIND = "low_balance"
 
 BATCH_MAX = 100  # events per poll: bounds the time a batch's offsets stay uncommitted
@@ -162,9 +166,21 @@ class Notifier:
                 "ON CONFLICT (account_id) DO NOTHING",
                 opened,
             )
-        for envelope in envelopes:
-            if envelope.type == REACHED:
+        for envelope in envelopes:  # partition order: an account's events in their order
+            if envelope.type in STATUS:
+                await self._remember_status(envelope)
+            elif envelope.type == REACHED:
                 await self.handle(envelope)
+
+    async def _remember_status(self, envelope: Envelope) -> None:
+        # Versioned, so a redelivered older status never overwrites a newer one.
+        await self.pool.execute(
+            "UPDATE notifier_accounts SET deactivated = $2, status_version = $3 "
+            "WHERE account_id = $1 AND (status_version IS NULL OR status_version < $3)",
+            envelope.aggregate_id,
+            STATUS[envelope.type],
+            envelope.version,
+        )
 
     async def handle(self, envelope: Envelope) -> str:
         """Record one crossing and e-mail it when it should be; returns the outcome."""
@@ -178,9 +194,11 @@ class Notifier:
         )
         now = self.clock()
         async with self.pool.acquire() as conn, conn.transaction():
-            user = await _owner(conn, crossing.aggregate_id)
+            user, deactivated = await _owner(conn, crossing.aggregate_id)
             prefs = await get_preferences(conn, user) if user is not None else DEFAULT
-            reason = self._skip_reason(crossing, user, prefs.email, prefs.low_balance_emails, now)
+            reason = self._skip_reason(
+                crossing, user, deactivated, prefs.email, prefs.low_balance_emails, now
+            )
             outcome = "sent" if reason is None else "skipped"
             address = prefs.email if reason is None else None
             # The claim: a concurrent notifier's INSERT of the same event waits for this
@@ -233,6 +251,7 @@ class Notifier:
         self,
         crossing: LowBalance,
         user: str | None,
+        deactivated: bool,
         address: str | None,
         wanted: bool,
         now: datetime,
@@ -241,6 +260,8 @@ class Notifier:
             return "stale"  # e.g. a new notifier reading the whole history: old news
         if user is None:
             return "unknown account"
+        if deactivated:
+            return "deactivated"
         if not wanted:
             return "unsubscribed"
         if address is None:
@@ -255,15 +276,18 @@ class Notifier:
         return outcome
 
 
-async def _owner(conn: asyncpg.Connection, account_id: UUID) -> str | None:
-    user: str | None = await conn.fetchval(
-        "SELECT user_id FROM notifier_accounts WHERE account_id = $1", account_id
+async def _owner(conn: asyncpg.Connection, account_id: UUID) -> tuple[str | None, bool]:
+    """The account's user and whether the account is deactivated (None: no such account)."""
+    row = await conn.fetchrow(
+        "SELECT user_id, deactivated FROM notifier_accounts WHERE account_id = $1", account_id
     )
-    if user is None:
+    if row is None:
         # Our Opened came before this group's first offset (e.g. an operator moved it on):
-        # the ledger projection knows the owner too.
-        user = await conn.fetchval("SELECT user_id FROM balances WHERE account_id = $1", account_id)
-    return user
+        # the ledger projection knows the owner and the status too.
+        row = await conn.fetchrow(
+            "SELECT user_id, deactivated FROM balances WHERE account_id = $1", account_id
+        )
+    return (row["user_id"], row["deactivated"]) if row is not None else (None, False)
 
 
 def _rewind(consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Any]]) -> None:
