@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -318,19 +318,18 @@ def _gpu_worker(
 
 @dataclass(frozen=True)
 class LocalStack:
-    """Where the rehearsal's private stack listens, and how its Kafka authenticates."""
+    """Where the rehearsal's private stack listens, and how its Kafka (the SASL_SSL listener
+    of infra/local/kafka.sh) authenticates."""
 
-    database_url: str
-    redis_url: str
     kafka_bootstrap: str
     s3_endpoint: str
     s3_access_key_id: str
     s3_secret_access_key: str
     stripe_api_base: str
     jwks_url: str
-    kafka_scram_user: str | None = None  # None: PLAINTEXT (no SASL_SSL listener)
-    kafka_scram_password: str | None = None
-    kafka_ca_file: str | None = None
+    kafka_scram_user: str
+    kafka_scram_password: str
+    kafka_ca_file: str  # the local CA that signed the broker's certificate
 
 
 #: Every name the swap may change, and why. Nothing else differs from production.
@@ -371,21 +370,14 @@ def swap_for_local(
             changes[name] = value
 
     if "PINKSEA_KAFKA_BOOTSTRAP_SERVERS" in env:
+        # SASL_SSL stays (TLS verified against the local CA); SCRAM stands in for IAM.
         put("PINKSEA_KAFKA_BOOTSTRAP_SERVERS", stack.kafka_bootstrap)
         put("PINKSEA_KAFKA_REPLICATION_FACTOR", "1")
         put("PINKSEA_KAFKA_MIN_INSYNC_REPLICAS", "1")
-        if stack.kafka_scram_user:
-            put("PINKSEA_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
-            put("PINKSEA_KAFKA_SASL_USERNAME", stack.kafka_scram_user)
-            put("PINKSEA_KAFKA_SASL_PASSWORD", stack.kafka_scram_password or "")
-            put("PINKSEA_KAFKA_SSL_CAFILE", stack.kafka_ca_file or "")
-        else:
-            # Until a SASL_SSL listener exists: plain Kafka, the one other difference.
-            out["PINKSEA_KAFKA_SECURITY_PROTOCOL"] = changes["PINKSEA_KAFKA_SECURITY_PROTOCOL"] = (
-                "PLAINTEXT"
-            )
-            out.pop("PINKSEA_KAFKA_SASL_MECHANISM", None)
-            changes["PINKSEA_KAFKA_SASL_MECHANISM"] = "(removed)"
+        put("PINKSEA_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+        put("PINKSEA_KAFKA_SASL_USERNAME", stack.kafka_scram_user)
+        put("PINKSEA_KAFKA_SASL_PASSWORD", stack.kafka_scram_password)
+        put("PINKSEA_KAFKA_SSL_CAFILE", stack.kafka_ca_file)
     if "PINKSEA_S3_ENDPOINT_URL" in env:
         put("PINKSEA_S3_ENDPOINT_URL", stack.s3_endpoint)
         put("PINKSEA_S3_ACCESS_KEY_ID", stack.s3_access_key_id)
@@ -430,7 +422,3 @@ def environment_problems(env: Mapping[str, str], *, serves_users: bool) -> list[
         if not problems and serves_users:
             problems = Settings(_env_file=None).deployment_problems()  # type: ignore[call-arg]
     return problems
-
-
-def with_args(task: Task, args: list[str]) -> Task:
-    return replace(task, command=args)

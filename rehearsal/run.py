@@ -184,8 +184,6 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=10) as http:
             discovery = await provider.discover(http)
         local = LocalStack(
-            database_url=stack.database_url,
-            redis_url=secret_by_name["PINKSEA_REDIS_URL"],
             kafka_bootstrap=f"127.0.0.1:{stack.kafka_sasl_ssl_port}",
             s3_endpoint=f"http://127.0.0.1:{stack.s3_port}",
             s3_access_key_id=MOTO_KEY,
@@ -201,7 +199,9 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
         for t in tasks:
             swapped[t.name], changes[t.name] = swap_for_local(production[t.name], local)
         console.print(
-            f"private stack up in {time.monotonic() - started:.0f}s; swapped for it:\n"
+            f"private stack up in {time.monotonic() - started:.0f}s; Secrets Manager's values: "
+            "the private stack's database and Redis URLs, a Stripe key, webhook secret and "
+            f"CloudFront key made for this run ({', '.join(secret_by_name)}); swapped:\n"
             + "\n".join(
                 f"  {name}: {SWAPS[name]}"
                 for name in SWAPS

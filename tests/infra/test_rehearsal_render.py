@@ -35,8 +35,6 @@ SECRETS = {
     "PINKSEA_CLOUDFRONT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\n...",
 }
 LOCAL = LocalStack(
-    database_url="postgresql://pinksea:pinksea@127.0.0.1:30432/rehearsal_x",
-    redis_url="redis://127.0.0.1:30379/0",
     kafka_bootstrap="127.0.0.1:30094",
     s3_endpoint="http://127.0.0.1:30900",
     s3_access_key_id="pinksea",
