@@ -21,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 import structlog
 from prometheus_client import Counter, Gauge
 
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from infra.aws_lag_metric import KafkaConnection
 
 log = structlog.get_logger("gauges")
 
@@ -134,7 +137,9 @@ async def refresh_consumer_lag(settings: Settings) -> None:
 
     # Group ids carry the topic prefix (infra.kafka.manual_consumer), like the topics.
     prefix = f"{settings.kafka_topic_prefix}{GROUP_PREFIX}"
-    lags = await asyncio.wait_for(collect_lag(_Connection(settings), prefix), QUERY_TIMEOUT_S * 2)
+    # Duck-typed for KafkaConnection: the options of every other client of this process.
+    conn = cast("KafkaConnection", _Connection(settings))
+    lags = await asyncio.wait_for(collect_lag(conn, prefix), QUERY_TIMEOUT_S * 2)
     set_labelled(CONSUMER_LAG, {(x.group, x.topic): x.lag for x in lags}, missing=None)
 
 

@@ -493,14 +493,14 @@ def compare(
             (str(d["MetricName"]), frozenset(x["Name"] for x in d.get("Dimensions", [])))
             for d in cloudwatch_data
         }
-        for ref in refs.cloudwatch:
-            if ref.namespace != cloudwatch_namespace:
-                key = f"namespace {ref.namespace} (the publisher writes {cloudwatch_namespace})"
-            elif (ref.metric_name, ref.dimensions) not in published:
-                key = f"{ref.metric_name} {{{', '.join(sorted(ref.dimensions))}}}"
+        for alarm in refs.cloudwatch:
+            if alarm.namespace != cloudwatch_namespace:
+                key = f"namespace {alarm.namespace} (the publisher writes {cloudwatch_namespace})"
+            elif (alarm.metric_name, alarm.dimensions) not in published:
+                key = f"{alarm.metric_name} {{{', '.join(sorted(alarm.dimensions))}}}"
             else:
                 continue
-            result.cloudwatch_missing.setdefault(key, []).append(ref.source)
+            result.cloudwatch_missing.setdefault(key, []).append(alarm.source)
     return result
 
 

@@ -186,7 +186,7 @@ def test_set_labelled_zeroes_or_drops_children_that_went_away() -> None:
     gauge = Gauge("pinksea_probe", "probe", ["k"], registry=CollectorRegistry())
 
     def shown() -> dict[str, float]:
-        return {s.labels["k"]: s.value for s in gauge.collect()[0].samples}
+        return {s.labels["k"]: s.value for m in gauge.collect() for s in m.samples}
 
     gauges.set_labelled(gauge, {("a",): 1, ("b",): 2}, missing=0)
     gauges.set_labelled(gauge, {("b",): 3}, missing=0)
