@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from api.billing.dev_events import plan_purchase, signed_delivery
+from infra.observability.check import check_emitted
 from infra.settings import PAID_PLANS, Settings
 from rehearsal.oidc import OidcProvider, Tokens, resign_with_stranger_key
 from rehearsal.stack import StripeRecorder
@@ -475,3 +476,12 @@ async def _until(what: str, probe: Any, timeout_s: float, every_s: float = POLL_
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:8]
+
+
+async def metrics_emitted(checks: Checks, metrics_urls: dict[str, str]) -> None:
+    """Every metric the Grafana dashboard, the Prometheus rules and the CloudWatch alarms name
+    is emitted by a process of the production topology (scraped after the job flow)."""
+    async with checks.check("every metric the dashboards and alerts name is emitted") as n:
+        result = await asyncio.to_thread(check_emitted, metrics_urls)
+        require(result.ok, result.summary())
+        n.append(f"{len(metrics_urls)} processes scraped: {', '.join(sorted(metrics_urls))}")

@@ -81,10 +81,11 @@ def _options(command: str) -> set[str]:
 
 
 def local_args(
-    task: Task, api_port: int, scheduler_metrics_port: int
+    task: Task, api_port: int, metrics_port: int, scheduler_metrics_port: int
 ) -> tuple[list[str], list[str]]:
     """The task's command as the rehearsal runs it, and what changed: loopback and private
-    ports instead of the container's, the CPU for the GPU worker. Nothing else."""
+    ports instead of the container's (``metrics_port``: this process's /metrics, scraped for
+    the metrics check), the CPU for the GPU worker. Nothing else."""
     args, notes = list(task.command[1:]), []  # "pinksea" is `python -m cli`
 
     def set_option(name: str, value: str) -> None:
@@ -100,8 +101,7 @@ def local_args(
         set_option("--host", "127.0.0.1")
         set_option("--port", str(api_port))
     elif "--metrics-port" in _options(args[0]):
-        port = scheduler_metrics_port if args[0] == "scheduler" else 0
-        set_option("--metrics-port", str(port))
+        set_option("--metrics-port", str(metrics_port))
     if args[0] == "gpu-worker":
         set_option("--device", "cpu")
     if args[0] == "lag-metric" and "--queue-metrics-url" in args:
@@ -230,13 +230,22 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
             await asyncio.to_thread(_verify_sender, notifier)
 
         # 3. The processes, each with its task's environment.
-        api_port, scheduler_metrics_port = free_port(), free_port()
+        api_port = free_port()
+        # Every process's /metrics on a port of its own (the scheduler's is the sidecar's too).
+        metrics_ports = {t.name: free_port() for t in tasks}
+        scheduler = next(t for t in tasks if t.command[1:2] == ["scheduler"])
+        scheduler_metrics_port = metrics_ports[scheduler.name]
         base = container_base_env(out_dir)
         children: list[Child] = []
         sidecar_children: list[Child] = []
         arg_notes: dict[str, list[str]] = {}
+        metrics_urls = {"api": f"http://127.0.0.1:{api_port}/metrics"}
         for t in tasks:
-            args, arg_notes[t.name] = local_args(t, api_port, scheduler_metrics_port)
+            args, arg_notes[t.name] = local_args(
+                t, api_port, metrics_ports[t.name], scheduler_metrics_port
+            )
+            if "--metrics-port" in args:
+                metrics_urls[t.name] = f"http://127.0.0.1:{metrics_ports[t.name]}/metrics"
             child = Child(t.name, args, env={**base, **swapped[t.name]})
             (sidecar_children if t.sidecar_of else children).append(child)
         supervisor = Supervisor(children, {}, out_dir / "logs")
@@ -289,6 +298,7 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
                     )
             await c.kafka_over_sasl_ssl(checks, ctx)
             await c.lag_metric_published(checks, ctx, settings.environment)
+            await c.metrics_emitted(checks, metrics_urls)
         async with checks.check("ledger verify (the settler's environment)") as n:
             settler = next(t for t in tasks if t.command[1:2] == ["settle"])
             code = await _run_cli(
