@@ -418,12 +418,18 @@ def rollback(
         if int(latest["VersionNumber"]) == prev["version"]:
             log(f"  {name}: launch template still at v{prev['version']}")
             continue
-        # A copy of the previous version becomes $Latest (the groups launch $Latest).
+        # A copy of the previous version becomes $Latest (the groups launch $Latest). Its user
+        # data (the image) is named explicitly, as the rollout names the one it sets, so the
+        # copy never depends on SourceVersion alone (moto, the local AWS, ignores it).
+        resp = ec2.describe_launch_template_versions(
+            LaunchTemplateId=prev["launch_template_id"], Versions=[str(prev["version"])]
+        )
+        user_data = resp["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]
         created = ec2.create_launch_template_version(
             LaunchTemplateId=prev["launch_template_id"],
             SourceVersion=str(prev["version"]),
             VersionDescription=f"rollback to v{prev['version']}",
-            LaunchTemplateData={},
+            LaunchTemplateData={"UserData": user_data},
         )
         version = str(created["LaunchTemplateVersion"]["VersionNumber"])
         ec2.modify_launch_template(

@@ -38,6 +38,10 @@ class SmokeError(Exception):
     pass
 
 
+def _lower(headers: Any) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
 class Api:
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30) -> None:
         self.base = base_url.rstrip("/")
@@ -61,11 +65,13 @@ class Api:
             h["Content-Type"] = "application/json"
         h.update(headers or {})
         req = urllib.request.Request(url, data=data, headers=h, method=method)
+        # The answer's header names in lower case: they are case-insensitive, and servers
+        # differ (uvicorn and moto's S3 send `retry-after`, `content-type`).
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, dict(resp.headers), resp.read()
+                return resp.status, _lower(resp.headers), resp.read()
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
+            return e.code, _lower(e.headers), e.read()
         except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
             return 0, {}, str(e).encode()
 
@@ -87,7 +93,7 @@ class Api:
             if status in expect:
                 return (json.loads(raw) if raw else {}), resp_headers
             if status in (429, 503) and time.monotonic() < deadline:
-                time.sleep(min(float(resp_headers.get("Retry-After", "1") or 1), 10))
+                time.sleep(min(float(resp_headers.get("retry-after", "1") or 1), 10))
                 continue
             raise SmokeError(f"{method} {path}: {status} {raw[:500]!r}")
 
@@ -168,7 +174,7 @@ def run_job(api: Api, model: str, job_timeout: float) -> dict[str, Any]:
     )
     image, _ = api.json("GET", job["images"][0]["href"], {200})
     status, headers, raw = api.request("GET", image["url"])
-    print(f"  GET <presigned image URL> -> {status} {headers.get('Content-Type', '')}")
+    print(f"  GET <presigned image URL> -> {status} {headers.get('content-type', '')}")
     if status != 200 or not raw.startswith(PNG):
         raise SmokeError(f"image {image['name']}: {status}, not a PNG ({raw[:16]!r})")
     return job

@@ -1,38 +1,48 @@
-"""The release pipeline (.github/workflows/release.yml) and its scripts, without AWS or GitHub.
+"""The release pipeline (.github/workflows/release.yml) and its deploy script.
 
 - the workflow's shape: least-privilege permissions, OIDC only, pinned actions, the job graph
   (lint -> test -> build -> staging -> E2E -> approval -> production), rollback steps, and the
-  names it derives (cluster, repositories, services, GPU groups) against the Terraform;
-- .github/scripts/deploy.py on fake ECS / EC2 / Auto Scaling clients that check every request
-  against botocore's models of the real APIs: task definition rendering, the rollout wait
-  (completed, circuit-breaker rollback), launch template versions and instance refreshes, and
-  the rollback to a snapshot;
-- .github/scripts/smoke.py against a local HTTP server that answers like the API.
+  names it derives (cluster, repositories, services, GPU groups) against the Terraform (no
+  services needed);
+- .github/scripts/deploy.py on real boto3 clients against the local AWS, moto's server of the
+  local stack (infra/local/s3.sh: every moto service on one port): a cluster, services, task
+  definitions, launch templates with the GPU user data and auto-scaling groups made as
+  modules/compute names them, then the rollout, the snapshot and the rollback, checked against
+  what moto reports afterwards. Two parts of AWS that moto does not have are stood in for on
+  those clients' event hooks, each said so where it is defined: ECS's deployment controller
+  (moto never starts, completes or fails a deployment) and Auto Scaling's instance refreshes
+  (moto has none of those three operations).
+
+.github/scripts/smoke.py runs against the real API in tests/e2e/test_smoke_script.py.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
+import contextlib
 import importlib.util
 import itertools
 import json
 import re
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import boto3
 import botocore.session
 import pytest
 import yaml
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from botocore.validate import validate_parameters
 
-from tests.infra.hcl_config import TERRAFORM, Config, load_config
+from infra.settings import Settings
+from tests.conftest import reachable
+from tests.infra.hcl_config import TERRAFORM, Config, load_config, load_tfvars
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
@@ -51,7 +61,6 @@ def _load(name: str) -> ModuleType:
 
 
 deploy = _load("deploy")
-smoke = _load("smoke")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,219 +199,460 @@ def test_deploy_role_trusts_one_repository_environment() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Fake AWS clients, every request checked against botocore's model of the real API
+# The local AWS: moto's server, through real boto3 clients
 # ----------------------------------------------------------------------------------------------
 
 _botocore = botocore.session.get_session()
 
 
-class Fake:
-    service = ""
-
-    def __init__(self) -> None:
-        self._model = _botocore.get_service_model(self.service)
-        self._ops = {botocore.xform_name(op): op for op in self._model.operation_names}
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def __getattribute__(self, name: str) -> Any:
-        attr = object.__getattribute__(self, name)
-        ops = object.__getattribute__(self, "__dict__").get("_ops", {})
-        if name in ops and callable(attr):
-
-            def checked(**kwargs: Any) -> Any:
-                op = self._model.operation_model(ops[name])
-                validate_parameters(kwargs, op.input_shape)
-                self.calls.append((name, kwargs))
-                return attr(**kwargs)
-
-            return checked
-        return attr
-
-    def called(self, name: str) -> list[dict[str, Any]]:
-        return [kw for n, kw in self.calls if n == name]
+@pytest.fixture(scope="module")
+def aws() -> dict[str, Any]:
+    """boto3 client arguments for the local stack's moto server (the Settings' S3 endpoint:
+    one moto server answers every AWS service on its port)."""
+    s = Settings()
+    assert s.s3_endpoint_url, "the deploy tests need the local AWS (PINKSEA_S3_ENDPOINT_URL)"
+    kwargs = {
+        "endpoint_url": s.s3_endpoint_url,
+        "region_name": s.s3_region,
+        "aws_access_key_id": s.s3_access_key_id,
+        "aws_secret_access_key": s.s3_secret_access_key.get_secret_value(),
+    }
+    with reachable("the local AWS (moto server, infra/local/s3.sh)", s.s3_endpoint_url):
+        boto3.client("ecs", **kwargs).list_clusters()
+    return kwargs
 
 
-def _client_error(code: str, op: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}}, op)
+def _event(client: Any, when: str, operation: str) -> str:
+    return f"{when}.{client.meta.service_model.service_id.hyphenize()}.{operation}"
 
 
-class FakeEcs(Fake):
-    service = "ecs"
+class EcsDeploymentController:
+    """Stand-in for ECS's deployment controller and its circuit breaker, which moto lacks.
 
-    def __init__(self, services: dict[str, dict[str, Any]], fail: set[str] = frozenset()) -> None:
-        super().__init__()
-        self.task_definitions: dict[str, dict[str, Any]] = {}
-        self.services: dict[str, dict[str, Any]] = {}
-        self.fail = set(fail)
-        self.revisions = itertools.count(100)
-        for name, td in services.items():
-            arn = self._store(td)
-            self.services[name] = {
-                "serviceName": name,
-                "taskDefinition": arn,
-                "deployments": [self._deployment(arn, "PRIMARY", "COMPLETED")],
-            }
+    moto keeps a service's `deployments` as CreateService made them: UpdateService changes the
+    service's taskDefinition but starts no deployment, and no deployment ever completes or
+    fails (moto's state manager, /moto-api/state-manager, drives ECS tasks only; moto's
+    MOTO_ECS_SERVICE_RUNNING only sets the counts of new services). On a real boto3 ECS
+    client talking to moto, this keeps what the controller would and puts it in the
+    `deployments` of moto's CreateService, UpdateService and DescribeServices answers (the
+    rest of every answer is moto's): a steady PRIMARY deployment per CreateService; per
+    UpdateService a new PRIMARY one, IN_PROGRESS for one DescribeServices answer, then
+    COMPLETED, or, for a service in `failing`, FAILED by the circuit breaker, which rolls the
+    service back in moto (UpdateService onto the revision it ran before) with a PRIMARY
+    deployment that stays IN_PROGRESS for `rollback_polls` answers."""
 
-    def _store(self, td: dict[str, Any]) -> str:
-        rev = next(self.revisions)
-        arn = f"arn:aws:ecs:ap-northeast-2:123456789012:task-definition/{td['family']}:{rev}"
-        stored = copy.deepcopy(td)
-        stored.update(taskDefinitionArn=arn, revision=rev, status="ACTIVE", registeredBy="x")
-        self.task_definitions[arn] = stored
-        return arn
+    def __init__(self, ecs: Any, failing: Iterable[str] = (), rollback_polls: int = 1) -> None:
+        self.ecs = ecs
+        self.failing = set(failing)
+        self.rollback_polls = rollback_polls
+        self.deployments: dict[str, list[dict[str, Any]]] = {}
+        self.updates: dict[str, int] = {}  # UpdateService calls per service, not the breaker's
+        self._ids = itertools.count(1)
+        self._breaker_rolling_back = False
+        for operation in ("CreateService", "UpdateService"):
+            ecs.meta.events.register(_event(ecs, "after-call", operation), self._started)
+        ecs.meta.events.register(_event(ecs, "after-call", "DescribeServices"), self._described)
+
+    def _started(self, parsed: dict[str, Any], event_name: str, **_: Any) -> None:
+        service = parsed.get("service")
+        if not service:
+            return  # an error answer
+        name, created = service["serviceName"], event_name.endswith(".CreateService")
+        rollback = self._breaker_rolling_back
+        if not created and not rollback:
+            self.updates[name] = self.updates.get(name, 0) + 1
+        older = self.deployments.get(name, [])
+        previous = older[0]["taskDefinition"] if older else None
+        for d in older:
+            d["status"] = "ACTIVE"
+        deployment = {
+            "id": f"ecs-svc/{next(self._ids)}",
+            "status": "PRIMARY",
+            "taskDefinition": service["taskDefinition"],
+            "desiredCount": service["desiredCount"],
+            "runningCount": service["desiredCount"] if created else 0,
+            "rolloutState": "COMPLETED" if created else "IN_PROGRESS",
+            "_cluster": service["clusterArn"],
+            "_previous": previous,
+            "_fails": not created and not rollback and name in self.failing,
+            "_polls": self.rollback_polls if rollback else 1,
+        }
+        self.deployments[name] = [deployment, *older]
+        service["deployments"] = self.public(name)
+
+    def public(self, name: str) -> list[dict[str, Any]]:
+        return [
+            {k: v for k, v in d.items() if not k.startswith("_")} for d in self.deployments[name]
+        ]
+
+    def _described(self, parsed: dict[str, Any], **_: Any) -> None:
+        names = [s["serviceName"] for s in parsed.get("services", [])]
+        for service in parsed.get("services", []):
+            if service["serviceName"] in self.deployments:
+                service["deployments"] = self.public(service["serviceName"])
+        for name in names:  # answered: the rollouts move on
+            self._advance(name)
+
+    def _advance(self, name: str) -> None:
+        primary = (self.deployments.get(name) or [{}])[0]
+        if primary.get("rolloutState") != "IN_PROGRESS":
+            return
+        primary["_polls"] -= 1
+        if primary["_polls"] > 0:
+            return
+        if primary["_fails"]:
+            primary.update(
+                status="ACTIVE",
+                rolloutState="FAILED",
+                rolloutStateReason="tasks failed to start (deployment circuit breaker)",
+            )
+            self._breaker_rolling_back = True
+            try:
+                self.ecs.update_service(
+                    cluster=primary["_cluster"], service=name, taskDefinition=primary["_previous"]
+                )
+            finally:
+                self._breaker_rolling_back = False
+            return
+        primary.update(rolloutState="COMPLETED", runningCount=primary["desiredCount"])
+        self.deployments[name] = [primary]  # the older deployments drained
+
+
+class InstanceRefreshes:
+    """Stand-in for Auto Scaling's instance refreshes, which moto lacks: StartInstanceRefresh,
+    DescribeInstanceRefreshes and CancelInstanceRefresh answer 500 on moto's server, and no
+    moto API drives them. On a real boto3 Auto Scaling client talking to moto, botocore
+    builds and validates these three requests against the real API's model as ever; this
+    answers them in moto's place, for groups moto has (everything else goes to moto). A
+    refresh stays InProgress for `polls` DescribeInstanceRefreshes answers, then ends in
+    `outcome`; a cancelled one answers Cancelling once, then Cancelled."""
+
+    OPERATIONS = ("StartInstanceRefresh", "DescribeInstanceRefreshes", "CancelInstanceRefresh")
+    ACTIVE = ("Pending", "InProgress", "Cancelling")
+
+    def __init__(self, autoscaling: Any, outcome: str = "Successful", polls: int = 2) -> None:
+        self.autoscaling = autoscaling
+        self.outcome = outcome
+        self.polls = polls
+        self.refreshes: dict[str, list[dict[str, Any]]] = {}  # per group, newest first
+        self._ids = itertools.count(1)
+        events = autoscaling.meta.events
+        for op in self.OPERATIONS:
+            events.register(_event(autoscaling, "before-parameter-build", op), self._keep)
+            events.register(_event(autoscaling, "before-call", op), self._answer)
 
     @staticmethod
-    def _deployment(arn: str, status: str, state: str) -> dict[str, Any]:
-        return {
-            "id": f"ecs-svc/{abs(hash((arn, status, state)))}",
-            "status": status,
-            "taskDefinition": arn,
-            "rolloutState": state,
-            "desiredCount": 1,
-            "runningCount": 1 if state == "COMPLETED" else 0,
-        }
+    def _keep(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["instance_refresh_request"] = dict(params)
 
-    def describe_services(self, cluster: str, services: list[str]) -> dict[str, Any]:
-        out = []
-        for name in services:
-            s = self.services[name]
-            out.append(copy.deepcopy(s))
-            # one poll later the rollout has ended: completed, or rolled back
-            primary = s["deployments"][0]
-            if primary["rolloutState"] == "IN_PROGRESS":
-                if name in self.fail and primary["taskDefinition"] != s["previous"]:
-                    failed = dict(primary, status="ACTIVE", rolloutState="FAILED")
-                    failed["rolloutStateReason"] = "tasks failed to start (circuit breaker)"
-                    back = self._deployment(s["previous"], "PRIMARY", "COMPLETED")
-                    s["deployments"] = [back, failed]
-                    s["taskDefinition"] = s["previous"]
-                else:
-                    s["deployments"] = [
-                        self._deployment(primary["taskDefinition"], "PRIMARY", "COMPLETED")
-                    ]
-        return {"services": out, "failures": []}
+    @staticmethod
+    def _reply(status: int, body: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
+        body["ResponseMetadata"] = {"HTTPStatusCode": status, "HTTPHeaders": {}}
+        return AWSResponse("http://instance-refreshes.stand-in/", status, {}, None), body
 
-    def describe_task_definition(self, taskDefinition: str, include: list[str]) -> dict[str, Any]:
-        return {
-            "taskDefinition": copy.deepcopy(self.task_definitions[taskDefinition]),
-            "tags": [{"key": "Project", "value": "pinksea"}],
-        }
+    def _error(self, code: str, message: str) -> tuple[AWSResponse, dict[str, Any]]:
+        return self._reply(400, {"Error": {"Code": code, "Message": message, "Type": "Sender"}})
 
-    def register_task_definition(self, **kwargs: Any) -> dict[str, Any]:
-        kwargs.pop("tags", None)
-        arn = self._store(kwargs)
-        return {"taskDefinition": self.task_definitions[arn]}
-
-    def update_service(self, cluster: str, service: str, taskDefinition: str) -> dict[str, Any]:
-        s = self.services[service]
-        s["previous"] = s["taskDefinition"]
-        s["taskDefinition"] = taskDefinition
-        s["deployments"] = [
-            self._deployment(taskDefinition, "PRIMARY", "IN_PROGRESS"),
-            *(dict(d, status="ACTIVE") for d in s["deployments"]),
-        ]
-        return {"service": copy.deepcopy(s)}
-
-
-class FakeEc2(Fake):
-    service = "ec2"
-
-    def __init__(self, user_data: str) -> None:
-        super().__init__()
-        data = {
-            "UserData": base64.b64encode(user_data.encode()).decode(),
-            "InstanceType": "g4dn.xlarge",
-        }
-        self.versions: dict[int, dict[str, Any]] = {1: data}
-        self.default = 1
-
-    def describe_launch_template_versions(
-        self, LaunchTemplateId: str, Versions: list[str]
-    ) -> dict[str, Any]:
-        n = max(self.versions) if Versions == ["$Latest"] else int(Versions[0])
-        return {
-            "LaunchTemplateVersions": [
-                {
-                    "LaunchTemplateId": LaunchTemplateId,
-                    "VersionNumber": n,
-                    "LaunchTemplateData": copy.deepcopy(self.versions[n]),
-                }
-            ]
-        }
-
-    def create_launch_template_version(self, **kwargs: Any) -> dict[str, Any]:
-        data = copy.deepcopy(self.versions[int(kwargs["SourceVersion"])])
-        data.update(kwargs["LaunchTemplateData"])
-        n = max(self.versions) + 1
-        self.versions[n] = data
-        return {"LaunchTemplateVersion": {"VersionNumber": n}}
-
-    def modify_launch_template(self, LaunchTemplateId: str, DefaultVersion: str) -> dict[str, Any]:
-        self.default = int(DefaultVersion)
-        return {}
-
-    def image(self, version: int | None = None) -> str:
-        data = self.versions[version or max(self.versions)]
-        text = base64.b64decode(data["UserData"]).decode()
-        return re.findall(re.escape(GPU_REPO) + r"\S+", text)[0]
-
-
-class FakeAutoscaling(Fake):
-    service = "autoscaling"
-
-    def __init__(self, groups: list[str], outcome: str = "Successful") -> None:
-        super().__init__()
-        self.groups = groups
-        self.outcome = outcome
-        self.refreshes: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
-
-    def describe_auto_scaling_groups(self, AutoScalingGroupNames: list[str]) -> dict[str, Any]:
-        spec = {"LaunchTemplateId": "lt-0123456789abcdef0", "Version": "$Latest"}
-        return {
-            "AutoScalingGroups": [
-                {
-                    "AutoScalingGroupName": g,
-                    "MixedInstancesPolicy": {
-                        "LaunchTemplate": {"LaunchTemplateSpecification": spec}
-                    },
-                }
-                for g in AutoScalingGroupNames
-                if g in self.groups
-            ]
-        }
-
-    def start_instance_refresh(self, **kwargs: Any) -> dict[str, Any]:
-        rid = f"r-{len(self.refreshes[kwargs['AutoScalingGroupName']])}"
-        self.refreshes[kwargs["AutoScalingGroupName"]].insert(
-            0, {"InstanceRefreshId": rid, "Status": "InProgress", "polls": 0}
-        )
-        return {"InstanceRefreshId": rid}
-
-    def describe_instance_refreshes(
-        self, AutoScalingGroupName: str, **kwargs: Any
-    ) -> dict[str, Any]:
-        items = self.refreshes[AutoScalingGroupName]
-        ids = kwargs.get("InstanceRefreshIds")
-        if ids:
-            items = [r for r in items if r["InstanceRefreshId"] in ids]
-        out = [dict(r) for r in items[: kwargs.get("MaxRecords", 50)]]
-        for r in items:
-            r["polls"] += 1
-            if r["Status"] == "InProgress" and r["polls"] >= 2:
-                r["Status"] = self.outcome
-            elif r["Status"] == "Cancelling":
+    def _answer(
+        self, model: Any, context: dict[str, Any], **_: Any
+    ) -> tuple[AWSResponse, dict[str, Any]]:
+        request = context["instance_refresh_request"]
+        group = request["AutoScalingGroupName"]
+        found = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+        if not found["AutoScalingGroups"]:
+            return self._error("ValidationError", f"AutoScalingGroup name not found - {group}")
+        items = self.refreshes.setdefault(group, [])
+        active = next((r for r in items if r["Status"] in self.ACTIVE), None)
+        if model.name == "StartInstanceRefresh":
+            if active:
+                return self._error("InstanceRefreshInProgress", f"{group} is being refreshed")
+            refresh = {
+                "InstanceRefreshId": f"00000000-0000-4000-8000-{next(self._ids):012d}",
+                "AutoScalingGroupName": group,
+                "Status": "InProgress",
+                "PercentageComplete": 0,
+                "Strategy": request.get("Strategy", "Rolling"),
+                "Preferences": request.get("Preferences", {}),
+                "_polls": self.polls,
+            }
+            items.insert(0, refresh)
+            return self._reply(200, {"InstanceRefreshId": refresh["InstanceRefreshId"]})
+        if model.name == "CancelInstanceRefresh":
+            if not active or active["Status"] == "Cancelling":
+                return self._error("ActiveInstanceRefresh.NotFound", f"{group}: none active")
+            active["Status"] = "Cancelling"
+            return self._reply(200, {"InstanceRefreshId": active["InstanceRefreshId"]})
+        ids = request.get("InstanceRefreshIds")
+        chosen = [r for r in items if not ids or r["InstanceRefreshId"] in ids]
+        chosen = chosen[: request.get("MaxRecords", 50)]
+        answer = [{k: v for k, v in r.items() if not k.startswith("_")} for r in chosen]
+        for r in items:  # answered: the refreshes move on
+            if r["Status"] == "Cancelling":
                 r["Status"] = "Cancelled"
-        return {"InstanceRefreshes": [{k: v for k, v in r.items() if k != "polls"} for r in out]}
+            elif r["Status"] == "InProgress":
+                r["_polls"] -= 1
+                if r["_polls"] <= 0:
+                    r["Status"] = self.outcome
+                    r["PercentageComplete"] = 100 if self.outcome == "Successful" else 50
+                    if self.outcome != "Successful":
+                        r["StatusReason"] = "instances failed to launch"
+        return self._reply(200, {"InstanceRefreshes": answer})
 
-    def cancel_instance_refresh(self, AutoScalingGroupName: str) -> dict[str, Any]:
-        for r in self.refreshes[AutoScalingGroupName]:
-            if r["Status"] == "InProgress":
-                r["Status"] = "Cancelling"
-                return {"InstanceRefreshId": r["InstanceRefreshId"]}
-        raise _client_error("ActiveInstanceRefreshNotFound", "CancelInstanceRefresh")
+
+# ----------------------------------------------------------------------------------------------
+# An environment as modules/compute makes it, on the local AWS
+# ----------------------------------------------------------------------------------------------
+
+
+def _tf_name(template: str, name: str, key: str = "") -> str:
+    return template.replace("${var.name}", name).replace("${each.key}", key)
+
+
+def _user_data(gpu_repository: str = GPU_REPO, tag: str = "old") -> str:
+    """The real GPU user data template with the image filled in (the rest stays templated)."""
+    template = (TERRAFORM / "modules" / "compute" / "gpu-user-data.sh.tftpl").read_text()
+    assert template.count("${image}") == 1
+    return template.replace("${image}", f"{gpu_repository}:{tag}").replace(
+        "${registry}", gpu_repository.split("/")[0]
+    )
+
+
+def _image_in(user_data_b64: str, repository: str) -> str:
+    text = base64.b64decode(user_data_b64).decode()
+    (image,) = re.findall(re.escape(repository) + r"[:@]\S+", text)
+    return image
+
+
+@dataclass
+class Stage:
+    """One environment (var.name) of modules/compute on moto: its ECR repositories, ECS cluster,
+    services and task definitions, GPU launch templates and auto-scaling groups."""
+
+    name: str
+    cluster: str
+    ecs: Any
+    ec2: Any
+    autoscaling: Any
+    controller: EcsDeploymentController
+    refreshes: InstanceRefreshes
+    repository: str
+    gpu_repository: str
+    services: list[str]
+    groups: list[str]
+    templates: dict[str, str] = field(default_factory=dict)  # group -> launch template id
+    initial: dict[str, str] = field(default_factory=dict)  # service -> task definition ARN
+
+    def running(self) -> dict[str, str]:
+        """The task definition moto says each service runs."""
+        found = deploy.describe_services(self.ecs, self.cluster, self.services)
+        return {n: s["taskDefinition"] for n, s in found.items()}
+
+    def task_definition(self, arn: str) -> dict[str, Any]:
+        resp = self.ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])
+        return {**resp["taskDefinition"], "tags": resp.get("tags", [])}
+
+    def images(self, arn: str) -> dict[str, str]:
+        return {c["name"]: c["image"] for c in self.task_definition(arn)["containerDefinitions"]}
+
+    def template(self, group: str, version: str = "$Default") -> dict[str, Any]:
+        resp = self.ec2.describe_launch_template_versions(
+            LaunchTemplateId=self.templates[group], Versions=[version]
+        )
+        return dict(resp["LaunchTemplateVersions"][0])
+
+    def gpu_image(self, group: str, version: str = "$Default") -> str:
+        data = self.template(group, version)["LaunchTemplateData"]
+        return _image_in(data["UserData"], self.gpu_repository)
+
+
+@pytest.fixture
+def stage(aws: dict[str, Any], tf: Config) -> Iterator[Callable[..., Stage]]:
+    """Makes a Stage (a unique var.name per call) and deletes it afterwards."""
+    made: list[tuple[Stage, Any, list[str]]] = []
+    staging = load_tfvars()["staging"]
+    compute = tf.locals("compute")
+    tiers = {k: t for k, t in staging["gpu_tiers"].items() if t["enabled"]}
+    family = tf.resource("aws_ecs_task_definition", "service", "compute").body["family"]
+    cluster_name = tf.resource("aws_ecs_cluster", "main", "compute").body["name"]
+    asg_name = tf.resource("aws_autoscaling_group", "gpu", "compute").body["name"]
+    lt = tf.resource("aws_launch_template", "gpu", "compute").body
+    (ami_parameter,) = [
+        body["gpu_ami"]["name"]
+        for kind, body, _ in tf.blocks("data", "compute")
+        if kind == "aws_ssm_parameter"
+    ]
+
+    def make(
+        failing: Iterable[str] = (),
+        rollback_polls: int = 1,
+        refresh_outcome: str = "Successful",
+    ) -> Stage:
+        name = f"pinksea-t{uuid.uuid4().hex[:8]}"
+        ecs = boto3.client("ecs", **aws)
+        ec2 = boto3.client("ec2", **aws)
+        autoscaling = boto3.client("autoscaling", **aws)
+        ecr = boto3.client("ecr", **aws)
+        uris = {
+            key: ecr.create_repository(repositoryName=_tf_name(repo, name))["repository"][
+                "repositoryUri"
+            ]
+            for key, repo in compute["repositories"].items()
+        }
+        s = Stage(
+            name=name,
+            cluster=_tf_name(cluster_name, name),
+            ecs=ecs,
+            ec2=ec2,
+            autoscaling=autoscaling,
+            controller=EcsDeploymentController(ecs, failing, rollback_polls),
+            refreshes=InstanceRefreshes(autoscaling, refresh_outcome),
+            repository=uris["app"],
+            gpu_repository=uris["gpu-worker"],
+            services=list(compute["services"]),
+            groups=[_tf_name(asg_name, name, tier) for tier in tiers],
+        )
+        made.append((s, ecr, list(compute["repositories"].values())))
+        subnets = [
+            n["SubnetId"]
+            for n in ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])[
+                "Subnets"
+            ]
+        ][:2]
+        group_id = ec2.create_security_group(GroupName=f"{name}-tasks", Description=name)["GroupId"]
+
+        ecs.create_cluster(clusterName=s.cluster)
+        old = f"{s.repository}:old"
+        for key, svc in compute["services"].items():
+            container = {
+                "name": key,
+                "image": old,
+                "command": svc["command"],
+                "essential": True,
+                "readonlyRootFilesystem": True,
+                "user": "10001:10001",
+                "environment": [{"name": "PINKSEA_LOG_JSON", "value": "true"}],
+                "mountPoints": [{"sourceVolume": "tmp", "containerPath": "/tmp"}],
+            }
+            containers = [container]
+            if key == "scheduler":
+                sidecar = compute["lag_metric_sidecar"]
+                containers.append({"name": sidecar["name"], "image": old, "essential": False})
+            td = ecs.register_task_definition(
+                family=_tf_name(family, name, key),
+                requiresCompatibilities=["FARGATE"],
+                networkMode="awsvpc",
+                cpu="512",
+                memory="1024",
+                executionRoleArn=f"arn:aws:iam::123456789012:role/{name}-{key}-execution",
+                taskRoleArn=f"arn:aws:iam::123456789012:role/{name}-{key}-task",
+                runtimePlatform={"operatingSystemFamily": "LINUX", "cpuArchitecture": "X86_64"},
+                volumes=[{"name": "tmp"}],
+                containerDefinitions=containers,
+                tags=[{"key": "Project", "value": "pinksea"}],
+            )["taskDefinition"]
+            s.initial[key] = td["taskDefinitionArn"]
+            ecs.create_service(
+                cluster=s.cluster,
+                serviceName=key,
+                taskDefinition=td["taskDefinitionArn"],
+                desiredCount=staging["api_min_count"] if key == "api" else 1,
+                launchType="FARGATE",
+                platformVersion="LATEST",
+                propagateTags="SERVICE",
+                enableExecuteCommand=True,
+                deploymentConfiguration={
+                    "deploymentCircuitBreaker": {"enable": True, "rollback": True},
+                    "minimumHealthyPercent": 100 if key == "api" else 0,
+                    "maximumPercent": 200 if key == "api" else 100,
+                },
+                networkConfiguration={
+                    "awsvpcConfiguration": {
+                        "subnets": subnets,
+                        "securityGroups": [group_id],
+                        "assignPublicIp": "DISABLED",
+                    }
+                },
+            )
+
+        ami = boto3.client("ssm", **aws).get_parameter(Name=ami_parameter)["Parameter"]["Value"]
+        for tier, group in zip(tiers, s.groups, strict=True):
+            t = tiers[tier]
+            template = ec2.create_launch_template(
+                LaunchTemplateName=_tf_name(lt["name_prefix"], name, tier) + uuid.uuid4().hex,
+                LaunchTemplateData={
+                    "ImageId": ami,
+                    "InstanceType": t["instance_type"],
+                    "EbsOptimized": True,
+                    "MetadataOptions": {
+                        "HttpEndpoint": "enabled",
+                        "HttpTokens": "required",
+                        "HttpPutResponseHopLimit": 1,
+                    },
+                    "Monitoring": {"Enabled": True},
+                    "UserData": base64.b64encode(_user_data(s.gpu_repository).encode()).decode(),
+                },
+            )["LaunchTemplate"]
+            s.templates[group] = template["LaunchTemplateId"]
+            autoscaling.create_auto_scaling_group(
+                AutoScalingGroupName=group,
+                MinSize=t["min_size"],
+                MaxSize=t["max_size"],
+                VPCZoneIdentifier=",".join(subnets),
+                HealthCheckType="EC2",
+                HealthCheckGracePeriod=300,
+                DefaultInstanceWarmup=300,
+                CapacityRebalance=t["spot"],
+                MixedInstancesPolicy={
+                    "InstancesDistribution": {
+                        "OnDemandBaseCapacity": 1 if t["spot"] else 0,
+                        "OnDemandPercentageAboveBaseCapacity": 0 if t["spot"] else 100,
+                        "SpotAllocationStrategy": "price-capacity-optimized",
+                    },
+                    "LaunchTemplate": {
+                        "LaunchTemplateSpecification": {
+                            "LaunchTemplateId": template["LaunchTemplateId"],
+                            "Version": "$Latest",
+                        }
+                    },
+                },
+            )
+        return s
+
+    yield make
+
+    for s, ecr, repositories in made:
+        for group in s.groups:
+            _quietly(
+                s.autoscaling.delete_auto_scaling_group,
+                AutoScalingGroupName=group,
+                ForceDelete=True,
+            )
+        for template_id in s.templates.values():
+            _quietly(s.ec2.delete_launch_template, LaunchTemplateId=template_id)
+        for service in s.services:
+            _quietly(s.ecs.delete_service, cluster=s.cluster, service=service, force=True)
+        _quietly(s.ecs.delete_cluster, cluster=s.cluster)
+        _quietly(s.ec2.delete_security_group, GroupName=f"{s.name}-tasks")
+        for repo in repositories:
+            _quietly(ecr.delete_repository, repositoryName=_tf_name(repo, s.name), force=True)
+
+
+def _quietly(call: Callable[..., Any], **kwargs: Any) -> None:
+    with contextlib.suppress(ClientError):
+        call(**kwargs)
+
+
+def no_sleep(_: float) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# deploy.py
+# ----------------------------------------------------------------------------------------------
 
 
 def _task_definition(family: str, sidecar: bool = False) -> dict[str, Any]:
+    """A task definition as DescribeTaskDefinition answers it."""
     containers = [
         {"name": family, "image": f"{REPO}:old", "essential": True, "command": ["pinksea", family]}
     ]
@@ -412,6 +662,9 @@ def _task_definition(family: str, sidecar: bool = False) -> dict[str, Any]:
             {"name": "otel", "image": "public.ecr.aws/otel/collector:1", "essential": False}
         )
     return {
+        "taskDefinitionArn": f"arn:aws:ecs:ap-northeast-2:123456789012:task-definition/{family}:1",
+        "revision": 1,
+        "status": "ACTIVE",
         "family": f"pinksea-staging-{family}",
         "taskRoleArn": f"arn:aws:iam::123456789012:role/pinksea-staging-{family}-task",
         "executionRoleArn": f"arn:aws:iam::123456789012:role/pinksea-staging-{family}-execution",
@@ -428,36 +681,8 @@ def _task_definition(family: str, sidecar: bool = False) -> dict[str, Any]:
     }
 
 
-SERVICES = ["api", "relay", "scheduler"]
-
-
-def _ecs(fail: set[str] = frozenset()) -> FakeEcs:
-    return FakeEcs({s: _task_definition(s, sidecar=s == "scheduler") for s in SERVICES}, fail)
-
-
-def _user_data() -> str:
-    """The real GPU user data template with the image filled in (the rest stays templated)."""
-    template = (TERRAFORM / "modules" / "compute" / "gpu-user-data.sh.tftpl").read_text()
-    assert template.count("${image}") == 1
-    return template.replace("${image}", f"{GPU_REPO}:old").replace(
-        "${registry}", GPU_REPO.split("/")[0]
-    )
-
-
-def no_sleep(_: float) -> None:
-    pass
-
-
-# ----------------------------------------------------------------------------------------------
-# deploy.py
-# ----------------------------------------------------------------------------------------------
-
-
 def test_render_swaps_the_repositorys_images_only() -> None:
     td = _task_definition("scheduler", sidecar=True)
-    td["taskDefinitionArn"] = "arn:...:1"
-    td["revision"] = 1
-    td["status"] = "ACTIVE"
     rendered = deploy.render_task_definition(td, REPO, f"{REPO}:new")
     images = [c["image"] for c in rendered["containerDefinitions"]]
     assert images == [f"{REPO}:new", f"{REPO}:new", "public.ecr.aws/otel/collector:1"]
@@ -480,98 +705,234 @@ def test_swap_image_in_the_gpu_user_data() -> None:
     assert again.count(GPU_REPO.split("/")[0]) == swapped.count(GPU_REPO.split("/")[0])
 
 
-def test_deploy_ecs_rolls_every_service_onto_a_new_revision() -> None:
-    ecs = _ecs()
+on_moto = pytest.mark.integration  # needs the local AWS
+
+
+@on_moto
+def test_deploy_ecs_rolls_every_service_onto_a_new_revision(stage: Callable[..., Stage]) -> None:
+    s = stage()
+    new = f"{s.repository}:new"
     targets = deploy.deploy_ecs(
-        ecs, "pinksea-staging", SERVICES, REPO, f"{REPO}:new", sleep=no_sleep, poll=0
+        s.ecs, s.cluster, s.services, s.repository, new, sleep=no_sleep, poll=0
     )
-    assert set(targets) == set(SERVICES)
-    for name in SERVICES:
-        service = ecs.services[name]
-        assert service["taskDefinition"] == targets[name]
-        images = {
-            c["image"]
-            for c in ecs.task_definitions[targets[name]]["containerDefinitions"]
-            if "otel" not in c["image"]
-        }
-        assert images == {f"{REPO}:new"}
-    registered = ecs.called("register_task_definition")
-    assert all(r["tags"] == [{"key": "Project", "value": "pinksea"}] for r in registered)
+    assert set(targets) == set(s.services)
+    assert s.running() == targets  # what moto says every service runs now
+    for name in s.services:
+        before, after = s.task_definition(s.initial[name]), s.task_definition(targets[name])
+        assert after["family"] == before["family"] and after["revision"] == before["revision"] + 1
+        assert set(s.images(targets[name]).values()) == {new}
+        assert set(s.images(s.initial[name]).values()) == {f"{s.repository}:old"}
+        assert after["tags"] == [{"key": "Project", "value": "pinksea"}]
+        for key in ("cpu", "memory", "networkMode", "taskRoleArn", "executionRoleArn", "volumes"):
+            assert after[key] == before[key], key
+        # everything but the image as it was (moto keeps what was registered)
+        assert [{**c, "image": "-"} for c in after["containerDefinitions"]] == [
+            {**c, "image": "-"} for c in before["containerDefinitions"]
+        ]
+        assert s.controller.public(name)[0]["rolloutState"] == "COMPLETED"
+    assert list(s.images(targets["scheduler"])) == ["scheduler", "lag-metric"]
 
 
-def test_deploy_ecs_fails_when_the_circuit_breaker_rolls_back() -> None:
-    ecs = _ecs(fail={"relay"})
-    with pytest.raises(deploy.RolloutError, match="relay: tasks failed to start"):
+@on_moto
+def test_deploy_ecs_fails_when_the_circuit_breaker_rolls_back(
+    stage: Callable[..., Stage],
+) -> None:
+    s = stage(failing={"relay"})
+    with pytest.raises(deploy.RolloutError, match="relay: tasks failed to start") as failed:
         deploy.deploy_ecs(
-            ecs, "pinksea-staging", SERVICES, REPO, f"{REPO}:new", sleep=no_sleep, poll=0
-        )
-    assert ecs.services["api"]["taskDefinition"] != ecs.services["api"]["previous"]
-
-
-def test_wait_gives_up_after_its_timeout() -> None:
-    ecs = _ecs()
-    ecs.update_service(
-        cluster="c", service="api", taskDefinition=ecs.services["api"]["taskDefinition"]
-    )
-    ecs.services["api"]["deployments"][0]["desiredCount"] = 5  # never reaches its count
-    ecs.services["api"]["deployments"][0]["rolloutState"] = "COMPLETED"
-    ecs.services["api"]["deployments"] = ecs.services["api"]["deployments"][:1]
-    clock = itertools.count(0, 100)
-    with pytest.raises(deploy.RolloutError, match="still rolling out"):
-        deploy.wait_for_services(
-            ecs,
-            "c",
-            {"api": ecs.services["api"]["taskDefinition"]},
-            timeout=250,
-            poll=0,
-            clock=lambda: float(next(clock)),
+            s.ecs,
+            s.cluster,
+            s.services,
+            s.repository,
+            f"{s.repository}:new",
             sleep=no_sleep,
+            poll=0,
         )
+    assert "api" not in str(failed.value)
+    running = s.running()
+    assert running["relay"] == s.initial["relay"]  # the circuit breaker put it back
+    assert all(running[n] != s.initial[n] for n in s.services if n != "relay")
 
 
-def test_deploy_gpu_new_version_default_and_instance_refresh() -> None:
-    ec2, asg = FakeEc2(_user_data()), FakeAutoscaling(["pinksea-staging-gpu-basic"])
-    deploy.deploy_gpu(
-        ec2, asg, ["pinksea-staging-gpu-basic"], GPU_REPO, f"{GPU_REPO}:new", sleep=no_sleep, poll=0
+@on_moto
+def test_wait_gives_up_after_its_timeout(aws: dict[str, Any]) -> None:
+    # moto's own deployment of a new service never completes (its tasks never run): no stand-in
+    ecs = boto3.client("ecs", **aws)
+    cluster = f"pinksea-t{uuid.uuid4().hex[:8]}"
+    ecs.create_cluster(clusterName=cluster)
+    try:
+        td = ecs.register_task_definition(
+            family=f"{cluster}-api",
+            containerDefinitions=[{"name": "api", "image": f"{REPO}:old", "memory": 512}],
+        )["taskDefinition"]["taskDefinitionArn"]
+        ecs.create_service(cluster=cluster, serviceName="api", taskDefinition=td, desiredCount=2)
+        (deployment,) = ecs.describe_services(cluster=cluster, services=["api"])["services"][0][
+            "deployments"
+        ]
+        assert deployment["rolloutState"] == "IN_PROGRESS", "moto was started with MOTO_ECS_SERVICE_RUNNING"
+        clock = itertools.count(0, 100)
+        with pytest.raises(deploy.RolloutError, match="still rolling out"):
+            deploy.wait_for_services(
+                ecs,
+                cluster,
+                {"api": td},
+                timeout=250,
+                poll=0,
+                clock=lambda: float(next(clock)),
+                sleep=no_sleep,
+            )
+    finally:
+        ecs.delete_service(cluster=cluster, service="api", force=True)
+        ecs.delete_cluster(cluster=cluster)
+
+
+@on_moto
+def test_deploy_gpu_new_version_default_and_instance_refresh(stage: Callable[..., Stage]) -> None:
+    s = stage()
+    new = f"{s.gpu_repository}:new"
+    refreshes = deploy.deploy_gpu(
+        s.ec2, s.autoscaling, s.groups, s.gpu_repository, new, sleep=no_sleep, poll=0
     )
-    assert ec2.image() == f"{GPU_REPO}:new" and ec2.image(1) == f"{GPU_REPO}:old"
-    assert ec2.default == max(ec2.versions) == 2
-    (start,) = asg.called("start_instance_refresh")
-    assert start["Preferences"]["MinHealthyPercentage"] == 100  # launch before terminating
-    assert start["Preferences"]["MaxHealthyPercentage"] == 200
+    assert set(refreshes) == set(s.groups)
+    for group in s.groups:
+        latest = s.template(group, "$Latest")
+        assert latest["VersionNumber"] == 2 and latest["DefaultVersion"] is True
+        assert s.gpu_image(group) == new and s.gpu_image(group, "1") == f"{s.gpu_repository}:old"
+        assert latest["VersionDescription"] == "release gpu-worker:new"
+        resp = s.autoscaling.describe_instance_refreshes(AutoScalingGroupName=group)
+        (refresh,) = resp["InstanceRefreshes"]
+        assert refresh["InstanceRefreshId"] == refreshes[group]
+        assert refresh["Status"] == "Successful" and refresh["Strategy"] == "Rolling"
+        assert refresh["Preferences"] == {
+            "MinHealthyPercentage": 100,  # launch before terminating
+            "MaxHealthyPercentage": 200,
+            "SkipMatching": False,
+        }
+    # the same image again: no new version, the groups refreshed all the same
+    deploy.deploy_gpu(s.ec2, s.autoscaling, s.groups, s.gpu_repository, new, sleep=no_sleep, poll=0)
+    assert all(s.template(g, "$Latest")["VersionNumber"] == 2 for g in s.groups)
 
 
-def test_deploy_gpu_fails_with_the_refresh() -> None:
-    ec2, asg = FakeEc2(_user_data()), FakeAutoscaling(["g"], outcome="Failed")
-    with pytest.raises(deploy.RolloutError, match="g: Failed"):
-        deploy.deploy_gpu(ec2, asg, ["g"], GPU_REPO, f"{GPU_REPO}:new", sleep=no_sleep, poll=0)
-
-
-def test_rollback_restores_the_snapshot() -> None:
-    ecs, ec2, asg = _ecs(), FakeEc2(_user_data()), FakeAutoscaling(["g"])
-    snap = deploy.snapshot(ecs, ec2, asg, "pinksea-staging", SERVICES, ["g"])
-    assert snap["gpu"] == {"g": {"launch_template_id": "lt-0123456789abcdef0", "version": 1}}
-    before = dict(snap["services"])
-    deploy.deploy_ecs(ecs, "pinksea-staging", SERVICES, REPO, f"{REPO}:new", sleep=no_sleep, poll=0)
-    deploy.deploy_gpu(ec2, asg, ["g"], GPU_REPO, f"{GPU_REPO}:new", sleep=no_sleep, poll=0)
-    # a refresh still running when the health check failed is cancelled first
-    asg.start_instance_refresh(AutoScalingGroupName="g", Strategy="Rolling")
-    deploy.rollback(ecs, ec2, asg, json.loads(json.dumps(snap)), sleep=no_sleep, poll=0)
-    assert {n: s["taskDefinition"] for n, s in ecs.services.items()} == before
-    assert asg.called("cancel_instance_refresh")
-    assert ec2.image() == f"{GPU_REPO}:old" and ec2.default == max(ec2.versions) == 3
-    assert len(asg.called("start_instance_refresh")) == 3
-
-
-def test_rollback_waits_for_a_circuit_breaker_rollback_in_progress() -> None:
-    ecs = _ecs(fail={"api"})
-    snap = deploy.snapshot(ecs, None, None, "pinksea-staging", SERVICES, [])
-    with pytest.raises(deploy.RolloutError):
-        deploy.deploy_ecs(
-            ecs, "pinksea-staging", SERVICES, REPO, f"{REPO}:new", sleep=no_sleep, poll=0
+@on_moto
+def test_deploy_gpu_fails_with_the_refresh(stage: Callable[..., Stage]) -> None:
+    s = stage(refresh_outcome="Failed")
+    group = s.groups[0]
+    with pytest.raises(deploy.RolloutError, match=f"{group}: Failed: instances failed to launch"):
+        deploy.deploy_gpu(
+            s.ec2,
+            s.autoscaling,
+            [group],
+            s.gpu_repository,
+            f"{s.gpu_repository}:new",
+            sleep=no_sleep,
+            poll=0,
         )
-    deploy.rollback(ecs, None, None, snap, sleep=no_sleep, poll=0)
-    assert {n: s["taskDefinition"] for n, s in ecs.services.items()} == snap["services"]
+
+
+@on_moto
+def test_deploy_refuses_groups_and_services_that_do_not_exist(stage: Callable[..., Stage]) -> None:
+    s = stage()
+    with pytest.raises(deploy.RolloutError, match="services not found"):
+        deploy.snapshot(s.ecs, None, None, s.cluster, ["api", "nope"], [])
+    with pytest.raises(deploy.RolloutError, match="auto-scaling groups not found"):
+        deploy.deploy_gpu(
+            s.ec2, s.autoscaling, [f"{s.name}-gpu-nope"], s.gpu_repository, "x", sleep=no_sleep
+        )
+
+
+@on_moto
+def test_rollback_restores_the_snapshot(stage: Callable[..., Stage]) -> None:
+    s = stage()
+    snap = deploy.snapshot(s.ecs, s.ec2, s.autoscaling, s.cluster, s.services, s.groups)
+    assert snap == {
+        "cluster": s.cluster,
+        "services": s.initial,
+        "gpu": {g: {"launch_template_id": s.templates[g], "version": 1} for g in s.groups},
+    }
+    deploy.deploy_ecs(
+        s.ecs, s.cluster, s.services, s.repository, f"{s.repository}:new", sleep=no_sleep, poll=0
+    )
+    deploy.deploy_gpu(
+        s.ec2,
+        s.autoscaling,
+        s.groups,
+        s.gpu_repository,
+        f"{s.gpu_repository}:new",
+        sleep=no_sleep,
+        poll=0,
+    )
+    # a refresh still running when the health check failed is cancelled first
+    busy = s.groups[0]
+    s.autoscaling.start_instance_refresh(AutoScalingGroupName=busy, Strategy="Rolling")
+    deploy.rollback(
+        s.ecs, s.ec2, s.autoscaling, json.loads(json.dumps(snap)), sleep=no_sleep, poll=0
+    )
+
+    assert s.running() == s.initial  # moto: every service back on its snapshot revision
+    for group in s.groups:
+        latest = s.template(group, "$Latest")
+        assert latest["VersionNumber"] == 3 and latest["DefaultVersion"] is True
+        assert latest["VersionDescription"] == "rollback to v1"
+        assert s.gpu_image(group) == f"{s.gpu_repository}:old"
+        assert (
+            latest["LaunchTemplateData"]["UserData"]
+            == s.template(group, "1")["LaunchTemplateData"]["UserData"]
+        )
+        refreshes = s.refreshes.refreshes[group]
+        assert refreshes[0]["Status"] == "Successful"  # the rollback's own refresh
+    statuses = [r["Status"] for r in s.refreshes.refreshes[busy]]
+    assert statuses == ["Successful", "Cancelled", "Successful"]
+
+
+@on_moto
+def test_rollback_waits_for_a_circuit_breaker_rollback_in_progress(
+    stage: Callable[..., Stage],
+) -> None:
+    s = stage(failing={"api"}, rollback_polls=3)
+    snap = deploy.snapshot(s.ecs, None, None, s.cluster, s.services, [])
+    with pytest.raises(deploy.RolloutError, match="api: tasks failed to start"):
+        deploy.deploy_ecs(
+            s.ecs,
+            s.cluster,
+            s.services,
+            s.repository,
+            f"{s.repository}:new",
+            sleep=no_sleep,
+            poll=0,
+        )
+    api = s.controller.public("api")[0]
+    assert api["taskDefinition"] == s.initial["api"] and api["rolloutState"] == "IN_PROGRESS"
+    deploy.rollback(s.ecs, None, None, snap, sleep=no_sleep, poll=0)
+    assert s.running() == snap["services"] == s.initial
+    assert s.controller.public("api")[0]["rolloutState"] == "COMPLETED"
+    # the breaker had api on its way back already: rollback waited for it, updated the others
+    assert s.controller.updates == {n: 1 if n == "api" else 2 for n in s.services}
+
+
+@on_moto
+def test_deploy_cli_snapshot_on_the_endpoint_of_AWS_ENDPOINT_URL(
+    stage: Callable[..., Stage],
+    aws: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # The workflow runs deploy.py with no endpoint option: boto3 reads AWS_ENDPOINT_URL itself.
+    s = stage()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws["endpoint_url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", aws["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws["aws_secret_access_key"])
+    monkeypatch.setenv("AWS_REGION", aws["region_name"])
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "snapshot.json"
+    argv = ["snapshot", "--cluster", s.cluster, "--services", " ".join(s.services)]
+    assert deploy.main([*argv, "--asgs", " ".join(s.groups), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {
+        "cluster": s.cluster,
+        "services": s.initial,
+        "gpu": {g: {"launch_template_id": s.templates[g], "version": 1} for g in s.groups},
+    }
+    assert deploy.main(["gpu", "--repository", "r", "--image", "r:1", "--asgs", ""]) == 0
 
 
 def test_deploy_cli_refuses_an_image_of_another_repository(
@@ -594,125 +955,3 @@ def test_deploy_cli_refuses_an_image_of_another_repository(
             ]
         )
     assert "is not an image of" in capsys.readouterr().err
-
-
-# ----------------------------------------------------------------------------------------------
-# smoke.py against a local server that answers like the API
-# ----------------------------------------------------------------------------------------------
-
-
-class FakeApi(BaseHTTPRequestHandler):
-    state: dict[str, Any] = {}
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(
-        self,
-        status: int,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        raw: bytes | None = None,
-    ) -> None:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        s = self.state
-        s.setdefault("seen", []).append(self.path)
-        if self.path == "/api/healthz":
-            return self._send(200, {"status": "ok"})
-        if self.path == "/api/readyz":
-            s["ready_polls"] = s.get("ready_polls", 0) + 1
-            return self._send(200 if s["ready_polls"] > 1 else 503, {})
-        if self.path == "/image.png":
-            return self._send(200, raw=smoke.PNG + b"rest", headers={"Content-Type": "image/png"})
-        if self.headers.get("Authorization") != "Bearer t0ken":
-            return self._send(401, {"title": "unauthorized"})
-        if self.path == "/api/v1/me":
-            return self._send(200, {"user_id": "u1", "plan": {"slug": "tester"}})
-        if self.path.startswith("/api/v1/jobs/"):
-            assert self.headers.get("X-Min-Position") == "42"
-            s["job_polls"] = s.get("job_polls", 0) + 1
-            if s["job_polls"] == 1:
-                return self._send(503, {}, headers={"Retry-After": "0"})
-            status = "running" if s["job_polls"] == 2 else s["final"]
-            return self._send(
-                200,
-                {
-                    "job_id": "j1",
-                    "status": status,
-                    "gpu_ms": 1234,
-                    "charged_credits": "1.234",
-                    "images": [{"href": "/v1/images/j1-0"}] if status == "completed" else [],
-                    "failure_reason": "oom" if status == "failed" else None,
-                },
-            )
-        if self.path == "/api/v1/images/j1-0":
-            port = self.server.server_address[1]
-            return self._send(200, {"name": "j1-0", "url": f"http://127.0.0.1:{port}/image.png"})
-        return self._send(404, {})
-
-    def do_POST(self) -> None:
-        assert self.path == "/api/v1/jobs"
-        assert self.headers.get("Idempotency-Key")
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.state["submitted"] = body
-        self._send(202, {"job_id": "j1", "status": "accepted", "position": 42, "hold_credits": "2"})
-
-
-@pytest.fixture
-def api_server() -> Iterator[str]:
-    FakeApi.state = {"final": "completed"}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_smoke_health_sign_in_and_a_job(api_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("E2E_TOKEN", "t0ken")
-    monkeypatch.setattr(smoke.time, "sleep", no_sleep)
-    assert smoke.main(["--base-url", api_server, "--model", "tiny-sd"]) == 0
-    assert FakeApi.state["submitted"]["model"] == "tiny-sd"
-    assert "/image.png" in FakeApi.state["seen"]
-
-
-def test_smoke_fails_on_a_failed_job(
-    api_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    FakeApi.state["final"] = "failed"
-    monkeypatch.setenv("E2E_TOKEN", "t0ken")
-    monkeypatch.setattr(smoke.time, "sleep", no_sleep)
-    assert smoke.main(["--base-url", api_server]) == 1
-    assert "job j1 failed: oom" in capsys.readouterr().out
-
-
-def test_smoke_needs_credentials_without_a_token(
-    api_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    for name in ("E2E_TOKEN", "E2E_USERNAME", "E2E_PASSWORD", "E2E_USER_POOL_ID", "E2E_CLIENT_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(smoke.time, "sleep", no_sleep)
-    assert smoke.main(["--base-url", api_server]) == 1
-    assert (
-        "sign-in needs --user-pool-id, --client-id, E2E_USERNAME, E2E_PASSWORD"
-        in capsys.readouterr().out
-    )
-
-
-def test_smoke_health_only(api_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(smoke.time, "sleep", no_sleep)
-    assert smoke.main(["--base-url", api_server, "--health-only", "--duration", "0"]) == 0
-    assert not any("/v1/" in p for p in FakeApi.state["seen"])
-    dead = "http://127.0.0.1:9/api"  # nothing listens on the discard port
-    assert smoke.main(["--base-url", dead, "--health-only", "--ready-timeout", "0"]) == 1
