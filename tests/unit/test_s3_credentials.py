@@ -6,10 +6,18 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import pytest
 
 from infra.s3 import s3_client
 from infra.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_default_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    # boto3's default session resolves credentials once and keeps them: a client an earlier
+    # test made would decide which key these tests see.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
 
 def _signed_with(settings: Settings) -> str:
