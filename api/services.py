@@ -26,12 +26,12 @@ from api.image_urls import ImageUrls, image_urls
 from api.live import JobWatcher
 from api.ratelimit import RateLimiter
 from domain.application import PinkseaApplication
+from eventstore.persistence import event_store_env
+from eventstore.tables import create_event_tables
 from infra import s3
 from infra.db import create_pool
-from infra.event_store import event_store_env
 from infra.settings import Settings
 from projections.consistency import wait_for_position
-from projections.event_store import create_event_tables
 from projections.registry import get_projection
 from read_models import queries
 from read_models.migrate import migrate

@@ -23,10 +23,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from audit.store import StoredDomainEvent
 from domain.credits import CreditAccount, LotSource
 from domain.jobs import GenerationJob
-from infra.envelope import REPORTS_TOPIC
 from infra.kafka import connection_kwargs
 from infra.messages import Finished, parse_report
 from infra.settings import Settings
+from infra.topics import REPORTS_TOPIC
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import asyncpg
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import StoredEvent
 
-from projections.relay import EVENTS_TABLE, stored_event_mapper
+from eventstore.relay import EVENTS_TABLE, stored_event_mapper
 
 ACCOUNT_EVENTS = "pinksea:CreditAccount.%"
 JOB_EVENTS = "pinksea:GenerationJob.%"

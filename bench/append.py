@@ -30,7 +30,7 @@ from rich.table import Table
 
 from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
-from infra.event_store import event_store_env
+from eventstore.persistence import event_store_env
 from infra.settings import get_settings
 
 TARGET_RATIO = 0.5

@@ -37,11 +37,11 @@ from gpu_consumer.config import GpuWorkerSettings
 from gpu_consumer.outputs import s3_client
 from gpu_consumer.registry import ModelRegistry
 from gpu_consumer.worker import GpuWorker, JobRecord
-from infra.envelope import dispatch_topic
 from infra.health import ensure_bucket
 from infra.kafka import ensure_topics, idempotent_producer
 from infra.messages import Dispatch, Outcome
 from infra.settings import Settings
+from infra.topics import dispatch_topic
 
 TARGET_RATIO = 1.0
 # (steps, side in px); the first is the headline (the demo's and the tests' job).

@@ -46,19 +46,20 @@ from rich.table import Table
 from bench.consumer_overhead import gpu_stack, new_worker
 from bench.projection_lag import quiet_logs, relay_retries, warn_if_disturbed
 from bench.support import percentile, summary
-from domain.application import PinkseaApplication, TrackingPinkseaApplication
+from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
+from eventstore.persistence import event_store_env
+from eventstore.relay import Relay
 from gpu_consumer.worker import GpuWorker, JobRecord
 from infra.db import create_pool
-from infra.event_store import event_store_env
 from infra.kafka import ensure_topics
 from infra.settings import Settings
 from projections.registry import ALL_PROJECTIONS
-from projections.relay import Relay
 from projections.runner import LiveProjectionRunner
-from projections.scheduler.service import Scheduler
-from projections.settler import Settler
 from read_models.migrate import migrate
+from workflows.scheduler.service import Scheduler
+from workflows.settler import Settler
+from workflows.tracking import TrackingPinkseaApplication
 
 WORKERS = 3
 USERS = 4

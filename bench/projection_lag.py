@@ -40,13 +40,13 @@ from rich.table import Table
 from bench.support import percentile, scratch_database, summary
 from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
+from eventstore.persistence import event_store_env
+from eventstore.relay import Relay
 from infra.db import create_pool
-from infra.event_store import event_store_env
 from infra.kafka import connection_kwargs, ensure_topics
 from infra.settings import Settings
 from projections.consistency import has_reached
 from projections.registry import ALL_PROJECTIONS
-from projections.relay import Relay
 from projections.runner import LiveProjectionRunner
 from read_models.migrate import migrate
 

@@ -22,9 +22,9 @@ from rich.table import Table
 from audit.store import ACCOUNT_EVENTS, stream_events
 from bench.seed_events import seed
 from bench.support import scratch_database, summary
+from eventstore.contract import envelope_for
 from infra.db import create_pool
 from infra.kafka import ensure_topics
-from projections.envelopes import envelope_for
 from projections.registry import get_projection
 from projections.replay import rebuild
 from projections.runner import apply_gated

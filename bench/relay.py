@@ -27,13 +27,14 @@ from bench.seed_events import seed
 from bench.support import percentile, scratch_database, summary
 from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
+from eventstore.contract import envelope_for, topic_for
+from eventstore.envelope import Envelope
+from eventstore.persistence import event_store_env
+from eventstore.relay import Relay
 from infra.db import create_pool
-from infra.envelope import DOMAIN_TOPICS, Envelope
-from infra.event_store import event_store_env
 from infra.kafka import connection_kwargs, ensure_topics, idempotent_producer
 from infra.settings import Settings
-from projections.envelopes import envelope_for, topic_for
-from projections.relay import Relay
+from infra.topics import DOMAIN_TOPICS
 from read_models.migrate import migrate
 
 BATCH = 1000

@@ -22,7 +22,7 @@ import asyncpg
 from domain.application import PinkseaApplication
 from domain.errors import DomainError
 from domain.jobs import Fault, JobParameters
-from infra.event_store import event_store_env
+from eventstore.persistence import event_store_env
 from infra.settings import get_settings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

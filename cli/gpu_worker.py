@@ -10,8 +10,8 @@ import typer
 
 from cli.main import app
 from cli.runtime import run_process
-from infra.envelope import GPU_TIERS
 from infra.settings import Settings
+from infra.topics import GPU_TIERS
 
 
 def default_worker_id(device: str) -> str:

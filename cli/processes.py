@@ -9,8 +9,8 @@ import typer
 from cli.main import app
 from cli.runtime import run_process
 from cli.streaming import prepare
+from eventstore.persistence import event_store_env
 from infra.db import create_pool
-from infra.event_store import event_store_env
 from infra.settings import Settings
 
 
@@ -18,7 +18,7 @@ from infra.settings import Settings
 def scheduler(metrics_port: int = typer.Option(9103, help="Port of /metrics (0: none).")) -> None:
     """Queue accepted jobs per GPU tier and dispatch them to idle workers."""
     from domain.application import PinkseaApplication
-    from projections.scheduler.service import Scheduler
+    from workflows.scheduler.service import Scheduler
 
     async def main(settings: Settings, stop: asyncio.Event) -> None:
         await prepare(settings)
@@ -36,8 +36,8 @@ def scheduler(metrics_port: int = typer.Option(9103, help="Port of /metrics (0: 
 @app.command()
 def settle(metrics_port: int = typer.Option(9104, help="Port of /metrics (0: none).")) -> None:
     """Turn worker reports into exact, idempotent billing commands."""
-    from domain.application import TrackingPinkseaApplication
-    from projections.settler import Settler
+    from workflows.settler import Settler
+    from workflows.tracking import TrackingPinkseaApplication
 
     async def main(settings: Settings, stop: asyncio.Event) -> None:
         await prepare(settings)
@@ -59,7 +59,7 @@ def expire(
 ) -> None:
     """Expire lots at their valid_until (a loop; idempotent; catches up after downtime)."""
     from domain.application import PinkseaApplication
-    from projections.expiry import run_expiry
+    from workflows.expiry import run_expiry
 
     async def main(settings: Settings, stop: asyncio.Event) -> None:
         await prepare(settings)

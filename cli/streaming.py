@@ -43,7 +43,7 @@ async def migrate(settings: Settings) -> list[str]:
     """The event store's tables and the read models' migrations (both idempotent)."""
     import asyncpg
 
-    from projections.event_store import create_event_tables
+    from eventstore.tables import create_event_tables
     from read_models.migrate import migrate as apply_migrations
 
     conn = await asyncpg.connect(settings.database_url)
@@ -81,7 +81,7 @@ def db_migrate() -> None:
 @app.command()
 def relay(metrics_port: int = typer.Option(9101, help="Port of /metrics (0: none).")) -> None:
     """Publish every stored event to Kafka, in order, losing nothing."""
-    from projections.relay import Relay
+    from eventstore.relay import Relay
 
     async def main(settings: Settings, stop: asyncio.Event) -> None:
         await prepare(settings)
@@ -195,7 +195,7 @@ def events_schemas(
     out: Path = typer.Option(None, help="Directory (default docs/events)."),
 ) -> None:
     """Regenerate the JSON Schemas of every event type from the domain's event classes."""
-    from projections.envelopes import SCHEMA_DIR, write_schemas
+    from eventstore.contract import SCHEMA_DIR, write_schemas
 
     written = write_schemas(out or SCHEMA_DIR)
     console.print(f"wrote {len(written)} schemas to {out or SCHEMA_DIR}")

@@ -24,7 +24,6 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
     IntegrityError,
     JSONTranscoder,
-    ProcessRecorder,
     Recording,
     Tracking,
 )
@@ -211,7 +210,7 @@ class PinkseaApplication(Application[UUID]):
     @contextmanager
     def tracking(self, tracking: Tracking) -> Iterator[None]:
         """Within the block, every save also records ``tracking`` (needs a process recorder:
-        see TrackingPinkseaApplication). A repeated position makes the save fail."""
+        see workflows/tracking.py). A repeated position makes the save fail."""
         token = _TRACKING.set(tracking)
         try:
             yield
@@ -1084,21 +1083,6 @@ def _submit_result(job: GenerationJob, position: int, *, created: bool) -> Submi
     )
 
 
-class TrackingPinkseaApplication(PinkseaApplication):
-    """The same application for a consumer of Kafka (the settler): its recorder also keeps the
-    consumer's positions (table pinksea_tracking), written atomically with the events."""
-
-    name = "Pinksea"  # the same event store as the command side, not a store of its own
-
-    def construct_recorder(self) -> ProcessRecorder:
-        return self.factory.process_recorder()
-
-    def consumed_up_to(self, source: str) -> int | None:
-        recorder = self.recorder
-        assert isinstance(recorder, ProcessRecorder)
-        return recorder.max_tracking_id(source)
-
-
 __all__ = [
     "AccountStatusResult",
     "CommandResult",
@@ -1106,5 +1090,4 @@ __all__ = [
     "PinkseaApplication",
     "SettlementResult",
     "SubmitResult",
-    "TrackingPinkseaApplication",
 ]

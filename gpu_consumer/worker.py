@@ -47,10 +47,10 @@ from gpu_consumer.run import (
     run_dispatch,
     validate,
 )
-from infra.envelope import REPORTS_TOPIC, dispatch_topic
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import Dispatch, Finished, FinishedImage, Heartbeat, Outcome, Started
 from infra.settings import Settings
+from infra.topics import REPORTS_TOPIC, dispatch_topic
 
 log = structlog.get_logger("gpu_worker")
 

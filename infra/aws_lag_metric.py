@@ -139,7 +139,7 @@ def measured_groups(groups: Iterable[str], states: Mapping[str, str]) -> list[st
 
 
 def dispatch_topic(tier: str) -> str:
-    """The topic the GPU workers of ``tier`` read (infra/envelope.py names it the same way)."""
+    """The topic the GPU workers of ``tier`` read (eventstore/envelope.py names it the same way)."""
     return f"pinksea.gpu.dispatch.{tier}.v1"
 
 

@@ -22,14 +22,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
-from infra.envelope import (
-    DLQ_TOPIC,
-    DOMAIN_TOPICS,
-    GPU_TIERS,
-    REPORTS_TOPIC,
-    dispatch_topic,
-)
 from infra.settings import Settings
+from infra.topics import DLQ_TOPIC, DOMAIN_TOPICS, GPU_TIERS, REPORTS_TOPIC, dispatch_topic
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 

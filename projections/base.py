@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import asyncpg
 
-from infra.envelope import Envelope
+from eventstore.envelope import Envelope
 
 
 class Projection(ABC):

@@ -20,7 +20,7 @@ from uuid import UUID
 
 import asyncpg
 
-from infra.envelope import Envelope
+from eventstore.envelope import Envelope
 from projections.base import Projection
 
 Statement = tuple[str, tuple[Any, ...]]  # SQL text and its arguments

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from domain.jobs import Fault, JobStatus
-from infra.envelope import JOBS_TOPIC, Envelope
+from eventstore.decoding import UnknownEventType, domain_event
+from eventstore.envelope import Envelope
+from infra.topics import JOBS_TOPIC
 from projections.batching import Statement, StatementProjection
-from projections.decoding import UnknownEventType, domain_event
 
 # Every statement starts with $1 job id, $2 occurred_at, $3 position.
 

@@ -20,9 +20,10 @@ import asyncpg
 from domain.credits import CreditAccount, LotSource
 from domain.postings import Posting, postings_for
 from domain.units import format_credits
-from infra.envelope import CREDITS_TOPIC, Envelope
+from eventstore.decoding import UnknownEventType, domain_event
+from eventstore.envelope import Envelope
+from infra.topics import CREDITS_TOPIC
 from projections.batching import Statement, StatementProjection
-from projections.decoding import UnknownEventType, domain_event
 
 
 class UnknownAccount(Exception):

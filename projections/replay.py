@@ -22,11 +22,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from eventsourcing.persistence import StoredEvent
 
+from eventstore.contract import AGGREGATE_TOPICS, envelope_for
+from eventstore.relay import EVENTS_TABLE, stored_event_mapper
 from infra.kafka import connection_kwargs
 from infra.settings import Settings
 from projections.base import Projection
-from projections.envelopes import AGGREGATE_TOPICS, envelope_for
-from projections.relay import EVENTS_TABLE, stored_event_mapper
 from projections.runner import lock_key, save_positions
 
 Progress = Callable[[int, int], None]  # (events done, events total)

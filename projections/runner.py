@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
-from infra.envelope import Envelope
+from eventstore.envelope import Envelope
 from infra.kafka import manual_consumer
 from infra.settings import Settings
 from projections.base import Projection

@@ -17,9 +17,10 @@ from typing import Any
 
 from domain.credits import LotSource
 from domain.subscription import SubscriptionStatus
-from infra.envelope import CREDITS_TOPIC, SUBSCRIPTIONS_TOPIC, Envelope
+from eventstore.decoding import UnknownEventType, domain_event
+from eventstore.envelope import Envelope
+from infra.topics import CREDITS_TOPIC, SUBSCRIPTIONS_TOPIC
 from projections.batching import Statement, StatementProjection
-from projections.decoding import UnknownEventType, domain_event
 
 TESTER_PLAN = "tester"
 

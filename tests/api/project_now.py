@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncpg
 
 from domain.application import PinkseaApplication
-from projections.envelopes import envelope_for, topic_for
+from eventstore.contract import envelope_for, topic_for
 from projections.registry import ALL_PROJECTIONS
 from projections.runner import apply_gated
 

@@ -12,8 +12,8 @@ from uuid import UUID
 import pytest
 
 from domain.subscription import add_months
-from projections.expiry import end_tester_plans, start_contract_periods, tick
 from tests.api.conftest import TINY, Kit, problem_type
+from workflows.expiry import end_tester_plans, start_contract_periods, tick
 
 pytestmark = pytest.mark.integration
 TERMS = {"credits_per_month": 3_000, "tier": "dedicated", "concurrent_jobs": 2, "storage_gb": 5}

@@ -28,10 +28,10 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.auth import sign_dev_token
 from api.services import Services
+from eventstore.relay import Relay
 from infra.db import create_pool
 from infra.kafka import ensure_topics
 from infra.settings import Settings
-from projections.relay import Relay
 from tests.api.conftest import TINY, Kit, free_port, problem_type
 from tests.integration.streaming_kit import (
     consume_all,

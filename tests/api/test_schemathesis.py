@@ -44,7 +44,7 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from api.auth import sign_dev_token
 from domain.application import PinkseaApplication
-from infra.event_store import event_store_env
+from eventstore.persistence import event_store_env
 from infra.settings import Settings
 from tests.api.project_now import project_now
 

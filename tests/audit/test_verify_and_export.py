@@ -15,9 +15,9 @@ import pytest
 
 from audit.store import ACCOUNT_EVENTS, stream_events
 from domain.application import PinkseaApplication
+from eventstore.contract import envelope_for, topic_for
 from infra.db import create_pool
 from infra.settings import Settings
-from projections.envelopes import envelope_for, topic_for
 from projections.registry import ALL_PROJECTIONS
 from projections.runner import apply_gated
 from read_models.migrate import migrate

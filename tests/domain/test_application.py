@@ -19,7 +19,7 @@ from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransit
 from domain.jobs import MAX_ATTEMPTS, Fault, JobParameters, JobStatus
 from domain.plans import get_plan
 from domain.postings import postings_for
-from infra.event_store import event_store_env
+from eventstore.persistence import event_store_env
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 TINY = JobParameters(model="tiny-sd", prompt="a pink sea", steps=4, width=64, height=64)

@@ -23,24 +23,25 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
 
-from domain.application import PinkseaApplication, TrackingPinkseaApplication
+from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
+from eventstore.persistence import event_store_env
+from eventstore.relay import Relay
 from gpu_consumer.config import GpuWorkerSettings
 from gpu_consumer.registry import ModelRegistry
 from gpu_consumer.worker import GpuWorker
 from infra.db import create_pool
-from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC
-from infra.event_store import event_store_env
 from infra.kafka import idempotent_producer
 from infra.messages import DeadLetter, Finished
 from infra.redis_keys import cancel_flag
 from infra.settings import Settings
+from infra.topics import DLQ_TOPIC, REPORTS_TOPIC
 from projections.registry import ALL_PROJECTIONS
-from projections.relay import Relay
 from projections.runner import LiveProjectionRunner
-from projections.scheduler.service import Scheduler
-from projections.settler import Settler
 from tests.integration.streaming_kit import fresh_database, prepare_stack, wait_until
+from workflows.scheduler.service import Scheduler
+from workflows.settler import Settler
+from workflows.tracking import TrackingPinkseaApplication
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ import pytest
 
 from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
-from infra.event_store import event_store_env
+from eventstore.persistence import event_store_env
 from infra.observability import check
 from infra.settings import Settings
 from tests.integration.streaming_kit import fresh_database, prepare_stack, wait_until

@@ -22,10 +22,10 @@ from gpu_consumer.config import GpuWorkerSettings
 from gpu_consumer.registry import ModelRegistry
 from gpu_consumer.worker import GpuWorker
 from infra import redis_keys
-from infra.envelope import REPORTS_TOPIC, dispatch_topic
 from infra.kafka import ensure_topics, idempotent_producer
 from infra.messages import Dispatch, Finished, Heartbeat, Outcome, Started, parse_report
 from infra.settings import Settings
+from infra.topics import REPORTS_TOPIC, dispatch_topic
 from tests.gpu.conftest import make_dispatch
 
 Report = Heartbeat | Started | Finished

@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 import cli.lag_metric
 from cli.main import app
 from infra.aws_lag_metric import NAMESPACE
-from infra.envelope import dispatch_topic
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import Dispatch
 from infra.settings import Settings
+from infra.topics import dispatch_topic
 
 PRODUCED, COMMITTED = 7, 2
 

@@ -125,13 +125,13 @@ def test_compare_tells_missing_from_not_yet_sampled_and_checks_labels() -> None:
 # Every module that defines metrics of a process; importing them registers their metrics.
 METRIC_MODULES = [
     "api.app",
-    "projections.relay",
+    "eventstore.relay",
     "projections.runner",
-    "projections.expiry",
-    "projections.settler",
-    "projections.metrics",
+    "workflows.expiry",
+    "workflows.settler",
+    "workflows.metrics",
     "projections.gauges",
-    "projections.scheduler.service",
+    "workflows.scheduler.service",
     "gpu_consumer.worker",
     "infra.observability.instrument",
 ]

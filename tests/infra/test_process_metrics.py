@@ -18,10 +18,10 @@ from prometheus_client import REGISTRY, generate_latest
 
 from infra import s3
 from infra.db import create_pool
-from infra.envelope import REPORTS_TOPIC
 from infra.kafka import ensure_topics, idempotent_producer, manual_consumer
 from infra.observability import check
 from infra.settings import Settings
+from infra.topics import REPORTS_TOPIC
 from projections import gauges
 from read_models.migrate import migrate
 from tests.integration.streaming_kit import fresh_database

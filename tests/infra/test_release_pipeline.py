@@ -769,7 +769,9 @@ def test_wait_gives_up_after_its_timeout(aws: dict[str, Any]) -> None:
         (deployment,) = ecs.describe_services(cluster=cluster, services=["api"])["services"][0][
             "deployments"
         ]
-        assert deployment["rolloutState"] == "IN_PROGRESS", "moto was started with MOTO_ECS_SERVICE_RUNNING"
+        assert deployment["rolloutState"] == "IN_PROGRESS", (
+            "moto was started with MOTO_ECS_SERVICE_RUNNING"
+        )
         clock = itertools.count(0, 100)
         with pytest.raises(deploy.RolloutError, match="still rolling out"):
             deploy.wait_for_services(

@@ -15,10 +15,11 @@ from aiokafka import AIOKafkaConsumer
 
 from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
-from infra.envelope import DOMAIN_TOPICS, Envelope
-from infra.event_store import event_store_env
+from eventstore.envelope import Envelope
+from eventstore.persistence import event_store_env
 from infra.kafka import ensure_topics
 from infra.settings import Settings
+from infra.topics import DOMAIN_TOPICS
 from read_models.migrate import migrate
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)

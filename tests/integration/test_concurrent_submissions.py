@@ -14,7 +14,7 @@ from domain.credits import LotSource
 from domain.estimation import estimate_gpu_ms, hold_for_estimate
 from domain.jobs import JobParameters
 from domain.plans import GpuTier, get_plan
-from infra.event_store import event_store_env
+from eventstore.persistence import event_store_env
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
 from infra import aws_lag_metric, health
-from infra.envelope import REPORTS_TOPIC
 from infra.kafka import (
     TOPICS,
     connection_kwargs,
@@ -36,6 +35,7 @@ from infra.kafka import (
     manual_consumer,
 )
 from infra.settings import Settings
+from infra.topics import REPORTS_TOPIC
 
 pytestmark = pytest.mark.integration
 

@@ -27,9 +27,9 @@ from domain.jobs import Fault, GenerationJob, ImageRecord, JobParameters
 from domain.plans import PLANS
 from domain.postings import available, held
 from domain.subscription import add_months
-from infra.envelope import Envelope
+from eventstore.contract import envelope_for, event_classes, topic_for
+from eventstore.envelope import Envelope
 from projections.batching import StatementProjection
-from projections.envelopes import envelope_for, event_classes, topic_for
 from projections.ledger import UnknownAccount, postings_for_envelope
 from projections.registry import ALL_PROJECTIONS, get_projection
 from read_models import queries

@@ -20,11 +20,11 @@ import pytest
 from eventsourcing.postgres import PostgresApplicationRecorder
 
 from domain.application import PinkseaApplication
+from eventstore.relay import Relay
 from infra.db import create_pool
 from infra.settings import Settings
 from projections.consistency import has_reached
 from projections.registry import ALL_PROJECTIONS
-from projections.relay import Relay
 from projections.replay import rebuild
 from projections.runner import LiveProjectionRunner
 from tests.integration.streaming_kit import (

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from domain.application import PinkseaApplication
 from domain.jobs import JobParameters
-from infra.envelope import Envelope
-from projections.envelopes import SCHEMA_DIR, data_model, envelope_for, event_classes, schemas
+from eventstore.contract import SCHEMA_DIR, data_model, envelope_for, event_classes, schemas
+from eventstore.envelope import Envelope
 
 
 def test_committed_schemas_match_the_event_classes() -> None:

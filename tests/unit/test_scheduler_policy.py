@@ -8,7 +8,7 @@ from uuid import uuid4
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.scheduler.policy import IdleWorker, QueuedJob, Turns, assign
+from workflows.scheduler.policy import IdleWorker, QueuedJob, Turns, assign
 
 
 def jobs(

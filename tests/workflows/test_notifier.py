@@ -26,10 +26,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from domain.application import PinkseaApplication
 from domain.plans import PLANS
+from eventstore.envelope import Envelope
+from eventstore.relay import Relay
 from infra.db import create_pool
-from infra.envelope import CREDITS_TOPIC, Envelope
 from infra.settings import Settings
-from projections.relay import Relay
+from infra.topics import CREDITS_TOPIC
 from tests.conftest import reachable
 from tests.integration.streaming_kit import (
     fresh_database,

@@ -43,9 +43,10 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter as MetricCounter
 from pydantic import ValidationError
 
-from infra.envelope import CREDITS_TOPIC, Envelope
+from eventstore.envelope import Envelope
 from infra.kafka import manual_consumer
 from infra.settings import Settings
+from infra.topics import CREDITS_TOPIC
 from workflows.notifier.messages import LowBalance, low_balance_email
 from workflows.notifier.preferences import DEFAULT, get_preferences
 from workflows.notifier.transports import PermanentSendError, TransientSendError, Transport

@@ -23,15 +23,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from eventsourcing.persistence import Tracking
 from prometheus_client import Counter
 
-from domain.application import SettlementResult, TrackingPinkseaApplication
+from domain.application import SettlementResult
 from domain.errors import DomainError
 from domain.jobs import MAX_ATTEMPTS, Fault
-from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import DeadLetter, Finished, Outcome, Started, parse_report
 from infra.observability.instrument import track_event_store
 from infra.settings import Settings
-from projections.metrics import count_settlement, dead_letters
+from infra.topics import DLQ_TOPIC, REPORTS_TOPIC
+from workflows.metrics import count_settlement, dead_letters
+from workflows.tracking import TrackingPinkseaApplication
 
 log = structlog.get_logger("settler")
 
@@ -113,7 +114,7 @@ class Settler:
 
     def _count(self, report: Finished, charged_mc: int) -> None:
         """Credits and images of an applied settlement: a redelivered report is not applied
-        again, so each job counts once (projections/metrics.py)."""
+        again, so each job counts once (workflows/metrics.py)."""
         images = len(report.images) if report.outcome is Outcome.COMPLETED else 0
         if charged_mc <= 0 and images == 0:
             return  # a retried attempt or a voided job: nothing was consumed

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.envelope import Envelope
-from projections.envelopes import data_model, event_classes
+from eventstore.contract import data_model, event_classes
+from eventstore.envelope import Envelope
 
 
 class UnknownEventType(Exception):

@@ -17,19 +17,6 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Logical topic names; the full name adds Settings.kafka_topic_prefix.
-CREDITS_TOPIC = "pinksea.credits.v1"
-SUBSCRIPTIONS_TOPIC = "pinksea.subscriptions.v1"
-JOBS_TOPIC = "pinksea.jobs.v1"
-DOMAIN_TOPICS = (CREDITS_TOPIC, SUBSCRIPTIONS_TOPIC, JOBS_TOPIC)
-REPORTS_TOPIC = "pinksea.gpu.reports.v1"
-DLQ_TOPIC = "pinksea.gpu.dlq.v1"
-GPU_TIERS = ("basic", "high_performance", "dedicated")
-
-
-def dispatch_topic(tier: str) -> str:
-    return f"pinksea.gpu.dispatch.{tier}.v1"
-
 
 class Envelope(BaseModel):
     model_config = ConfigDict(frozen=True)

@@ -26,15 +26,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from domain.application import PinkseaApplication
 from domain.jobs import MAX_ATTEMPTS
-from infra.envelope import DLQ_TOPIC, REPORTS_TOPIC, dispatch_topic
 from infra.kafka import connection_kwargs, idempotent_producer
 from infra.messages import DeadLetter, Dispatch, Finished, Heartbeat, Started, parse_report
 from infra.observability.instrument import track_event_store
 from infra.settings import Settings
-from projections.metrics import dead_letters
+from infra.topics import DLQ_TOPIC, REPORTS_TOPIC, dispatch_topic
 from projections.runner import LiveProjectionRunner
-from projections.scheduler.policy import IdleWorker, QueuedJob, Turns, assign
-from projections.scheduler.queue import SchedulerQueue
+from projections.scheduler_queue import SchedulerQueue
+from workflows.metrics import dead_letters
+from workflows.scheduler.policy import IdleWorker, QueuedJob, Turns, assign
 
 log = structlog.get_logger("scheduler")
 

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 
 from domain.application import PinkseaApplication
-from infra.event_store import event_store_env
+from eventstore.persistence import event_store_env
 
 # The library creates its tables if missing; processes starting together on a new database
 # would race on that, so they take turns under this advisory lock ("pinkevts").

@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import asyncpg
 
-from infra.envelope import JOBS_TOPIC, Envelope
+from eventstore.envelope import Envelope
+from infra.topics import JOBS_TOPIC
 from projections.base import Projection
 
 DONE = ("GenerationJob.Rejected", "GenerationJob.Completed", "GenerationJob.Failed",

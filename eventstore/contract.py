@@ -21,7 +21,8 @@ from domain.credits import CreditAccount
 from domain.jobs import GenerationJob
 from domain.subscription import Subscription
 from domain.webhooks import StripeEventRecord
-from infra.envelope import CREDITS_TOPIC, JOBS_TOPIC, SUBSCRIPTIONS_TOPIC, Envelope
+from eventstore.envelope import Envelope
+from infra.topics import CREDITS_TOPIC, JOBS_TOPIC, SUBSCRIPTIONS_TOPIC
 
 AGGREGATE_TOPICS: dict[type[Aggregate], str] = {
     CreditAccount: CREDITS_TOPIC,

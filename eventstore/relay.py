@@ -28,8 +28,8 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from prometheus_client import Counter, Gauge
 
 from domain.application import PinkseaApplication
+from eventstore.contract import envelope_for, topic_for
 from infra.settings import Settings
-from projections.envelopes import envelope_for, topic_for
 
 log = structlog.get_logger("relay")
 
