@@ -10,7 +10,7 @@
     python -m bench.api [--quick]
 
 Every server is its own uvicorn process on this machine; the client is this process (httpx,
-one connection per concurrent writer). The last line printed is the JSON summary (DESIGN.md).
+one connection per concurrent writer). The last line printed is the JSON summary (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ floor of what PostgreSQL costs for those writes. Both run with 1 and with 4 conc
 
     python -m bench.append [--quick]
 
-The last line printed is the JSON summary (see DESIGN.md, "Benchmarks"); the headline is the
+The last line printed is the JSON summary (its fields: BENCHMARKS.md); the headline is the
 case with the lower ratio.
 """
 

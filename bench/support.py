@@ -46,7 +46,7 @@ def summary(
     *,
     higher_is_better: bool = True,
 ) -> None:
-    """The last line every benchmark prints (see DESIGN.md, "Benchmarks")."""
+    """The last line every benchmark prints (its fields: BENCHMARKS.md)."""
     ratio = value / baseline if baseline else float("nan")
     ok = ratio >= target if higher_is_better else ratio <= target
     print(

@@ -1,4 +1,4 @@
-"""The operator's plan table as domain data (see DESIGN.md, "Subscription")."""
+"""The operator's plan table as domain data (README, "Billing policy")."""
 
 from __future__ import annotations
 

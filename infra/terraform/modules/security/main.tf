@@ -12,7 +12,7 @@
 #   gpu             efs       2049   model weights mounted read-only
 #
 # GPU workers never reach PostgreSQL: they talk to the system only through Kafka, S3 and
-# Redis (DESIGN.md), so the operator's "PostgreSQL from GPU" rule is deliberately left out.
+# Redis (docs/ARCHITECTURE.md: gpu_consumer), so the operator's "PostgreSQL from GPU" rule is deliberately left out.
 # Egress is limited to the ports above inside the VPC plus HTTPS out (AWS APIs, Stripe,
 # Cognito JWKS, ECR) through the NAT gateways.
 
