@@ -152,6 +152,36 @@ stop_pid() {
   rm -f "$(pidfile "$name")"
 }
 
+# The Java services (Kafka, the OIDC provider) need a JDK 17+: "$JAVA" (default java).
+ensure_java() {
+  local what=$1 java=${JAVA:-java} major
+  command -v "$java" >/dev/null || apt_install openjdk-17-jre-headless
+  major=$("$java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+  [ "${major:-0}" -ge 17 ] 2>/dev/null || die "$what needs Java 17+, $java is ${major:-unknown}"
+}
+
+# ensure_jars POM LIBS WHAT: copy a pom's runtime classpath from the local Maven repository
+# (~/.m2, downloading from Maven Central on first use) into LIBS. A marker holding the pom's
+# hash makes this a no-op afterwards.
+ensure_jars() {
+  local pom=$1 libs=$2 what=$3 want
+  want=$(sha1sum "$pom" | cut -c1-40)
+  if [ "$(cat "$libs/.pom.sha1" 2>/dev/null)" = "$want" ]; then
+    return
+  fi
+  command -v mvn >/dev/null || apt_install maven
+  say "resolving $what with Maven (first run downloads from Maven Central)"
+  rm -rf "$libs"
+  mkdir -p "$libs"
+  if ! mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$libs" >"$LOG_DIR/$SERVICE-mvn.log" 2>&1; then
+    say "ERROR: Maven could not resolve $what"
+    tail -n 40 "$LOG_DIR/$SERVICE-mvn.log" >&2
+    exit 1
+  fi
+  echo "$want" >"$libs/.pom.sha1"
+}
+
 # Serialise start/stop of one service across concurrent callers (several clones, make -j).
 lock_service() {
   exec 9>"$RUN_DIR/$1.lock"

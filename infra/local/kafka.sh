@@ -49,36 +49,6 @@ SCRAM_MARKER=$KAFKA_HOME/scram-user.sha1
 
 sasl_enabled() { [ -n "$KAFKA_SASL_SSL_PORT" ]; }
 
-ensure_java() {
-  if ! command -v "$JAVA" >/dev/null; then
-    apt_install openjdk-17-jre-headless
-  fi
-  local major
-  major=$("$JAVA" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
-  [ "${major:-0}" -ge 17 ] 2>/dev/null || die "Kafka 4 needs Java 17+, $JAVA is ${major:-unknown}"
-}
-
-# Copy the broker's runtime classpath from the local Maven repository (~/.m2, downloading from
-# Maven Central on first use). A marker holding the pom's hash makes this a no-op afterwards.
-ensure_jars() {
-  local want
-  want=$(sha1sum "$POM" | cut -c1-40)
-  if [ "$(cat "$LIBS/.pom.sha1" 2>/dev/null)" = "$want" ]; then
-    return
-  fi
-  command -v mvn >/dev/null || apt_install maven
-  say "resolving broker jars with Maven (first run downloads from Maven Central)"
-  rm -rf "$LIBS"
-  mkdir -p "$LIBS"
-  if ! mvn -B -q -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
-    -DoutputDirectory="$LIBS" >"$LOG_DIR/kafka-mvn.log" 2>&1; then
-    say "ERROR: Maven could not resolve the Kafka jars"
-    tail -n 40 "$LOG_DIR/kafka-mvn.log" >&2
-    exit 1
-  fi
-  echo "$want" >"$LIBS/.pom.sha1"
-}
-
 # User and password are spliced into Kafka's bracketed SCRAM syntax and into a JAAS line,
 # which have no escapes.
 check_scram_credential() {
@@ -319,8 +289,8 @@ start() {
     if sasl_enabled && port_open "$KAFKA_SASL_SSL_PORT"; then
       die "port $KAFKA_SASL_SSL_PORT is taken; set KAFKA_SASL_SSL_PORT"
     fi
-    ensure_java
-    ensure_jars
+    ensure_java "Kafka 4"
+    ensure_jars "$POM" "$LIBS" "the Kafka jars"
     if sasl_enabled; then ensure_tls; fi
     write_config
     format_storage

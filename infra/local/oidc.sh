@@ -27,36 +27,6 @@ POM=$LOCAL_DIR/oidc/pom.xml
 LIBS=$STACK_DIR/oidc/libs
 MAIN_CLASS=no.nav.security.mock.oauth2.StandaloneMockOAuth2ServerKt
 
-ensure_java() {
-  if ! command -v "$JAVA" >/dev/null; then
-    apt_install openjdk-17-jre-headless
-  fi
-  local major
-  major=$("$JAVA" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
-  [ "${major:-0}" -ge 17 ] 2>/dev/null || die "mock-oauth2-server 6 needs Java 17+, $JAVA is ${major:-unknown}"
-}
-
-# Copy the server's runtime classpath from the local Maven repository (~/.m2, downloading from
-# Maven Central on first use). A marker holding the pom's hash makes this a no-op afterwards.
-ensure_jars() {
-  local want
-  want=$(sha1sum "$POM" | cut -c1-40)
-  if [ "$(cat "$LIBS/.pom.sha1" 2>/dev/null)" = "$want" ]; then
-    return
-  fi
-  command -v mvn >/dev/null || apt_install maven
-  say "resolving mock-oauth2-server with Maven (first run downloads from Maven Central)"
-  rm -rf "$LIBS"
-  mkdir -p "$LIBS"
-  if ! mvn -B -q -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
-    -DoutputDirectory="$LIBS" >"$LOG_DIR/oidc-mvn.log" 2>&1; then
-    say "ERROR: Maven could not resolve mock-oauth2-server"
-    tail -n 40 "$LOG_DIR/oidc-mvn.log" >&2
-    exit 1
-  fi
-  echo "$want" >"$LIBS/.pom.sha1"
-}
-
 # The real readiness check: the issuer's discovery document names the issuer.
 oidc_answers() {
   curl -sf --max-time 3 "http://$HOST:$OIDC_PORT/$OIDC_ISSUER_ID/.well-known/openid-configuration" \
@@ -72,8 +42,8 @@ start() {
   if ! live_pid oidc "$MAIN_CLASS" >/dev/null; then
     port_open "$OIDC_PORT" && die "port $OIDC_PORT is taken by something that is not the OIDC provider; set OIDC_PORT"
     [ -r "$OIDC_CONFIG" ] || die "no token configuration at $OIDC_CONFIG"
-    ensure_java
-    ensure_jars
+    ensure_java "mock-oauth2-server 6"
+    ensure_jars "$POM" "$LIBS" "mock-oauth2-server"
     say "starting on $HOST:$OIDC_PORT (issuer /$OIDC_ISSUER_ID, config $OIDC_CONFIG)"
     # SERVER_HOSTNAME binds loopback only; the config is read from JSON_CONFIG_PATH at start.
     SERVER_HOSTNAME=$HOST SERVER_PORT=$OIDC_PORT JSON_CONFIG_PATH=$OIDC_CONFIG LOG_LEVEL=INFO \
