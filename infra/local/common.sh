@@ -152,6 +152,29 @@ stop_pid() {
   rm -f "$(pidfile "$name")"
 }
 
+# ensure_python_with MODULE VENV PIP_SPEC: set PY to the first interpreter that can import
+# MODULE: $PINKSEA_PYTHON, the repo's .venv, VENV, python3; if none can, create VENV and pip
+# install PIP_SPEC into it (the Python services: moto's S3 server, aiosmtpd).
+ensure_python_with() {
+  local module=$1 venv=$2 spec=$3 candidate
+  for candidate in "${PINKSEA_PYTHON:-}" "$REPO_ROOT/.venv/bin/python" "$venv/bin/python" python3; do
+    [ -n "$candidate" ] || continue
+    # Absolute, without resolving the venv's symlink (the venv is what gives the packages).
+    case "$candidate" in
+      */*) candidate="$(cd "$(dirname "$candidate")" 2>/dev/null && pwd)/$(basename "$candidate")" ;;
+      *) candidate=$(command -v "$candidate") || continue ;;
+    esac
+    if [ -x "$candidate" ] && "$candidate" -c "import $module" >/dev/null 2>&1; then
+      PY=$candidate
+      return
+    fi
+  done
+  say "no Python with $module found; creating $venv"
+  python3 -m venv "$venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$venv/bin/pip" install -q "$spec" >&2 || die "pip install $spec failed"
+  PY=$venv/bin/python
+}
+
 # The Java services (Kafka, the OIDC provider) need a JDK 17+: "$JAVA" (default java).
 ensure_java() {
   local what=$1 java=${JAVA:-java} major

@@ -17,39 +17,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 S3_PORT=${S3_PORT:-9000}
 S3_VENV=$STACK_DIR/s3/venv
 
-# Make a relative interpreter path absolute without resolving the venv's symlink.
-abs_path() {
-  case "$1" in
-    */*) echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" ;;
-    *) command -v "$1" ;;
-  esac
-}
-
-has_moto() { "$1" -c 'import moto.server' >/dev/null 2>&1; }
-
-find_python() {
-  local candidate
-  for candidate in "${PINKSEA_PYTHON:-}" "$REPO_ROOT/.venv/bin/python" "$S3_VENV/bin/python" python3; do
-    [ -n "$candidate" ] || continue
-    candidate=$(abs_path "$candidate" 2>/dev/null) || continue
-    [ -x "$candidate" ] && has_moto "$candidate" && {
-      echo "$candidate"
-      return
-    }
-  done
-  return 1
-}
-
-ensure_moto() {
-  if PY=$(find_python); then
-    return
-  fi
-  say "no Python with moto[server] found; creating $S3_VENV"
-  python3 -m venv "$S3_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-  "$S3_VENV/bin/pip" install -q 'moto[server]>=5' >&2 || die "pip install moto[server] failed"
-  PY=$S3_VENV/bin/python
-}
-
 # The real readiness check: an S3 ListBuckets answered over HTTP.
 s3_answers() {
   curl -sf --max-time 3 "http://$HOST:$S3_PORT/" 2>/dev/null | grep -q ListAllMyBucketsResult
@@ -63,7 +30,7 @@ start() {
   fi
   if ! live_pid s3 moto.server >/dev/null; then
     port_open "$S3_PORT" && die "port $S3_PORT is taken by something that is not an S3 server; set S3_PORT"
-    ensure_moto
+    ensure_python_with moto.server "$S3_VENV" 'moto[server]>=5'
     say "starting moto server on $HOST:$S3_PORT ($PY)"
     spawn s3 "$PY" -m moto.server -H "$HOST" -p "$S3_PORT"
   fi

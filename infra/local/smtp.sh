@@ -19,39 +19,6 @@ SMTP_PORT=${SMTP_PORT:-2525}
 SMTP_VENV=$STACK_DIR/smtp/venv
 MAILDIR=$STACK_DIR/smtp/maildir
 
-# Make a relative interpreter path absolute without resolving the venv's symlink.
-abs_path() {
-  case "$1" in
-    */*) echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")" ;;
-    *) command -v "$1" ;;
-  esac
-}
-
-has_aiosmtpd() { "$1" -c 'import aiosmtpd.handlers' >/dev/null 2>&1; }
-
-find_python() {
-  local candidate
-  for candidate in "${PINKSEA_PYTHON:-}" "$REPO_ROOT/.venv/bin/python" "$SMTP_VENV/bin/python" python3; do
-    [ -n "$candidate" ] || continue
-    candidate=$(abs_path "$candidate" 2>/dev/null) || continue
-    [ -x "$candidate" ] && has_aiosmtpd "$candidate" && {
-      echo "$candidate"
-      return
-    }
-  done
-  return 1
-}
-
-ensure_aiosmtpd() {
-  if PY=$(find_python); then
-    return
-  fi
-  say "no Python with aiosmtpd found; creating $SMTP_VENV"
-  python3 -m venv "$SMTP_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
-  "$SMTP_VENV/bin/pip" install -q 'aiosmtpd>=1.4' >&2 || die "pip install aiosmtpd failed"
-  PY=$SMTP_VENV/bin/python
-}
-
 # The real readiness check: an SMTP greeting and an answered NOOP (250), in bash alone.
 smtp_answers() {
   # shellcheck disable=SC2016 # expanded by the inner bash, from its arguments
@@ -71,7 +38,7 @@ start() {
   fi
   if ! live_pid smtp aiosmtpd >/dev/null; then
     port_open "$SMTP_PORT" && die "port $SMTP_PORT is taken by something that is not an SMTP server; set SMTP_PORT"
-    ensure_aiosmtpd
+    ensure_python_with aiosmtpd.handlers "$SMTP_VENV" 'aiosmtpd>=1.4'
     mkdir -p "$MAILDIR/tmp" "$MAILDIR/new" "$MAILDIR/cur" # a Maildir: aiosmtpd creates none of them in an existing dir
     # Bounded: messages older than a week go at each start (the tests read only their own).
     find "$MAILDIR" -type f -mtime +7 -delete
