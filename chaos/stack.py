@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -88,13 +89,13 @@ class ChaosStack:
     def settings(self) -> Settings:
         """What the run's processes read from :meth:`pinksea_env`, for the harness itself."""
         env = self.pinksea_env()
-        return Settings(
-            **{
-                k.removeprefix("PINKSEA_").lower(): v
-                for k, v in env.items()
-                if k.startswith("PINKSEA_")
-            }
-        )
+        # Strings, as in the environment: pydantic parses them into each field's type.
+        values: dict[str, Any] = {
+            k.removeprefix("PINKSEA_").lower(): v
+            for k, v in env.items()
+            if k.startswith("PINKSEA_")
+        }
+        return Settings(**values)
 
     # ------------------------------------------------------------------------- lifecycle
 

@@ -209,6 +209,61 @@ class Settings(BaseSettings):
         "as skipped, not mailed (a new notifier reads the whole history).",
     )
 
+    # Abuse limits behind a proxy (issue 17; api/edge.py, api/deps.py, api/live.py): who the
+    # client is behind the load balancer, the slots of live event streams, and what the API
+    # serves besides /v1 (the docs; /metrics apart from the API's port).
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-For and X-Forwarded-Proto the API trusts: "
+        "comma-separated addresses or CIDR ranges (production: the load balancer's subnets); "
+        "the client is the last address of X-Forwarded-For that is not one of them.",
+    )
+    sse_slot_ttl_s: float = Field(
+        30.0,
+        gt=0,
+        description="Lifetime of a live event stream's slot in Redis, renewed every third of "
+        "it while the stream runs: the slots of a crashed process free themselves after it.",
+    )
+    api_docs_enabled: bool = Field(
+        True, description="Serve /docs and /openapi.json (production: false)."
+    )
+    api_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the API's /metrics, apart from the API's own port "
+        "(`pinksea api --metrics-port`; 0: /metrics on the API's port, as locally).",
+    )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        # uvicorn takes an entry it cannot parse as a host name, which never matches: a typo
+        # would silently trust nobody (or the wrong network). Refuse it instead.
+        import ipaddress
+
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry, strict=True)
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError as e:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR range ({e})") from None
+        return ",".join(entries)
+
+    @model_validator(mode="after")
+    def _no_wildcard_proxy_when_deployed(self) -> Settings:
+        if self.environment != "local" and "*" in self.forwarded_allow_ips.split(","):
+            raise ValueError(
+                "PINKSEA_FORWARDED_ALLOW_IPS=* trusts any client's X-Forwarded-For: name the "
+                "load balancer's ranges"
+            )
+        return self
+
     # Terraform writes "" for "not set" (an ECS environment entry cannot be null).
     @field_validator(
         "kafka_sasl_mechanism",
@@ -360,7 +415,8 @@ def check_environment(*classes: type[BaseSettings]) -> list[str]:
     """Everything wrong with this process's environment: ``PINKSEA_*`` names nothing reads,
     then the invalid or missing values of each settings class (empty: the process may start)."""
     problems = unknown_names(os.environ, setting_names(Settings, *classes))
-    for cls in (Settings, *classes):
+    every: tuple[type[BaseSettings], ...] = (Settings, *classes)
+    for cls in every:
         try:
             cls()
         except ValidationError as exc:
