@@ -28,7 +28,7 @@ from infra.topics import DLQ_TOPIC, DOMAIN_TOPICS, GPU_TIERS, REPORTS_TOPIC, dis
 WEEK_MS = 7 * 24 * 3600 * 1000
 
 
-class MskIamTokenProvider(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is untyped
+class MskIamTokenProvider(AbstractTokenProvider):
     """SASL/OAUTHBEARER tokens for MSK IAM, signed with the process's AWS credentials.
 
     A token is valid 15 minutes and is only read when a connection authenticates, so one is

@@ -163,7 +163,7 @@ async def sign_in(checks: Checks, ctx: Context) -> Users | None:
 
         user, other_app = users.buyer_id, "another-app-client"
         with tempfile.TemporaryDirectory() as keys:
-            dev = Settings(_env_file=None, dev_jwt_key_path=f"{keys}/dev.pem")  # type: ignore[call-arg]
+            dev = Settings(_env_file=None, dev_jwt_key_path=f"{keys}/dev.pem")
             cases = {
                 "wrong issuer": (
                     await ctx.provider.other().sign_in(ctx.http, user, ctx.client_id)

@@ -420,5 +420,5 @@ def environment_problems(env: Mapping[str, str], *, serves_users: bool) -> list[
     with exact_environ(env):
         problems = check_environment(GpuWorkerSettings)
         if not problems and serves_users:
-            problems = Settings(_env_file=None).deployment_problems()  # type: ignore[call-arg]
+            problems = Settings(_env_file=None).deployment_problems()
     return problems

@@ -221,7 +221,7 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
         with exact_environ(swapped["api"]):
             from infra.settings import Settings
 
-            settings = Settings(_env_file=None)  # type: ignore[call-arg]
+            settings = Settings(_env_file=None)
         s3 = _s3(settings)
         await asyncio.to_thread(_ensure_bucket, s3, settings.s3_bucket, settings.s3_region)
         notifier = _notifier_settings(tasks, swapped)
@@ -369,7 +369,7 @@ def s3_credentials_check(checks: c.Checks, env: dict[str, str]) -> None:
     try:
         os.environ.update(AWS_ACCESS_KEY_ID=role_key, AWS_SECRET_ACCESS_KEY="role-secret")
         with exact_environ(env):
-            settings = Settings(_env_file=None)  # type: ignore[call-arg]
+            settings = Settings(_env_file=None)
             url = s3_client(settings).generate_presigned_url(
                 "get_object", Params={"Bucket": settings.s3_bucket, "Key": "k"}, ExpiresIn=60
             )
@@ -396,7 +396,7 @@ def _notifier_settings(tasks: list[Task], swapped: dict[str, dict[str, str]]) ->
     for t in tasks:
         if t.command[1:2] == ["notify"]:
             with exact_environ(swapped[t.name]):
-                settings = Settings(_env_file=None)  # type: ignore[call-arg]
+                settings = Settings(_env_file=None)
             return settings if settings.email_backend == "ses" else None
     return None
 

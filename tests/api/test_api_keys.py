@@ -21,7 +21,7 @@ async def _pro(kit: Kit, user: str) -> None:
 async def _create(kit: Kit, user: str, **body: object) -> dict[str, object]:
     r = await kit.client.post("/v1/api-keys", json={"name": "ci", **body}, headers=kit.auth(user))
     assert r.status_code == 201, r.text
-    return r.json()  # type: ignore[no-any-return]
+    return r.json()
 
 
 async def test_plans_without_api_access_cannot_create_keys(kit: Kit, user: str) -> None:

@@ -29,7 +29,7 @@ def signed(
     return body, {"Stripe-Signature": f"t={ts},v1={mac}", "Content-Type": "application/json"}
 
 
-async def post_event(kit: Kit, event: dict[str, Any], **kw: Any):  # type: ignore[no-untyped-def]
+async def post_event(kit: Kit, event: dict[str, Any], **kw: Any):
     body, headers = signed(kit, event, **kw)
     return await kit.client.post("/v1/webhooks/stripe", content=body, headers=headers)
 
@@ -279,7 +279,7 @@ async def test_a_month_on_a_controllable_clock(kit: Kit, user: str) -> None:
     assert lines and lines[0]["available_after_mc"] == 0
 
 
-def _tiny():  # type: ignore[no-untyped-def]
+def _tiny():
     from domain.jobs import JobParameters
 
     return JobParameters(model="tiny-sd", prompt="p", steps=4, width=64, height=64)

@@ -170,7 +170,7 @@ async def cdn_kit(api_settings: Settings, signing_key: rsa.RSAPrivateKey) -> Asy
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None,
         **{
             **api_settings.model_dump(),

@@ -112,7 +112,7 @@ def logs(log_dir: Path, lines: int = 15) -> str:
     )
 
 
-async def within(predicate, timeout_s: float, what: str, log_dir: Path) -> None:  # type: ignore[no-untyped-def]
+async def within(predicate, timeout_s: float, what: str, log_dir: Path) -> None:
     try:
         await wait_until(predicate, timeout=timeout_s, interval=0.5)
     except AssertionError:

@@ -432,7 +432,7 @@ def test_kafka_environment_is_what_the_settings_read(
     for name, value in kafka.items():
         monkeypatch.setenv(name, value if "${" not in value else "b-1.msk:9098")
     monkeypatch.setenv("PINKSEA_KAFKA_AWS_REGION", REGION)
-    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    s = Settings(_env_file=None)
     # as the MSK configuration's defaults (modules/data): topics survive one broker lost
     assert (s.kafka_replication_factor, s.kafka_min_insync_replicas) == (3, 2)
     assert connection_kwargs(s)["sasl_oauth_token_provider"].region == REGION

@@ -65,7 +65,7 @@ class SaslBroker:
             "kafka_topic_prefix": f"sasl{run}.",
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
 
 def _free_ports(count: int) -> list[int]:

@@ -21,7 +21,7 @@ from api.image_urls import (
 from api.services import s3_client
 from infra.settings import Settings
 
-LOCAL = Settings(_env_file=None)  # type: ignore[call-arg]
+LOCAL = Settings(_env_file=None)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _pem(
 
 
 def _cdn_settings(pem: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         cdn_domain="cdn.pinksea.test",
         cloudfront_key_pair_id="K2JCJMDEHXQW5F",

@@ -9,7 +9,7 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -26,12 +26,13 @@ from infra import aws_lag_metric, kafka
 from infra.kafka import MskIamTokenProvider, connection_kwargs, security_kwargs
 from infra.settings import Settings
 
-MSK = {
+# Settings' keyword arguments (the Literal fields as plain strings, which pydantic checks).
+MSK: dict[str, Any] = {
     "kafka_bootstrap_servers": "b-1.msk:9098,b-2.msk:9098",
     "kafka_security_protocol": "SASL_SSL",
     "kafka_sasl_mechanism": "OAUTHBEARER",
 }
-SCRAM = {
+SCRAM: dict[str, Any] = {
     "kafka_bootstrap_servers": "127.0.0.1:39094",
     "kafka_security_protocol": "SASL_SSL",
     "kafka_sasl_mechanism": "SCRAM-SHA-512",
@@ -39,6 +40,7 @@ SCRAM = {
     "kafka_sasl_password": "pinksea-scram-secret",
 }
 CA_NAME = "Pinksea unit-test CA"
+_Subject = tuple[tuple[tuple[str, str], ...], ...]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,9 @@ def ca_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _trusted_names(ctx: ssl.SSLContext) -> set[str]:
-    return {value for cert in ctx.get_ca_certs() for rdn in cert["subject"] for _, value in rdn}
+    # A subject is a tuple of relative distinguished names, each a tuple of (name, value) pairs.
+    subjects = [cast(_Subject, cert["subject"]) for cert in ctx.get_ca_certs()]
+    return {value for subject in subjects for rdn in subject for _, value in rdn}
 
 
 @pytest.fixture
@@ -82,7 +86,7 @@ def no_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> pytest.MonkeyP
 
 
 def test_local_default_is_plaintext(no_aws_env: pytest.MonkeyPatch) -> None:
-    kwargs = connection_kwargs(Settings(_env_file=None))  # type: ignore[call-arg]
+    kwargs = connection_kwargs(Settings(_env_file=None))
     assert kwargs == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}
 
 
@@ -95,7 +99,7 @@ def test_ssl_uses_a_verifying_context() -> None:
 
 
 def test_scram_with_a_private_ca(no_aws_env: pytest.MonkeyPatch, ca_file: str) -> None:
-    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)  # type: ignore[call-arg, arg-type]
+    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)
     kwargs = connection_kwargs(s)
     assert (kwargs["security_protocol"], kwargs["sasl_mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
     # aiokafka names the user/password options "plain" for SCRAM too.
@@ -112,7 +116,7 @@ def test_scram_from_the_environment(no_aws_env: pytest.MonkeyPatch, ca_file: str
     for name, value in SCRAM.items():
         no_aws_env.setenv(f"PINKSEA_{name.upper()}", value)
     no_aws_env.setenv("PINKSEA_KAFKA_SSL_CAFILE", ca_file)
-    kwargs = connection_kwargs(Settings(_env_file=None))  # type: ignore[call-arg]
+    kwargs = connection_kwargs(Settings(_env_file=None))
     assert kwargs["sasl_plain_password"] == "pinksea-scram-secret"
     assert _trusted_names(kwargs["ssl_context"]) == {CA_NAME}
 
@@ -128,7 +132,7 @@ def test_without_a_cafile_the_system_cas_are_trusted() -> None:
 
 def test_scram_needs_user_and_password(no_aws_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="PINKSEA_KAFKA_SASL_USERNAME"):
-        Settings(_env_file=None, **{**SCRAM, "kafka_sasl_password": None})  # type: ignore[call-arg, arg-type]
+        Settings(_env_file=None, **{**SCRAM, "kafka_sasl_password": None})
     with pytest.raises(ValueError, match="user name and a password"):
         security_kwargs("b-1:9096", "SASL_SSL", "SCRAM-SHA-512", sasl_username="pinksea")
 
@@ -172,7 +176,7 @@ def test_msk_iam_from_the_environment(no_aws_env: pytest.MonkeyPatch) -> None:
     no_aws_env.setenv("PINKSEA_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     no_aws_env.setenv("PINKSEA_KAFKA_SASL_MECHANISM", "OAUTHBEARER")
     no_aws_env.setenv("AWS_REGION", "eu-west-1")
-    kwargs = connection_kwargs(Settings(_env_file=None))  # type: ignore[call-arg]
+    kwargs = connection_kwargs(Settings(_env_file=None))
     assert kwargs["bootstrap_servers"] == "b-1.msk:9098,b-2.msk:9098"
     assert (kwargs["security_protocol"], kwargs["sasl_mechanism"]) == ("SASL_SSL", "OAUTHBEARER")
     assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
@@ -183,29 +187,29 @@ def test_msk_iam_from_the_environment(no_aws_env: pytest.MonkeyPatch) -> None:
 
 def test_region_setting_wins_over_the_process_region(no_aws_env: pytest.MonkeyPatch) -> None:
     no_aws_env.setenv("AWS_REGION", "eu-west-1")
-    s = Settings(_env_file=None, **MSK, kafka_aws_region="ap-northeast-2")  # type: ignore[call-arg]
+    s = Settings(_env_file=None, **MSK, kafka_aws_region="ap-northeast-2")
     assert connection_kwargs(s)["sasl_oauth_token_provider"].region == "ap-northeast-2"
     no_aws_env.delenv("AWS_REGION")
-    s = Settings(_env_file=None, **MSK, s3_region="us-east-2")  # type: ignore[call-arg]
+    s = Settings(_env_file=None, **MSK, s3_region="us-east-2")
     assert s.kafka_region == "us-east-2"  # last resort: the region of the rest of the stack
 
 
 def test_inconsistent_settings_are_refused(no_aws_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="go together"):
-        Settings(_env_file=None, kafka_security_protocol="SASL_SSL")  # type: ignore[call-arg]
+        Settings(_env_file=None, kafka_security_protocol="SASL_SSL")
     with pytest.raises(ValidationError, match="go together"):
-        Settings(_env_file=None, kafka_sasl_mechanism="OAUTHBEARER")  # type: ignore[call-arg]
+        Settings(_env_file=None, kafka_sasl_mechanism="OAUTHBEARER")
     with pytest.raises(ValidationError):
-        Settings(_env_file=None, kafka_security_protocol="SASL_PLAINTEXT")  # type: ignore[call-arg]
+        Settings(_env_file=None, kafka_security_protocol="SASL_PLAINTEXT")
     with pytest.raises(ValidationError, match="exceeds"):
-        Settings(_env_file=None, kafka_min_insync_replicas=2)  # type: ignore[call-arg]
+        Settings(_env_file=None, kafka_min_insync_replicas=2)
 
 
 def test_terraform_empty_strings_mean_unset(no_aws_env: pytest.MonkeyPatch) -> None:
     no_aws_env.setenv("PINKSEA_KAFKA_SASL_MECHANISM", "")
     no_aws_env.setenv("PINKSEA_KAFKA_AWS_REGION", "")
     no_aws_env.setenv("PINKSEA_CLOUDWATCH_ENDPOINT_URL", "")
-    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    s = Settings(_env_file=None)
     assert (s.kafka_sasl_mechanism, s.kafka_aws_region, s.cloudwatch_endpoint_url) == (
         None,
         None,
@@ -216,15 +220,13 @@ def test_terraform_empty_strings_mean_unset(no_aws_env: pytest.MonkeyPatch) -> N
 def test_topics_take_replication_from_the_settings() -> None:
     spec = kafka.TopicSpec("pinksea.jobs.v1", 6, -1)
     assert spec.config(2) == {"retention.ms": "-1", "min.insync.replicas": "2"}
-    s = Settings(  # type: ignore[call-arg]
-        _env_file=None, kafka_replication_factor=3, kafka_min_insync_replicas=2
-    )
+    s = Settings(_env_file=None, kafka_replication_factor=3, kafka_min_insync_replicas=2)
     assert (s.kafka_replication_factor, s.kafka_min_insync_replicas) == (3, 2)
 
 
 async def test_aiokafka_accepts_the_options(no_aws_env: pytest.MonkeyPatch) -> None:
     """Every client type is built with them (construction only: nothing connects)."""
-    s = Settings(_env_file=None, **MSK, kafka_aws_region="eu-west-1")  # type: ignore[call-arg]
+    s = Settings(_env_file=None, **MSK, kafka_aws_region="eu-west-1")
     producer = kafka.idempotent_producer(s)
     consumer = kafka.manual_consumer(s, "g", "pinksea.jobs.v1")
     admin = AIOKafkaAdminClient(**connection_kwargs(s))
@@ -240,7 +242,7 @@ async def test_aiokafka_accepts_the_options(no_aws_env: pytest.MonkeyPatch) -> N
 async def test_aiokafka_accepts_the_scram_options(
     no_aws_env: pytest.MonkeyPatch, ca_file: str
 ) -> None:
-    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)  # type: ignore[call-arg, arg-type]
+    s = Settings(_env_file=None, **SCRAM, kafka_ssl_cafile=ca_file)
     producer = kafka.idempotent_producer(s)
     consumer = kafka.manual_consumer(s, "g", "pinksea.jobs.v1")
     admin = AIOKafkaAdminClient(**connection_kwargs(s))

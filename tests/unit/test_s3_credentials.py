@@ -31,12 +31,12 @@ def test_empty_key_id_signs_with_the_role_credentials(monkeypatch: pytest.Monkey
     # What the ECS agent provides a task, as boto3's chain finds it.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIATASKROLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "role-secret")
-    settings = Settings(_env_file=None, s3_endpoint_url="", s3_access_key_id="")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, s3_endpoint_url="", s3_access_key_id="")
     assert _signed_with(settings) == "ASIATASKROLE"
 
 
 def test_a_configured_key_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIATASKROLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "role-secret")
-    settings = Settings(_env_file=None, s3_access_key_id="pinksea")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, s3_access_key_id="pinksea")
     assert _signed_with(settings) == "pinksea"

@@ -58,7 +58,7 @@ def test_prefers_a_worker_that_holds_the_model_and_respects_tiers() -> None:
     limits=st.dictionaries(st.sampled_from("abcde"), st.integers(1, 3)),
     running=st.dictionaries(st.sampled_from("abcde"), st.integers(0, 3)),
 )
-def test_invariants(queued, n_workers, limits, running) -> None:  # type: ignore[no-untyped-def]
+def test_invariants(queued, n_workers, limits, running) -> None:
     queue = [QueuedJob(uuid4(), u, t, "m", i) for i, (u, t) in enumerate(queued)]
     workers = [IdleWorker(f"w{i}", "basic" if i % 2 else "dedicated") for i in range(n_workers)]
     out = assign(queue, workers, running, limits, Turns())

@@ -72,8 +72,8 @@ def test_check_environment_refuses_half_a_cdn_configuration(
 
 
 def test_local_needs_nothing_but_production_needs_every_deployment_setting() -> None:
-    assert Settings(_env_file=None).deployment_problems() == []  # type: ignore[call-arg]
-    bare = Settings(_env_file=None, environment="production")  # type: ignore[call-arg]
+    assert Settings(_env_file=None).deployment_problems() == []
+    bare = Settings(_env_file=None, environment="production")
     problems = "\n".join(bare.deployment_problems())
     for name in (
         "PINKSEA_JWT_ISSUER is required",
@@ -102,7 +102,7 @@ def test_each_deployment_problem_is_named(change: dict[str, object], problem: st
 
 def test_the_api_refuses_to_start_on_a_local_default_in_production() -> None:
     with pytest.raises(RuntimeError, match="PINKSEA_JWT_ISSUER is required"):
-        create_app(Settings(_env_file=None, environment="production"))  # type: ignore[call-arg]
+        create_app(Settings(_env_file=None, environment="production"))
 
 
 def test_every_command_refuses_an_unknown_name_before_it_starts() -> None:
