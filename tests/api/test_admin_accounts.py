@@ -16,7 +16,12 @@ from tests.api.conftest import TINY, Kit, problem_type
 from workflows.expiry import end_tester_plans, start_contract_periods, tick
 
 pytestmark = pytest.mark.integration
-TERMS = {"credits_per_month": 3_000, "tier": "dedicated", "concurrent_jobs": 2, "storage_gb": 5}
+TERMS: dict[str, Any] = {
+    "credits_per_month": 3_000,
+    "tier": "dedicated",
+    "concurrent_jobs": 2,
+    "storage_gb": 5,
+}
 
 
 def _admin(kit: Kit) -> dict[str, str]:

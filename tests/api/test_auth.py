@@ -90,14 +90,15 @@ async def test_first_request_signs_the_user_up_once(kit: Kit, user: str) -> None
 async def test_bad_claims_are_401(kit: Kit, user: str, case: str) -> None:
     key, kid = _dev_key(kit)
     now = datetime.now(UTC)
-    overrides: dict[str, Any] = {
+    by_case: dict[str, dict[str, Any]] = {
         "expired": {"exp": int((now - timedelta(minutes=5)).timestamp())},
         "not_yet_valid": {"nbf": int((now + timedelta(minutes=5)).timestamp())},
         "wrong_issuer": {"iss": "https://evil.example.com"},
         "wrong_audience": {"aud": "someone-else"},
         "no_exp": {"exp": None},
         "bad_subject": {"sub": "../../etc"},
-    }[case]
+    }
+    overrides = by_case[case]
     token = jwt.encode(
         _claims(kit, user, **overrides), key, algorithm="RS256", headers={"kid": kid}
     )

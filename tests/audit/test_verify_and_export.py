@@ -15,6 +15,7 @@ import pytest
 
 from audit.store import ACCOUNT_EVENTS, stream_events
 from domain.application import PinkseaApplication
+from domain.subscription import CustomTerms
 from eventstore.contract import envelope_for, topic_for
 from infra.db import create_pool
 from infra.settings import Settings
@@ -62,7 +63,12 @@ def ruled_user(app: PinkseaApplication, user: str, at: datetime = T0) -> None:
     """Every event of the admin rules: a contract's periods, a tester window that reverts, a
     deactivation that cancels a queued job, a reactivation."""
     app.register_user(user, at)
-    terms = {"credits_per_month": 100, "tier": "basic", "concurrent_jobs": 2, "storage_gb": 1}
+    terms: CustomTerms = {
+        "credits_per_month": 100,
+        "tier": "basic",
+        "concurrent_jobs": 2,
+        "storage_gb": 1,
+    }
     app.change_plan(
         user, to_plan="enterprise", actor="admin", reason="deal", at=at, custom_terms=terms
     )

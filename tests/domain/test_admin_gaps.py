@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from eventsourcing.domain import Aggregate
 
 from domain import ids
 from domain.application import PinkseaApplication
@@ -41,8 +42,9 @@ def user(app: PinkseaApplication) -> str:
 
 def replayed(app: PinkseaApplication, aggregate_id: UUID) -> Any:
     """The aggregate rebuilt from its stored events alone (no cache, no snapshot)."""
-    aggregate = None
+    aggregate: Aggregate | None = None
     for ev in app.events.get(aggregate_id):
+        assert isinstance(ev, Aggregate.Event)
         aggregate = ev.mutate(aggregate)
     return aggregate
 

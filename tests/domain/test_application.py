@@ -16,7 +16,7 @@ from domain import ids
 from domain.application import PinkseaApplication
 from domain.credits import LotSource
 from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition, NotFound
-from domain.jobs import MAX_ATTEMPTS, Fault, JobParameters, JobStatus
+from domain.jobs import MAX_ATTEMPTS, Fault, ImageRecord, JobParameters, JobStatus
 from domain.plans import get_plan
 from domain.postings import postings_for
 from eventstore.persistence import event_store_env
@@ -244,7 +244,7 @@ def test_image_deletion_is_an_event_once_and_only_by_the_owner(
 ) -> None:
     job = submit(app, user)
     run_to_start(app, job.job_id)
-    images = [
+    images: list[ImageRecord] = [
         {"name": f"{job.job_id}-{i}", "key": f"k{i}.png", "thumbnail_key": f"k{i}.webp",
          "size_bytes": 100 + i, "width": 64, "height": 64}
         for i in range(2)

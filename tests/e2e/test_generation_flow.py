@@ -17,13 +17,16 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
+from eventsourcing.domain import Aggregate
 
 from domain.application import PinkseaApplication
+from domain.credits import CreditAccount
 from domain.jobs import JobParameters
 from eventstore.persistence import event_store_env
 from eventstore.relay import Relay
@@ -110,7 +113,7 @@ class Platform:
         await asyncio.wait_for(worker.ready.wait(), 60)
         return worker
 
-    def _spawn(self, name: str, run) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, name: str, run) -> None:
         stop = asyncio.Event()
         self.tasks[name] = (stop, asyncio.create_task(run(stop), name=name))
 
@@ -144,7 +147,7 @@ async def platform(stack: Settings, models_cache: Path) -> AsyncIterator[Platfor
         await p.close()
 
 
-def submit(app: PinkseaApplication, user: str, key: str, params: JobParameters = TINY):  # type: ignore[no-untyped-def]
+def submit(app: PinkseaApplication, user: str, key: str, params: JobParameters = TINY):
     return app.submit_job(user, idempotency_key=key, params=params, at=datetime.now(UTC))
 
 
@@ -286,7 +289,9 @@ async def test_a_killed_worker_loses_its_job_to_another_and_it_is_billed_once(
     done = app.job(job.job_id)
     assert done.status == "completed" and done.attempt == 2 and done.worker_id == "rescuer"
     account = app.account("cy")
-    settlements = [e for e in app.events.get(account.id) if type(e).__name__ == "HoldSettled"]
+    settlements = [
+        e for e in app.events.get(account.id) if isinstance(e, CreditAccount.HoldSettled)
+    ]
     assert len(settlements) == 1 and settlements[0].charged_mc == done.charged_mc
     assert account.held_mc == 0
 
@@ -376,7 +381,7 @@ async def test_two_users_share_two_workers_fairly_within_their_limits_across_a_s
 
 
 def _span(app: PinkseaApplication, job_id: uuid.UUID) -> tuple[datetime, datetime]:
-    events = list(app.events.get(job_id))
+    events = [cast(Aggregate.Event, e) for e in app.events.get(job_id)]
     started = next(e.timestamp for e in events if type(e).__name__ == "Started")
     ended = events[-1].timestamp
     return started, ended

@@ -14,7 +14,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 
 from domain.application import PinkseaApplication
-from domain.jobs import JobParameters
+from domain.jobs import ImageRecord, JobParameters
 from eventstore.envelope import Envelope
 from eventstore.persistence import event_store_env
 from infra.kafka import ensure_topics
@@ -66,7 +66,7 @@ def busy_user(app: PinkseaApplication, user: str, jobs: int = 3, at: datetime = 
             app.cancel_job(job.job_id, at)
             continue
         app.record_start(job.job_id, attempt=1, worker_id="w", gpu="T4", at=at)
-        image = {
+        image: ImageRecord = {
             "name": f"{job.job_id}-0",
             "key": f"users/{user}/images/{job.job_id}-0.png",
             "thumbnail_key": f"users/{user}/thumbnails/{job.job_id}-0.webp",
@@ -122,7 +122,7 @@ async def store_event_ids(database_url: str) -> list[tuple[int, str]]:
 
 
 @contextlib.asynccontextmanager
-async def running(*coroutine_factories) -> AsyncIterator[asyncio.Event]:  # type: ignore[no-untyped-def]
+async def running(*coroutine_factories) -> AsyncIterator[asyncio.Event]:
     """Run ``factory(stop)`` tasks in the background for the block's duration."""
     stop = asyncio.Event()
     tasks = [asyncio.create_task(f(stop)) for f in coroutine_factories]
@@ -133,7 +133,7 @@ async def running(*coroutine_factories) -> AsyncIterator[asyncio.Event]:  # type
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
 
 
-async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         if await predicate():

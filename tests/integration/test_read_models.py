@@ -26,7 +26,7 @@ from domain.errors import DomainError
 from domain.jobs import Fault, GenerationJob, ImageRecord, JobParameters
 from domain.plans import PLANS
 from domain.postings import available, held
-from domain.subscription import add_months
+from domain.subscription import CustomTerms, add_months
 from eventstore.contract import envelope_for, event_classes, topic_for
 from eventstore.envelope import Envelope
 from projections.batching import StatementProjection
@@ -386,7 +386,7 @@ class Story:
 
         # erin: an enterprise contract (a period at once, the next a month on) with a tester
         # window inside that reverts; deactivated (her queued job cancelled), then reactivated.
-        terms = {"credits_per_month": 2_000, "tier": "dedicated", "concurrent_jobs": 2,
+        terms: CustomTerms = {"credits_per_month": 2_000, "tier": "dedicated", "concurrent_jobs": 2,
                  "storage_gb": 10}  # fmt: skip
         app.change_plan(
             "erin", to_plan="enterprise", actor="admin@pinksea", reason="deal", at=T0,

@@ -158,6 +158,11 @@ async def test_relay_publishes_every_event_in_order_and_resumes(stack: Settings)
     }
 
 
+def busy_users(app: PinkseaApplication, users: list[str]) -> None:
+    for user in users:
+        busy_user(app, user, jobs=6)
+
+
 async def _reached(settings: Settings, position: int) -> bool:
     return await relay_position(settings) >= position
 
@@ -168,7 +173,7 @@ async def test_relay_killed_mid_batch_loses_nothing_and_read_models_apply_once(
     await prepare_stack(stack)
     app = new_app(stack)
     users = [f"user-{i}" for i in range(12)]
-    writer = threading.Thread(target=lambda: [busy_user(app, u, jobs=6) for u in users])
+    writer = threading.Thread(target=busy_users, args=(app, users))
     writer.start()
     rng = random.Random(7)
     kills = 0
@@ -226,7 +231,7 @@ async def test_tailing_relay_skips_no_event_under_concurrent_delayed_commits(
     original = PostgresApplicationRecorder._fetch_ids_after_insert_events
     rng = random.Random(11)
 
-    def delayed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def delayed(self, *args, **kwargs):
         ids = original(self, *args, **kwargs)
         threading.Event().wait(rng.uniform(0, 0.004))  # hold the transaction open a while
         return ids
@@ -322,7 +327,7 @@ async def test_projection_killed_mid_transaction_resumes_without_double_applying
     pool = await create_pool(stack, max_size=8)
     try:
         async with running(Relay(stack, pool).run):
-            writer = threading.Thread(target=lambda: [busy_user(app, u, jobs=6) for u in users])
+            writer = threading.Thread(target=busy_users, args=(app, users))
             writer.start()
             rng = random.Random(3)
             for _ in range(4):

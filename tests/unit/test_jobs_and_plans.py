@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from domain.catalog import MODELS, ModelFamily
 from domain.errors import InvalidParameters, InvalidTransition, NotFound
 from domain.estimation import budget_ms_for_hold, charge_for, estimate_gpu_ms, hold_for_estimate
-from domain.jobs import GenerationJob, JobParameters, seed_for
+from domain.jobs import GenerationJob, ImageRecord, JobParameters, seed_for
 from domain.plans import PLANS, GpuTier, ModelAccess
 from domain.subscription import Subscription
 from domain.units import credits_to_mc, format_credits
@@ -87,8 +87,8 @@ def test_delete_image_validates_then_records_one_event() -> None:
     job.accept(hold_mc=1000, estimate_ms=900, budget_ms=1000, at=at)
     job.dispatch(attempt=1, worker_id="w", at=at)
     job.start(attempt=1, worker_id="w", gpu="T4", at=at)
-    image = {"name": "img-0", "key": "a.png", "thumbnail_key": "a.webp", "size_bytes": 9,
-             "width": 64, "height": 64}  # fmt: skip
+    image: ImageRecord = {"name": "img-0", "key": "a.png", "thumbnail_key": "a.webp",
+                          "size_bytes": 9, "width": 64, "height": 64}  # fmt: skip
     job.complete(attempt=1, gpu_ms=10, cuda_ms=None, charged_mc=10, images=[image], at=at)
     job.collect_events()
     with pytest.raises(NotFound):

@@ -135,7 +135,7 @@ async def records(pool: asyncpg.Pool, user: str) -> list[asyncpg.Record]:
     )
 
 
-def recorded(pool: asyncpg.Pool, user: str, count: int):  # type: ignore[no-untyped-def]
+def recorded(pool: asyncpg.Pool, user: str, count: int):
     async def check() -> bool:
         return len(await records(pool, user)) >= count
 
@@ -211,7 +211,9 @@ async def test_a_crossing_sends_one_email_even_when_delivered_twice(
     assert mail["Message-ID"] == row["transport_id"]
     assert mail["X-Pinksea-Event"] == envelope.id
     assert mail["Auto-Submitted"] == "auto-generated"
-    body = mail.get_payload(decode=True).decode()
+    payload = mail.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    body = payload.decode()
     assert "down to 0.001 credits, below 50.000 credits" in body
     assert stack.checkout_cancel_url in body
     # (a batch retried after a rebalance would count more duplicates, never a second send)
