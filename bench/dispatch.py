@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+from eventsourcing.domain import Aggregate
 from rich.console import Console
 from rich.table import Table
 
@@ -242,6 +243,7 @@ def fill_times(platform: Platform, jobs: list[JobTimes]) -> None:
         j.status, j.attempts, j.worker_id = job.status, job.attempt, job.worker_id or ""
         j.failure = job.failure or ""
         for ev in platform.app.events.get(j.job_id):
+            assert isinstance(ev, Aggregate.Event)
             kind = type(ev).__name__
             if kind == "Dispatched":
                 j.dispatched = ev.timestamp.timestamp()

@@ -49,10 +49,10 @@ async def run(quick: bool) -> None:
             await conn.execute(f"TRUNCATE {', '.join(ledger.tables)}")
             started = time.perf_counter()
             async with conn.transaction():
-                for table, rows in tables.items():
+                for name, rows in tables.items():
                     if rows:
                         await conn.copy_records_to_table(
-                            table,
+                            name,
                             records=[tuple(r.values()) for r in rows],
                             columns=list(rows[0].keys()),
                         )

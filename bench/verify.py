@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from rich.console import Console
@@ -141,7 +142,9 @@ def run_child(what: str, database_url: str, *extra: str) -> ChildRun:
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     lines = [line for line in stdout.splitlines() if line.startswith('{"child"')]
-    reported = json.loads(lines[-1]) if lines else {"seconds": float("nan"), "peak_rss": 0}
+    reported: dict[str, Any] = (
+        json.loads(lines[-1]) if lines else {"seconds": float("nan"), "peak_rss": 0}
+    )
     return ChildRun(
         what, reported["seconds"], wall, reported["peak_rss"], proc.returncode, stdout + stderr
     )
