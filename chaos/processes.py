@@ -1,6 +1,9 @@
 """The Pinksea processes of a chaos run, each its own ``pinksea`` subcommand (what production
 runs, one per container), supervised the way an orchestrator would: a process that exits is
 started again after a short back-off. The fault injector kill -9s them through here.
+
+Which processes run is the topology's (cli/topology.py, its local processes), so a process added
+there is killed here too; the run only changes how many APIs, the ports and the timings.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cli.topology import API, LOCAL_PROCESSES
 
 RESTART_BACKOFF_S = 1.0  # an orchestrator's restart delay; also stops a crash loop spinning
 
@@ -30,19 +35,37 @@ class Child:
         return self.process is not None and self.process.returncode is None
 
 
+# The topology's local processes the run leaves out, and why.
+NOT_RUN = {
+    # The private stack has no SMTP server, and the verdict judges no e-mail (the notifier's
+    # exactly-once sending has its own tests: tests/workflows/test_notifier.py).
+    "notify": "no SMTP server in the chaos stack",
+}
+EXTRA_ARGS = {"expire": ["--interval", "3"]}  # lots expire within the load window
+
+
 def chaos_processes(api_ports: list[int], worker_tiers: list[str]) -> list[Child]:
-    children = [Child(f"api-{i + 1}", ["api", "--port", str(p)]) for i, p in enumerate(api_ports)]
-    children += [
-        Child("relay", ["relay", "--metrics-port", "0"]),
-        Child("project", ["project", "--metrics-port", "0"]),
-        Child("scheduler", ["scheduler", "--metrics-port", "0"]),
-        Child("settle", ["settle", "--metrics-port", "0"]),
-        Child("expire", ["expire", "--interval", "3", "--metrics-port", "0"]),
-    ]
-    for i, tier in enumerate(worker_tiers):
-        # A stable worker id: a restarted worker resumes its own consumer group.
-        args = ["gpu-worker", "--tier", tier, "--device", "cpu", "--worker-id", f"chaos-w{i + 1}"]
-        children.append(Child(f"gpu-worker-{i + 1}", [*args, "--metrics-port", "0"]))
+    """The topology's local processes, in its order: an API per port, the per-tier processes
+    once per entry of ``worker_tiers`` (on the CPU, each with a stable id: a restarted worker
+    resumes its own consumer group), every other once; /metrics off (port 0). The names (the
+    fault plan's targets, replayed from its seed) are the process's, numbered when several."""
+    children: list[Child] = []
+    for spec in LOCAL_PROCESSES:
+        if spec.name in NOT_RUN:
+            continue
+        if spec is API:
+            children += [
+                Child(f"{spec.name}-{i + 1}", spec.argv(port=p)) for i, p in enumerate(api_ports)
+            ]
+        elif spec.per_tier:
+            for i, tier in enumerate(worker_tiers):
+                extra = ["--device", "cpu", "--worker-id", f"chaos-w{i + 1}"]
+                args = spec.argv(tier=tier, extra=extra, port=0)
+                children.append(Child(f"{spec.name}-{i + 1}", args))
+        else:
+            children.append(
+                Child(spec.name, spec.argv(extra=EXTRA_ARGS.get(spec.name, ()), port=0))
+            )
     return children
 
 

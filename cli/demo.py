@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from api.billing.dev_events import plan_purchase, signed_delivery
-from cli.main import app
+from cli.app import LOCAL_PANEL, app
+from cli.topology import API
 
 console = Console()
 TINY = {
@@ -56,16 +57,19 @@ def _wait(
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
         if job.get("status") in status:
             return job
         if time.monotonic() > deadline:
-            raise typer.Exit(f"job {job_id} is still {job.get('status')} after {timeout}s")
+            typer.echo(f"job {job_id} is still {job.get('status')} after {timeout}s", err=True)
+            raise typer.Exit(1)
         time.sleep(0.3)
 
 
-@app.command()
-def demo(api: str = typer.Option("http://127.0.0.1:8000", help="The running API.")) -> None:
+@app.command(rich_help_panel=LOCAL_PANEL)
+def demo(
+    api: str = typer.Option(f"http://127.0.0.1:{API.metrics_port}", help="The running API."),
+) -> None:
     """Sign up two users, sell one a plan, run and cancel jobs, print statements and usage."""
     from api.auth import sign_dev_token
     from domain import ids
@@ -81,7 +85,8 @@ def demo(api: str = typer.Option("http://127.0.0.1:8000", help="The running API.
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise typer.Exit("the API did not become ready; is `pinksea up` running?")
+            typer.echo("the API did not become ready; is `pinksea up` running?", err=True)
+            raise typer.Exit(1)
         time.sleep(0.5)
     run = datetime.now(UTC).strftime("%H%M%S")
     users = {name: f"{name}-{run}" for name in ("alice", "bob")}

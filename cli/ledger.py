@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from audit.store import ACCOUNT_EVENTS, StoredDomainEvent, count_events, stream_events
-from cli.main import app
+from cli.app import LEDGER_PANEL, app
 from domain import ids
 from domain.units import format_credits
 from infra.settings import get_settings
@@ -24,7 +24,7 @@ from infra.settings import get_settings
 ledger_app = typer.Typer(
     help="Ledger tools for auditors and billing analysts.", no_args_is_help=True
 )
-app.add_typer(ledger_app, name="ledger")
+app.add_typer(ledger_app, name="ledger", rich_help_panel=LEDGER_PANEL)
 console = Console(stderr=True)
 
 DatabaseUrl = typer.Option(None, "--database-url", help="Read from this database (e.g. a replica).")
@@ -73,10 +73,12 @@ async def _with_progress(
 @ledger_app.command()
 def statement(
     user: str,
-    start: str = From,
-    end: str = To,
-    as_of: str = typer.Option(None, "--as-of", help="Replay only what had happened by then."),
-    database_url: str = DatabaseUrl,
+    start: str | None = From,
+    end: str | None = To,
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="Replay only what had happened by then."
+    ),
+    database_url: str | None = DatabaseUrl,
 ) -> None:
     """Opening balance, every movement with running balances, closing balance."""
     from audit.statement import build_statement
@@ -97,7 +99,8 @@ def statement(
             raise typer.Exit(1)
         s = build_statement(user, events, start=_when(start), end=_when(end), as_of=_when(as_of))
         table = Table(title=f"statement of {user} (credits)")
-        for col in ("time (UTC)", "kind", "job", "Δ available", "Δ held", "available", "held"):
+        columns = ("amount", "held change", "available after", "held after")
+        for col in ("time (UTC)", "kind", "job", *columns):
             table.add_column(col, justify="right" if col != "kind" else "left")
         table.add_row(
             "",
@@ -113,10 +116,10 @@ def statement(
                 line.occurred_at.strftime("%m-%d %H:%M:%S.%f")[:-3],
                 line.kind,
                 (line.job_id or "")[:8],
-                format_credits(line.available_delta_mc),
-                format_credits(line.held_delta_mc),
-                format_credits(line.available_mc),
-                format_credits(line.held_mc),
+                format_credits(line.amount_mc),
+                format_credits(line.held_change_mc),
+                format_credits(line.available_after_mc),
+                format_credits(line.held_after_mc),
             )
         table.add_row(
             "",
@@ -134,10 +137,12 @@ def statement(
 
 @ledger_app.command()
 def balance(
-    as_of: str = typer.Option(None, "--as-of", help="Replay only what had happened by then."),
-    user: str = typer.Option(None, help="One user (default: every user)."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", help="Replay only what had happened by then."
+    ),
+    user: str | None = typer.Option(None, help="One user (default: every user)."),
     all_users: bool = typer.Option(False, "--all-users", help="Every user."),
-    database_url: str = DatabaseUrl,
+    database_url: str | None = DatabaseUrl,
 ) -> None:
     """Available and held credit of one or every user at an instant."""
     from audit.balances import balances_as_of
@@ -173,11 +178,11 @@ def balance(
 
 @ledger_app.command()
 def export(
-    start: str = From,
-    end: str = To,
+    start: str | None = From,
+    end: str | None = To,
     fmt: str = typer.Option("csv", "--format", help="csv, parquet or jsonl."),
     out: Path = typer.Option(None, "--out", help="File to write (default: standard output)."),
-    database_url: str = DatabaseUrl,
+    database_url: str | None = DatabaseUrl,
 ) -> None:
     """One row per posting, streamed: memory stays flat at any size."""
     from audit.export import posting_rows, write_export
@@ -199,10 +204,10 @@ def export(
 
 @ledger_app.command()
 def report(
-    start: str = From,
-    end: str = To,
+    start: str | None = From,
+    end: str | None = To,
     plot: Path = typer.Option(None, "--plot", help="Also draw the figures into this PNG."),
-    database_url: str = DatabaseUrl,
+    database_url: str | None = DatabaseUrl,
 ) -> None:
     """Credits granted / consumed / expired per day, and GPU-seconds per tier."""
     from audit.report import daily_report, plot_report
@@ -237,7 +242,7 @@ def report(
 
 
 @ledger_app.command()
-def verify(database_url: str = DatabaseUrl) -> None:
+def verify(database_url: str | None = DatabaseUrl) -> None:
     """Replay every event, recompute the read models in memory, compare and check invariants.
     Exits 1 on any mismatch, showing the first differing rows."""
     from audit.store import JOB_EVENTS, SUBSCRIPTION_EVENTS
@@ -274,10 +279,10 @@ def verify(database_url: str = DatabaseUrl) -> None:
 
 @ledger_app.command()
 def reconcile(
-    start: str = From,
-    end: str = To,
+    start: str | None = From,
+    end: str | None = To,
     reports: bool = typer.Option(True, help="Also compare with the workers' reports on Kafka."),
-    database_url: str = DatabaseUrl,
+    database_url: str | None = DatabaseUrl,
 ) -> None:
     """Usage records vs ledger debits vs worker reports vs Stripe payments. Exits 1 on any
     discrepancy."""

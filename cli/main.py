@@ -1,47 +1,28 @@
-"""The ``pinksea`` console script: every long-running process and every operator tool."""
+"""The ``pinksea`` console script (``pyproject.toml``: ``cli.main:app``; ``python -m cli``).
+
+It assembles the app: :mod:`cli.app` declares it, and importing each command module attaches
+that module's commands. Where a command lives:
+
+- ``cli/processes.py``: every long-running process (api, relay, project, scheduler, settle,
+  expire, notify, gpu-worker, lag-metric), one per container in production; which of them run,
+  on which ``/metrics`` ports, is declared once in ``cli/topology.py``;
+- ``cli/up.py``: ``pinksea up``, all of the processes in the foreground for local use;
+- ``cli/ops.py``: operator tools (doctor, db, kafka, projections, events, dev-token);
+- ``cli/ledger.py``: ``pinksea ledger ...``, the auditor's tools;
+- ``cli/demo.py``: ``pinksea demo``, the whole flow against ``pinksea up``.
+"""
 
 from __future__ import annotations
 
-import typer
+# Imported for their effect: each attaches its commands to ``app``, in this order in --help.
+# isort: off
+import cli.processes
+import cli.up
+import cli.ops
+import cli.ledger
+import cli.demo  # noqa: F401
 
-app = typer.Typer(
-    name="pinksea",
-    help="Pinksea backend: processes, local stack checks and ledger tools.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+# isort: on
+from cli.app import app
 
-
-@app.callback()
-def _root() -> None:
-    """Pinksea backend."""
-    # Refuse to start on a misspelled or missing setting rather than run on a local default.
-    from gpu_consumer.config import GpuWorkerSettings
-    from infra.settings import check_environment
-
-    problems = check_environment(GpuWorkerSettings)
-    if problems:
-        typer.echo("pinksea: the environment is not a valid configuration:", err=True)
-        for problem in problems:
-            typer.echo(f"  - {problem}", err=True)
-        raise typer.Exit(2)
-
-
-def _register() -> None:
-    # Each command group lives in its own module; importing it attaches it to ``app``.
-    from cli import (  # noqa: F401
-        api,
-        demo,
-        dev_token,
-        doctor,
-        gpu_worker,
-        lag_metric,
-        ledger,
-        notify,
-        processes,
-        streaming,
-        up,
-    )
-
-
-_register()
+__all__ = ["app"]

@@ -1,4 +1,5 @@
-"""Shared plumbing of the long-running processes: logs, /metrics, graceful SIGTERM."""
+"""Shared plumbing of the long-running processes: logs, /metrics, graceful SIGTERM, and what
+every streaming process needs before it starts (topics and tables)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,26 @@ def run_process(
         await main(settings, stop)
 
     asyncio.run(runner())
+
+
+async def prepare(settings: Settings) -> None:
+    """What every streaming process needs before it starts: topics and tables (idempotent)."""
+    from infra.kafka import ensure_topics
+
+    await ensure_topics(settings)
+    await migrate(settings)
+
+
+async def migrate(settings: Settings) -> list[str]:
+    """The event store's tables and the read models' migrations (both idempotent)."""
+    import asyncpg
+
+    from eventstore.tables import create_event_tables
+    from read_models.migrate import migrate as apply_migrations
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await create_event_tables(conn, settings.database_url)
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()

@@ -1,7 +1,9 @@
 """``pinksea up``: every process of the backend in the foreground, for local use.
 
 Each process runs as its own ``pinksea`` subcommand (exactly what production runs, one per
-container); this supervisor restarts one that dies and stops them all on Ctrl-C or SIGTERM.
+container); which, and on which ports, is the topology's (cli/topology.py: its local processes,
+one GPU worker per tier). This supervisor restarts one that dies and stops them all on Ctrl-C or
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 
 import typer
 
-from cli.main import app
+from cli.app import LOCAL_PANEL, app
+from cli.topology import API, LOCAL_PROCESSES
 
 
 @dataclass
@@ -32,25 +35,28 @@ class Child:
 
 
 def processes(api_port: int, tiers: list[str], device: str) -> list[Child]:
-    children = [
-        Child("api", ["api", "--port", str(api_port)]),
-        Child("relay", ["relay"]),
-        Child("project", ["project"]),
-        Child("scheduler", ["scheduler"]),
-        Child("settle", ["settle"]),
-        Child("expire", ["expire"]),
-        Child("notify", ["notify"]),
-    ]
-    for i, tier in enumerate(tiers):
-        worker_id = f"local-{tier}-{device}"
-        args = ["gpu-worker", "--tier", tier, "--device", device, "--worker-id", worker_id]
-        children.append(Child(f"gpu-worker-{tier}", [*args, "--metrics-port", str(9110 + i)]))
+    """The topology's local processes on one host: each on its default /metrics port, the API
+    on ``api_port``, and a GPU worker per tier on ``device``, tier i's /metrics on base + i."""
+    children = []
+    for spec in LOCAL_PROCESSES:
+        if spec is API:
+            children.append(Child(spec.name, spec.argv(port=api_port)))
+        elif spec.per_tier:
+            assert spec.local_metrics_base is not None
+            for i, tier in enumerate(tiers):
+                extra = ["--device", device, "--worker-id", f"local-{tier}-{device}"]
+                port = spec.local_metrics_base + i
+                children.append(
+                    Child(f"{spec.name}-{tier}", spec.argv(tier=tier, extra=extra, port=port))
+                )
+        else:
+            children.append(Child(spec.name, spec.argv()))
     return children
 
 
-@app.command()
+@app.command(rich_help_panel=LOCAL_PANEL)
 def up(
-    api_port: int = typer.Option(8000, help="Port of the REST API."),
+    api_port: int = typer.Option(API.metrics_port, help="Port of the REST API."),
     tiers: str = typer.Option(
         "basic,high_performance", help="One GPU worker per tier (comma-separated)."
     ),

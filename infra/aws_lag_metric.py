@@ -46,7 +46,7 @@ Why not the alternatives:
 Lag of a partition = end offset - committed offset; a partition the group has never committed
 counts from the log start (our consumers start at the earliest offset).
 
-Run it as ``pinksea lag-metric`` (cli/lag_metric.py, configured by the ``PINKSEA_*`` settings;
+Run it as ``pinksea lag-metric`` (cli/processes.py, configured by the ``PINKSEA_*`` settings;
 on ECS it is a sidecar of the scheduler task, so it reads the scheduler's metrics on 127.0.0.1)
 or as ``python -m infra.aws_lag_metric`` with explicit options. On MSK (TLS + IAM) set
 ``--security-protocol SASL_SSL --sasl-mechanism OAUTHBEARER`` or the

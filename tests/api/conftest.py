@@ -221,8 +221,8 @@ def process_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-# `pinksea api` as the console script runs it (cli.api imported in case cli.main does not yet).
-CLI = "import cli.api; from cli.main import app; app(prog_name='pinksea')"
+# `pinksea api` as the console script runs it.
+CLI = "from cli.main import app; app(prog_name='pinksea')"
 
 
 @contextlib.contextmanager

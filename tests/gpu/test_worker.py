@@ -263,8 +263,7 @@ async def test_the_pinksea_gpu_worker_process_serves_and_stops_on_sigterm(
         "PINKSEA_MODELS_CACHE_DIR": str(models_cache),
         "OMP_NUM_THREADS": "1",
     }
-    # cli.main attaches the command by importing cli.gpu_worker; import it here regardless.
-    command = "import cli.gpu_worker; from cli.main import app; app()"
+    command = "from cli.main import app; app()"  # the console script
     arguments = ["--tier", "basic", "--device", "cpu", "--worker-id", worker_id]
     process = subprocess.Popen(
         [sys.executable, "-c", command, "gpu-worker", *arguments, "--metrics-port", "0"],

@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 from typer.testing import CliRunner
 
-import cli.lag_metric
+import cli.processes
 from cli.main import app
 from infra.aws_lag_metric import NAMESPACE
 from infra.kafka import idempotent_producer, manual_consumer
@@ -111,7 +111,7 @@ def test_once_publishes_the_lag_to_cloudwatch(
     settings = stack_settings.model_copy(
         update={"kafka_bootstrap_servers": kafka_bootstrap, "cloudwatch_endpoint_url": endpoint}
     )
-    monkeypatch.setattr(cli.lag_metric, "get_settings", lambda: settings)
+    monkeypatch.setattr(cli.processes, "get_settings", lambda: settings)
     started = datetime.now(UTC) - timedelta(minutes=1)
     args = ["lag-metric", "--once", "--environment", environment, "--tier", "basic"]
     result = CliRunner().invoke(app, [*args, "--group-prefix", f"pinksea.t{run_id}."])
@@ -221,7 +221,7 @@ async def test_departed_workers_leave_the_backlog_within_one_period(
             "cloudwatch_endpoint_url": endpoint,
         }
     )
-    monkeypatch.setattr(cli.lag_metric, "get_settings", lambda: settings)
+    monkeypatch.setattr(cli.processes, "get_settings", lambda: settings)
     environment = f"test-{run_id}-departed"
     env = {"Environment": environment}
     topic = settings.topic(dispatch_topic("basic"))

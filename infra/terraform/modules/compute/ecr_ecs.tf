@@ -50,7 +50,7 @@ locals {
     cdn_signer     = "PINKSEA_CLOUDFRONT_PRIVATE_KEY"
   }
 
-  # The sidecar of the scheduler task (cli/lag_metric.py, infra/aws_lag_metric.py).
+  # The sidecar of the scheduler task (cli/processes.py, infra/aws_lag_metric.py).
   lag_metric_command = [
     "pinksea", "lag-metric",
     "--namespace", local.lag_metric_namespace,

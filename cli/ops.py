@@ -1,23 +1,67 @@
-"""Streaming commands: topics, migrations, the relay, projections (live, rebuild, status)."""
+"""Operator tools: ``pinksea doctor`` (is every backing service there?), ``db migrate``,
+``kafka init``, ``projections rebuild | status``, ``events schemas`` and ``dev-token``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.main import app
-from cli.runtime import run_process
+from cli.app import OPS_PANEL, app
+from cli.runtime import migrate, prepare
 from infra.db import create_pool
-from infra.settings import Settings, get_settings
+from infra.health import DEFAULT_TIMEOUT_S, CheckResult, check_all
+from infra.settings import get_settings
 
 console = Console()
+
+
+@app.command(rich_help_panel=OPS_PANEL)
+def doctor(
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S, "--timeout", help="Seconds each service may take to answer."
+    ),
+) -> None:
+    """Check PostgreSQL, Kafka, Redis, S3 and Stripe with a real round trip each."""
+    # The table reports every failure; aiokafka would also log its connection errors to stderr.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    results = asyncio.run(check_all(get_settings(), timeout))
+    console.print(_table(results))
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        console.print("[green]all five services answer[/green]")
+        return
+    for r in failed:
+        console.print(f"[red]{r.service}[/red] at {r.address}: {r.error}", highlight=False)
+        console.print(f"  fix: {r.fix}", highlight=False, markup=False)
+    raise typer.Exit(1)
+
+
+def _table(results: list[CheckResult]) -> Table:
+    table = Table(title="pinksea doctor")
+    table.add_column("service")
+    table.add_column("address", overflow="fold")
+    table.add_column("version")
+    table.add_column("rtt ms", justify="right")
+    table.add_column("ok")
+    for r in results:
+        table.add_row(
+            r.service,
+            r.address,
+            r.version or "-",
+            f"{r.rtt_ms:.1f}" if r.rtt_ms is not None else "-",
+            "[green]ok[/green]" if r.ok else "[red]FAIL[/red]",
+        )
+    return table
+
 
 kafka_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -25,33 +69,10 @@ projections_app = typer.Typer(
     help="Read-model projections: rebuild and status.", no_args_is_help=True
 )
 events_app = typer.Typer(help="The public event contract.", no_args_is_help=True)
-app.add_typer(kafka_app, name="kafka")
-app.add_typer(db_app, name="db")
-app.add_typer(projections_app, name="projections")
-app.add_typer(events_app, name="events")
-
-
-async def prepare(settings: Settings) -> None:
-    """What every streaming process needs before it starts: topics and tables (idempotent)."""
-    from infra.kafka import ensure_topics
-
-    await ensure_topics(settings)
-    await migrate(settings)
-
-
-async def migrate(settings: Settings) -> list[str]:
-    """The event store's tables and the read models' migrations (both idempotent)."""
-    import asyncpg
-
-    from eventstore.tables import create_event_tables
-    from read_models.migrate import migrate as apply_migrations
-
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await create_event_tables(conn, settings.database_url)
-        return await apply_migrations(conn)
-    finally:
-        await conn.close()
+app.add_typer(db_app, name="db", rich_help_panel=OPS_PANEL)
+app.add_typer(kafka_app, name="kafka", rich_help_panel=OPS_PANEL)
+app.add_typer(projections_app, name="projections", rich_help_panel=OPS_PANEL)
+app.add_typer(events_app, name="events", rich_help_panel=OPS_PANEL)
 
 
 @kafka_app.command("init")
@@ -76,49 +97,6 @@ def db_migrate() -> None:
     """Apply the read-model migrations that have not run yet."""
     applied = asyncio.run(migrate(get_settings()))
     console.print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'up to date'}")
-
-
-@app.command()
-def relay(metrics_port: int = typer.Option(9101, help="Port of /metrics (0: none).")) -> None:
-    """Publish every stored event to Kafka, in order, losing nothing."""
-    from eventstore.relay import Relay
-
-    async def main(settings: Settings, stop: asyncio.Event) -> None:
-        await prepare(settings)
-        pool = await create_pool(settings, max_size=3)
-        try:
-            await Relay(settings, pool).run(stop)
-        finally:
-            await pool.close()
-
-    run_process("relay", main, metrics_port)
-
-
-@app.command()
-def project(
-    only: list[str] = typer.Option([], help="Run only these projections (repeatable)."),
-    metrics_port: int = typer.Option(9102, help="Port of /metrics (0: none)."),
-) -> None:
-    """Consume the domain topics into the read models (exactly-once effects)."""
-    from projections.registry import ALL_PROJECTIONS, get_projection
-    from projections.runner import LiveProjectionRunner
-
-    chosen = [get_projection(n) for n in only] if only else list(ALL_PROJECTIONS)
-
-    async def main(settings: Settings, stop: asyncio.Event) -> None:
-        from projections.gauges import run_gauges
-
-        await prepare(settings)
-        pool = await create_pool(settings)
-        try:
-            await asyncio.gather(
-                *(LiveProjectionRunner(settings, pool, p).run(stop) for p in chosen),
-                run_gauges(settings, pool, stop),  # business gauges, consumer lag
-            )
-        finally:
-            await pool.close()
-
-    run_process("project", main, metrics_port)
 
 
 @projections_app.command("rebuild")
@@ -152,7 +130,7 @@ def projections_rebuild(
                     task = progress.add_task(projection.name, total=None, rate=0.0)
                     t0 = time.monotonic()
 
-                    def update(done: int, total: int, task: int = task, t0: float = t0) -> None:
+                    def update(done: int, total: int, task: TaskID = task, t0: float = t0) -> None:
                         elapsed = max(time.monotonic() - t0, 1e-9)
                         progress.update(task, completed=done, total=total, rate=done / elapsed)
 
@@ -199,3 +177,20 @@ def events_schemas(
 
     written = write_schemas(out or SCHEMA_DIR)
     console.print(f"wrote {len(written)} schemas to {out or SCHEMA_DIR}")
+
+
+@app.command("dev-token", rich_help_panel=OPS_PANEL)
+def dev_token(
+    user: str = typer.Option(..., help="The user id (the token's subject)."),
+    admin: bool = typer.Option(False, "--admin", help="Put the user in the admin group."),
+    hours: float = typer.Option(12.0, help="Lifetime of the token."),
+    email: str | None = typer.Option(None, help="An email claim."),
+) -> None:
+    """Print a dev JWT. The API accepts it only with PINKSEA_DEV_JWT_ENABLED=true; the key is
+    created on first use at PINKSEA_DEV_JWT_KEY_PATH (default ~/.pinksea/dev-jwt.pem)."""
+    from api.auth import sign_dev_token
+
+    token = sign_dev_token(
+        get_settings(), user, admin=admin, ttl=timedelta(hours=hours), email=email
+    )
+    typer.echo(token)
