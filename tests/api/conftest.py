@@ -36,7 +36,13 @@ from tests.api.project_now import project_now
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"model": "tiny-sd", "prompt": "a lighthouse", "steps": 4, "width": 64, "height": 64}
+TINY: dict[str, Any] = {
+    "model": "tiny-sd",
+    "prompt": "a lighthouse",
+    "steps": 4,
+    "width": 64,
+    "height": 64,
+}
 
 
 def _server_url(request: pytest.FixtureRequest) -> str:
@@ -92,7 +98,7 @@ async def api_app(api_settings: Settings) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture(scope="session")
 def services(api_app: FastAPI) -> Services:
-    return api_app.state.services  # type: ignore[no-any-return]
+    return api_app.state.services
 
 
 @pytest.fixture(scope="session")

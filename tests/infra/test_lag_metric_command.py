@@ -70,7 +70,7 @@ def cloudwatch(endpoint: str, region: str) -> Any:
 
 
 def points(
-    cw: Any, name: str, start: datetime, end: datetime | None = None, **dims: str
+    cw: Any, name: str, start: datetime, end: datetime | None = None, /, **dims: str
 ) -> list[float]:
     """The per-minute maxima of ``name`` published in [start, end): what the alarms read."""
     found = cw.get_metric_statistics(
@@ -85,7 +85,9 @@ def points(
     return [float(p["Maximum"]) for p in found]
 
 
-def maximum(cw: Any, name: str, start: datetime, end: datetime | None = None, **dims: str) -> float:
+def maximum(
+    cw: Any, name: str, start: datetime, end: datetime | None = None, /, **dims: str
+) -> float:
     found = points(cw, name, start, end, **dims)
     assert found, f"no {name} {dims}"
     return max(found)
