@@ -59,7 +59,7 @@ async def posting_rows(
         ):
             continue
         user = users[ev.originator_id]
-        settled = isinstance(ev, CreditAccount.HoldSettled)
+        settled = ev if isinstance(ev, CreditAccount.HoldSettled) else None
         for p in postings_for(user, ev):
             source, reference = lots.get(p.lot_id or "", (None, None))
             yield {
@@ -75,10 +75,10 @@ async def posting_rows(
                 "lot_source": source,
                 "lot_reference": reference,
                 "job_id": getattr(ev, "job_id", None),
-                "gpu_ms": ev.gpu_ms if settled else None,
-                "cuda_ms": ev.cuda_ms if settled else None,
-                "rate_mc_per_ms": ev.rate_mc_per_ms if settled else None,
-                "tier": (ev.tier or None) if settled else None,
+                "gpu_ms": settled.gpu_ms if settled else None,
+                "cuda_ms": settled.cuda_ms if settled else None,
+                "rate_mc_per_ms": settled.rate_mc_per_ms if settled else None,
+                "tier": (settled.tier or None) if settled else None,
             }
 
 

@@ -31,8 +31,9 @@ async def daily_report(
         ):
             continue
         day = days[ev.timestamp.date()]
-        granted = isinstance(ev, CreditAccount.CreditsGranted)
-        if granted or (isinstance(ev, CreditAccount.CreditsAdjusted) and ev.amount_mc > 0):
+        if isinstance(ev, CreditAccount.CreditsGranted) or (
+            isinstance(ev, CreditAccount.CreditsAdjusted) and ev.amount_mc > 0
+        ):
             day.granted_mc += ev.amount_mc
         elif isinstance(ev, CreditAccount.HoldSettled):
             day.consumed_mc += ev.charged_mc

@@ -4,6 +4,12 @@ The statement shows the two user accounts of the double entry: ``available`` (sp
 not-yet-valid credit) and ``held`` (reserved by running jobs). Every posting on them is a
 line, in commit order, with the balances after it. ``as_of`` replays only what had happened
 by that instant, so a statement can be reproduced exactly for any past moment.
+
+Its lines are those of ``GET /v1/me/ledger`` (``domain.ledger_changes.StatementLine``): the
+same kinds (``LineKind``), amounts (``amount_mc`` is the change of the available balance,
+``held_change_mc`` of the held one, ``available_after_mc`` and ``held_after_mc`` the balances
+after the line) and descriptions. The API has a line per event, this statement a line per
+posting, so per lot: an event's lines here add up to its line there.
 """
 
 from __future__ import annotations
@@ -14,21 +20,10 @@ from datetime import datetime
 from typing import Any
 
 from audit.store import StoredDomainEvent
+from domain.ledger_changes import StatementLine, ledger_change
 from domain.postings import available, held, postings_for
 
-
-@dataclass(frozen=True)
-class StatementLine:
-    occurred_at: datetime
-    position: int
-    event_id: str
-    kind: str
-    job_id: str | None
-    lot_id: str | None
-    available_delta_mc: int
-    held_delta_mc: int
-    available_mc: int
-    held_mc: int
+__all__ = ["Statement", "StatementLine", "build_statement"]
 
 
 @dataclass
@@ -65,27 +60,30 @@ def build_statement(
         if end is not None and ev.timestamp >= end:
             continue
         before_window = start is not None and ev.timestamp < start
-        for posting in postings_for(user_id, ev):
+        postings = postings_for(user_id, ev)
+        change = ledger_change(ev) if postings and not before_window else None
+        for posting in postings:
             if posting.account not in (acct_available, acct_held):
                 continue
             d_avail = posting.amount_mc if posting.account == acct_available else 0
             d_held = posting.amount_mc if posting.account == acct_held else 0
             avail += d_avail
             hold += d_held
-            if before_window:
+            if change is None:
                 continue
             statement.lines.append(
                 StatementLine(
                     occurred_at=ev.timestamp,
                     position=stored.position,
                     event_id=f"{ev.originator_id}:{ev.originator_version}",
-                    kind=type(ev).__name__,
+                    kind=change.kind,
                     job_id=job_of(ev),
                     lot_id=posting.lot_id,
-                    available_delta_mc=d_avail,
-                    held_delta_mc=d_held,
-                    available_mc=avail,
-                    held_mc=hold,
+                    amount_mc=d_avail,
+                    held_change_mc=d_held,
+                    available_after_mc=avail,
+                    held_after_mc=hold,
+                    description=change.description,
                 )
             )
         if before_window:

@@ -172,12 +172,12 @@ def _check_jobs(report: VerifyReport, replay: _Replay) -> None:
         for hold in account.holds.values():
             if hold.status != HoldStatus.OPEN.value:
                 continue
-            job = jobs_by_hold.get(hold.hold_id)
-            if job is None or job.is_terminal:
+            holder = jobs_by_hold.get(hold.hold_id)
+            if holder is None or holder.is_terminal:
                 report.fail(
                     "open hold has a live job",
                     f"hold {hold.hold_id} of {account.user_id} "
-                    f"is open but its job is {job.status if job else 'missing'}",
+                    f"is open but its job is {holder.status if holder else 'missing'}",
                 )
 
 

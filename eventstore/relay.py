@@ -18,22 +18,19 @@ import contextlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from uuid import UUID
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from eventsourcing.persistence import Mapper, StoredEvent
 from prometheus_client import Counter, Gauge
 
-from domain.application import PinkseaApplication
 from eventstore.contract import envelope_for, topic_for
+from eventstore.decoding import EVENTS_TABLE, StoredDomainEvent, fetch_events, newest_position
 from infra.settings import Settings
 
 log = structlog.get_logger("relay")
 
-EVENTS_TABLE = "pinksea_events"
 CHANNEL = EVENTS_TABLE  # the library NOTIFYs a channel named after the events table
 CHECKPOINTS_KEPT = 10_000
 
@@ -44,11 +41,6 @@ RELAY_LAG_SECONDS = Gauge(
 )
 RELAY_PUBLISHED = Counter("pinksea_relay_published_total", "Events published to Kafka")
 RELAY_RETRIES = Counter("pinksea_relay_retries_total", "Batches retried after a Kafka error")
-
-
-def stored_event_mapper() -> Mapper[UUID]:
-    """The application's mapper (its transcodings), without connecting to a database."""
-    return PinkseaApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}).mapper
 
 
 class Relay:
@@ -69,7 +61,6 @@ class Relay:
         self.name = name
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self.mapper = stored_event_mapper()
         self._new_producer = producer_factory or (lambda: idempotent_producer(settings))
         self._wake = asyncio.Event()
         self.position = 0
@@ -123,27 +114,13 @@ class Relay:
 
     async def publish_batch(self, producer: AIOKafkaProducer) -> int:
         """Publish the next batch; returns how many events it published."""
-        rows = await self.pool.fetch(
-            f"SELECT notification_id, originator_id, originator_version, topic, state "
-            f"FROM {EVENTS_TABLE} WHERE notification_id > $1 "
-            f"ORDER BY notification_id LIMIT $2",
-            self.position,
-            self.batch_size,
-        )
-        await self._measure_lag(rows)
-        if not rows:
+        batch = await fetch_events(self.pool, after=self.position, limit=self.batch_size)
+        await self._measure_lag(batch)
+        if not batch:
             return 0
         sends = []
-        for row in rows:
-            event = self.mapper.to_domain_event(
-                StoredEvent(
-                    originator_id=row["originator_id"],
-                    originator_version=row["originator_version"],
-                    topic=row["topic"],
-                    state=bytes(row["state"]),
-                )
-            )
-            envelope = envelope_for(event, row["notification_id"])
+        for stored in batch:
+            envelope = envelope_for(stored.event, stored.position)
             topic = self.settings.topic(topic_for(envelope.type))
             sends.append(
                 await producer.send(
@@ -156,7 +133,7 @@ class Relay:
             partitions = self.offsets.setdefault(meta.topic, {})
             key = str(meta.partition)
             partitions[key] = max(partitions.get(key, -1), meta.offset)
-        last = rows[-1]["notification_id"]
+        last = batch[-1].position
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO relay_positions (relay, position, updated_at) VALUES ($1, $2, now()) "
@@ -178,22 +155,14 @@ class Relay:
             )
         self.position = last
         RELAY_POSITION.set(last)
-        RELAY_PUBLISHED.inc(len(rows))
-        return len(rows)
+        RELAY_PUBLISHED.inc(len(batch))
+        return len(batch)
 
-    async def _measure_lag(self, rows: list[asyncpg.Record]) -> None:
-        newest = await self.pool.fetchval(f"SELECT max(notification_id) FROM {EVENTS_TABLE}")
-        RELAY_LAG_EVENTS.set(max(0, (newest or 0) - self.position))
-        if rows:
-            first = self.mapper.to_domain_event(
-                StoredEvent(
-                    rows[0]["originator_id"],
-                    rows[0]["originator_version"],
-                    rows[0]["topic"],
-                    bytes(rows[0]["state"]),
-                )
-            )
-            age = (datetime.now(UTC) - first.timestamp).total_seconds()
+    async def _measure_lag(self, batch: list[StoredDomainEvent]) -> None:
+        newest = await newest_position(self.pool)
+        RELAY_LAG_EVENTS.set(max(0, newest - self.position))
+        if batch:
+            age = (datetime.now(UTC) - batch[0].event.timestamp).total_seconds()
             RELAY_LAG_SECONDS.set(max(0.0, age))
         else:
             RELAY_LAG_SECONDS.set(0)

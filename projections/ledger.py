@@ -1,7 +1,7 @@
 """Projection "ledger": balances, credit lots, statement lines and double-entry postings.
 
-Each credit event becomes one ``LedgerChange`` (how it moves each lot, the lot it creates, the
-statement line), computed in Python from the domain event, plus the domain's own postings.
+Each credit event becomes the domain's ``LedgerChange`` (domain.ledger_changes: how it moves
+each lot, the lot it creates, the statement line) plus the domain's own postings.
 One SQL statement applies all of it: the balance, the lots, the line with its running balance
 (read back from the balance update) and the postings. Money events all share that statement,
 so a batch of them is one pipelined ``executemany``.
@@ -10,16 +10,13 @@ so a batch of them is one pipelined ``executemany``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from domain.credits import CreditAccount, LotSource
+from domain.credits import CreditAccount
+from domain.ledger_changes import ledger_change
 from domain.postings import Posting, postings_for
-from domain.units import format_credits
 from eventstore.decoding import UnknownEventType, domain_event
 from eventstore.envelope import Envelope
 from infra.topics import CREDITS_TOPIC
@@ -28,206 +25,6 @@ from projections.batching import Statement, StatementProjection
 
 class UnknownAccount(Exception):
     """A credit event for an account whose Opened event was never projected."""
-
-
-@dataclass(frozen=True, slots=True)
-class LotMove:
-    """Signed changes to one lot's parts; ``closes`` marks the lot's expiry event."""
-
-    lot_id: str
-    remaining_mc: int = 0
-    held_mc: int = 0
-    consumed_mc: int = 0
-    expired_mc: int = 0
-    debited_mc: int = 0
-    refunded_mc: int = 0
-    closes: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class NewLot:
-    lot_id: str
-    source: str
-    amount_mc: int
-    valid_from: datetime
-    valid_until: datetime | None
-    reference: str
-    actor: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerChange:
-    """What one credit event does to the user's lots, balance and statement."""
-
-    kind: str  # statement line kind: grant | reserve | settle | release | expire | adjust | refund
-    description: str
-    job_id: str | None = None
-    moves: tuple[LotMove, ...] = ()
-    new_lot: NewLot | None = None
-    lot_id: str | None = None  # the lot a statement line is about, if one
-
-    def total(self, part: str) -> int:
-        return sum(getattr(m, part) for m in self.moves)
-
-    @property
-    def new_credit_mc(self) -> int:
-        return 0 if self.new_lot is None else self.new_lot.amount_mc
-
-    @property
-    def available_mc(self) -> int:
-        return self.total("remaining_mc") + self.new_credit_mc
-
-    @property
-    def granted_mc(self) -> int:
-        """New credit from outside: grants and positive adjustments (not refund lots)."""
-        lot = self.new_lot
-        return 0 if lot is None or lot.source == LotSource.REFUND.value else lot.amount_mc
-
-    @property
-    def refunded_mc(self) -> int:
-        """Charges given back: to their lots, or as a new refund lot when those expired."""
-        return self.total("refunded_mc") + self.new_credit_mc - self.granted_mc
-
-
-def ledger_change(ev: Any) -> LedgerChange:
-    """The lot movements of one CreditAccount event (Opened excluded), mirroring the
-    aggregate's ``@event`` bodies."""
-    match ev:
-        case CreditAccount.CreditsGranted():
-            return LedgerChange(
-                kind="grant",
-                description=f"{format_credits(ev.amount_mc)} credits granted "
-                f"({ev.source}): {ev.reason}",
-                new_lot=NewLot(
-                    ev.lot_id,
-                    ev.source,
-                    ev.amount_mc,
-                    ev.valid_from,
-                    ev.valid_until,
-                    ev.reference,
-                    ev.actor,
-                    ev.reason,
-                ),
-                lot_id=ev.lot_id,
-            )
-        case CreditAccount.CreditsReserved():
-            return LedgerChange(
-                kind="reserve",
-                description=f"{format_credits(ev.amount_mc)} credits held for job {ev.job_id}",
-                job_id=ev.job_id,
-                moves=tuple(
-                    LotMove(a["lot_id"], remaining_mc=-a["mc"], held_mc=a["mc"])
-                    for a in ev.allocations
-                ),
-            )
-        case CreditAccount.HoldSettled():
-            moves = tuple(
-                LotMove(
-                    p["lot_id"],
-                    remaining_mc=p["released_mc"],
-                    held_mc=-(p["charged_mc"] + p["released_mc"] + p["expired_mc"]),
-                    consumed_mc=p["charged_mc"],
-                    expired_mc=p["expired_mc"],
-                )
-                for p in ev.parts
-            )
-            released = sum(m.remaining_mc for m in moves)
-            expired = sum(m.expired_mc for m in moves)
-            description = (
-                f"Job {ev.job_id}: {format_credits(ev.charged_mc)} credits charged for "
-                f"{ev.gpu_ms} GPU-ms, {format_credits(released)} released"
-            )
-            if expired:
-                description += f", {format_credits(expired)} expired with their lot"
-            return LedgerChange(
-                kind="settle", description=description, job_id=ev.job_id, moves=moves
-            )
-        case CreditAccount.HoldReleased():
-            moves = tuple(
-                LotMove(
-                    p["lot_id"],
-                    remaining_mc=p["released_mc"],
-                    held_mc=-(p["released_mc"] + p["expired_mc"]),
-                    expired_mc=p["expired_mc"],
-                )
-                for p in ev.parts
-            )
-            held = -sum(m.held_mc for m in moves)
-            description = (
-                f"Job {ev.job_id}: hold of {format_credits(held)} credits released ({ev.reason})"
-            )
-            expired = sum(m.expired_mc for m in moves)
-            if expired:
-                description += f", {format_credits(expired)} expired with their lot"
-            return LedgerChange(
-                kind="release", description=description, job_id=ev.job_id, moves=moves
-            )
-        case CreditAccount.LotExpired():
-            return LedgerChange(
-                kind="expire",
-                description=f"{format_credits(ev.expired_mc)} unspent credits expired",
-                moves=(
-                    LotMove(
-                        ev.lot_id,
-                        remaining_mc=-ev.expired_mc,
-                        expired_mc=ev.expired_mc,
-                        closes=True,
-                    ),
-                ),
-                lot_id=ev.lot_id,
-            )
-        case CreditAccount.CreditsAdjusted():
-            new_lot = None
-            if ev.new_lot is not None:
-                new_lot = NewLot(
-                    ev.new_lot["lot_id"],
-                    LotSource.ADMIN.value,
-                    ev.new_lot["mc"],
-                    ev.new_lot["valid_from"],
-                    ev.new_lot["valid_until"],
-                    f"adjustment:{ev.adjustment_id}",  # as CreditAccount._adjusted
-                    ev.actor,
-                    ev.reason,
-                )
-            sign = "+" if ev.amount_mc > 0 else ""
-            return LedgerChange(
-                kind="adjust",
-                description=f"Adjustment of {sign}{format_credits(ev.amount_mc)} credits "
-                f"by {ev.actor}: {ev.reason}",
-                moves=tuple(
-                    LotMove(d["lot_id"], remaining_mc=-d["mc"], debited_mc=d["mc"])
-                    for d in ev.debits
-                ),
-                new_lot=new_lot,
-                lot_id=None if new_lot is None else new_lot.lot_id,
-            )
-        case CreditAccount.CreditsRefunded():
-            new_lot = None
-            if ev.new_lot is not None:
-                new_lot = NewLot(
-                    ev.new_lot["lot_id"],
-                    LotSource.REFUND.value,
-                    ev.new_lot["mc"],
-                    ev.new_lot["valid_from"],
-                    ev.new_lot["valid_until"],
-                    f"refund:{ev.hold_id}",  # as CreditAccount._refunded
-                    ev.actor,
-                    ev.reason,
-                )
-            return LedgerChange(
-                kind="refund",
-                description=f"Job {ev.job_id}: {format_credits(ev.amount_mc)} credits "
-                f"refunded by {ev.actor}: {ev.reason}",
-                job_id=ev.job_id,
-                moves=tuple(
-                    LotMove(r["lot_id"], remaining_mc=r["mc"], refunded_mc=r["mc"])
-                    for r in ev.returns
-                ),
-                new_lot=new_lot,
-                lot_id=None if new_lot is None else new_lot.lot_id,
-            )
-    raise UnknownEventType(type(ev).__qualname__)
 
 
 def postings_for_envelope(user_id: str, env: Envelope) -> list[Posting]:
@@ -386,11 +183,11 @@ class LedgerProjection(StatementProjection):
             return [(_OPEN, (ev.user_id, env.aggregate_id, env.occurred_at, env.position))]
         if isinstance(ev, CreditAccount.LowBalanceReached | CreditAccount.LowBalanceCleared):
             reached = isinstance(ev, CreditAccount.LowBalanceReached)
-            args = (env.aggregate_id, reached, ev.threshold_mc, env.occurred_at, env.position)
-            return [(_LOW_BALANCE, args)]
+            flag = (env.aggregate_id, reached, ev.threshold_mc, env.occurred_at, env.position)
+            return [(_LOW_BALANCE, flag)]
         if isinstance(ev, CreditAccount.Deactivated | CreditAccount.Reactivated):
             deactivated = isinstance(ev, CreditAccount.Deactivated)
-            args = (
+            status = (
                 env.aggregate_id,
                 deactivated,
                 env.version,
@@ -399,9 +196,11 @@ class LedgerProjection(StatementProjection):
                 env.occurred_at,
                 env.position,
             )
-            return [(_ACCOUNT_STATUS, args)]
+            return [(_ACCOUNT_STATUS, status)]
         user_id = self._owners[env.aggregate_id]
         change = ledger_change(ev)
+        if change is None:
+            raise UnknownEventType(type(ev).__qualname__)
         postings = postings_for(user_id, ev)
         lot, moves = change.new_lot, change.moves
         return [
@@ -413,8 +212,8 @@ class LedgerProjection(StatementProjection):
                     env.position,
                     env.occurred_at,
                     change.job_id,
-                    change.available_mc,
-                    change.total("held_mc"),
+                    change.amount_mc,
+                    change.held_change_mc,
                     change.granted_mc,
                     change.total("consumed_mc"),
                     change.refunded_mc,
@@ -437,7 +236,7 @@ class LedgerProjection(StatementProjection):
                     None if lot is None else lot.reference,
                     None if lot is None else lot.actor,
                     None if lot is None else lot.reason,
-                    change.kind,
+                    change.kind.value,
                     change.lot_id,
                     change.description,
                     bool(postings),  # a statement line only for events that move money

@@ -20,10 +20,9 @@ from uuid import UUID
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from eventsourcing.persistence import StoredEvent
 
 from eventstore.contract import AGGREGATE_TOPICS, envelope_for
-from eventstore.relay import EVENTS_TABLE, stored_event_mapper
+from eventstore.decoding import count_events, event_batches, newest_position
 from infra.kafka import connection_kwargs
 from infra.settings import Settings
 from projections.base import Projection
@@ -87,21 +86,13 @@ async def rebuild(
     progress: Progress | None = None,
 ) -> RebuildResult:
     started = time.perf_counter()
-    mapper = stored_event_mapper()
     patterns = _stored_topic_patterns(projection)
     async with pool.acquire() as lock_conn:
         await lock_conn.execute("SELECT pg_advisory_lock(hashtext($1))", lock_key(projection.name))
         try:
             end_offsets = await kafka_end_offsets(settings, projection.topics)
-            up_to = await lock_conn.fetchval(
-                f"SELECT coalesce(max(notification_id), 0) FROM {EVENTS_TABLE}"
-            )
-            total = await lock_conn.fetchval(
-                f"SELECT count(*) FROM {EVENTS_TABLE} WHERE notification_id <= $1 "
-                f"AND topic LIKE ANY($2::text[])",
-                up_to,
-                patterns,
-            )
+            up_to = await newest_position(lock_conn)
+            total = await count_events(lock_conn, up_to=up_to, topics=patterns)
             async with lock_conn.transaction():
                 await lock_conn.execute(f"TRUNCATE {', '.join(projection.tables)}")
                 for table in ("projection_versions", "projection_positions"):
@@ -110,36 +101,16 @@ async def rebuild(
                     )
 
             versions: dict[UUID, int] = {}
-            done, after = 0, 0
-            while True:
-                rows = await lock_conn.fetch(
-                    f"SELECT notification_id, originator_id, originator_version, topic, state "
-                    f"FROM {EVENTS_TABLE} WHERE notification_id > $1 AND notification_id <= $2 "
-                    f"AND topic LIKE ANY($3::text[]) ORDER BY notification_id LIMIT $4",
-                    after,
-                    up_to,
-                    patterns,
-                    batch_size,
-                )
-                if not rows:
-                    break
-                envs = []
-                for row in rows:
-                    event = mapper.to_domain_event(
-                        StoredEvent(
-                            row["originator_id"],
-                            row["originator_version"],
-                            row["topic"],
-                            bytes(row["state"]),
-                        )
-                    )
-                    env = envelope_for(event, row["notification_id"])
+            done = 0
+            async for batch in event_batches(
+                lock_conn, up_to=up_to, topics=patterns, batch_size=batch_size
+            ):
+                envs = [envelope_for(stored.event, stored.position) for stored in batch]
+                for env in envs:
                     versions[env.aggregate_id] = env.version
-                    envs.append(env)
                 async with lock_conn.transaction():
                     await projection.apply_batch(lock_conn, envs)
-                after = rows[-1]["notification_id"]
-                done += len(rows)
+                done += len(batch)
                 if progress:
                     progress(done, total)
 

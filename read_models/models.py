@@ -11,6 +11,8 @@ from decimal import Decimal
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+from domain.ledger_changes import StatementLine
+
 T = TypeVar("T")
 
 
@@ -55,19 +57,8 @@ class Balance:
     lots: tuple[CreditLot, ...]  # in spend order
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    event_id: str
-    position: int
-    occurred_at: datetime
-    kind: str
-    job_id: str | None
-    lot_id: str | None
-    amount_mc: int  # change of the available balance
-    held_change_mc: int
-    available_after_mc: int
-    held_after_mc: int
-    description: str
+# A line of credit_transactions: the statement line `pinksea ledger statement` prints too.
+LedgerEntry = StatementLine
 
 
 @dataclass(frozen=True, slots=True)

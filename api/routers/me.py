@@ -24,6 +24,7 @@ from api.schemas import (
     UsageView,
 )
 from api.services import now
+from domain.ledger_changes import LineKind
 from domain.plans import GpuTier, get_plan
 from read_models import queries
 from workflows.notifier.preferences import get_preferences, set_low_balance_emails
@@ -154,6 +155,11 @@ async def balance(
     "/ledger",
     response_model=Page[LedgerLine],
     summary="Your statement lines, newest first",
+    description="A line per credit movement. `kind` is one of "
+    + ", ".join(f"`{kind}`" for kind in LineKind)
+    + "; `amount_mc` is the change of the available balance, `held_change_mc` the change of "
+    "the held balance, `available_after_mc` and `held_after_mc` the balances after the line "
+    "(the names of `pinksea ledger statement` too).",
     responses=problem_responses(*ERRORS, 422),
     dependencies=[Depends(rate_limit("query")), Depends(consistent("ledger"))],
 )

@@ -1,12 +1,16 @@
-"""Statements at random as-of instants equal references computed directly from raw events."""
+"""Statements at random as-of instants equal references computed directly from raw events, and
+speak the vocabulary of ``GET /v1/me/ledger``."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from api.schemas import LedgerLine
 from audit.statement import build_statement
 from audit.store import StoredDomainEvent
 from domain import ids
@@ -14,6 +18,9 @@ from domain.application import PinkseaApplication
 from domain.credits import CreditAccount, LotSource
 from domain.errors import DomainError
 from domain.jobs import JobParameters
+from domain.ledger_changes import LineKind, StatementLine, ledger_change
+from eventstore.decoding import decode
+from read_models.models import LedgerEntry
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 TINY = JobParameters(model="tiny-sd", prompt="p", steps=4, width=64, height=64)
@@ -55,7 +62,7 @@ def reference(events: list[StoredDomainEvent], as_of: datetime) -> tuple[int, in
 
 
 def replayed(events: list[StoredDomainEvent], as_of: datetime) -> tuple[int, int]:
-    account = None
+    account: CreditAccount | None = None
     for stored in events:
         if stored.event.timestamp <= as_of:
             account = stored.event.mutate(account)
@@ -66,7 +73,9 @@ def replayed(events: list[StoredDomainEvent], as_of: datetime) -> tuple[int, int
 
 @settings(max_examples=150, deadline=None)
 @given(commands, st.data())
-def test_statement_as_of_equals_references(script: list[tuple[str, int, int]], data) -> None:  # type: ignore[no-untyped-def]
+def test_statement_as_of_equals_references(
+    script: list[tuple[str, int, int]], data: st.DataObject
+) -> None:
     app = PinkseaApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     now = T0
     app.register_user("u", now)
@@ -115,7 +124,7 @@ def test_statement_as_of_equals_references(script: list[tuple[str, int, int]], d
             pass  # e.g. a debit larger than the balance: refused, nothing recorded
     account_id = ids.account_id("u")
     events = [
-        StoredDomainEvent(n.id, app.mapper.to_domain_event(n))
+        StoredDomainEvent(n.id, decode(n))
         for n in app.recorder.select_notifications(start=1, limit=10_000)
         if n.originator_id == account_id
     ]
@@ -127,12 +136,45 @@ def test_statement_as_of_equals_references(script: list[tuple[str, int, int]], d
     # Running balances chain: each line's balance is the previous plus its deltas.
     avail = held = 0
     for line in s.lines:
-        avail += line.available_delta_mc
-        held += line.held_delta_mc
-        assert (line.available_mc, line.held_mc) == (avail, held)
+        avail += line.amount_mc
+        held += line.held_change_mc
+        assert (line.available_after_mc, line.held_after_mc) == (avail, held)
+    # A line per posting; an event's lines add up to its line in GET /v1/me/ledger (the ledger
+    # projection's, from the same domain function): kind, description and amounts.
+    by_event: dict[str, list[StatementLine]] = defaultdict(list)
+    for line in s.lines:
+        by_event[line.event_id].append(line)
+    for stored in events:
+        ev = stored.event
+        lines = by_event.pop(f"{ev.originator_id}:{ev.originator_version}", [])
+        change = ledger_change(ev)
+        if not lines:
+            continue
+        assert change is not None
+        assert {(line.kind, line.description) for line in lines} == {
+            (change.kind, change.description)
+        }
+        assert sum(line.amount_mc for line in lines) == change.amount_mc
+        assert sum(line.held_change_mc for line in lines) == change.held_change_mc
+    assert not by_event
     # A window [start, end) opens at the balance before start and closes at the one before end.
     mid = T0 + timedelta(seconds=offset // 2)
     window = build_statement("u", events, start=mid, end=as_of)
     assert (window.opening_available_mc, window.opening_held_mc) == reference(
         [e for e in events if e.event.timestamp < mid], as_of
     )
+
+
+def test_both_statements_share_one_vocabulary() -> None:
+    """The CLI's statement lines are the read model's, and the API's lines name every field
+    alike (each amount in credits too); the read model's kinds are the domain's
+    (tests/integration/test_read_models.py)."""
+    assert LedgerEntry is StatementLine
+    fields = {f.name for f in dataclasses.fields(StatementLine)}
+    api = set(LedgerLine.model_json_schema(mode="serialization")["properties"])
+    amounts = {name for name in fields if name.endswith("_mc")}
+    assert amounts == {"amount_mc", "held_change_mc", "available_after_mc", "held_after_mc"}
+    assert fields | {name.replace("_mc", "_credits") for name in amounts} == api
+    assert [k.value for k in LineKind] == [
+        "grant", "reserve", "settle", "release", "expire", "adjust", "refund"
+    ]  # fmt: skip

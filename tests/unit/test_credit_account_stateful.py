@@ -3,8 +3,10 @@
 It drives one CreditAccount with random grants (random validity windows), reserves, settles,
 releases, expiries at random times, adjustments, refunds and repeated commands, and after every
 step compares the account with a small reference model written independently of it, checks the
-invariants, checks that every event's postings balance, and checks that the account rebuilt
-from its stored events, and from a snapshot plus later events, equals the live one.
+invariants, checks that every event's postings balance, checks that the domain's lot arithmetic
+(``domain.ledger_changes.ledger_change``, what the ledger projection applies) of the events so
+far reproduces every lot of the account exactly, and checks that the account rebuilt from its
+stored events, and from a snapshot plus later events, equals the live one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import settings
@@ -25,7 +28,7 @@ from hypothesis.stateful import (
 )
 
 from domain.application import PinkseaApplication
-from domain.credits import CreditAccount, LotSource
+from domain.credits import CreditAccount, Lot, LotSource
 from domain.errors import (
     HoldAlreadyResolved,
     IdempotencyConflict,
@@ -33,6 +36,7 @@ from domain.errors import (
     InvalidTransition,
     SettleExceedsHold,
 )
+from domain.ledger_changes import ledger_change
 from domain.postings import EXPIRED, REVENUE, available, held, postings_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -128,6 +132,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.counter = 0
         self.balances: Counter[str] = Counter()
         self.snapshot_version = 0
+        self.lots_from_changes: dict[str, Lot] = {}  # only ever moved by ledger_change
         self._persist()
 
     def _next_id(self, kind: str) -> str:
@@ -140,6 +145,18 @@ class LedgerMachine(RuleBasedStateMachine):
             assert sum(p.amount_mc for p in postings) == 0, f"unbalanced {type(ev).__name__}"
             for p in postings:
                 self.balances[p.account] += p.amount_mc
+            change = ledger_change(ev)
+            if change is None:
+                assert not postings, f"{type(ev).__name__} moves credit but no lot"
+            else:
+                change.apply_to(self.lots_from_changes)
+                # The statement line's amounts are the event's postings on the user's accounts.
+                assert change.amount_mc == sum(
+                    p.amount_mc for p in postings if p.account == available(USER)
+                )
+                assert change.held_change_mc == sum(
+                    p.amount_mc for p in postings if p.account == held(USER)
+                )
             self.app.save(ev)
 
     # ---------------------------------------------------------------------------- rules
@@ -161,7 +178,7 @@ class LedgerMachine(RuleBasedStateMachine):
         lot_id = self._next_id("lot")
         valid_from = self.now + timedelta(minutes=starts_in)
         valid_until = None if lasts is None else valid_from + timedelta(minutes=lasts)
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             lot_id=lot_id,
             source=LotSource(source),
             amount_mc=amount,
@@ -256,6 +273,27 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def expire(self) -> None:
+        self._expire()
+
+    @precondition(lambda self: self._held_lot_ends() is not None)
+    @rule()
+    def expire_while_held(self) -> None:
+        """Jump to the end of a lot with credit on hold and expire it, so that holds resolve
+        on expired lots (their credit expires with the lot) and refunds find them expired."""
+        until = self._held_lot_ends()
+        assert until is not None
+        self.now = max(self.now, until)
+        self._expire()
+
+    def _held_lot_ends(self) -> datetime | None:
+        ends = [
+            lot.valid_until
+            for lot in self.ref.lots.values()
+            if lot.held and not lot.is_expired and lot.valid_until is not None
+        ]
+        return min(ends, default=None)
+
+    def _expire(self) -> None:
         self.account.expire_due(self.now)
         for lot in self.ref.lots.values():
             if not lot.is_expired and lot.valid_until is not None and lot.valid_until <= self.now:
@@ -267,7 +305,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(amount=st.integers(-30_000, 30_000).filter(bool), repeat=st.booleans())
     def adjust(self, amount: int, repeat: bool) -> None:
         adjustment_id = self._next_id("adj")
-        kwargs = dict(adjustment_id=adjustment_id, amount_mc=amount, reason="r", actor="admin")
+        kwargs: dict[str, Any] = dict(
+            adjustment_id=adjustment_id, amount_mc=amount, reason="r", actor="admin"
+        )
         if amount < 0 and -amount > self.ref.available(self.now):
             try:
                 self.account.adjust(**kwargs, at=self.now)
@@ -283,7 +323,8 @@ class LedgerMachine(RuleBasedStateMachine):
             except IdempotencyConflict:
                 pass
         if amount > 0:
-            lot_id = self.account.adjustments and next(
+            assert self.account.adjustments
+            lot_id = next(
                 lot.lot_id
                 for lot in self.account.lots.values()
                 if lot.reference == f"adjustment:{adjustment_id}"
@@ -369,6 +410,12 @@ class LedgerMachine(RuleBasedStateMachine):
             assert got == want, f"lot {lot_id} ({ref.source}): {got} != {want}"
 
     @invariant()
+    def ledger_changes_reproduce_the_lots(self) -> None:
+        """Applying ``ledger_change`` of every event so far gives the aggregate's lots exactly:
+        every field, the grant order (``seq``) and the expiry flag included."""
+        assert self.lots_from_changes == self.account.lots
+
+    @invariant()
     def lots_conserve_credit(self) -> None:
         for lot in self.account.lots.values():
             parts = (lot.remaining_mc, lot.held_mc, lot.consumed_mc, lot.expired_mc, lot.debited_mc)
@@ -410,10 +457,12 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def rebuilt_equals_live(self) -> None:
-        replayed = None
+        replayed: CreditAccount | None = None
         for ev in self.app.events.get(self.account.id):
+            assert isinstance(ev, CreditAccount.Event)
             replayed = ev.mutate(replayed)
-        from_repository = self.app.repository.get(self.account.id)  # snapshot + later events
+        # A snapshot and the later events.
+        from_repository: CreditAccount = self.app.repository.get(self.account.id)
         for rebuilt in (replayed, from_repository):
             assert rebuilt is not None
             assert rebuilt.version == self.account.version
