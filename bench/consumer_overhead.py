@@ -33,6 +33,7 @@ from rich.table import Table
 
 from bench.projection_lag import drop_topics, quiet_logs
 from bench.support import percentile, scratch_database, summary
+from domain.parameters import RunParameters
 from gpu_consumer.config import GpuWorkerSettings
 from gpu_consumer.outputs import s3_client
 from gpu_consumer.registry import ModelRegistry
@@ -128,14 +129,14 @@ def dispatch_for(worker_id: str, steps: int, side: int, index: int) -> Dispatch:
         worker_id=worker_id,
         user_id="bench-user",
         tier="basic",
-        model="tiny-sd",
-        prompt=f"a pink sea at dawn, take {index}",
-        steps=steps,
-        width=side,
-        height=side,
-        batch_size=1,
-        seed=index,
-        guidance_scale=7.5,
+        parameters=RunParameters(
+            model="tiny-sd",
+            prompt=f"a pink sea at dawn, take {index}",
+            steps=steps,
+            width=side,
+            height=side,
+            seed=index,
+        ),
         budget_ms=600_000,
         dispatched_at=datetime.now(UTC),
     )

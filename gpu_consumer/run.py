@@ -25,6 +25,7 @@ import structlog
 import torch
 from PIL import Image
 
+from domain.parameters import SchedulerName
 from gpu_consumer.meter import GpuMeter
 from gpu_consumer.model_cache import CacheFull
 from gpu_consumer.outputs import STORAGE_UNAVAILABLE, UploadFailed, is_transient
@@ -34,8 +35,8 @@ from infra.messages import Dispatch, Outcome
 
 log = structlog.get_logger("gpu_consumer.run")
 
-# Dispatch.scheduler names (the API's choices) -> diffusers scheduler classes.
-SCHEDULERS: dict[str, str] = {
+# The schedulers a job may ask for -> diffusers scheduler classes.
+SCHEDULERS: dict[SchedulerName, str] = {
     "ddim": "DDIMScheduler",
     "dpm++_2m": "DPMSolverMultistepScheduler",
     "euler": "EulerDiscreteScheduler",
@@ -170,19 +171,16 @@ _ABORTED = Failure("platform", True, "the worker stopped during the run")
 
 
 def validate(dispatch: Dispatch, family: ModelFamily) -> None:
+    """What the parameters' own rules (checked as the dispatch is read) leave to the pipeline
+    at hand: a prompt with some text, sizes its family can make."""
+    params = dispatch.parameters
     problems = []
-    if not dispatch.prompt.strip():
+    if not params.prompt.strip():
         problems.append("empty prompt")
-    if dispatch.steps < 1 or dispatch.batch_size < 1:
-        problems.append("steps and batch_size must be at least 1")
     multiple = SIZE_MULTIPLE[family]
-    for name, px in (("width", dispatch.width), ("height", dispatch.height)):
+    for name, px in (("width", params.width), ("height", params.height)):
         if px < multiple or px % multiple:
             problems.append(f"{name} {px} is not a positive multiple of {multiple}")
-    if dispatch.scheduler is not None and dispatch.scheduler not in SCHEDULERS:
-        problems.append(f"unknown scheduler {dispatch.scheduler!r}")
-    if dispatch.guidance_scale < 0 or dispatch.seed < 0:
-        problems.append("guidance_scale and seed must not be negative")
     if problems:
         raise InvalidJob("; ".join(problems))
 
@@ -196,9 +194,10 @@ def run_dispatch(
 ) -> RunResult:
     """Run ``dispatch`` on ``model`` (already on ``device``). Never raises for a job-level
     problem: the result says what happened and what the run measured."""
+    params = dispatch.parameters
     try:
         validate(dispatch, model.family)
-        _set_scheduler(model, dispatch.scheduler)
+        _set_scheduler(model, params.scheduler)
     except Exception as e:
         return RunResult(Outcome.FAILED, failure=classify(e, "run"))
     if channel.cancelled():
@@ -216,8 +215,8 @@ def run_dispatch(
         steps_done = index + 1
         # Progress in the job's own steps: some schedulers take more denoising steps than
         # asked (PNDM one more, Heun about twice as many).
-        progress = round(steps_done * dispatch.steps / pipe.num_timesteps)
-        if channel.step(progress, dispatch.steps):
+        progress = round(steps_done * params.steps / pipe.num_timesteps)
+        if channel.step(progress, params.steps):
             raise _Stop(Outcome.CANCELLED)
         if meter.elapsed_ms() >= dispatch.budget_ms:
             raise _Stop(Outcome.BUDGET_EXHAUSTED)
@@ -227,20 +226,20 @@ def run_dispatch(
 
     # A CPU generator draws the same starting noise on every device: same seed, same image
     # on the same hardware, and only precision-level differences across GPUs.
-    generator = torch.Generator("cpu").manual_seed(dispatch.seed)
+    generator = torch.Generator("cpu").manual_seed(params.seed)
     arguments: dict[str, Any] = {
-        "prompt": dispatch.prompt,
-        "num_inference_steps": dispatch.steps,
-        "width": dispatch.width,
-        "height": dispatch.height,
-        "num_images_per_prompt": dispatch.batch_size,
-        "guidance_scale": dispatch.guidance_scale,
+        "prompt": params.prompt,
+        "num_inference_steps": params.steps,
+        "width": params.width,
+        "height": params.height,
+        "num_images_per_prompt": params.batch_size,
+        "guidance_scale": params.guidance_scale,
         "generator": generator,
         "output_type": "np",  # PIL conversion happens after the meter stops
         "callback_on_step_end": on_step_end,
     }
-    if dispatch.negative_prompt:
-        arguments["negative_prompt"] = dispatch.negative_prompt
+    if params.negative_prompt:
+        arguments["negative_prompt"] = params.negative_prompt
 
     outcome, failure, frames = Outcome.COMPLETED, None, None
     try:
@@ -256,7 +255,7 @@ def run_dispatch(
     return RunResult(outcome, measured.gpu_ms, measured.cuda_ms, images, steps_done, failure)
 
 
-def _set_scheduler(model: LoadedPipeline, name: str | None) -> None:
+def _set_scheduler(model: LoadedPipeline, name: SchedulerName | None) -> None:
     """A fresh scheduler per run (schedulers keep per-run state), built from the model's own
     scheduler settings. Flux runs its flow-matching scheduler whatever the job asked for."""
     if model.family is ModelFamily.FLUX:

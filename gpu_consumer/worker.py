@@ -259,7 +259,8 @@ class GpuWorker:
         self._beat_now.set()
         BUSY.set(1)
         job_log = self._log.bind(job_id=str(dispatch.job_id), attempt=dispatch.attempt)
-        job_log.info("job received", model=dispatch.model, steps=dispatch.steps)
+        params = dispatch.parameters
+        job_log.info("job received", model=params.model, steps=params.steps)
         paused = consumer.assignment()
         consumer.pause(*paused)
         try:
@@ -285,7 +286,7 @@ class GpuWorker:
             total_ms,
         )
         self._record(record, finished, job_log)
-        gpu_metrics.observe_job(self.tier, dispatch.model, finished.gpu_ms)
+        gpu_metrics.observe_job(self.tier, dispatch.parameters.model, finished.gpu_ms)
 
     async def _keep_polling(
         self, job: asyncio.Task[Any], consumer: AIOKafkaConsumer, pending: deque[ConsumerRecord]
@@ -325,7 +326,7 @@ class GpuWorker:
             if refusal is not None:
                 return refusal, 0
             try:
-                lease = await asyncio.to_thread(self.cache.acquire, dispatch.model)
+                lease = await asyncio.to_thread(self.cache.acquire, dispatch.parameters.model)
             except Exception as e:
                 return self._failed(dispatch, classify(e, "load")), 0
             started = Started(
@@ -346,7 +347,7 @@ class GpuWorker:
                     run_dispatch, lease.model, dispatch, self.device, channel, self._abort
                 )
             finally:
-                self.cache.release(dispatch.model)
+                self.cache.release(dispatch.parameters.model)
                 await start_reported
             if result.failure is not None and result.failure.out_of_memory:
                 evicted = self.cache.evict_idle()
@@ -366,7 +367,7 @@ class GpuWorker:
             reason = f"stale dispatch: sent {age_s:.0f} s ago"
             return self._failed(dispatch, Failure("platform", True, reason))
         try:
-            validate(dispatch, self.registry.family(dispatch.model))
+            validate(dispatch, self.registry.family(dispatch.parameters.model))
         except Exception as e:
             return self._failed(dispatch, classify(e, "run"))
         if await asyncio.to_thread(channel.cancelled):

@@ -1,11 +1,13 @@
 """Messages between the scheduler, the GPU workers and the settler (JSON on Kafka).
 
 GPU workers know nothing of the domain or the event store: these models, Kafka, Redis and S3
-are their whole contract with the rest of the system.
+are their whole contract with the rest of the system. (The job parameters in a dispatch are the
+one definition of domain/parameters.py: pure data, which the API validates its bodies with.)
 
 - ``Dispatch`` on ``pinksea.gpu.dispatch.<tier>.v1`` (key: job id): run this attempt of this
   job on this worker. Every worker of a tier reads every dispatch of its tier (a consumer group
-  of its own, so no rebalancing ever pauses a running job) and runs those addressed to it.
+  of its own, so no rebalancing ever pauses a running job) and runs those addressed to it. Its
+  ``parameters`` are the job's, as domain/parameters.py defines them, the seed resolved.
 - ``Heartbeat``, ``Started`` and ``Finished`` on ``pinksea.gpu.reports.v1`` (key: worker id for
   heartbeats, job id otherwise). The scheduler tracks workers and leases from them; the
   settler turns ``Started`` and ``Finished`` into commands on the event store.
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from domain.parameters import RunParameters
 
 
 class _Message(BaseModel):
@@ -35,22 +39,24 @@ class Dispatch(_Message):
     worker_id: str
     user_id: str
     tier: str
-    model: str
-    prompt: str
-    negative_prompt: str = ""
-    steps: int
-    width: int
-    height: int
-    batch_size: int
-    seed: int
-    guidance_scale: float
-    scheduler: str | None = None
+    parameters: RunParameters
     budget_ms: int = Field(description="the hold's GPU-time budget: the worker stops there")
     dispatched_at: datetime
 
     @property
     def key(self) -> str:
         return f"{self.job_id}:{self.attempt}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parameters_at_the_top(cls, data: Any) -> Any:
+        """A dispatch sent before ``parameters`` (each of them a field of its own) reads the
+        same. Kept for one release: a worker may read what a scheduler sent before it."""
+        if isinstance(data, dict) and "parameters" not in data:
+            names = RunParameters.model_fields.keys()
+            parameters = {name: data[name] for name in names if name in data}
+            data = {k: v for k, v in data.items() if k not in names} | {"parameters": parameters}
+        return data
 
 
 class Heartbeat(_Message):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from domain.parameters import RunParameters
 from gpu_consumer.registry import LoadedPipeline, ModelRegistry
 from infra.messages import Dispatch
 
@@ -37,22 +38,25 @@ def tiny(registry: ModelRegistry) -> LoadedPipeline:
 
 
 def make_dispatch(**overrides: Any) -> Dispatch:
+    """A dispatch of the tiny model; ``overrides`` name its fields or its job parameters."""
+    names = RunParameters.model_fields.keys()
+    parameters: dict[str, Any] = {
+        "model": "tiny-sd",
+        "prompt": "a lighthouse at dusk",
+        "steps": 4,
+        "width": 64,
+        "height": 64,
+        "seed": 42,
+    }
+    parameters.update({k: v for k, v in overrides.items() if k in names})
     fields: dict[str, Any] = {
         "job_id": uuid.uuid4(),
         "attempt": 1,
         "worker_id": "w-test",
         "user_id": "user-1",
         "tier": "basic",
-        "model": "tiny-sd",
-        "prompt": "a lighthouse at dusk",
-        "steps": 4,
-        "width": 64,
-        "height": 64,
-        "batch_size": 1,
-        "seed": 42,
-        "guidance_scale": 7.5,
         "budget_ms": 60_000,
         "dispatched_at": datetime.now(UTC),
     }
-    fields.update(overrides)
-    return Dispatch(**fields)
+    fields.update({k: v for k, v in overrides.items() if k not in names})
+    return Dispatch(parameters=RunParameters(**parameters), **fields)

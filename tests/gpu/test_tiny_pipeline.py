@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
+from domain.parameters import SCHEDULERS as SCHEDULER_NAMES
+from domain.parameters import SchedulerName
 from gpu_consumer.meter import GpuMeter
 from gpu_consumer.registry import (
     LoadedPipeline,
@@ -94,7 +97,9 @@ def test_same_seed_same_image_bytes(tiny: LoadedPipeline) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(set(SCHEDULERS) - {"lms"}))  # lms needs scipy
-def test_every_scheduler_runs_and_is_deterministic(tiny: LoadedPipeline, name: str) -> None:
+def test_every_scheduler_runs_and_is_deterministic(
+    tiny: LoadedPipeline, name: SchedulerName
+) -> None:
     runs = [run_dispatch(tiny, make_dispatch(scheduler=name), CPU, FakeChannel()) for _ in "ab"]
     assert runs[0].outcome is Outcome.COMPLETED, runs[0].failure
     assert type(tiny.pipeline.scheduler).__name__ == SCHEDULERS[name]
@@ -142,15 +147,25 @@ def test_abort_is_a_retryable_platform_failure(tiny: LoadedPipeline) -> None:
     assert result.failure.retryable
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [{"width": 60}, {"height": 0}, {"scheduler": "karras"}, {"prompt": "  "}, {"steps": 0}],
-)
+@pytest.mark.parametrize("overrides", [{"width": 60}, {"height": 36}, {"prompt": "  "}])
 def test_invalid_parameters_are_user_errors(tiny: LoadedPipeline, overrides: dict) -> None:
     result = run_dispatch(tiny, make_dispatch(**overrides), CPU, FakeChannel())
     assert result.outcome is Outcome.FAILED and result.gpu_ms == 0
     assert result.failure is not None
     assert (result.failure.fault, result.failure.retryable) == ("user", False)
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"height": 0}, {"scheduler": "karras"}, {"steps": 0}, {"seed": -1}]
+)
+def test_parameters_out_of_their_rules_make_no_dispatch(overrides: dict) -> None:
+    # The rules of domain/parameters.py hold for every dispatch: a worker never sees these.
+    with pytest.raises(ValidationError):
+        make_dispatch(**overrides)
+
+
+def test_every_scheduler_a_job_may_ask_for_has_its_diffusers_class() -> None:
+    assert set(SCHEDULERS) == SCHEDULER_NAMES
 
 
 def test_failure_classification() -> None:

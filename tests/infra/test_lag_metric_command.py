@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 import cli.processes
 from cli.main import app
+from domain.parameters import RunParameters
 from infra.aws_lag_metric import NAMESPACE
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import Dispatch
@@ -150,14 +151,9 @@ def dispatch(worker_id: str) -> Dispatch:
         worker_id=worker_id,
         user_id="user-1",
         tier="basic",
-        model="tiny-sd",
-        prompt="a lighthouse at dusk",
-        steps=4,
-        width=64,
-        height=64,
-        batch_size=1,
-        seed=42,
-        guidance_scale=7.5,
+        parameters=RunParameters(
+            model="tiny-sd", prompt="a lighthouse at dusk", steps=4, width=64, height=64, seed=42
+        ),
         budget_ms=60_000,
         dispatched_at=datetime.now(UTC),
     )

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from domain.application import PinkseaApplication
 from domain.jobs import MAX_ATTEMPTS
+from domain.parameters import RunParameters
 from infra.kafka import connection_kwargs, idempotent_producer
 from infra.messages import DeadLetter, Dispatch, Finished, Heartbeat, Started, parse_report
 from infra.observability.instrument import track_event_store
@@ -225,23 +226,16 @@ class Scheduler:
             return
         if not result.changed and (job.attempt != attempt or job.worker_id != worker_id):
             return  # another dispatch of this job won; nothing to send
-        params = json.loads(row["parameters"])
+        # As submitted, the seed resolved (the requested one, or the one the job id gives).
+        submitted = json.loads(row["parameters"])
+        params = RunParameters.model_validate({**submitted, "seed": row["seed"]})
         message = Dispatch(
             job_id=job_id,
             attempt=attempt,
             worker_id=worker_id,
             user_id=row["user_id"],
             tier=row["tier"],
-            model=params["model"],
-            prompt=params["prompt"],
-            negative_prompt=params.get("negative_prompt") or "",
-            steps=params["steps"],
-            width=params["width"],
-            height=params["height"],
-            batch_size=params["batch_size"],
-            seed=row["seed"],
-            guidance_scale=params["guidance_scale"],
-            scheduler=params.get("scheduler"),
+            parameters=params,
             budget_ms=row["budget_ms"],
             dispatched_at=now,
         )
