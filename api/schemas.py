@@ -1,43 +1,54 @@
 """The API's JSON shapes. Money appears twice: integer millicredits (``*_mc``) for programs and
-a credits string with three decimals (``*_credits``) for people; both come from one integer."""
+a credits string with three decimals (``*_credits``) for people; both come from one integer
+(the strings are computed fields of the integers).
+
+Responses are read from what the queries return (``read_models.models``) or from domain
+objects, attribute by attribute: ``View.model_validate(row)``; where the public name differs
+from the row's, the field says where it reads from (``validation_alias``).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Generic, Literal, TypeVar, get_args
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    computed_field,
+)
 
 from domain.catalog import MODELS
-from domain.jobs import MAX_PROMPT_CHARS, MAX_SEED, SCHEDULERS
+from domain.parameters import NO_NUL, JobParameters
 from domain.plans import PLANS, ModelAccess
-from domain.plans import Plan as DomainPlan
-from domain.units import format_credits
-from read_models import models as rm
+from domain.units import MC_PER_CREDIT, format_credits
 
 T = TypeVar("T")
 
 Credits = str  # "12.345"
-SchedulerName = Literal["ddim", "dpm++_2m", "euler", "euler_a", "lms", "pndm"]
 PlanSlug = Literal["starter", "pro", "studio", "enterprise", "tester", "trial"]
-# Spelled out for the type checker; they must stay the domain's own sets.
-assert set(get_args(SchedulerName)) == SCHEDULERS
+# Spelled out for the type checker; it must stay the domain's own set.
 assert set(get_args(PlanSlug)) == set(PLANS)
 TierName = Literal["basic", "high_performance", "dedicated"]
 
 
-# Text that ends up in events and read models: NUL cannot be stored in PostgreSQL text.
-NO_NUL = r"^[^\x00]*$"
 USER_ID = r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$"  # as api/auth.py accepts in tokens
 
 
-def credits(mc: int) -> Credits:
-    return format_credits(mc)
+class View(BaseModel):
+    """A response model, read by attribute from a read-model row or a domain object."""
+
+    model_config = ConfigDict(from_attributes=True)
 
 
-class Page(BaseModel, Generic[T]):
+class Page(View, Generic[T]):
     items: list[T]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: last")
 
@@ -49,29 +60,23 @@ class Strict(BaseModel):
 # ----------------------------------------------------------------------------------- jobs
 
 
-class JobRequest(Strict):
-    model: str = Field(min_length=1, max_length=64, pattern=NO_NUL, examples=["tiny-sd"])
-    prompt: str = Field(
-        min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NO_NUL, examples=["a lighthouse"]
-    )
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, pattern=NO_NUL)
-    steps: int = Field(ge=1, le=150, examples=[4])
-    width: int = Field(ge=8, le=4096, examples=[64])
-    height: int = Field(ge=8, le=4096, examples=[64])
-    batch_size: int = Field(1, ge=1, le=8)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False)
-    scheduler: SchedulerName | None = None
+# The parameters' one definition (domain/parameters.py), named for the API document.
+class JobRequest(JobParameters):
+    pass
 
 
-class JobAccepted(BaseModel):
+class JobAccepted(View):
     job_id: UUID
     status: str
     hold_mc: int
-    hold_credits: Credits
     budget_ms: int = Field(description="GPU time the hold pays for; the run stops there")
     position: int = Field(description="send as X-Min-Position to read this job back")
     replayed: bool = Field(description="true: this Idempotency-Key was seen before")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def hold_credits(self) -> Credits:
+        return format_credits(self.hold_mc)
 
 
 class CancelAccepted(BaseModel):
@@ -81,41 +86,47 @@ class CancelAccepted(BaseModel):
     position: int
 
 
-class JobImage(BaseModel):
+class JobImage(View):
     name: str
     index: int
     size_bytes: int
     width: int
     height: int
-    href: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def href(self) -> str:
+        return f"/v1/images/{self.name}"
 
 
-class JobView(BaseModel):
+def _parameter(name: str) -> Any:
+    """A job parameter: the row's ``parameters`` hold it (a view read back from JSON, its own)."""
+    return Field(validation_alias=AliasChoices(name, AliasPath("parameters", name)))
+
+
+class JobView(View):
     job_id: UUID
     status: str
-    model: str
+    model: str = _parameter("model")
     tier: str
-    prompt: str
-    negative_prompt: str
-    steps: int
-    width: int
-    height: int
-    batch_size: int
-    seed: int
-    guidance_scale: float | None
-    scheduler: str | None
+    prompt: str = _parameter("prompt")
+    negative_prompt: str = _parameter("negative_prompt")
+    steps: int = _parameter("steps")
+    width: int = _parameter("width")
+    height: int = _parameter("height")
+    batch_size: int = _parameter("batch_size")
+    seed: int = Field(description="the seed the job runs with (the requested one, or derived)")
+    guidance_scale: float | None = _parameter("guidance_scale")
+    scheduler: str | None = _parameter("scheduler")
     attempt: int
     cancel_requested: bool
     hold_mc: int
-    hold_credits: Credits
     budget_ms: int
     estimate_ms: int
     gpu_ms: int
     cuda_ms: int | None
     charged_mc: int
-    charged_credits: Credits
     refunded_mc: int
-    refunded_credits: Credits
     image_count: int
     images: list[JobImage]
     rejection_reason: str | None
@@ -128,63 +139,26 @@ class JobView(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
 
-    @classmethod
-    def of(cls, job: rm.Job) -> JobView:
-        params: dict[str, Any] = job.parameters
-        return cls(
-            job_id=job.job_id,
-            status=job.status,
-            model=job.model,
-            tier=job.tier,
-            prompt=str(params.get("prompt", "")),
-            negative_prompt=str(params.get("negative_prompt") or ""),
-            steps=job.steps,
-            width=job.width,
-            height=job.height,
-            batch_size=job.batch_size,
-            seed=job.seed,
-            guidance_scale=params.get("guidance_scale"),
-            scheduler=params.get("scheduler"),
-            attempt=job.attempt,
-            cancel_requested=job.cancel_requested,
-            hold_mc=job.hold_mc,
-            hold_credits=credits(job.hold_mc),
-            budget_ms=job.budget_ms,
-            estimate_ms=job.estimate_ms,
-            gpu_ms=job.gpu_ms,
-            cuda_ms=job.cuda_ms,
-            charged_mc=job.charged_mc,
-            charged_credits=credits(job.charged_mc),
-            refunded_mc=job.refunded_mc,
-            refunded_credits=credits(job.refunded_mc),
-            image_count=job.image_count,
-            images=[
-                JobImage(
-                    name=i.name,
-                    index=i.index,
-                    size_bytes=i.size_bytes,
-                    width=i.width,
-                    height=i.height,
-                    href=f"/v1/images/{i.name}",
-                )
-                for i in job.images
-            ],
-            rejection_reason=job.rejection_reason,
-            rejection_detail=job.rejection_detail,
-            failure_reason=job.failure_reason,
-            failure_fault=job.failure_fault,
-            submitted_at=job.submitted_at,
-            accepted_at=job.accepted_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            updated_at=job.updated_at,
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def hold_credits(self) -> Credits:
+        return format_credits(self.hold_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def charged_credits(self) -> Credits:
+        return format_credits(self.charged_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def refunded_credits(self) -> Credits:
+        return format_credits(self.refunded_mc)
 
 
 # --------------------------------------------------------------------------------- images
 
 
-class ImageView(BaseModel):
+class ImageView(View):
     name: str
     job_id: UUID
     index: int
@@ -200,13 +174,11 @@ class ImageView(BaseModel):
 # ------------------------------------------------------------------------ credits and usage
 
 
-class LotView(BaseModel):
+class LotView(View):
     lot_id: str
     source: str
     amount_mc: int
-    amount_credits: Credits
     remaining_mc: int
-    remaining_credits: Credits
     held_mc: int
     consumed_mc: int
     expired_mc: int
@@ -217,35 +189,31 @@ class LotView(BaseModel):
     expired: bool
     spendable: bool = Field(description="usable now (valid and not expired)")
 
-    @classmethod
-    def of(cls, lot: rm.CreditLot) -> LotView:
-        return cls(
-            lot_id=lot.lot_id,
-            source=lot.source,
-            amount_mc=lot.amount_mc,
-            amount_credits=credits(lot.amount_mc),
-            remaining_mc=lot.remaining_mc,
-            remaining_credits=credits(lot.remaining_mc),
-            held_mc=lot.held_mc,
-            consumed_mc=lot.consumed_mc,
-            expired_mc=lot.expired_mc,
-            debited_mc=lot.debited_mc,
-            refunded_mc=lot.refunded_mc,
-            valid_from=lot.valid_from,
-            valid_until=lot.valid_until,
-            expired=lot.expired,
-            spendable=lot.spendable,
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def amount_credits(self) -> Credits:
+        return format_credits(self.amount_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def remaining_credits(self) -> Credits:
+        return format_credits(self.remaining_mc)
 
 
-class BalanceView(BaseModel):
+class BalanceView(View):
     user_id: str
-    available_mc: int = Field(description="spendable now: valid lots, minus holds")
-    available_credits: Credits
+    # The row's available_mc is every lot's remainder (the ledger's word), spendable_mc the
+    # part usable now: the public names are available (usable now) and unspent. Each field
+    # reads its own public name first, so a view read back from its JSON stays itself.
+    available_mc: int = Field(
+        validation_alias=AliasChoices("spendable_mc", "available_mc"),
+        description="spendable now: valid lots, minus holds",
+    )
     held_mc: int = Field(description="reserved by unfinished jobs")
-    held_credits: Credits
-    unspent_mc: int = Field(description="every lot's remainder, including not-yet-valid ones")
-    unspent_credits: Credits
+    unspent_mc: int = Field(
+        validation_alias=AliasChoices("unspent_mc", "available_mc"),
+        description="every lot's remainder, including not-yet-valid ones",
+    )
     granted_mc: int
     consumed_mc: int
     refunded_mc: int
@@ -255,28 +223,23 @@ class BalanceView(BaseModel):
     position: int = Field(description="store position of the last credit event applied")
     as_of: datetime
 
-    @classmethod
-    def of(cls, b: rm.Balance, at: datetime) -> BalanceView:
-        return cls(
-            user_id=b.user_id,
-            available_mc=b.spendable_mc,
-            available_credits=credits(b.spendable_mc),
-            held_mc=b.held_mc,
-            held_credits=credits(b.held_mc),
-            unspent_mc=b.available_mc,
-            unspent_credits=credits(b.available_mc),
-            granted_mc=b.granted_mc,
-            consumed_mc=b.consumed_mc,
-            refunded_mc=b.refunded_mc,
-            expired_mc=b.expired_mc,
-            debited_mc=b.debited_mc,
-            lots=[LotView.of(lot) for lot in b.lots],
-            position=b.position,
-            as_of=at,
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def available_credits(self) -> Credits:
+        return format_credits(self.available_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def held_credits(self) -> Credits:
+        return format_credits(self.held_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def unspent_credits(self) -> Credits:
+        return format_credits(self.unspent_mc)
 
 
-class LedgerLine(BaseModel):
+class LedgerLine(View):
     event_id: str
     position: int
     occurred_at: datetime
@@ -284,158 +247,113 @@ class LedgerLine(BaseModel):
     job_id: str | None
     lot_id: str | None
     amount_mc: int = Field(description="change of the available balance")
-    amount_credits: Credits
     held_change_mc: int
-    held_change_credits: Credits
     available_after_mc: int
-    available_after_credits: Credits
     held_after_mc: int
-    held_after_credits: Credits
     description: str
 
-    @classmethod
-    def of(cls, e: rm.LedgerEntry) -> LedgerLine:
-        return cls(
-            event_id=e.event_id,
-            position=e.position,
-            occurred_at=e.occurred_at,
-            kind=e.kind,
-            job_id=e.job_id,
-            lot_id=e.lot_id,
-            amount_mc=e.amount_mc,
-            amount_credits=credits(e.amount_mc),
-            held_change_mc=e.held_change_mc,
-            held_change_credits=credits(e.held_change_mc),
-            available_after_mc=e.available_after_mc,
-            available_after_credits=credits(e.available_after_mc),
-            held_after_mc=e.held_after_mc,
-            held_after_credits=credits(e.held_after_mc),
-            description=e.description,
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def amount_credits(self) -> Credits:
+        return format_credits(self.amount_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def held_change_credits(self) -> Credits:
+        return format_credits(self.held_change_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def available_after_credits(self) -> Credits:
+        return format_credits(self.available_after_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def held_after_credits(self) -> Credits:
+        return format_credits(self.held_after_mc)
 
 
-class UsageBucketView(BaseModel):
+class UsageBucketView(View):
     key: str = Field(description="a UTC day (YYYY-MM-DD) or a model")
     jobs: int
     gpu_ms: int
     charged_mc: int
-    charged_credits: Credits
     refunded_mc: int
-    refunded_credits: Credits
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def charged_credits(self) -> Credits:
+        return format_credits(self.charged_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def refunded_credits(self) -> Credits:
+        return format_credits(self.refunded_mc)
 
 
-class UsageView(BaseModel):
+class UsageView(View):
     group_by: str
-    from_: datetime = Field(alias="from")
-    to: datetime
+    from_: datetime = Field(validation_alias="start", serialization_alias="from")
+    to: datetime = Field(validation_alias="end")
     buckets: list[UsageBucketView]
     jobs: int
     gpu_ms: int
     charged_mc: int
-    charged_credits: Credits
     refunded_mc: int
-    refunded_credits: Credits
 
-    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(serialize_by_alias=True)
 
-    @classmethod
-    def of(cls, u: rm.UsageSummary) -> UsageView:
-        return cls(
-            group_by=u.group_by,
-            **{"from": u.start},
-            to=u.end,
-            buckets=[
-                UsageBucketView(
-                    key=b.key,
-                    jobs=b.jobs,
-                    gpu_ms=b.gpu_ms,
-                    charged_mc=b.charged_mc,
-                    charged_credits=credits(b.charged_mc),
-                    refunded_mc=b.refunded_mc,
-                    refunded_credits=credits(b.refunded_mc),
-                )
-                for b in u.buckets
-            ],
-            jobs=u.jobs,
-            gpu_ms=u.gpu_ms,
-            charged_mc=u.charged_mc,
-            charged_credits=credits(u.charged_mc),
-            refunded_mc=u.refunded_mc,
-            refunded_credits=credits(u.refunded_mc),
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def charged_credits(self) -> Credits:
+        return format_credits(self.charged_mc)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def refunded_credits(self) -> Credits:
+        return format_credits(self.refunded_mc)
 
 
 # ---------------------------------------------------------------------------- plans, me
 
 
-class PlanView(BaseModel):
+def _usd(amount: Decimal | str | None) -> str | None:
+    return None if amount is None else f"{Decimal(amount):.2f}"
+
+
+class PlanView(View):
+    # Read from a domain Plan (the one whose terms apply to you) or a row of the plan table.
     slug: str
     type: str
-    usd_per_month: str | None = Field(description="null: negotiated")
+    usd_per_month: Annotated[str | None, BeforeValidator(_usd)] = Field(
+        description="null: negotiated"
+    )
     credits_per_month: int | None
-    credits_per_month_mc: int | None
     tier: str
     concurrent_jobs: int
     max_open_jobs: int
     storage_gb: int
     model_access: str
-    models: list[str] = Field(description="models this plan may run")
     third_party_api: bool
     lora_training: bool
     collaboration: bool
     node_editor: bool
     api_access: bool
 
-    @classmethod
-    def of(cls, plan: DomainPlan) -> PlanView:
-        return cls(
-            slug=plan.slug,
-            type=plan.type.value,
-            usd_per_month=None if plan.usd_per_month is None else f"{plan.usd_per_month:.2f}",
-            credits_per_month=plan.credits_per_month,
-            credits_per_month_mc=(
-                None if plan.credits_per_month is None else plan.credits_per_month_mc
-            ),
-            tier=plan.tier.value,
-            concurrent_jobs=plan.concurrent_jobs,
-            max_open_jobs=plan.max_open_jobs,
-            storage_gb=plan.storage_gb,
-            model_access=plan.model_access.value,
-            models=[k for k, m in MODELS.items() if plan.model_access.allows(m.access)],
-            third_party_api=plan.third_party_api,
-            lora_training=plan.lora_training,
-            collaboration=plan.collaboration,
-            node_editor=plan.node_editor,
-            api_access=plan.api_access,
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def credits_per_month_mc(self) -> int | None:
+        return None if self.credits_per_month is None else self.credits_per_month * MC_PER_CREDIT
 
-    @classmethod
-    def of_row(cls, plan: rm.Plan) -> PlanView:
-        access = ModelAccess(plan.model_access)
-        return cls(
-            slug=plan.slug,
-            type=plan.type,
-            usd_per_month=None if plan.usd_per_month is None else f"{plan.usd_per_month:.2f}",
-            credits_per_month=plan.credits_per_month,
-            credits_per_month_mc=(
-                None if plan.credits_per_month is None else plan.credits_per_month * 1000
-            ),
-            tier=plan.tier,
-            concurrent_jobs=plan.concurrent_jobs,
-            max_open_jobs=plan.max_open_jobs,
-            storage_gb=plan.storage_gb,
-            model_access=plan.model_access,
-            models=[k for k, m in MODELS.items() if access.allows(m.access)],
-            third_party_api=plan.third_party_api,
-            lora_training=plan.lora_training,
-            collaboration=plan.collaboration,
-            node_editor=plan.node_editor,
-            api_access=plan.api_access,
-        )
+    @computed_field(description="models this plan may run")  # type: ignore[prop-decorator]
+    @property
+    def models(self) -> list[str]:
+        access = ModelAccess(self.model_access)
+        return [key for key, model in MODELS.items() if access.allows(model.access)]
 
 
-class SubscriptionView(BaseModel):
-    plan: str
+class SubscriptionView(View):
+    plan: str = Field(validation_alias=AliasChoices("plan_slug", "plan"))  # aggregate, row
     status: str
     period_start: datetime
     period_end: datetime
@@ -472,7 +390,7 @@ class MeUpdate(Strict):
     )
 
 
-class UserSummaryView(BaseModel):
+class UserSummaryView(View):
     user_id: str
     plan: str
     subscription_status: str
@@ -528,10 +446,14 @@ class GrantResult(BaseModel):
     grant_id: str
     user_id: str
     amount_mc: int
-    amount_credits: Credits
     plan: str | None
     changed: bool
     position: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def amount_credits(self) -> Credits:
+        return format_credits(self.amount_mc)
 
 
 class AdjustmentRequest(Strict):
@@ -546,9 +468,13 @@ class AdjustmentResult(BaseModel):
     adjustment_id: str
     user_id: str
     amount_mc: int
-    amount_credits: Credits
     changed: bool
     position: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def amount_credits(self) -> Credits:
+        return format_credits(self.amount_mc)
 
 
 class RefundRequest(Strict):
@@ -558,9 +484,13 @@ class RefundRequest(Strict):
 class RefundResult(BaseModel):
     job_id: UUID
     refunded_mc: int
-    refunded_credits: Credits
     changed: bool
     position: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def refunded_credits(self) -> Credits:
+        return format_credits(self.refunded_mc)
 
 
 class CustomTermsBody(Strict):

@@ -48,7 +48,7 @@ TARGET_RATIO = 0.5
 JOBS_PER_USER = 8  # below the trial plan's open-job limit: every submission is accepted
 REPO = Path(__file__).resolve().parents[1]
 BODY = {"model": "tiny-sd", "prompt": "a lighthouse at dawn", "steps": 4, "width": 64, "height": 64}
-PARAMS = JobParameters(**BODY)  # type: ignore[arg-type]
+PARAMS = JobParameters(**BODY)
 
 
 # ---------------------------------------------------------------------- floor apps (uvicorn)

@@ -1,4 +1,5 @@
-"""What the query functions return: small frozen records (FastAPI serialises dataclasses).
+"""What the query functions return: small frozen records (the API's response models read
+them by attribute, api/schemas.py).
 
 Money is integer millicredits (``*_mc``), USD a Decimal, times timezone-aware datetimes.
 """
@@ -12,6 +13,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from domain.ledger_changes import StatementLine
+from domain.parameters import JobParameters
 
 T = TypeVar("T")
 
@@ -55,6 +57,7 @@ class Balance:
     low_balance: bool  # below the plan's warning threshold
     position: int
     lots: tuple[CreditLot, ...]  # in spend order
+    as_of: datetime  # the time spendable_mc and each lot's spendable were asked for
 
 
 # A line of credit_transactions: the statement line `pinksea ledger statement` prints too.
@@ -99,14 +102,9 @@ class Image:
 class Job:
     job_id: UUID
     status: str
-    model: str
     tier: str
-    steps: int
-    width: int
-    height: int
-    batch_size: int
-    seed: int
-    parameters: dict[str, Any]
+    parameters: JobParameters  # as submitted (seed: the requested one, if any)
+    seed: int  # the seed it runs with
     hold_mc: int
     budget_ms: int
     estimate_ms: int

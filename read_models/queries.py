@@ -26,6 +26,7 @@ import asyncpg
 
 from domain.credits import PROMOTIONAL_SOURCES
 from domain.jobs import JobStatus
+from domain.parameters import JobParameters
 from read_models.models import (
     Balance,
     CreditLot,
@@ -145,6 +146,7 @@ async def get_balance(db: Db, user_id: str, *, at: datetime | None = None) -> Ba
         **row,
         spendable_mc=sum(lot.remaining_mc for lot in credit_lots if lot.spendable),
         lots=credit_lots,
+        as_of=at,
     )
 
 
@@ -211,10 +213,10 @@ async def usage_summary(
 # ----------------------------------------------------------------------------------- jobs
 
 _JOB_COLUMNS = """
-    job_id, status, model, tier, steps, width, height, batch_size, seed, parameters, hold_mc,
-    budget_ms, estimate_ms, attempt, cancel_requested, gpu_ms, cuda_ms, charged_mc,
-    refunded_mc, image_count, rejection_reason, rejection_detail, failure_reason,
-    failure_fault, submitted_at, accepted_at, started_at, finished_at, updated_at
+    job_id, status, tier, parameters, seed, hold_mc, budget_ms, estimate_ms, attempt,
+    cancel_requested, gpu_ms, cuda_ms, charged_mc, refunded_mc, image_count, rejection_reason,
+    rejection_detail, failure_reason, failure_fault, submitted_at, accepted_at, started_at,
+    finished_at, updated_at
 """
 _IMAGE_COLUMNS = """
     name, job_id, idx AS index, key, thumbnail_key, size_bytes, width, height, created_at
@@ -225,7 +227,7 @@ _JOB_STATUSES = frozenset(s.value for s in JobStatus)
 def _job(row: asyncpg.Record, images: tuple[Image, ...] = ()) -> Job:
     fields = dict(row)
     fields.pop("submitted_position", None)  # a sort key, not part of the job
-    fields["parameters"] = json.loads(fields["parameters"])
+    fields["parameters"] = JobParameters.model_validate_json(fields["parameters"])
     return Job(**fields, images=images)
 
 

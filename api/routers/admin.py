@@ -31,7 +31,6 @@ from api.schemas import (
     RefundRequest,
     RefundResult,
     UserSummaryView,
-    credits,
 )
 from api.services import Services, now
 from domain.application import AccountStatusResult as StatusOutcome
@@ -120,7 +119,6 @@ async def grant(
         grant_id=grant_id,
         user_id=body.user_id,
         amount_mc=amount_mc,
-        amount_credits=credits(amount_mc),
         plan=body.plan,
         changed=result.changed,
         position=result.position,
@@ -166,7 +164,6 @@ async def adjust(
         adjustment_id=adjustment_id,
         user_id=body.user_id,
         amount_mc=amount_mc,
-        amount_credits=credits(amount_mc),
         changed=result.changed,
         position=result.position,
     )
@@ -204,7 +201,6 @@ async def refund(
     return RefundResult(
         job_id=job_id,
         refunded_mc=job.refunded_mc,
-        refunded_credits=credits(job.refunded_mc),
         changed=result.changed,
         position=result.position,
     )
@@ -368,18 +364,7 @@ async def search_users(
         page = await queries.search_users(svc.pool, query, cursor=paging.cursor, limit=paging.limit)
     except ValueError as e:
         raise bad_query(e) from None
-    return Page[UserSummaryView](
-        items=[
-            UserSummaryView(
-                user_id=u.user_id,
-                plan=u.plan,
-                subscription_status=u.subscription_status,
-                created_at=u.created_at,
-            )
-            for u in page.items
-        ],
-        next_cursor=page.next_cursor,
-    )
+    return Page[UserSummaryView].model_validate(page)
 
 
 def _aware(*times: datetime | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 from uuid import UUID
 
@@ -32,18 +33,12 @@ ERRORS = (401, 403, 429, 503)
 def _view(svc: Services, image: rm.Image) -> ImageView:
     # Signed for CloudFront, or presigned for S3 without a CDN: local either way (no request).
     expires_at = expiry(now())
-    return ImageView(
-        name=image.name,
-        job_id=image.job_id,
-        index=image.index,
-        size_bytes=image.size_bytes,
-        width=image.width,
-        height=image.height,
-        created_at=image.created_at,
-        url=svc.image_urls.sign(image.key, expires_at),
-        thumbnail_url=svc.image_urls.sign(image.thumbnail_key, expires_at),
-        urls_expire_at=expires_at,
-    )
+    signed = {
+        "url": svc.image_urls.sign(image.key, expires_at),
+        "thumbnail_url": svc.image_urls.sign(image.thumbnail_key, expires_at),
+        "urls_expire_at": expires_at,
+    }
+    return ImageView.model_validate(asdict(image) | signed)
 
 
 def _not_found(name: str) -> ProblemError:

@@ -18,10 +18,10 @@ from api.deps import (
     rate_limit,
 )
 from api.problems import ProblemError, problem_responses
-from api.schemas import CancelAccepted, JobAccepted, JobRequest, JobView, Page, credits
+from api.schemas import CancelAccepted, JobAccepted, JobRequest, JobView, Page
 from api.services import Services, now
 from domain.errors import NotFound
-from domain.jobs import TERMINAL, JobParameters, JobStatus
+from domain.jobs import TERMINAL, JobStatus
 from infra import redis_keys
 from read_models import queries
 
@@ -50,13 +50,12 @@ async def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     user = principal.user_id
-    params = JobParameters(**body.model_dump())
     storage = await svc.storage_used(user)
     result = await svc.command(
         svc.application.submit_job,
         user,
         idempotency_key=idempotency_key or uuid.uuid4().hex,
-        params=params,
+        params=body,
         at=now(),
         storage_used_bytes=storage,
     )
@@ -78,7 +77,6 @@ async def submit_job(
         job_id=result.job_id,
         status=result.status,
         hold_mc=result.hold_mc,
-        hold_credits=credits(result.hold_mc),
         budget_ms=result.budget_ms,
         position=result.position,
         replayed=not result.created,
@@ -108,7 +106,7 @@ async def list_jobs(
         )
     except ValueError as e:
         raise bad_query(e) from None
-    return Page[JobView](items=[JobView.of(j) for j in page.items], next_cursor=page.next_cursor)
+    return Page[JobView].model_validate(page)
 
 
 @router.get(
@@ -132,7 +130,7 @@ async def get_job(
     job = await queries.get_job(svc.pool, principal.user_id, job_id)
     if job is None:
         raise job_not_found(job_id)
-    view = JobView.of(job)
+    view = JobView.model_validate(job)
     if job.status in TERMINAL:
         dumped = view.model_dump(mode="json")
         await svc.job_cache.set(key, {"user_id": principal.user_id, "view": dumped})

@@ -58,33 +58,18 @@ async def me(principal: CurrentUser, svc: ServicesDep) -> MeView:
                 storage_gb=int(terms["storage_gb"]),
             )
         created_at: datetime | None = row.created_at
-        s = row.subscription
-        sub = SubscriptionView(
-            plan=s.plan,
-            status=s.status,
-            period_start=s.period_start,
-            period_end=s.period_end,
-            cancel_at=s.cancel_at,
-            custom_terms=s.custom_terms,
-        )
+        sub = SubscriptionView.model_validate(row.subscription)
     else:
         # Signed up a moment ago and not projected yet: the event store has the answer.
         agg = await svc.command(svc.application.subscription, user)
         plan = agg.plan
         created_at = None
-        sub = SubscriptionView(
-            plan=agg.plan_slug,
-            status=agg.status,
-            period_start=agg.period_start,
-            period_end=agg.period_end,
-            cancel_at=agg.cancel_at,
-            custom_terms=dict(agg.custom_terms) if agg.custom_terms else None,
-        )
+        sub = SubscriptionView.model_validate(agg)
     return MeView(
         user_id=user,
         email=principal.email,
         created_at=created_at,
-        plan=PlanView.of(plan),
+        plan=PlanView.model_validate(plan),
         subscription=sub,
         storage_used_bytes=used,
         storage_quota_bytes=plan.storage_bytes,
@@ -146,7 +131,7 @@ async def balance(
             "Your credit account is still being set up; retry in a moment.",
             headers={"Retry-After": "1"},
         )
-    view = BalanceView.of(found, at).model_dump(mode="json")
+    view = BalanceView.model_validate(found).model_dump(mode="json")
     await svc.balance_cache.set(user, view)
     return view
 
@@ -172,9 +157,7 @@ async def ledger_page(svc: Any, user: str, cursor: str | None, limit: int) -> Pa
         page = await queries.list_ledger(svc.pool, user, cursor=cursor, limit=limit)
     except ValueError as e:
         raise bad_query(e) from None
-    return Page[LedgerLine](
-        items=[LedgerLine.of(e) for e in page.items], next_cursor=page.next_cursor
-    )
+    return Page[LedgerLine].model_validate(page)
 
 
 @router.get(
@@ -207,4 +190,4 @@ async def usage(
             "Choose from and to with a time zone (e.g. 2026-01-01T00:00:00Z), from before to, "
             "at most 366 days apart.",
         ) from None
-    return UsageView.of(summary)
+    return UsageView.model_validate(summary)

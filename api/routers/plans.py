@@ -19,4 +19,4 @@ router = APIRouter(prefix="/v1/plans", tags=["plans"])
     responses=problem_responses(503),
 )
 async def list_plans(svc: ServicesDep) -> list[PlanView]:
-    return [PlanView.of_row(plan) for plan in await queries.list_plans(svc.pool)]
+    return [PlanView.model_validate(plan) for plan in await queries.list_plans(svc.pool)]

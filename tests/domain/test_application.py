@@ -92,8 +92,8 @@ def test_repeated_submit_returns_the_first_result_and_other_params_conflict(
 
 
 def test_invalid_parameters_record_nothing(app: PinkseaApplication, user: str) -> None:
-    bad = JobParameters(model="tiny-sd", prompt="x", steps=0, width=63, height=64)
-    with pytest.raises(InvalidParameters, match="steps must be between 1 and 150"):
+    bad = JobParameters(model="tiny-sd", prompt="x", steps=4, width=63, height=64)
+    with pytest.raises(InvalidParameters, match="width must be a multiple of 8"):
         submit(app, user, params=bad)
     with pytest.raises(NotFound):
         app.job(ids.job_id(user, "k1"))

@@ -362,7 +362,7 @@ class Story:
             )  # fmt: skip
         flux_job = self.started("bob", "bob-flux", T0 + DAY, FLUX)
         self.complete(flux_job, 1500, T0 + DAY, images=1, size=5000)
-        huge = dataclasses.replace(FLUX, steps=150, width=2048, height=2048, batch_size=8)
+        huge = FLUX.model_copy(update=dict(steps=150, width=2048, height=2048, batch_size=8))
         self.submit("bob", "bob-too-big", T0 + DAY, huge)
         # bob fell below the tester plan's low-balance threshold; a large grant clears it.
         app.grant_credits(
@@ -709,7 +709,7 @@ async def test_job_image_and_storage_queries(db: asyncpg.Connection, story: Stor
         650,
         aggregate.charged_mc,
     )
-    assert job.parameters == aggregate.parameters
+    assert job.parameters.as_event_data() == aggregate.parameters
     assert [i.name for i in job.images] == [i["name"] for i in aggregate.images]
     assert [i.index for i in job.images] == [0, 1]
     image = await queries.get_image(db, story.alice, f"{job_id}-1")
@@ -875,7 +875,7 @@ def play(app: PinkseaApplication, user: str, ops: list[tuple[Any, ...]]) -> list
     jobs: list[UUID] = []
 
     def submit(n: int, steps: int) -> UUID:
-        params = dataclasses.replace(TINY, steps=steps)
+        params = TINY.model_copy(update={"steps": steps})
         job_id = app.submit_job(user, idempotency_key=f"j{n}", params=params, at=now).job_id
         jobs.append(job_id)
         return job_id
