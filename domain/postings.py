@@ -45,6 +45,9 @@ class Posting:
 
 
 def _move(src: str, dst: str, mc: int, lot_id: str | None) -> list[Posting]:
+    # Events carry movements as non-negative amounts; the direction is src -> dst.
+    assert mc >= 0, f"a movement of {mc} mc from {src} to {dst}"
+    assert src != dst, f"a movement from {src} to itself"
     if mc == 0:
         return []
     return [Posting(src, -mc, lot_id), Posting(dst, mc, lot_id)]
@@ -82,4 +85,6 @@ def postings_for(user_id: str, ev: DomainEventProtocol[UUID]) -> list[Posting]:
             out += _move(REVENUE, user_avail, back["mc"], back["lot_id"])
         if ev.new_lot is not None:
             out += _move(REVENUE, user_avail, ev.new_lot["mc"], ev.new_lot["lot_id"])
+    # Double entry: whatever an event moves, it moves from somewhere (README, "Double entry").
+    assert sum(p.amount_mc for p in out) == 0, f"unbalanced postings of {type(ev).__name__}"
     return out

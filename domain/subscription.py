@@ -16,35 +16,36 @@ from __future__ import annotations
 
 import calendar
 from datetime import datetime, timedelta
-from enum import StrEnum
+from typing import TYPE_CHECKING, TypeAlias
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
-from typing_extensions import TypedDict  # pydantic reads these (event JSON Schemas)
 
 from domain import ids
+from domain import subscription_events as events
 from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition
 from domain.plans import GpuTier, Plan, PlanType, get_plan
+from domain.subscription_events import (
+    ENTERPRISE,
+    STATUSES,
+    TESTER,
+    CustomTerms,
+    SubscriptionStatus,
+)
 from domain.units import require_aware
 
+__all__ = [
+    "ENTERPRISE",
+    "TESTER",
+    "TRIAL_PERIOD",
+    "CustomTerms",
+    "Subscription",
+    "SubscriptionStatus",
+    "add_months",
+    "contract_period",
+]
+
 TRIAL_PERIOD = timedelta(days=30)
-TESTER, ENTERPRISE = "tester", "enterprise"
-
-
-class SubscriptionStatus(StrEnum):
-    TRIALING = "trialing"
-    ACTIVE = "active"
-    PAST_DUE = "past_due"
-    ENDED = "ended"
-
-
-class CustomTerms(TypedDict):
-    """Negotiated terms of an enterprise plan."""
-
-    credits_per_month: int
-    tier: str
-    concurrent_jobs: int
-    storage_gb: int
 
 
 def add_months(anchor: datetime, months: int) -> datetime:
@@ -71,91 +72,41 @@ def contract_period(anchor: datetime, at: datetime) -> tuple[datetime, datetime]
 class Subscription(Aggregate):
     TOPIC = "pinksea:Subscription"
 
-    class Created(Aggregate.Created):
-        # The library requires an explicit topic on the inherited default; we use TrialStarted.
-        TOPIC = "pinksea:Subscription.Created"
+    # The events, bound here: the library makes each the subscription's own event class.
+    # (For mypy, aliases of the event types; an annotation at run time would make the
+    # library turn the aggregate into a dataclass.)
+    if TYPE_CHECKING:
+        Created: TypeAlias = events.Created
+        TrialStarted: TypeAlias = events.TrialStarted
+        Started: TypeAlias = events.Started
+        PeriodRenewed: TypeAlias = events.PeriodRenewed
+        PlanChanged: TypeAlias = events.PlanChanged
+        CancellationScheduled: TypeAlias = events.CancellationScheduled
+        CancellationRevoked: TypeAlias = events.CancellationRevoked
+        PaymentFailed: TypeAlias = events.PaymentFailed
+        CustomerLinked: TypeAlias = events.CustomerLinked
+        StripeSynced: TypeAlias = events.StripeSynced
+        Ended: TypeAlias = events.Ended
+        TesterPlanGranted: TypeAlias = events.TesterPlanGranted
+        TesterPlanEnded: TypeAlias = events.TesterPlanEnded
+        ContractPeriodStarted: TypeAlias = events.ContractPeriodStarted
+    else:
+        Created = events.Created
+        TrialStarted = events.TrialStarted
+        Started = events.Started
+        PeriodRenewed = events.PeriodRenewed
+        PlanChanged = events.PlanChanged
+        CancellationScheduled = events.CancellationScheduled
+        CancellationRevoked = events.CancellationRevoked
+        PaymentFailed = events.PaymentFailed
+        CustomerLinked = events.CustomerLinked
+        StripeSynced = events.StripeSynced
+        Ended = events.Ended
+        TesterPlanGranted = events.TesterPlanGranted
+        TesterPlanEnded = events.TesterPlanEnded
+        ContractPeriodStarted = events.ContractPeriodStarted
 
-    class TrialStarted(Aggregate.Created):
-        TOPIC = "pinksea:Subscription.TrialStarted"
-        user_id: str
-        period_start: datetime
-        period_end: datetime
-
-    class Started(Aggregate.Event):
-        TOPIC = "pinksea:Subscription.Started"
-        plan: str
-        external_id: str  # Stripe subscription id
-        period_start: datetime
-        period_end: datetime
-
-    class PeriodRenewed(Aggregate.Event):
-        TOPIC = "pinksea:Subscription.PeriodRenewed"
-        invoice_id: str
-        plan: str
-        period_start: datetime
-        period_end: datetime
-        credits_mc: int
-
-    class PlanChanged(Aggregate.Event):
-        TOPIC = "pinksea:Subscription.PlanChanged"
-        from_plan: str
-        to_plan: str
-        actor: str
-        reason: str
-        custom_terms: CustomTerms | None
-
-    class CancellationScheduled(Aggregate.Event):
-        TOPIC = "pinksea:Subscription.CancellationScheduled"
-        effective_at: datetime
-
-    class CancellationRevoked(Aggregate.Event):
-        TOPIC = "pinksea:Subscription.CancellationRevoked"
-
-    class PaymentFailed(Aggregate.Event):
-        TOPIC = "pinksea:Subscription.PaymentFailed"
-        invoice_id: str
-
-    class CustomerLinked(Aggregate.Event):
-        TOPIC = "pinksea:Subscription.CustomerLinked"
-        customer_id: str  # the user's one Stripe customer
-
-    class StripeSynced(Aggregate.Event):
-        """The state of the Stripe subscription object as of ``object_at`` was applied; older
-        snapshots that arrive late are ignored, so out-of-order deliveries converge."""
-
-        TOPIC = "pinksea:Subscription.StripeSynced"
-        object_at: datetime
-
-    class Ended(Aggregate.Event):
-        TOPIC = "pinksea:Subscription.Ended"
-        reason: str
-
-    class TesterPlanGranted(Aggregate.Event):
-        """A tester grant's window (after the PlanChanged to tester, if there was one): the
-        plan reverts when the latest window ends."""
-
-        TOPIC = "pinksea:Subscription.TesterPlanGranted"
-        grant_id: str
-        valid_until: datetime
-
-    class TesterPlanEnded(Aggregate.Event):
-        """The tester window ended: back to the plan (and terms, and status) from before it."""
-
-        TOPIC = "pinksea:Subscription.TesterPlanEnded"
-        to_plan: str
-        custom_terms: CustomTerms | None
-        status: str
-
-    class ContractPeriodStarted(Aggregate.Event):
-        """A monthly period of negotiated (enterprise) terms began; its credits are granted
-        in the same save."""
-
-        TOPIC = "pinksea:Subscription.ContractPeriodStarted"
-        period_start: datetime
-        period_end: datetime
-        credits_mc: int
-
-    # Defaults for the state the events above introduced (so every replay has them).
+    # Defaults for the state the events introduced after the first (so every replay has them).
     tester_until: datetime | None = None
     before_tester: tuple[str, CustomTerms | None, str] | None = None  # plan, terms, status
     stripe_billed = False  # a Stripe subscription runs (Started, until Ended)
@@ -212,6 +163,18 @@ class Subscription(Aggregate):
     def is_past_due(self) -> bool:
         return self.status == SubscriptionStatus.PAST_DUE.value
 
+    def assert_invariants(self) -> None:
+        """What every event leaves true (O(1)); an AssertionError here is a bug, or a history
+        that breaks the rules the commands keep."""
+        assert self.status in STATUSES, f"subscription status {self.status}"
+        assert self.period_start < self.period_end, f"period {self.period_start} to its end"
+        # Only a tester plan has a window, and something to revert to.
+        assert self.tester_until is None or self.plan_slug == TESTER, self.plan_slug
+        assert self.before_tester is None or self.plan_slug == TESTER, self.plan_slug
+        assert (self.contract_period_start is None) == (self.contract_period_end is None)
+        terms = self.custom_terms
+        assert terms is None or min(terms["credits_per_month"], terms["concurrent_jobs"]) > 0
+
     def due_contract_period(self, at: datetime) -> tuple[datetime, datetime] | None:
         """The contract period containing ``at`` if its credits are not granted yet."""
         if (
@@ -255,6 +218,7 @@ class Subscription(Aggregate):
             period_end=period_end,
             timestamp=at,
         )
+        assert self.status == SubscriptionStatus.ACTIVE.value and self.external_id == external_id
         return True
 
     def renew(
@@ -268,6 +232,7 @@ class Subscription(Aggregate):
     ) -> int | None:
         """Record a paid period. Returns the credits (mc) to grant, or None if seen before.
         ``plan``: the plan the invoice paid for (default: the current one)."""
+        assert invoice_id, "a renewal needs its invoice"
         require_aware(at)
         if invoice_id in self.invoices:
             return None
@@ -287,6 +252,7 @@ class Subscription(Aggregate):
             credits_mc=credits_mc,
             timestamp=at,
         )
+        assert invoice_id in self.invoices and credits_mc >= 0
         return credits_mc
 
     def change_plan(
@@ -316,6 +282,7 @@ class Subscription(Aggregate):
             custom_terms=custom_terms,
             timestamp=at,
         )
+        assert self.plan_slug == to_plan and self.custom_terms == custom_terms
         return True
 
     def grant_tester(
@@ -369,6 +336,7 @@ class Subscription(Aggregate):
         if self.cancel_at is not None:
             return False
         self._cancellation_scheduled(effective_at=self.period_end, timestamp=at)
+        assert self.cancel_at == self.period_end
         return True
 
     def revoke_cancellation(self, at: datetime) -> bool:
@@ -376,6 +344,7 @@ class Subscription(Aggregate):
         if self.cancel_at is None:
             return False
         self._cancellation_revoked(timestamp=at)
+        assert self.cancel_at is None
         return True
 
     def record_payment_failed(self, *, invoice_id: str, at: datetime) -> bool:
@@ -385,6 +354,7 @@ class Subscription(Aggregate):
         if self.status == SubscriptionStatus.ENDED.value:
             raise InvalidTransition("the subscription has ended")
         self._payment_failed(invoice_id=invoice_id, timestamp=at)
+        assert self.is_past_due and invoice_id in self.failed_invoices
         return True
 
     def end(self, *, reason: str, at: datetime) -> bool:
@@ -392,135 +362,41 @@ class Subscription(Aggregate):
         if self.status == SubscriptionStatus.ENDED.value:
             return False
         self._ended(reason=reason, timestamp=at)
+        assert self.status == SubscriptionStatus.ENDED.value and self.cancel_at is None
         return True
 
     def link_customer(self, customer_id: str, at: datetime) -> bool:
+        assert customer_id, "a Stripe customer needs its id"
         require_aware(at)
         if self.customer_id == customer_id:
             return False
         if self.customer_id is not None:
             raise IdempotencyConflict("this user already has another Stripe customer")
         self._customer_linked(customer_id=customer_id, timestamp=at)
+        assert self.customer_id == customer_id
         return True
 
-    # ------------------------------------------------------------- event bodies (mutate only)
-
-    @event(Started)
-    def _started(
-        self,
-        plan: str,
-        external_id: str,
-        period_start: datetime,
-        period_end: datetime,
-        timestamp: datetime,
-    ) -> None:
-        self.plan_slug = plan
-        self.external_id = external_id
-        self.status = SubscriptionStatus.ACTIVE.value
-        self.period_start = period_start
-        self.period_end = period_end
-        self.cancel_at = None
-        self.custom_terms = None
-        self.stripe_billed = True
-        self.tester_until = self.before_tester = self.contract_since = None
-
-    @event(PeriodRenewed)
-    def _renewed(
-        self,
-        invoice_id: str,
-        plan: str,
-        period_start: datetime,
-        period_end: datetime,
-        credits_mc: int,
-        timestamp: datetime,
-    ) -> None:
-        self.invoices.append(invoice_id)
-        if period_end >= self.period_end:  # a late invoice of an older period moves nothing
-            self.status = SubscriptionStatus.ACTIVE.value
-            self.period_start = period_start
-            self.period_end = period_end
-
-    @event(PlanChanged)
-    def _plan_changed(
-        self,
-        from_plan: str,
-        to_plan: str,
-        actor: str,
-        reason: str,
-        custom_terms: CustomTerms | None,
-        timestamp: datetime,
-    ) -> None:
-        if to_plan == TESTER and self.plan_slug != TESTER:
-            # A tester window starts (TesterPlanGranted sets its end): remember what to revert to.
-            self.before_tester = (self.plan_slug, self.custom_terms, self.status)
-            self.tester_until = None
-        elif to_plan != TESTER:
-            self.before_tester = self.tester_until = None
-        if to_plan == ENTERPRISE and custom_terms is not None:
-            if self.contract_since is None and not self.stripe_billed:
-                self.contract_since = timestamp  # the contract's periods count from here
-        elif to_plan != TESTER:  # a tester window inside a contract only pauses it
-            self.contract_since = None
-        self.plan_slug = to_plan
-        self.custom_terms = custom_terms
-        if self.status in (SubscriptionStatus.TRIALING.value, SubscriptionStatus.ENDED.value):
-            # An admin-assigned plan (tester, enterprise) runs without Stripe.
-            self.status = SubscriptionStatus.ACTIVE.value
-
-    @event(CancellationScheduled)
-    def _cancellation_scheduled(self, effective_at: datetime, timestamp: datetime) -> None:
-        self.cancel_at = effective_at
-
-    @event(CancellationRevoked)
-    def _cancellation_revoked(self, timestamp: datetime) -> None:
-        self.cancel_at = None
-
-    @event(PaymentFailed)
-    def _payment_failed(self, invoice_id: str, timestamp: datetime) -> None:
-        self.failed_invoices.append(invoice_id)
-        self.status = SubscriptionStatus.PAST_DUE.value
-
-    @event(CustomerLinked)
-    def _customer_linked(self, customer_id: str, timestamp: datetime) -> None:
-        self.customer_id = customer_id
-
     def mark_stripe_synced(self, object_at: datetime, at: datetime) -> None:
+        require_aware(object_at, "object_at")
+        require_aware(at)
         self._stripe_synced(object_at=object_at, timestamp=at)
 
     def is_stale(self, object_at: datetime) -> bool:
         return self.stripe_synced_at is not None and object_at < self.stripe_synced_at
 
-    @event(StripeSynced)
-    def _stripe_synced(self, object_at: datetime, timestamp: datetime) -> None:
-        self.stripe_synced_at = object_at
+    # ------------------------------------------------------------- event bodies (mutate only)
+    # Calling one triggers its event; its body, the event's effect, is beside the event in
+    # domain/subscription_events.py (and runs again on every replay).
 
-    @event(Ended)
-    def _ended(self, reason: str, timestamp: datetime) -> None:
-        self.status = SubscriptionStatus.ENDED.value
-        self.cancel_at = None
-        self.stripe_billed = False
-        self.contract_since = None
-
-    @event(TesterPlanGranted)
-    def _tester_plan_granted(
-        self, grant_id: str, valid_until: datetime, timestamp: datetime
-    ) -> None:
-        self.tester_grants.append(grant_id)
-        if self.tester_until is None or valid_until > self.tester_until:
-            self.tester_until = valid_until
-
-    @event(TesterPlanEnded)
-    def _tester_plan_ended(
-        self, to_plan: str, custom_terms: CustomTerms | None, status: str, timestamp: datetime
-    ) -> None:
-        self.plan_slug = to_plan
-        self.custom_terms = custom_terms
-        self.status = status
-        self.tester_until = self.before_tester = None
-
-    @event(ContractPeriodStarted)
-    def _contract_period_started(
-        self, period_start: datetime, period_end: datetime, credits_mc: int, timestamp: datetime
-    ) -> None:
-        self.contract_period_start = self.period_start = period_start
-        self.contract_period_end = self.period_end = period_end
+    _started = event(Started)(events.started)
+    _renewed = event(PeriodRenewed)(events.renewed)
+    _plan_changed = event(PlanChanged)(events.plan_changed)
+    _cancellation_scheduled = event(CancellationScheduled)(events.cancellation_scheduled)
+    _cancellation_revoked = event(CancellationRevoked)(events.cancellation_revoked)
+    _payment_failed = event(PaymentFailed)(events.payment_failed)
+    _customer_linked = event(CustomerLinked)(events.customer_linked)
+    _stripe_synced = event(StripeSynced)(events.stripe_synced)
+    _ended = event(Ended)(events.ended)
+    _tester_plan_granted = event(TesterPlanGranted)(events.tester_plan_granted)
+    _tester_plan_ended = event(TesterPlanEnded)(events.tester_plan_ended)
+    _contract_period_started = event(ContractPeriodStarted)(events.contract_period_started)

@@ -456,6 +456,11 @@ class LedgerMachine(RuleBasedStateMachine):
         assert sum(self.balances.values()) == 0
 
     @invariant()
+    def account_invariants_hold(self) -> None:
+        # The aggregate's own full scan (every event body asserted the lots it touched).
+        self.account.assert_invariants()
+
+    @invariant()
     def rebuilt_equals_live(self) -> None:
         replayed: CreditAccount | None = None
         for ev in self.app.events.get(self.account.id):
