@@ -1,56 +1,79 @@
 """GenerationJob: one text-to-image request from submission to its single billing outcome.
 
-    submitted -> accepted (credits held) | rejected (reason code)
-    accepted  -> dispatched (attempt n) -> running -> completed | failed | cancelled
-    a retryable failure of attempt n < MAX_ATTEMPTS puts the job back to accepted.
+The lifecycle is stated once, here, because three processes act on it (the API, the scheduler,
+the settler) and each used to work out for itself when a job was finished, retried or given
+up:
+
+- ``LIFECYCLE`` is the table of the statuses a job may move to from each status; every command
+  of the aggregate that changes the status asks it (``GenerationJob._move``, the one check)
+  before raising its event. Effects never check: a stored event is history, replayed as it was.
+- ``MAX_ATTEMPTS`` is the attempt cap, and ``has_attempts_left`` the only test against it.
+- The commands that end a job for want of attempts return a ``DeadLetterDecision``; the
+  application's commands hand it back in their results, and the scheduler and the settler
+  publish what they are given, deciding nothing themselves.
 
 Reports name their attempt; a report of any attempt but the current one is stale and changes
-nothing, so an abandoned attempt can never be billed later.
+nothing, so an abandoned attempt can never be billed later. The events and their effects (the
+stored shape) are in domain/job_events.py, the parameters a job asks for in
+domain/parameters.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
-from typing_extensions import TypedDict  # pydantic reads these (event JSON Schemas)
 
 from domain import ids
-from domain.catalog import MODELS, get_model
-from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition, NotFound
+from domain import job_events as events
+from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
+from domain.job_events import ImageRecord, JobStatus
+from domain.parameters import MAX_SEED, JobParameters
 from domain.units import require_aware
 
-MAX_ATTEMPTS = 3
-MAX_PROMPT_CHARS = 2000
-MAX_SEED = 2**32 - 1
-SCHEDULERS = frozenset({"ddim", "dpm++_2m", "euler", "euler_a", "lms", "pndm"})
-
-
-class JobStatus(StrEnum):
-    SUBMITTED = "submitted"
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    DISPATCHED = "dispatched"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset(
+_S = JobStatus
+# From each status, the statuses a job may move to. A re-dispatch (the worker's lease expired)
+# moves a dispatched or running job to dispatched again; a retryable failure puts it back to
+# accepted, its hold kept; giving up fails it from wherever it waits. A submitted job is never
+# stored: the submission saves it accepted or rejected.
+LIFECYCLE: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
     {
-        JobStatus.REJECTED.value,
-        JobStatus.COMPLETED.value,
-        JobStatus.FAILED.value,
-        JobStatus.CANCELLED.value,
+        _S.SUBMITTED: frozenset({_S.ACCEPTED, _S.REJECTED}),
+        _S.ACCEPTED: frozenset({_S.DISPATCHED, _S.FAILED, _S.CANCELLED}),
+        _S.DISPATCHED: frozenset(
+            {_S.DISPATCHED, _S.RUNNING, _S.ACCEPTED, _S.COMPLETED, _S.FAILED, _S.CANCELLED}
+        ),
+        _S.RUNNING: frozenset({_S.DISPATCHED, _S.ACCEPTED, _S.COMPLETED, _S.FAILED, _S.CANCELLED}),
+        _S.REJECTED: frozenset(),
+        _S.COMPLETED: frozenset(),
+        _S.FAILED: frozenset(),
+        _S.CANCELLED: frozenset(),
     }
 )
+# The statuses nothing follows (their values: read models and the API hold plain strings).
+TERMINAL: frozenset[str] = frozenset(s.value for s, moves in LIFECYCLE.items() if not moves)
+
+MAX_ATTEMPTS = 3
+
+
+def has_attempts_left(attempt: int) -> bool:
+    """Whether a job whose attempt ``attempt`` was lost or failed may run another one."""
+    return attempt < MAX_ATTEMPTS
+
+
+@dataclass(frozen=True)
+class DeadLetterDecision:
+    """The job ran out of attempts on a platform problem and was failed for good: whoever
+    issued the command publishes it on the dead-letter topic (an operator looks at it)."""
+
+    attempts: int
+    reason: str
 
 
 class RejectionReason(StrEnum):
@@ -68,71 +91,6 @@ class Fault(StrEnum):
     USER = "user"
 
 
-class ImageRecord(TypedDict):
-    name: str
-    key: str  # S3 key of the PNG
-    thumbnail_key: str  # S3 key of the WebP thumbnail
-    size_bytes: int
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class JobParameters:
-    model: str
-    prompt: str
-    steps: int
-    width: int
-    height: int
-    batch_size: int = 1
-    negative_prompt: str = ""
-    seed: int | None = None
-    guidance_scale: float = 7.5
-    scheduler: str | None = None
-
-    def validate(self) -> None:
-        """Raise InvalidParameters with every problem, each saying what is allowed."""
-        problems: list[str] = []
-        spec = get_model(self.model)
-        if spec is None:
-            problems.append(f"model {self.model!r} is unknown; choose one of {', '.join(MODELS)}")
-        if not self.prompt.strip():
-            problems.append("prompt must not be empty")
-        for name, text in (("prompt", self.prompt), ("negative_prompt", self.negative_prompt)):
-            if len(text) > MAX_PROMPT_CHARS:
-                problems.append(
-                    f"{name} is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}"
-                )
-        if not 1 <= self.steps <= 150:
-            problems.append("steps must be between 1 and 150")
-        if not 1 <= self.batch_size <= 8:
-            problems.append("batch_size must be between 1 and 8")
-        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            problems.append(f"seed must be between 0 and {MAX_SEED}")
-        if not 0.0 <= self.guidance_scale <= 30.0:
-            problems.append("guidance_scale must be between 0 and 30")
-        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            problems.append(f"scheduler must be one of {', '.join(sorted(SCHEDULERS))}")
-        if spec is not None:
-            r = spec.sizes
-            for name, px in (("width", self.width), ("height", self.height)):
-                if not r.min_px <= px <= r.max_px or px % r.multiple:
-                    problems.append(
-                        f"{name} must be a multiple of {r.multiple} between {r.min_px} and "
-                        f"{r.max_px} for {self.model}"
-                    )
-        if problems:
-            raise InvalidParameters("; ".join(problems))
-
-    def fingerprint(self) -> str:
-        """Digest of the parameters: one Idempotency-Key with other parameters is a conflict."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-    def as_event_data(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def seed_for(job_id: UUID, requested: int | None) -> int:
     """The seed a job runs with: the requested one, or one derived from the job id, so every
     attempt of a job produces the same image."""
@@ -142,86 +100,20 @@ def seed_for(job_id: UUID, requested: int | None) -> int:
 class GenerationJob(Aggregate):
     TOPIC = "pinksea:GenerationJob"
 
-    class Created(Aggregate.Created):
-        # The library requires an explicit topic on the inherited default; we use Submitted.
-        TOPIC = "pinksea:GenerationJob.Created"
-
-    class Submitted(Aggregate.Created):
-        TOPIC = "pinksea:GenerationJob.Submitted"
-        user_id: str
-        idempotency_key: str
-        parameters: dict[str, Any]
-        seed: int
-        fingerprint: str
-        tier: str
-
-    class Accepted(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.Accepted"
-        hold_mc: int
-        budget_ms: int
-        estimate_ms: int
-
-    class Rejected(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.Rejected"
-        reason: str
-        detail: str
-
-    class Dispatched(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.Dispatched"
-        attempt: int
-        worker_id: str
-
-    class Started(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.Started"
-        attempt: int
-        worker_id: str
-        gpu: str
-
-    class CancelRequested(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.CancelRequested"
-
-    class Completed(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.Completed"
-        attempt: int
-        gpu_ms: int
-        cuda_ms: int | None
-        charged_mc: int
-        images: list[ImageRecord]
-
-    class AttemptFailed(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.AttemptFailed"
-        attempt: int
-        reason: str
-
-    class Failed(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.Failed"
-        attempt: int
-        reason: str
-        retryable: bool
-        fault: str
-        gpu_ms: int
-        charged_mc: int
-
-    class Cancelled(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.Cancelled"
-        after_start: bool
-        gpu_ms: int
-        charged_mc: int
-
-    class Refunded(Aggregate.Event):
-        TOPIC = "pinksea:GenerationJob.Refunded"
-        amount_mc: int
-        reason: str
-        actor: str
-
-    class ImageDeleted(Aggregate.Event):
-        """The owner deleted one of the job's images: it no longer counts against their storage
-        quota, and its S3 objects (named here, so a consumer can remove them) are to go."""
-
-        TOPIC = "pinksea:GenerationJob.ImageDeleted"
-        name: str
-        key: str
-        thumbnail_key: str
+    # The events, bound here: the library makes each the job's own event class.
+    Created = events.Created
+    Submitted = events.Submitted
+    Accepted = events.Accepted
+    Rejected = events.Rejected
+    Dispatched = events.Dispatched
+    Started = events.Started
+    CancelRequested = events.CancelRequested
+    Completed = events.Completed
+    AttemptFailed = events.AttemptFailed
+    Failed = events.Failed
+    Cancelled = events.Cancelled
+    Refunded = events.Refunded
+    ImageDeleted = events.ImageDeleted
 
     @staticmethod
     def create_id(user_id: str, idempotency_key: str) -> UUID:
@@ -267,7 +159,7 @@ class GenerationJob(Aggregate):
         cls, *, user_id: str, idempotency_key: str, params: JobParameters, tier: str, at: datetime
     ) -> GenerationJob:
         require_aware(at)
-        params.validate()
+        params.check()
         job_uuid = ids.job_id(user_id, idempotency_key)
         return cls(
             user_id=user_id,
@@ -305,14 +197,19 @@ class GenerationJob(Aggregate):
             JobStatus.RUNNING.value,
         )
 
+    def retries_after(self, attempt: int, *, retryable: bool) -> bool:
+        """Whether a failure of ``attempt`` puts the job back in the queue, hold kept, rather
+        than ending it."""
+        return retryable and has_attempts_left(attempt)
+
     # ---------------------------------------------------------------------------- commands
 
     def accept(self, *, hold_mc: int, estimate_ms: int, budget_ms: int, at: datetime) -> None:
-        self._require(JobStatus.SUBMITTED)
+        self._move(JobStatus.ACCEPTED)
         self._accepted(hold_mc=hold_mc, budget_ms=budget_ms, estimate_ms=estimate_ms, timestamp=at)
 
     def reject(self, *, reason: RejectionReason, detail: str, at: datetime) -> None:
-        self._require(JobStatus.SUBMITTED)
+        self._move(JobStatus.REJECTED)
         self._rejected(reason=reason.value, detail=detail, timestamp=at)
 
     def dispatch(self, *, attempt: int, worker_id: str, at: datetime) -> bool:
@@ -321,21 +218,19 @@ class GenerationJob(Aggregate):
         require_aware(at)
         if attempt == self.attempt and self.status != JobStatus.ACCEPTED.value:
             return False  # this dispatch was recorded already
-        if self.is_terminal or self.status == JobStatus.SUBMITTED.value:
-            raise InvalidTransition(f"a {self.status} job cannot be dispatched")
+        self._move(JobStatus.DISPATCHED)
         if attempt != self.attempt + 1:
             raise InvalidTransition(f"attempt {attempt} does not follow attempt {self.attempt}")
-        if attempt > MAX_ATTEMPTS:
+        if not has_attempts_left(self.attempt):
             raise InvalidTransition(f"the job has used its {MAX_ATTEMPTS} attempts")
         self._dispatched(attempt=attempt, worker_id=worker_id, timestamp=at)
         return True
 
     def start(self, *, attempt: int, worker_id: str, gpu: str, at: datetime) -> bool:
         require_aware(at)
-        if not self.is_current(attempt):
+        if not self.is_current(attempt) or self.status == JobStatus.RUNNING.value:
             return False  # a stale or repeated report
-        if self.status == JobStatus.RUNNING.value:
-            return False
+        self._move(JobStatus.RUNNING)
         self._started(attempt=attempt, worker_id=worker_id, gpu=gpu, timestamp=at)
         return True
 
@@ -358,6 +253,7 @@ class GenerationJob(Aggregate):
         at: datetime,
     ) -> None:
         self._require_current(attempt)
+        self._move(JobStatus.COMPLETED)
         self._completed(
             attempt=attempt,
             gpu_ms=gpu_ms,
@@ -370,8 +266,9 @@ class GenerationJob(Aggregate):
     def fail_attempt(self, *, attempt: int, reason: str, at: datetime) -> None:
         """A retryable failure: back to the queue with the hold kept."""
         self._require_current(attempt)
-        if attempt >= MAX_ATTEMPTS:
+        if not has_attempts_left(attempt):
             raise InvalidTransition("no attempts left; fail the job")
+        self._move(JobStatus.ACCEPTED)
         self._attempt_failed(attempt=attempt, reason=reason, timestamp=at)
 
     def fail(
@@ -384,9 +281,12 @@ class GenerationJob(Aggregate):
         gpu_ms: int,
         charged_mc: int,
         at: datetime,
-    ) -> None:
+    ) -> DeadLetterDecision | None:
+        """The run failed for good. A retryable failure gets here only with no attempts left:
+        the job is dead-lettered (the decision is returned)."""
         if attempt != self.attempt or self.is_terminal:
             raise InvalidTransition(f"attempt {attempt} is not the job's current attempt")
+        self._move(JobStatus.FAILED)
         self._failed(
             attempt=attempt,
             reason=reason,
@@ -396,10 +296,27 @@ class GenerationJob(Aggregate):
             charged_mc=charged_mc,
             timestamp=at,
         )
+        if retryable and not has_attempts_left(attempt):
+            return DeadLetterDecision(attempts=attempt, reason=reason)
+        return None
+
+    def give_up(self, *, cause: str, at: datetime) -> DeadLetterDecision:
+        """Fail the job for want of attempts (never billed: the caller voids the hold); the
+        dead-letter decision carries ``cause``."""
+        self._move(JobStatus.FAILED)
+        self._failed(
+            attempt=self.attempt,
+            reason=f"gave up after {MAX_ATTEMPTS} attempts",
+            retryable=False,
+            fault=Fault.PLATFORM.value,
+            gpu_ms=0,
+            charged_mc=0,
+            timestamp=at,
+        )
+        return DeadLetterDecision(attempts=self.attempt, reason=cause)
 
     def cancel(self, *, gpu_ms: int, charged_mc: int, at: datetime) -> None:
-        if self.is_terminal:
-            raise InvalidTransition(f"a {self.status} job cannot be cancelled")
+        self._move(JobStatus.CANCELLED)
         self._cancelled(
             after_start=self.status == JobStatus.RUNNING.value,
             gpu_ms=gpu_ms,
@@ -426,95 +343,43 @@ class GenerationJob(Aggregate):
         )
         return True
 
-    def _require(self, status: JobStatus) -> None:
-        if self.status != status.value:
-            raise InvalidTransition(f"the job is {self.status}, not {status.value}")
+    def _move(self, to: JobStatus) -> None:
+        """The one check of the lifecycle table."""
+        if to not in LIFECYCLE[JobStatus(self.status)]:
+            raise InvalidTransition(f"a {self.status} job cannot become {to.value}")
 
     def _require_current(self, attempt: int) -> None:
         if not self.is_current(attempt):
             raise InvalidTransition(f"attempt {attempt} is not the job's current attempt")
 
     # ------------------------------------------------------------- event bodies (mutate only)
+    # Calling one triggers its event; its body, the event's effect, is beside the event in
+    # domain/job_events.py (and runs again on every replay).
 
-    @event(Accepted)
-    def _accepted(
-        self, hold_mc: int, budget_ms: int, estimate_ms: int, timestamp: datetime
-    ) -> None:
-        self.status = JobStatus.ACCEPTED.value
-        self.hold_mc = hold_mc
-        self.budget_ms = budget_ms
-        self.estimate_ms = estimate_ms
+    _accepted = event(Accepted)(events.accepted)
+    _rejected = event(Rejected)(events.rejected)
+    _dispatched = event(Dispatched)(events.dispatched)
+    _started = event(Started)(events.started)
+    _cancel_requested = event(CancelRequested)(events.cancel_requested)
+    _completed = event(Completed)(events.completed)
+    _attempt_failed = event(AttemptFailed)(events.attempt_failed)
+    _failed = event(Failed)(events.failed)
+    _cancelled = event(Cancelled)(events.cancelled)
+    _refunded = event(Refunded)(events.refunded)
+    _image_deleted = event(ImageDeleted)(events.image_deleted)
 
-    @event(Rejected)
-    def _rejected(self, reason: str, detail: str, timestamp: datetime) -> None:
-        self.status = JobStatus.REJECTED.value
-        self.rejection = reason
-        self.rejection_detail = detail
 
-    @event(Dispatched)
-    def _dispatched(self, attempt: int, worker_id: str, timestamp: datetime) -> None:
-        self.status = JobStatus.DISPATCHED.value
-        self.attempt = attempt
-        self.worker_id = worker_id
-
-    @event(Started)
-    def _started(self, attempt: int, worker_id: str, gpu: str, timestamp: datetime) -> None:
-        self.status = JobStatus.RUNNING.value
-        self.worker_id = worker_id
-
-    @event(CancelRequested)
-    def _cancel_requested(self, timestamp: datetime) -> None:
-        self.cancel_requested = True
-
-    @event(Completed)
-    def _completed(
-        self,
-        attempt: int,
-        gpu_ms: int,
-        cuda_ms: int | None,
-        charged_mc: int,
-        images: list[ImageRecord],
-        timestamp: datetime,
-    ) -> None:
-        self.status = JobStatus.COMPLETED.value
-        self.gpu_ms = gpu_ms
-        self.cuda_ms = cuda_ms
-        self.charged_mc = charged_mc
-        self.images = images
-
-    @event(AttemptFailed)
-    def _attempt_failed(self, attempt: int, reason: str, timestamp: datetime) -> None:
-        self.status = JobStatus.ACCEPTED.value
-        self.failure = reason
-
-    @event(Failed)
-    def _failed(
-        self,
-        attempt: int,
-        reason: str,
-        retryable: bool,
-        fault: str,
-        gpu_ms: int,
-        charged_mc: int,
-        timestamp: datetime,
-    ) -> None:
-        self.status = JobStatus.FAILED.value
-        self.failure = reason
-        self.gpu_ms = gpu_ms
-        self.charged_mc = charged_mc
-
-    @event(Cancelled)
-    def _cancelled(
-        self, after_start: bool, gpu_ms: int, charged_mc: int, timestamp: datetime
-    ) -> None:
-        self.status = JobStatus.CANCELLED.value
-        self.gpu_ms = gpu_ms
-        self.charged_mc = charged_mc
-
-    @event(Refunded)
-    def _refunded(self, amount_mc: int, reason: str, actor: str, timestamp: datetime) -> None:
-        self.refunded_mc = amount_mc
-
-    @event(ImageDeleted)
-    def _image_deleted(self, name: str, key: str, thumbnail_key: str, timestamp: datetime) -> None:
-        self.deleted_images[name] = timestamp
+__all__ = [
+    "LIFECYCLE",
+    "MAX_ATTEMPTS",
+    "TERMINAL",
+    "DeadLetterDecision",
+    "Fault",
+    "GenerationJob",
+    "ImageRecord",
+    "JobParameters",
+    "JobStatus",
+    "RejectionReason",
+    "has_attempts_left",
+    "seed_for",
+]

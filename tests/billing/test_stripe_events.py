@@ -8,9 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.billing.stripe_events import handle_stripe_event
-from domain.application import PinkseaApplication
+from api.billing.stripe_events import handle_stripe_event, translate
+from domain.application import BillingState, PinkseaApplication
 from domain.plans import get_plan
+from domain.webhooks import StripeEvent
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 PRICES = {"price_starter": "starter", "price_pro": "pro", "price_studio": "studio"}
@@ -158,3 +159,51 @@ def test_any_delivery_order_converges_to_the_in_order_state(
     order: list[int], dups: list[int]
 ) -> None:
     assert final_state(list(order), dups) == final_state(list(range(len(LIFECYCLE))), [])
+
+
+def test_stripe_statuses_are_translated_to_the_domain_before_any_command() -> None:
+    """The domain takes a BillingState; Stripe's status strings stop at api/billing/."""
+    at = T0 + timedelta(hours=2)
+    states = {}
+    for status in ("active", "trialing", "past_due", "incomplete", "unpaid", "canceled"):
+        synced = translate(
+            "customer.subscription.updated", subscription("price_pro", status), PRICES, at
+        )
+        assert synced.command is not None and synced.action.startswith("subscription synced")
+        states[status] = _state_sent(synced.command)
+    deleted = translate("customer.subscription.deleted", subscription("price_pro"), PRICES, at)
+    assert deleted.command is not None
+    assert states == {
+        "active": BillingState.RUNNING,
+        "trialing": BillingState.RUNNING,
+        "past_due": BillingState.RUNNING,
+        "incomplete": BillingState.INACTIVE,
+        "unpaid": BillingState.INACTIVE,
+        "canceled": BillingState.ENDED,
+    }
+    assert _state_sent(deleted.command) is BillingState.ENDED
+    unknown = translate("customer.subscription.updated", subscription("price_x"), PRICES, at)
+    assert unknown.command is None and unknown.action.startswith("ignored")
+
+
+def _state_sent(run: Any) -> BillingState:
+    """The state a translated command hands to sync_stripe_subscription."""
+    sent: dict[str, Any] = {}
+
+    class Recorder:
+        def sync_stripe_subscription(self, user: str, **kwargs: Any) -> None:
+            sent.update(kwargs)
+
+    run(Recorder(), StripeEvent(event_id="evt", type="t", at=T0))
+    assert isinstance(sent["state"], BillingState)
+    return sent["state"]
+
+
+def test_an_event_the_ledger_refuses_is_recorded_and_not_applied_twice() -> None:
+    app = PinkseaApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    # No user registered: the command is refused, the event still recorded as handled.
+    refused = handle_stripe_event(app, LIFECYCLE[2], PRICES)
+    assert refused.applied and refused.action.startswith("refused: ")
+    assert app.stripe_event_seen(LIFECYCLE[2]["id"])
+    again = handle_stripe_event(app, LIFECYCLE[2], PRICES)
+    assert (again.applied, again.action) == (False, "duplicate: already applied")

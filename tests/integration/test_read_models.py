@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from domain.application import PinkseaApplication
+from domain.application import BillingState, PinkseaApplication
 from domain.credits import LotSource
 from domain.errors import DomainError
 from domain.jobs import Fault, GenerationJob, ImageRecord, JobParameters
@@ -380,7 +380,8 @@ class Story:
         app.schedule_cancellation("carol", T0 + 2 * DAY)
         app.revoke_cancellation("carol", T0 + 3 * DAY)
         app.sync_stripe_subscription(
-            "carol", external_id="sub_carol", plan="starter", status="active", period_start=T0,
+            "carol", external_id="sub_carol", plan="starter", state=BillingState.RUNNING,
+            period_start=T0,
             period_end=T0 + 30 * DAY, cancel_at_period_end=True, object_at=T0 + 4 * DAY,
             at=T0 + 4 * DAY,
         )  # fmt: skip
