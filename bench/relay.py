@@ -136,7 +136,7 @@ async def commit_to_kafka_lag(
     await consumer.start()
     await consumer.seek_to_end()
     stop = asyncio.Event()
-    relay_task = asyncio.create_task(Relay(settings, pool, poll_interval=0.5).run(stop))
+    relay_task = asyncio.create_task(Relay(settings, pool, poll_interval_s=0.5).run(stop))
     thread = threading.Thread(target=writer)
     thread.start()
     deadline = time.perf_counter() + seconds

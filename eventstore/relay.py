@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from eventstore.contract import envelope_for, topic_for
 from eventstore.decoding import EVENTS_TABLE, StoredDomainEvent, fetch_events, newest_position
+from infra.errors import OPERATIONAL_ERRORS, Backoff
 from infra.settings import Settings
 
 log = structlog.get_logger("relay")
@@ -40,7 +40,13 @@ RELAY_LAG_SECONDS = Gauge(
     "pinksea_relay_lag_seconds", "Age of the oldest event not yet published (0 when caught up)"
 )
 RELAY_PUBLISHED = Counter("pinksea_relay_published_total", "Events published to Kafka")
-RELAY_RETRIES = Counter("pinksea_relay_retries_total", "Batches retried after a Kafka error")
+RELAY_RETRIES = Counter(
+    "pinksea_relay_retries_total", "Batches retried after an operational error (Kafka, PostgreSQL)"
+)
+
+BACKOFF_FIRST_S = 0.2  # first pause after an operational error (doubles)
+BACKOFF_MAX_S = 5.0  # longest pause: a broker or database that stays down is retried this often
+PRODUCER_STOP_TIMEOUT_S = 5.0
 
 
 class Relay:
@@ -51,7 +57,7 @@ class Relay:
         *,
         name: str = "main",
         batch_size: int = 1000,
-        poll_interval: float = 0.5,
+        poll_interval_s: float = 0.5,
         producer_factory: Callable[[], AIOKafkaProducer] | None = None,
     ) -> None:
         from infra.kafka import idempotent_producer
@@ -60,7 +66,7 @@ class Relay:
         self.pool = pool
         self.name = name
         self.batch_size = batch_size
-        self.poll_interval = poll_interval
+        self.poll_interval_s = poll_interval_s  # fallback poll, when no NOTIFY wakes it
         self._new_producer = producer_factory or (lambda: idempotent_producer(settings))
         self._wake = asyncio.Event()
         self.position = 0
@@ -81,36 +87,57 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set."""
         await self.load_position()
-        listener = await self.pool.acquire()
-        await listener.add_listener(CHANNEL, self._on_notify)
+        listener = None  # the connection that LISTENs for the store's NOTIFY
         producer: AIOKafkaProducer | None = None
-        backoff = 0.2
+        backoff = Backoff(first_s=BACKOFF_FIRST_S, max_s=BACKOFF_MAX_S)
         log.info("relay started", position=self.position)
         try:
+            # Runs until stopped (a server loop). Operational errors (Kafka or PostgreSQL down)
+            # retry the same batch after a backoff, losing nothing; anything else is a bug and
+            # ends the process for its supervisor to restart.
             while not stop.is_set():
                 try:
+                    if listener is None or listener.is_closed():
+                        closed, listener = listener, None
+                        listener = await self._listen(closed)
                     if producer is None:
                         producer = self._new_producer()
                         await producer.start()
                     published = await self.publish_batch(producer)
-                    backoff = 0.2
-                except (TimeoutError, KafkaError, OSError) as e:
+                    backoff.succeeded()
+                except OPERATIONAL_ERRORS as e:
                     RELAY_RETRIES.inc()
-                    log.warning("kafka unavailable, retrying", error=repr(e), backoff=backoff)
+                    pause_s = backoff.failed()
+                    log.warning("relay retrying", error=repr(e), backoff_s=pause_s)
                     if producer is not None:
                         await _quietly_stop(producer)
                         producer = None
-                    await _sleep_or_stop(stop, backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await _sleep_or_stop(stop, pause_s)
                     continue
                 if published < self.batch_size:
                     await self._wait_for_events(stop)
         finally:
-            await listener.remove_listener(CHANNEL, self._on_notify)
-            await self.pool.release(listener)
+            if listener is not None:
+                # A database that is down must not turn a stop (or the error that ended the
+                # loop) into another error.
+                with contextlib.suppress(*OPERATIONAL_ERRORS):
+                    if not listener.is_closed():
+                        await listener.remove_listener(CHANNEL, self._on_notify)
+                    await self.pool.release(listener)
             if producer is not None:
                 await _quietly_stop(producer)
             log.info("relay stopped", position=self.position)
+
+    async def _listen(self, closed: asyncpg.Connection | None) -> asyncpg.Connection:
+        """LISTEN on a connection of its own; again on a new one when the database closed
+        the last (a restart): the poll fallback alone would add up to a poll's latency."""
+        if closed is not None:
+            with contextlib.suppress(*OPERATIONAL_ERRORS):  # it is gone either way
+                await self.pool.release(closed)
+        listener = await self.pool.acquire()
+        await listener.add_listener(CHANNEL, self._on_notify)
+        self._wake.set()  # events may have been stored while nobody listened
+        return listener
 
     async def publish_batch(self, producer: AIOKafkaProducer) -> int:
         """Publish the next batch; returns how many events it published."""
@@ -173,7 +200,9 @@ class Relay:
     async def _wait_for_events(self, stop: asyncio.Event) -> None:
         self._wake.clear()
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            waiters, timeout=self.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+        )
         for w in waiters:
             w.cancel()
 
@@ -184,7 +213,8 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def _quietly_stop(producer: AIOKafkaProducer) -> None:
+    """Stop a producer that already failed: it may fail again, for the same reason."""
     try:
-        await asyncio.wait_for(producer.stop(), timeout=5)
-    except Exception:
+        await asyncio.wait_for(producer.stop(), timeout=PRODUCER_STOP_TIMEOUT_S)
+    except OPERATIONAL_ERRORS:
         log.debug("producer stop failed", exc_info=True)

@@ -27,6 +27,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter, Gauge
 
+from infra.errors import OPERATIONAL_ERRORS
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -154,8 +155,10 @@ async def run_gauges(
     read_models_interval_s: float = READ_MODELS_INTERVAL_S,
     lag_interval_s: float = LAG_INTERVAL_S,
 ) -> None:
-    """Refresh the gauges until ``stop``; never raises (a failed refresh is logged, counted
-    and retried at the next interval), so it can share a gather with the projections."""
+    """Refresh the gauges until ``stop``. A refresh that fails for an operational reason
+    (database or broker down or slow) is logged, counted and retried at the next interval, so
+    the gauges share a gather with the projections; any other error is a bug and ends the
+    process (its supervisor restarts it) rather than going stale unnoticed."""
     loop = asyncio.get_running_loop()
     due = {"read_models": loop.time(), "kafka": loop.time()}
     intervals = {"read_models": read_models_interval_s, "kafka": lag_interval_s}
@@ -168,7 +171,7 @@ async def run_gauges(
                     await refresh_read_model_gauges(pool)
                 else:
                     await refresh_consumer_lag(settings)
-            except Exception as e:  # the projections keep running; the gauge goes stale
+            except OPERATIONAL_ERRORS as e:  # the projections keep running; the gauge goes stale
                 REFRESH_FAILURES.labels(source).inc()
                 log.warning("gauge refresh failed", source=source, error=repr(e))
                 if source == "kafka":

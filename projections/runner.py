@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from eventstore.envelope import Envelope
+from infra.errors import OPERATIONAL_ERRORS, Backoff
 from infra.kafka import manual_consumer
 from infra.settings import Settings
 from projections.base import Projection
@@ -31,6 +31,11 @@ SKIPPED = Counter(
     "pinksea_projection_duplicates_total", "Redelivered events skipped", ["projection"]
 )
 POSITION = Gauge("pinksea_projection_position", "Highest store position applied", ["projection"])
+
+POLL_TIMEOUT_MS = 300  # how long a poll waits for events (and how soon a stop is seen)
+RESEEK_PAUSE_S = 0.2  # after a rebuild's hand-over, before reading its positions
+RETRY_FIRST_S = 0.5  # first pause after an operational error (doubles)
+RETRY_MAX_S = 5.0  # longest pause: a database or broker that stays down is retried this often
 
 
 def lock_key(projection: str) -> str:
@@ -133,19 +138,34 @@ class LiveProjectionRunner:
         )
         await consumer.start()
         log.info("projection started", projection=name)
+        backoff = Backoff(first_s=RETRY_FIRST_S, max_s=RETRY_MAX_S)
+        reseek = False  # seek to the database's positions before the next poll
         try:
+            # Runs until stopped (a server loop); only operational errors are retried here,
+            # anything else (a bug, an undecodable event) ends the process for its supervisor.
             while not stop.is_set():
                 try:
-                    polled = await consumer.getmany(timeout_ms=300, max_records=self.batch)
+                    if reseek:
+                        await self.seek_from_database(consumer.assignment())
+                        reseek = False
+                    polled = await consumer.getmany(
+                        timeout_ms=POLL_TIMEOUT_MS, max_records=self.batch
+                    )
                     if polled:
                         await self.process(polled)
+                    backoff.succeeded()
                 except _Reseek:
-                    await asyncio.sleep(0.2)  # a rebuild may still hold the lock
-                    await self.seek_from_database(consumer.assignment())
-                except (KafkaError, OSError, asyncpg.PostgresConnectionError) as e:
-                    log.warning("projection retrying", projection=name, error=repr(e))
-                    await asyncio.sleep(1)
-                    await self.seek_from_database(consumer.assignment())
+                    reseek = True
+                    await asyncio.sleep(RESEEK_PAUSE_S)  # a rebuild may still hold the lock
+                except OPERATIONAL_ERRORS as e:
+                    # The batch's transaction rolled back: read it again from the positions
+                    # the database has (the re-seek itself is retried if it fails too).
+                    reseek = True
+                    pause_s = backoff.failed()
+                    log.warning(
+                        "projection retrying", projection=name, error=repr(e), backoff_s=pause_s
+                    )
+                    await asyncio.sleep(pause_s)
         finally:
             await consumer.stop()
             log.info("projection stopped", projection=name)

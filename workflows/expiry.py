@@ -25,6 +25,7 @@ from prometheus_client import Counter
 
 from domain.application import CommandResult, PinkseaApplication
 from domain.errors import DomainError
+from infra.errors import OPERATIONAL_ERRORS
 
 log = structlog.get_logger("expiry")
 EXPIRED_ACCOUNTS = Counter("pinksea_expiry_accounts_total", "Accounts whose lots expired")
@@ -32,6 +33,8 @@ TESTER_PLANS_ENDED = Counter("pinksea_expiry_tester_plans_ended_total", "Tester 
 CONTRACT_PERIODS = Counter(
     "pinksea_expiry_contract_periods_total", "Contract periods whose credits were granted"
 )
+
+ROUND_INTERVAL_S = 30.0  # a due change (an expiry, a revert, a period) is made at most this late
 
 
 async def due_users(pool: asyncpg.Pool, at: datetime, limit: int = 1000) -> list[str]:
@@ -114,15 +117,22 @@ async def tick(pool: asyncpg.Pool, app: PinkseaApplication, at: datetime) -> dic
 
 
 async def run_expiry(
-    pool: asyncpg.Pool, app: PinkseaApplication, stop: asyncio.Event, interval: float = 30.0
+    pool: asyncpg.Pool,
+    app: PinkseaApplication,
+    stop: asyncio.Event,
+    interval_s: float = ROUND_INTERVAL_S,
 ) -> None:
-    log.info("expiry started", interval_s=interval)
-    while not stop.is_set():
+    """Run a round every ``interval_s`` until ``stop``. A round that fails for an operational
+    reason (the database down) is retried at the next one: every round catches up on all that
+    fell due. Anything else is a bug and ends the process (its supervisor restarts it)."""
+    assert interval_s > 0, f"expiry interval {interval_s} s"
+    log.info("expiry started", interval_s=interval_s)
+    while not stop.is_set():  # a server loop: runs until stopped
         try:
             changes = await tick(pool, app, datetime.now(UTC))
             if any(changes.values()):
                 log.info("due changes made", **changes)
-        except (asyncpg.PostgresError, OSError) as e:
-            log.warning("expiry round failed, retrying", error=repr(e))
+        except OPERATIONAL_ERRORS as e:
+            log.warning("expiry round failed, retrying", error=repr(e), retry_in_s=interval_s)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)

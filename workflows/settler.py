@@ -26,6 +26,7 @@ from prometheus_client import Counter
 from domain.application import SettlementResult
 from domain.errors import DomainError
 from domain.jobs import MAX_ATTEMPTS, Fault
+from infra.errors import OPERATIONAL_ERRORS
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import DeadLetter, Finished, Outcome, Started, parse_report
 from infra.observability.instrument import track_event_store
@@ -120,7 +121,7 @@ class Settler:
             return  # a retried attempt or a voided job: nothing was consumed
         try:
             tier = self.app.job(report.job_id).tier
-        except Exception:  # the settlement is recorded; a metric must not undo it
+        except OPERATIONAL_ERRORS:  # the settlement is recorded; a metric must not undo it
             log.exception("settlement not counted", job_id=str(report.job_id))
             return
         count_settlement(tier, charged_mc, images)

@@ -262,7 +262,7 @@ async def test_kafka_unreachable_commands_are_accepted_then_relayed(
 
         pool = await create_pool(real, max_size=4)
         try:
-            async with running(Relay(dead, pool, poll_interval=0.1).run):
+            async with running(Relay(dead, pool, poll_interval_s=0.1).run):
                 await asyncio.sleep(2)  # retrying against nothing, backing off
             assert await relay_position(pool) == 0
 
@@ -272,7 +272,7 @@ async def test_kafka_unreachable_commands_are_accepted_then_relayed(
             async def caught_up() -> bool:
                 return await relay_position(pool) >= newest
 
-            async with running(Relay(real, pool, poll_interval=0.1).run):
+            async with running(Relay(real, pool, poll_interval_s=0.1).run):
                 await wait_until(caught_up, timeout=20)
             published = await consume_all(real, len(stored), timeout=20)
         finally:

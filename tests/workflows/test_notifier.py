@@ -193,7 +193,7 @@ async def test_a_crossing_sends_one_email_even_when_delivered_twice(
     await remember_address(pool, user, address, now())
     cross(app, user)
     notifier = Notifier(stack, pool, smtp(stack))
-    async with running(Relay(stack, pool, poll_interval=0.1).run, notifier.run):
+    async with running(Relay(stack, pool, poll_interval_s=0.1).run, notifier.run):
         await wait_until(recorded(pool, user, 1))
         [(key, value)] = await reached_envelopes(stack, 1)
         await publish_again(stack, key, value)
@@ -228,7 +228,7 @@ async def test_an_unsubscribed_user_gets_none(
     await set_low_balance_emails(pool, user, False, now())
     cross(app, user)
     async with running(
-        Relay(stack, pool, poll_interval=0.1).run, Notifier(stack, pool, smtp(stack)).run
+        Relay(stack, pool, poll_interval_s=0.1).run, Notifier(stack, pool, smtp(stack)).run
     ):
         await wait_until(recorded(pool, user, 1))
     [row] = await records(pool, user)
@@ -241,7 +241,7 @@ async def test_a_user_without_an_address_is_recorded_as_skipped(
 ) -> None:
     cross(app, user)
     async with running(
-        Relay(stack, pool, poll_interval=0.1).run, Notifier(stack, pool, smtp(stack)).run
+        Relay(stack, pool, poll_interval_s=0.1).run, Notifier(stack, pool, smtp(stack)).run
     ):
         await wait_until(recorded(pool, user, 1))
     [row] = await records(pool, user)
@@ -255,7 +255,7 @@ async def test_a_re_armed_crossing_sends_a_second_email(
     await remember_address(pool, user, address, now())
     cross(app, user)
     async with running(
-        Relay(stack, pool, poll_interval=0.1).run, Notifier(stack, pool, smtp(stack)).run
+        Relay(stack, pool, poll_interval_s=0.1).run, Notifier(stack, pool, smtp(stack)).run
     ):
         await wait_until(recorded(pool, user, 1))
         top_up(app, user, "up-1", TRIAL_MC)  # LowBalanceCleared: the warning re-arms
@@ -285,7 +285,7 @@ async def test_an_old_crossing_read_late_is_not_mailed(
         at=now() - timedelta(days=2),
     )
     async with running(
-        Relay(stack, pool, poll_interval=0.1).run, Notifier(stack, pool, smtp(stack)).run
+        Relay(stack, pool, poll_interval_s=0.1).run, Notifier(stack, pool, smtp(stack)).run
     ):
         await wait_until(recorded(pool, user, 1))
     [row] = await records(pool, user)
@@ -302,7 +302,7 @@ async def test_a_deactivated_account_is_not_mailed_until_reactivated(
     app.deactivate_user(user, reason="abuse", actor="admin", at=now())
     spend_down(app, user, "down-1", TRIAL_MC - 1)  # crosses while deactivated
     async with running(
-        Relay(stack, pool, poll_interval=0.1).run, Notifier(stack, pool, smtp(stack)).run
+        Relay(stack, pool, poll_interval_s=0.1).run, Notifier(stack, pool, smtp(stack)).run
     ):
         await wait_until(recorded(pool, user, 1))
         app.reactivate_user(user, reason="appeal", actor="admin", at=now())
@@ -378,7 +378,7 @@ async def test_ses_sends_the_same_message(
     await remember_address(pool, user, address, now())
     cross(app, user)
     async with running(
-        Relay(ses_stack, pool, poll_interval=0.1).run, Notifier(ses_stack, pool, transport).run
+        Relay(ses_stack, pool, poll_interval_s=0.1).run, Notifier(ses_stack, pool, transport).run
     ):
         await wait_until(recorded(pool, user, 1))
     [row] = await records(pool, user)
@@ -400,7 +400,7 @@ async def test_a_refused_message_is_recorded_as_failed_and_the_rest_go_on(
         cross(app, who)
     transport = SesTransport.from_settings(ses_stack)
     async with running(
-        Relay(ses_stack, pool, poll_interval=0.1).run, Notifier(ses_stack, pool, transport).run
+        Relay(ses_stack, pool, poll_interval_s=0.1).run, Notifier(ses_stack, pool, transport).run
     ):
         await wait_until(recorded(pool, user, 1))
         await wait_until(recorded(pool, second, 1))
@@ -432,7 +432,7 @@ async def test_pinksea_notify_runs_as_a_process(
         stderr=subprocess.PIPE,
     )
     try:
-        async with running(Relay(stack, pool, poll_interval=0.1).run):
+        async with running(Relay(stack, pool, poll_interval_s=0.1).run):
             await wait_until(recorded(pool, user, 1), timeout=90)
     finally:
         process.terminate()

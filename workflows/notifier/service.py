@@ -39,11 +39,11 @@ from uuid import UUID
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter as MetricCounter
 from pydantic import ValidationError
 
 from eventstore.envelope import Envelope
+from infra.errors import OPERATIONAL_ERRORS
 from infra.kafka import manual_consumer
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC
@@ -64,15 +64,10 @@ POLL_TIMEOUT_MS = 500  # how long a poll waits for events (and how soon a stop i
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0  # a mail server or database that stays down is retried this often
 
-# Errors after which the batch is retried from its first offset (recorded events are skipped).
-RETRYABLE: tuple[type[BaseException], ...] = (
-    TransientSendError,
-    KafkaError,
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-)
+# Errors after which the batch is retried from its first offset (recorded events are skipped):
+# the operational ones (infra/errors.py) and a mail server's temporary refusal. Anything else
+# (a bug) ends the process; its supervisor restarts it at the last committed offsets.
+RETRYABLE: tuple[type[BaseException], ...] = (TransientSendError, *OPERATIONAL_ERRORS)
 
 EMAILS = MetricCounter(
     "pinksea_notifier_notifications_total",

@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from domain.application import PinkseaApplication
 from domain.jobs import MAX_ATTEMPTS
 from domain.parameters import RunParameters
+from infra.errors import OPERATIONAL_ERRORS, Backoff
 from infra.kafka import connection_kwargs, idempotent_producer
 from infra.messages import DeadLetter, Dispatch, Finished, Heartbeat, Started, parse_report
 from infra.observability.instrument import track_event_store
@@ -42,6 +43,10 @@ log = structlog.get_logger("scheduler")
 HEARTBEAT_STALE_S = 10.0  # a worker silent this long has lost its job (lease expired)
 DELIVERY_TIMEOUT_S = 30.0  # a dispatched attempt no worker reports within this is re-sent
 LOCK_KEY = "pinksea.scheduler"
+LEASE_CHECK_INTERVAL_S = 1.0  # how often leases are checked (a lease lasts HEARTBEAT_STALE_S)
+ROUND_WAIT_S = 0.25  # longest wait between rounds when nothing wakes the loop
+RETRY_FIRST_S = 0.5  # first pause after an operational error (doubles)
+RETRY_MAX_S = 5.0  # longest pause: a database or broker that stays down is retried this often
 
 DISPATCHED = Counter("pinksea_scheduler_dispatched_total", "Attempts dispatched", ["tier"])
 REDISPATCHED = Counter(
@@ -110,19 +115,25 @@ class Scheduler:
         self._wake.set()
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        last_lease_check = 0.0
+        last_lease_check_s = 0.0  # monotonic
+        backoff = Backoff(first_s=RETRY_FIRST_S, max_s=RETRY_MAX_S)
+        # Runs until stopped (a server loop). A round that fails for an operational reason
+        # (PostgreSQL or Kafka down) is retried after a backoff; anything else is a bug and
+        # ends the scheduler (its supervisor restarts it; the queue is in PostgreSQL).
         while not stop.is_set():
             self._wake.clear()
             try:
-                if time.monotonic() - last_lease_check > 1.0:
+                if time.monotonic() - last_lease_check_s > LEASE_CHECK_INTERVAL_S:
                     await self.expire_leases()
-                    last_lease_check = time.monotonic()
+                    last_lease_check_s = time.monotonic()
                 await self.dispatch_round()
-            except Exception:
-                log.exception("dispatch round failed")
-                await asyncio.sleep(0.5)
+                backoff.succeeded()
+            except OPERATIONAL_ERRORS as e:
+                pause_s = backoff.failed()
+                log.warning("dispatch round failed, retrying", error=repr(e), backoff_s=pause_s)
+                await asyncio.sleep(pause_s)
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=ROUND_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
 
