@@ -208,7 +208,7 @@ def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
         if not x_min_position:
             return None
         topics = tuple(svc.settings.topic(t) for t in topics_of)
-        if await wait_for_position(svc.pool, projection, topics, x_min_position, timeout=0):
+        if await wait_for_position(svc.pool, projection, topics, x_min_position, timeout_s=0):
             return x_min_position
         newest = await svc.command(svc.application.current_position)
         if x_min_position > newest:
@@ -223,7 +223,7 @@ def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
             projection,
             topics,
             x_min_position,
-            timeout=svc.settings.read_your_writes_timeout_s,
+            timeout_s=svc.settings.read_your_writes_timeout_s,
         )
         if not reached:
             raise ProblemError(

@@ -138,7 +138,7 @@ class Services:
         the response (a background task), so the client does not wait for it."""
         topics = tuple(self.settings.topic(t) for t in get_projection("jobs").topics)
         reached = await wait_for_position(
-            self.pool, "jobs", topics, position, timeout=self.settings.read_your_writes_timeout_s
+            self.pool, "jobs", topics, position, timeout_s=self.settings.read_your_writes_timeout_s
         )
         await self.job_cache.delete(str(job_id))
         if not reached:

@@ -61,8 +61,8 @@ def s3_client(
     settings: Settings,
     *,
     max_attempts: int = 1,
-    connect_timeout: float = 5,
-    read_timeout: float = 30,
+    connect_timeout_s: float = 5,
+    read_timeout_s: float = 30,
     max_pool_connections: int = 16,
 ) -> Any:
     """An S3 client for the configured endpoint. ``max_attempts`` counts the first request
@@ -71,8 +71,8 @@ def s3_client(
     return s3.s3_client(
         settings,
         retries={"total_max_attempts": max_attempts, "mode": "standard"},
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
+        connect_timeout=connect_timeout_s,  # botocore's names
+        read_timeout=read_timeout_s,
         max_pool_connections=max_pool_connections,
     )
 
@@ -162,11 +162,11 @@ class ImageStore:
         order. Raises UploadFailed if any object could not be stored by the deadline."""
         if not images:
             return []
-        deadline = time.monotonic() + self.deadline_s  # one for the whole job, not per object
+        deadline_s = time.monotonic() + self.deadline_s  # one for the whole job, not per object
         gave_up = threading.Event()
 
         def save_one(index: int, image: Image.Image) -> FinishedImage:
-            return self._save_one(user_id, job_id, index, image, deadline, gave_up)
+            return self._save_one(user_id, job_id, index, image, deadline_s, gave_up)
 
         with ThreadPoolExecutor(max_workers=min(8, len(images))) as pool:
             return list(pool.map(save_one, range(len(images)), images))
@@ -177,7 +177,7 @@ class ImageStore:
         job_id: UUID,
         index: int,
         image: Image.Image,
-        deadline: float,
+        deadline_s: float,  # monotonic
         gave_up: threading.Event,
     ) -> FinishedImage:
         name = image_name(job_id, index)
@@ -190,17 +190,17 @@ class ImageStore:
             width=image.width,
             height=image.height,
         )
-        self._put(record.key, png, "image/png", deadline, gave_up)
+        self._put(record.key, png, "image/png", deadline_s, gave_up)
         thumbnail = encode_thumbnail(image, self.thumbnail_max_px)
-        self._put(record.thumbnail_key, thumbnail, "image/webp", deadline, gave_up)
+        self._put(record.thumbnail_key, thumbnail, "image/webp", deadline_s, gave_up)
         return record
 
     def _put(
-        self, key: str, body: bytes, content_type: str, deadline: float, gave_up: threading.Event
+        self, key: str, body: bytes, content_type: str, deadline_s: float, gave_up: threading.Event
     ) -> None:
         """Retry until stored, or until the deadline (checked between calls: one call adds at
         most its own timeouts and botocore's retries), or until another object gave up."""
-        began, attempt = time.monotonic(), 0
+        began_s, attempt = time.monotonic(), 0
         while True:
             attempt += 1
             try:
@@ -215,17 +215,17 @@ class ImageStore:
                 PUTS.labels("error").inc()
                 error = e
             # Full jitter: the workers that lost S3 together do not retry in lockstep.
-            ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
-            delay = random.uniform(0, ceiling)
-            if is_transient(error) and time.monotonic() + delay < deadline:
+            ceiling_s = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+            delay_s = random.uniform(0, ceiling_s)
+            if is_transient(error) and time.monotonic() + delay_s < deadline_s:
                 log.warning(
-                    "upload retry", key=key, attempt=attempt, delay_s=delay, error=str(error)
+                    "upload retry", key=key, attempt=attempt, delay_s=delay_s, error=str(error)
                 )
                 # Sleeps the delay, but wakes at once when another object of the job gave up.
-                if not gave_up.wait(delay):
+                if not gave_up.wait(delay_s):
                     continue
             gave_up.set()  # the job fails anyway: its other objects stop retrying
-            spent = time.monotonic() - began
+            spent_s = time.monotonic() - began_s
             raise UploadFailed(
-                f"s3://{self.bucket}/{key}: {error} ({attempt} calls in {spent:.1f} s)"
+                f"s3://{self.bucket}/{key}: {error} ({attempt} calls in {spent_s:.1f} s)"
             ) from error

@@ -157,8 +157,8 @@ class GpuWorker:
         return s3_client(
             self.settings,
             max_attempts=self.config.s3_max_attempts,
-            connect_timeout=self.config.s3_connect_timeout_s,
-            read_timeout=self.config.s3_read_timeout_s,
+            connect_timeout_s=self.config.s3_connect_timeout_s,
+            read_timeout_s=self.config.s3_read_timeout_s,
         )
 
     # -------------------------------------------------------------------------- main loop

@@ -74,13 +74,13 @@ def describe_error(exc: BaseException) -> str:
 async def _guard(
     service: str,
     address: str,
-    timeout: float,
+    timeout_s: float,
     probe: Callable[[], Awaitable[tuple[str, float]]],
 ) -> CheckResult:
     try:
-        version, rtt_ms = await asyncio.wait_for(probe(), timeout)
+        version, rtt_ms = await asyncio.wait_for(probe(), timeout_s)
     except TimeoutError:
-        return CheckResult(service, address, False, error=f"no answer within {timeout:g}s")
+        return CheckResult(service, address, False, error=f"no answer within {timeout_s:g}s")
     except Exception as exc:
         return CheckResult(service, address, False, error=describe_error(exc))
     return CheckResult(service, address, True, version=version, rtt_ms=rtt_ms)
@@ -93,21 +93,21 @@ def _ms(start: float) -> float:
 # --- PostgreSQL -------------------------------------------------------------------------------
 
 
-async def check_postgres(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> CheckResult:
+async def check_postgres(settings: Settings, timeout_s: float = DEFAULT_TIMEOUT_S) -> CheckResult:
     import asyncpg
 
     async def probe() -> tuple[str, float]:
-        conn = await asyncpg.connect(settings.database_url, timeout=timeout)
+        conn = await asyncpg.connect(settings.database_url, timeout=timeout_s)
         try:
             start = time.perf_counter()
             version = await conn.fetchval("select version()")
             rtt = _ms(start)
         finally:
-            await conn.close(timeout=timeout)
+            await conn.close(timeout=timeout_s)
         # "PostgreSQL 15.18 (Debian ...) on x86_64-pc-linux-gnu, ..." -> "PostgreSQL 15.18"
         return " ".join(str(version).split()[:2]), rtt
 
-    return await _guard("postgres", redact_url(settings.database_url), timeout, probe)
+    return await _guard("postgres", redact_url(settings.database_url), timeout_s, probe)
 
 
 # --- Kafka ------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ async def _kafka_round_trip(connection: dict[str, Any], topic: str, timeout_ms: 
     return rtt
 
 
-async def check_kafka(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> CheckResult:
+async def check_kafka(settings: Settings, timeout_s: float = DEFAULT_TIMEOUT_S) -> CheckResult:
     """Create a scratch topic, produce one record, consume it back, delete the topic."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -153,7 +153,7 @@ async def check_kafka(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) ->
 
     bootstrap = settings.kafka_bootstrap_servers
     connection = connection_kwargs(settings)
-    timeout_ms = int(timeout * 1000)
+    timeout_ms = int(timeout_s * 1000)
 
     async def probe() -> tuple[str, float]:
         topic = settings.topic(f"pinksea.doctor.{uuid.uuid4().hex[:12]}")
@@ -185,18 +185,18 @@ async def check_kafka(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) ->
         brokers = len(cluster.get("brokers", []))
         return f"{brokers} broker{'' if brokers == 1 else 's'}", rtt
 
-    return await _guard("kafka", bootstrap, timeout, probe)
+    return await _guard("kafka", bootstrap, timeout_s, probe)
 
 
 # --- Redis ------------------------------------------------------------------------------------
 
 
-async def check_redis(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> CheckResult:
+async def check_redis(settings: Settings, timeout_s: float = DEFAULT_TIMEOUT_S) -> CheckResult:
     import redis.asyncio as aioredis
 
     async def probe() -> tuple[str, float]:
         client = aioredis.from_url(
-            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+            settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         )
         try:
             info = await client.info("server")
@@ -213,18 +213,22 @@ async def check_redis(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) ->
             raise RuntimeError("GET returned a different value than SET stored")
         return f"Redis {info.get('redis_version', '?')}", rtt
 
-    return await _guard("redis", redact_url(settings.redis_url), timeout, probe)
+    return await _guard("redis", redact_url(settings.redis_url), timeout_s, probe)
 
 
 # --- S3 ---------------------------------------------------------------------------------------
 
 
-def s3_client(settings: Settings, timeout: float | None = None) -> Any:
+def s3_client(settings: Settings, timeout_s: float | None = None) -> Any:
     """An S3 client for the configured endpoint (path-style, as local servers need); with
-    ``timeout``, one attempt bounded by it."""
+    ``timeout_s``, one attempt bounded by it."""
     bounded = (
-        {"connect_timeout": timeout, "read_timeout": timeout, "retries": {"total_max_attempts": 1}}
-        if timeout
+        {
+            "connect_timeout": timeout_s,
+            "read_timeout": timeout_s,
+            "retries": {"total_max_attempts": 1},
+        }
+        if timeout_s
         else {}
     )
     return s3.s3_client(settings, s3={"addressing_style": "path"}, **bounded)
@@ -246,9 +250,9 @@ def ensure_bucket(client: Any, bucket: str, region: str) -> None:
     client.create_bucket(**kwargs)
 
 
-async def check_s3(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> CheckResult:
+async def check_s3(settings: Settings, timeout_s: float = DEFAULT_TIMEOUT_S) -> CheckResult:
     def probe_sync() -> tuple[str, float]:
-        client = s3_client(settings, timeout)
+        client = s3_client(settings, timeout_s)
         ensure_bucket(client, settings.s3_bucket, settings.s3_region)
         key = f"doctor/{uuid.uuid4().hex}.txt"
         body = uuid.uuid4().bytes
@@ -267,13 +271,13 @@ async def check_s3(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> Ch
         return await asyncio.to_thread(probe_sync)
 
     endpoint = redact_url(settings.s3_endpoint_url or "https://s3.amazonaws.com")
-    return await _guard("s3", f"{endpoint}/{settings.s3_bucket}", timeout, probe)
+    return await _guard("s3", f"{endpoint}/{settings.s3_bucket}", timeout_s, probe)
 
 
 # --- Stripe -----------------------------------------------------------------------------------
 
 
-def stripe_client(settings: Settings, timeout: float | None = None) -> Any:
+def stripe_client(settings: Settings, timeout_s: float | None = None) -> Any:
     """A StripeClient for the configured API base (stripe-mock locally), without retries when a
     timeout is given (a probe must fail fast)."""
     import stripe
@@ -281,15 +285,15 @@ def stripe_client(settings: Settings, timeout: float | None = None) -> Any:
     kwargs: dict[str, Any] = {}
     if settings.stripe_api_base:
         kwargs["base_addresses"] = {"api": settings.stripe_api_base}
-    if timeout:
-        kwargs["http_client"] = stripe.RequestsClient(timeout=timeout)
+    if timeout_s:
+        kwargs["http_client"] = stripe.RequestsClient(timeout=timeout_s)
         kwargs["max_network_retries"] = 0
     return stripe.StripeClient(settings.stripe_api_key.get_secret_value(), **kwargs)
 
 
-async def check_stripe(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> CheckResult:
+async def check_stripe(settings: Settings, timeout_s: float = DEFAULT_TIMEOUT_S) -> CheckResult:
     def probe_sync() -> tuple[str, float]:
-        client = stripe_client(settings, timeout)
+        client = stripe_client(settings, timeout_s)
         start = time.perf_counter()
         customer = client.v1.customers.create(
             params={"email": "doctor@pinksea.invalid", "description": "pinksea doctor probe"}
@@ -306,21 +310,21 @@ async def check_stripe(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -
         return await asyncio.to_thread(probe_sync)
 
     address = redact_url(settings.stripe_api_base or "https://api.stripe.com")
-    return await _guard("stripe", address, timeout, probe)
+    return await _guard("stripe", address, timeout_s, probe)
 
 
 # --- all --------------------------------------------------------------------------------------
 
 
-async def check_all(settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> list[CheckResult]:
+async def check_all(settings: Settings, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[CheckResult]:
     """All five probes concurrently, in a stable order. Kafka gets twice the timeout: its round
     trip creates and deletes a topic."""
     return list(
         await asyncio.gather(
-            check_postgres(settings, timeout),
-            check_kafka(settings, timeout * 2),
-            check_redis(settings, timeout),
-            check_s3(settings, timeout),
-            check_stripe(settings, timeout),
+            check_postgres(settings, timeout_s),
+            check_kafka(settings, timeout_s * 2),
+            check_redis(settings, timeout_s),
+            check_s3(settings, timeout_s),
+            check_stripe(settings, timeout_s),
         )
     )

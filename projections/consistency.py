@@ -49,15 +49,15 @@ async def wait_for_position(
     topics: tuple[str, ...],
     position: int,
     *,
-    timeout: float = 5.0,
-    interval: float = 0.02,
+    timeout_s: float = 5.0,
+    interval_s: float = 0.02,
 ) -> bool:
     """Wait (bounded) until ``projection`` reached ``position``; False on timeout."""
-    deadline = time.monotonic() + timeout
+    deadline_s = time.monotonic() + timeout_s
     while True:
         async with pool.acquire() as conn:
             if await has_reached(conn, projection, topics, position):
                 return True
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline_s:
             return False
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval_s)

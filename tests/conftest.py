@@ -240,7 +240,7 @@ def kafka_bootstrap(stack_settings: Settings, run_id: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stripe_client(stack_settings: Settings) -> Any:
     """A ``stripe.StripeClient`` pointed at the stack's Stripe API (stripe-mock locally)."""
-    client = health.stripe_client(stack_settings, timeout=10.0)
+    client = health.stripe_client(stack_settings, timeout_s=10.0)
     with reachable("Stripe", stack_settings.stripe_api_base or "api.stripe.com"):
         client.v1.customers.list(params={"limit": 1})
     return client

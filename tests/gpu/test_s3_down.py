@@ -158,7 +158,7 @@ def test_the_upload_retries_until_its_deadline_but_not_what_no_retry_can_fix(
     nothing_there = settings.model_copy(
         update={"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}
     )
-    client = outputs.s3_client(nothing_there, max_attempts=2, connect_timeout=1)
+    client = outputs.s3_client(nothing_there, max_attempts=2, connect_timeout_s=1)
     store = ImageStore(client, "b", deadline_s=1.0, backoff_s=0.05, backoff_max_s=0.2)
     began = time.monotonic()
     with pytest.raises(UploadFailed, match="Could not connect") as refused:

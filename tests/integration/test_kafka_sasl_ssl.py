@@ -184,7 +184,7 @@ async def test_topics_idempotent_produce_and_group_consume(
 
 
 async def test_doctor_round_trip_over_sasl_ssl(sasl_broker: SaslBroker, run_id: str) -> None:
-    result = await health.check_kafka(sasl_broker.settings(run_id), timeout=30)
+    result = await health.check_kafka(sasl_broker.settings(run_id), timeout_s=30)
     assert result.ok, result.error
 
 
