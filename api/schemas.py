@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 from uuid import UUID
 
 from pydantic import (
@@ -42,6 +42,18 @@ TierName = Literal["basic", "high_performance", "dedicated"]
 USER_ID = r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$"  # as api/auth.py accepts in tokens
 
 
+def credits_of(mc_field: str) -> Any:
+    """A computed field: the credits string of the integer field ``mc_field``. Declared as
+    ``x_credits: ClassVar[Credits] = credits_of("x_mc")`` next to its integer (a property is
+    a class attribute: ClassVar keeps it out of the type checker's fields and ``__init__``;
+    pydantic serialises it with the fields, read-only in the schema)."""
+
+    def from_mc(self: BaseModel) -> Credits:
+        return format_credits(getattr(self, mc_field))
+
+    return computed_field(return_type=Credits)(property(from_mc))
+
+
 class View(BaseModel):
     """A response model, read by attribute from a read-model row or a domain object."""
 
@@ -69,14 +81,10 @@ class JobAccepted(View):
     job_id: UUID
     status: str
     hold_mc: int
+    hold_credits: ClassVar[Credits] = credits_of("hold_mc")
     budget_ms: int = Field(description="GPU time the hold pays for; the run stops there")
     position: int = Field(description="send as X-Min-Position to read this job back")
     replayed: bool = Field(description="true: this Idempotency-Key was seen before")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def hold_credits(self) -> Credits:
-        return format_credits(self.hold_mc)
 
 
 class CancelAccepted(BaseModel):
@@ -121,12 +129,15 @@ class JobView(View):
     attempt: int
     cancel_requested: bool
     hold_mc: int
+    hold_credits: ClassVar[Credits] = credits_of("hold_mc")
     budget_ms: int
     estimate_ms: int
     gpu_ms: int
     cuda_ms: int | None
     charged_mc: int
+    charged_credits: ClassVar[Credits] = credits_of("charged_mc")
     refunded_mc: int
+    refunded_credits: ClassVar[Credits] = credits_of("refunded_mc")
     image_count: int
     images: list[JobImage]
     rejection_reason: str | None
@@ -138,21 +149,6 @@ class JobView(View):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def hold_credits(self) -> Credits:
-        return format_credits(self.hold_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def charged_credits(self) -> Credits:
-        return format_credits(self.charged_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def refunded_credits(self) -> Credits:
-        return format_credits(self.refunded_mc)
 
 
 # --------------------------------------------------------------------------------- images
@@ -178,7 +174,9 @@ class LotView(View):
     lot_id: str
     source: str
     amount_mc: int
+    amount_credits: ClassVar[Credits] = credits_of("amount_mc")
     remaining_mc: int
+    remaining_credits: ClassVar[Credits] = credits_of("remaining_mc")
     held_mc: int
     consumed_mc: int
     expired_mc: int
@@ -189,31 +187,25 @@ class LotView(View):
     expired: bool
     spendable: bool = Field(description="usable now (valid and not expired)")
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def amount_credits(self) -> Credits:
-        return format_credits(self.amount_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def remaining_credits(self) -> Credits:
-        return format_credits(self.remaining_mc)
-
 
 class BalanceView(View):
     user_id: str
     # The row's available_mc is every lot's remainder (the ledger's word), spendable_mc the
-    # part usable now: the public names are available (usable now) and unspent. Each field
-    # reads its own public name first, so a view read back from its JSON stays itself.
+    # part usable now; the public names are available (usable now) and unspent. Each field
+    # tries first the name only one of its sources has (the row's spendable_mc, the view's
+    # own unspent_mc), so a row and a cached view's JSON both read right.
     available_mc: int = Field(
         validation_alias=AliasChoices("spendable_mc", "available_mc"),
         description="spendable now: valid lots, minus holds",
     )
+    available_credits: ClassVar[Credits] = credits_of("available_mc")
     held_mc: int = Field(description="reserved by unfinished jobs")
+    held_credits: ClassVar[Credits] = credits_of("held_mc")
     unspent_mc: int = Field(
         validation_alias=AliasChoices("unspent_mc", "available_mc"),
         description="every lot's remainder, including not-yet-valid ones",
     )
+    unspent_credits: ClassVar[Credits] = credits_of("unspent_mc")
     granted_mc: int
     consumed_mc: int
     refunded_mc: int
@@ -222,21 +214,6 @@ class BalanceView(View):
     lots: list[LotView] = Field(description="in spend order")
     position: int = Field(description="store position of the last credit event applied")
     as_of: datetime
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def available_credits(self) -> Credits:
-        return format_credits(self.available_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def held_credits(self) -> Credits:
-        return format_credits(self.held_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def unspent_credits(self) -> Credits:
-        return format_credits(self.unspent_mc)
 
 
 class LedgerLine(View):
@@ -247,30 +224,14 @@ class LedgerLine(View):
     job_id: str | None
     lot_id: str | None
     amount_mc: int = Field(description="change of the available balance")
+    amount_credits: ClassVar[Credits] = credits_of("amount_mc")
     held_change_mc: int
+    held_change_credits: ClassVar[Credits] = credits_of("held_change_mc")
     available_after_mc: int
+    available_after_credits: ClassVar[Credits] = credits_of("available_after_mc")
     held_after_mc: int
+    held_after_credits: ClassVar[Credits] = credits_of("held_after_mc")
     description: str
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def amount_credits(self) -> Credits:
-        return format_credits(self.amount_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def held_change_credits(self) -> Credits:
-        return format_credits(self.held_change_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def available_after_credits(self) -> Credits:
-        return format_credits(self.available_after_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def held_after_credits(self) -> Credits:
-        return format_credits(self.held_after_mc)
 
 
 class UsageBucketView(View):
@@ -278,17 +239,9 @@ class UsageBucketView(View):
     jobs: int
     gpu_ms: int
     charged_mc: int
+    charged_credits: ClassVar[Credits] = credits_of("charged_mc")
     refunded_mc: int
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def charged_credits(self) -> Credits:
-        return format_credits(self.charged_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def refunded_credits(self) -> Credits:
-        return format_credits(self.refunded_mc)
+    refunded_credits: ClassVar[Credits] = credits_of("refunded_mc")
 
 
 class UsageView(View):
@@ -299,19 +252,11 @@ class UsageView(View):
     jobs: int
     gpu_ms: int
     charged_mc: int
+    charged_credits: ClassVar[Credits] = credits_of("charged_mc")
     refunded_mc: int
+    refunded_credits: ClassVar[Credits] = credits_of("refunded_mc")
 
     model_config = ConfigDict(serialize_by_alias=True)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def charged_credits(self) -> Credits:
-        return format_credits(self.charged_mc)
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def refunded_credits(self) -> Credits:
-        return format_credits(self.refunded_mc)
 
 
 # ---------------------------------------------------------------------------- plans, me
@@ -446,14 +391,10 @@ class GrantResult(BaseModel):
     grant_id: str
     user_id: str
     amount_mc: int
+    amount_credits: ClassVar[Credits] = credits_of("amount_mc")
     plan: str | None
     changed: bool
     position: int
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def amount_credits(self) -> Credits:
-        return format_credits(self.amount_mc)
 
 
 class AdjustmentRequest(Strict):
@@ -468,13 +409,9 @@ class AdjustmentResult(BaseModel):
     adjustment_id: str
     user_id: str
     amount_mc: int
+    amount_credits: ClassVar[Credits] = credits_of("amount_mc")
     changed: bool
     position: int
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def amount_credits(self) -> Credits:
-        return format_credits(self.amount_mc)
 
 
 class RefundRequest(Strict):
@@ -484,13 +421,9 @@ class RefundRequest(Strict):
 class RefundResult(BaseModel):
     job_id: UUID
     refunded_mc: int
+    refunded_credits: ClassVar[Credits] = credits_of("refunded_mc")
     changed: bool
     position: int
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def refunded_credits(self) -> Credits:
-        return format_credits(self.refunded_mc)
 
 
 class CustomTermsBody(Strict):
