@@ -10,7 +10,9 @@ exactly one settlement per job.
 Billing (README, "Billing"): completed -> settle at the measured gpu_ms; cancelled while
 running -> settle the GPU time used; budget exhausted -> settle the budget; failed -> retry if
 retryable and attempts remain, otherwise void (platform fault) or bill the time used (user
-fault). A job that exhausts its attempts is published to the dead-letter topic.
+fault). When the command gives a job up (a retryable failure of its last attempt), its
+result carries the dead letter, which the settler publishes as it is: the attempt cap and the
+decision are the lifecycle's (domain/jobs.py), not the settler's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from prometheus_client import Counter
 
 from domain.application import SettlementResult
 from domain.errors import DomainError
-from domain.jobs import MAX_ATTEMPTS, Fault
+from domain.jobs import Fault
 from infra.errors import OPERATIONAL_ERRORS
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import DeadLetter, Finished, Outcome, Started, parse_report
@@ -67,18 +69,18 @@ class Settler:
                 SETTLED.labels("started", str(result.changed)).inc()
                 return None
             settled = self._finish(report)
-        applied, status = settled.applied, settled.job_status
-        SETTLED.labels(report.outcome.value, str(applied)).inc()
-        if applied:
+        SETTLED.labels(report.outcome.value, str(settled.applied)).inc()
+        if settled.applied:
             self._count(report, settled.charged_mc)
-        if applied and status == "failed" and report.retryable and report.attempt >= MAX_ATTEMPTS:
-            return DeadLetter(
-                job_id=report.job_id,
-                attempts=report.attempt,
-                reason=report.error or "failed",
-                at=report.at,
-            )
-        return None
+        if settled.dead_letter is None:
+            return None
+        # The command gave the job up (a retryable failure of its last attempt): publish it.
+        return DeadLetter(
+            job_id=report.job_id,
+            attempts=settled.dead_letter.attempts,
+            reason=settled.dead_letter.reason,
+            at=report.at,
+        )
 
     def _finish(self, report: Finished) -> SettlementResult:
         common = {"attempt": report.attempt, "at": report.at}

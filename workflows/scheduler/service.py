@@ -6,8 +6,11 @@ the policy makes, it records the dispatch on the event store first (attempt n, i
 ordered by the job aggregate), then publishes the ``Dispatch`` message. A restart loses
 nothing: the queue is in PostgreSQL, and an attempt recorded but never delivered is recovered
 by its lease. A worker that stops heartbeating loses its job to a new attempt; the old
-attempt's reports are stale and never billed. One scheduler is active at a time (an advisory
-lock); a second one waits as a standby.
+attempt's reports are stale and never billed; on the job's last attempt the job is abandoned
+instead (a command). The scheduler decides no job's fate: it sends a Dispatch when the
+dispatch command says ``send`` and publishes the dead letter a command returns, nothing else
+(the lifecycle is domain/jobs.py's). One scheduler is active at a time (an advisory lock); a
+second one waits as a standby.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import Counter, Gauge, Histogram
 
 from domain.application import PinkseaApplication
-from domain.jobs import MAX_ATTEMPTS
+from domain.jobs import DeadLetterDecision, has_attempts_left
 from domain.parameters import RunParameters
 from infra.errors import OPERATIONAL_ERRORS, Backoff
 from infra.kafka import connection_kwargs, idempotent_producer
@@ -34,7 +37,7 @@ from infra.observability.instrument import track_event_store
 from infra.settings import Settings
 from infra.topics import DLQ_TOPIC, REPORTS_TOPIC, dispatch_topic
 from projections.runner import LiveProjectionRunner
-from projections.scheduler_queue import SchedulerQueue
+from projections.scheduler_queue import QueueStatus, SchedulerQueue
 from workflows.metrics import dead_letters
 from workflows.scheduler.policy import IdleWorker, QueuedJob, Turns, assign
 
@@ -179,12 +182,13 @@ class Scheduler:
     async def dispatch_round(self) -> None:
         rows = await self.pool.fetch(
             "SELECT job_id, user_id, tier, model, status, attempt, worker_id, queue_position, "
-            "parameters, seed, budget_ms, queued_at FROM scheduler_jobs WHERE status <> 'done'"
+            "parameters, seed, budget_ms, queued_at FROM scheduler_jobs "
+            f"WHERE status <> '{QueueStatus.DONE}'"
         )
         by_id = {r["job_id"]: r for r in rows}
         for job_id, attempt in list(self.finished.items()):
             row = by_id.get(job_id)
-            if row is None or row["status"] == "queued" or row["attempt"] > attempt:
+            if row is None or row["status"] == QueueStatus.QUEUED or row["attempt"] > attempt:
                 del self.finished[job_id]  # the table has caught up with that report
         for job_id, (_, attempt) in list(self.in_flight.items()):
             row = by_id.get(job_id)
@@ -199,11 +203,11 @@ class Scheduler:
             if r["job_id"] in self.in_flight:
                 running[r["user_id"]] = running.get(r["user_id"], 0) + 1
                 occupied.add(self.in_flight[r["job_id"]][0])
-            elif r["status"] == "queued":
+            elif r["status"] == QueueStatus.QUEUED:
                 queue.append(
                     QueuedJob(r["job_id"], r["user_id"], r["tier"], r["model"], r["queue_position"])
                 )
-            elif r["status"] in ("dispatched", "running"):
+            elif r["status"] in (QueueStatus.DISPATCHED, QueueStatus.RUNNING):
                 running[r["user_id"]] = running.get(r["user_id"], 0) + 1
                 occupied.add(r["worker_id"])
         idle = self.idle_workers(occupied)
@@ -230,13 +234,12 @@ class Scheduler:
         result = await asyncio.to_thread(
             self.app.record_dispatch, job_id, attempt=attempt, worker_id=worker_id, at=now
         )
-        job = await asyncio.to_thread(self.app.job, job_id)
-        if job.status == "failed":  # the attempt cap was reached: dead-letter it
-            await self._dead_letter(job_id, attempt - 1, job.failure or "attempts exhausted")
-            self.finished[job_id] = MAX_ATTEMPTS + 1
+        if result.dead_letter is not None:  # past the attempt cap: the job was given up
+            await self._dead_letter(job_id, result.dead_letter)
+            self.finished[job_id] = attempt
             return
-        if not result.changed and (job.attempt != attempt or job.worker_id != worker_id):
-            return  # another dispatch of this job won; nothing to send
+        if not result.send:
+            return  # another dispatch of this job won, or it is finished; nothing to send
         # As submitted, the seed resolved (the requested one, or the one the job id gives).
         submitted = json.loads(row["parameters"])
         params = RunParameters.model_validate({**submitted, "seed": row["seed"]})
@@ -281,7 +284,7 @@ class Scheduler:
         rows = await self.pool.fetch(
             "SELECT job_id, user_id, tier, model, status, attempt, worker_id, queue_position, "
             "parameters, seed, budget_ms, queued_at, dispatched_at FROM scheduler_jobs "
-            "WHERE status IN ('dispatched', 'running')"
+            f"WHERE status IN ('{QueueStatus.DISPATCHED}', '{QueueStatus.RUNNING}')"
         )
         now = time.monotonic()
         for r in rows:
@@ -290,7 +293,7 @@ class Scheduler:
             worker = self.workers.get(r["worker_id"])
             silent = worker is None or now - worker.seen > self.lease_s
             undelivered = (
-                r["status"] == "dispatched"
+                r["status"] == QueueStatus.DISPATCHED
                 and worker is not None
                 and worker.busy_job != r["job_id"]
                 and (datetime.now(UTC) - r["dispatched_at"]).total_seconds()
@@ -305,16 +308,13 @@ class Scheduler:
                 attempt=r["attempt"],
                 worker=r["worker_id"],
             )
-            if r["attempt"] >= MAX_ATTEMPTS:
-                await asyncio.to_thread(
-                    self.app.record_dispatch,
-                    r["job_id"],
-                    attempt=r["attempt"] + 1,
-                    worker_id="none",
-                    at=datetime.now(UTC),
+            if not has_attempts_left(r["attempt"]):  # lost on its last attempt: give it up
+                given_up = await asyncio.to_thread(
+                    self.app.abandon_job, r["job_id"], attempt=r["attempt"], at=datetime.now(UTC)
                 )
-                await self._dead_letter(r["job_id"], r["attempt"], "workers lost on every attempt")
-                self.finished[r["job_id"]] = MAX_ATTEMPTS + 1
+                if given_up.dead_letter is not None:
+                    await self._dead_letter(r["job_id"], given_up.dead_letter)
+                self.finished[r["job_id"]] = r["attempt"]  # until the table has caught up
                 continue
             idle = self.idle_workers({i[0] for i in self.in_flight.values()})
             candidates = [w for w in idle if w.tier == r["tier"]]
@@ -322,9 +322,15 @@ class Scheduler:
                 target = next((w for w in candidates if r["model"] in w.models), candidates[0])
                 await self.dispatch(r, target.worker_id)
 
-    async def _dead_letter(self, job_id: UUID, attempts: int, reason: str) -> None:
+    async def _dead_letter(self, job_id: UUID, decision: DeadLetterDecision) -> None:
+        """Publish the dead letter a command decided on (the scheduler decides none)."""
         assert self.producer is not None
-        letter = DeadLetter(job_id=job_id, attempts=attempts, reason=reason, at=datetime.now(UTC))
+        letter = DeadLetter(
+            job_id=job_id,
+            attempts=decision.attempts,
+            reason=decision.reason,
+            at=datetime.now(UTC),
+        )
         await self.producer.send_and_wait(
             self.settings.topic(DLQ_TOPIC), letter.to_bytes(), key=str(job_id).encode()
         )
