@@ -148,7 +148,7 @@ def test_commands_do_not_nest() -> None:
 def test_a_lost_race_reads_the_aggregates_again_and_decides_again(
     app: PinkseaApplication, user: str
 ) -> None:
-    rival_saved = []
+    rival_saved: list[bool] = []
 
     class Racing(PinkseaApplication):
         @command
