@@ -184,7 +184,7 @@ def child_main(what: str, database_url: str, topics: str, out: str | None) -> No
 
         seconds = asyncio.run(raw())
     elif what == "startup":
-        import cli.ledger  # noqa: F401  (what the CLI imports before its first event)
+        import cli.main  # noqa: F401  (what `pinksea` imports before its first event: every command module)
     else:
         import click
 
@@ -247,7 +247,7 @@ async def run(events: int, quick: bool) -> None:
     table.add_row("raw SELECT + decode: events/s (baseline)", f"{raw_rate:,.0f}")
     table.add_row("raw SELECT + decode: peak RSS", f"{raw.peak_mib:,.0f} MiB")
     table.add_row(
-        "CLI start-up alone (import cli.ledger): peak RSS", f"{startup.peak_mib:,.0f} MiB"
+        "CLI start-up alone (import cli.main): peak RSS", f"{startup.peak_mib:,.0f} MiB"
     )
     table.add_row("verify / raw", f"{ratio:.3f} (target >= {TARGET_RATIO})")
     Console().print(table)
