@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.auth import dev_jwks
 from api.billing import router as billing
@@ -56,13 +57,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # Off when deployed (PINKSEA_API_DOCS_ENABLED=false): the document maps every route.
+        docs_url="/docs" if settings.api_docs_enabled else None,
+        openapi_url="/openapi.json" if settings.api_docs_enabled else None,
         redoc_url=None,
     )
     app.state.settings = settings
     install_problem_handlers(app)
     for module in (jobs, events, images, me, plans, api_keys, admin, billing, ops):
         app.include_router(module.router)
+    if not settings.api_metrics_port:
+        # Locally /metrics shares the API's port; deployed it has its own (api/routers/ops.py).
+        app.include_router(ops.metrics_router)
     if settings.dev_jwt_enabled:
         jwks = dev_jwks(settings)
 
@@ -71,6 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse(jwks)
 
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.api_max_body_bytes)
+    # Outermost: the client address and scheme from X-Forwarded-For / -Proto, read only when
+    # the connection comes from a trusted proxy (the load balancer's subnets when deployed),
+    # and then the last address it did not add itself; the per-address limits count it.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     _document_problems(app)
     return app
 

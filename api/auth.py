@@ -47,8 +47,10 @@ ALGORITHM = "RS256"
 LEEWAY_S = 30  # clock skew tolerated on exp / nbf / iat
 VERIFIED_CACHE = 10_000  # tokens whose signature this process has checked
 API_KEY_PREFIX = "psk_"
-_USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
-_API_KEY = re.compile(r"^psk_([A-Za-z0-9]{10})_([A-Za-z0-9_-]{43})$")
+# Matched with fullmatch: ``$`` in a Python pattern also matches before a final newline, so
+# ``match`` would take "alice\n" for a user id (another account that prints as "alice").
+_USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
+_API_KEY = re.compile(r"psk_([A-Za-z0-9]{10})_([A-Za-z0-9_-]{43})")
 
 
 class AuthError(Exception):
@@ -223,7 +225,7 @@ class JwtVerifier:
             raise AuthError("the token's signature or claims are invalid") from None
         self._check_audience(claims)
         user_id = claims.get("sub")
-        if not isinstance(user_id, str) or not _USER_ID.match(user_id):
+        if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
             raise AuthError("the token's subject is not a valid user id")
         groups = claims.get("cognito:groups") or []
         principal = Principal(
@@ -317,7 +319,7 @@ def hash_api_key(key: str) -> str:
 
 def api_key_prefix(key: str) -> str | None:
     """The visible prefix of a well-formed key, or None."""
-    match = _API_KEY.match(key)
+    match = _API_KEY.fullmatch(key)
     return f"{API_KEY_PREFIX}{match.group(1)}" if match else None
 
 

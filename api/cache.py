@@ -5,7 +5,7 @@ costs speed: every error is swallowed and the caller reads the database.
   user. The ledger projection runs in another process and does not delete it (yet), so a
   change made elsewhere (a renewal, a settled job) shows after at most the TTL. A query with
   ``X-Min-Position`` always reads the database, so read-your-writes holds regardless.
-- Job views (``jobcache:<job>``): only finished jobs, whose view no longer changes except by
+- Job views (``jobview:<job>``): only finished jobs, whose view no longer changes except by
   an admin refund or an image deletion, both run here and delete the entry; 24 hours.
 """
 

@@ -14,6 +14,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from api import problems as p
 from api.auth import AuthError, Principal, api_key_matches, api_key_prefix, looks_like_api_key
 from api.problems import ProblemError
+from api.ratelimit import address_identity
 from api.services import Services, now
 from domain.plans import PLANS
 from projections.consistency import wait_for_position
@@ -26,7 +27,7 @@ log = structlog.get_logger("api.deps")
 
 # Dependencies are async even when they need not be: FastAPI runs sync ones on a thread pool.
 async def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(services)]
@@ -95,19 +96,14 @@ async def _remember_address(svc: Services, principal: Principal) -> None:
 
 
 async def _principal_from_api_key(request: Request, svc: Services, key: str) -> Principal:
-    # A client address over its bound of failed attempts is refused before the lookup, so a
-    # guesser learns nothing more and costs the database nothing.
-    address = request.client.host if request.client else "unknown"
-    await _limit_key_guessing(svc, address, counting=False)
     prefix = api_key_prefix(key)
     refused = _unauthorized("The API key is unknown, revoked or expired; create a new one.")
-    if prefix is None:
-        await _limit_key_guessing(svc, address, counting=True)
-        raise refused
-    row = await svc.pool.fetchrow(
-        "SELECT key_id, user_id, hash, expires_at, revoked_at FROM api_keys WHERE prefix = $1",
-        prefix,
-    )
+    row = None
+    if prefix is not None:
+        row = await svc.pool.fetchrow(
+            "SELECT key_id, user_id, hash, expires_at, revoked_at FROM api_keys WHERE prefix = $1",
+            prefix,
+        )
     at = now()
     if (
         row is None
@@ -115,7 +111,7 @@ async def _principal_from_api_key(request: Request, svc: Services, key: str) -> 
         or row["revoked_at"] is not None
         or (row["expires_at"] is not None and row["expires_at"] <= at)
     ):
-        await _limit_key_guessing(svc, address, counting=True)
+        await _limit_key_guessing(svc, request, prefix)
         raise refused
     user_id: str = row["user_id"]
     plan = await svc.plan_of(user_id)
@@ -134,21 +130,37 @@ async def _principal_from_api_key(request: Request, svc: Services, key: str) -> 
     return Principal(user_id=user_id, is_admin=False, via="api_key", key_id=str(row["key_id"]))
 
 
-async def _limit_key_guessing(svc: Services, address: str, *, counting: bool) -> None:
-    """Failed API-key attempts per client address (the ``auth`` group of api/ratelimit.py):
-    past the bound every API-key request from there is a 429 until the window slides on.
-    Like every limit here it fails open without Redis."""
+async def _limit_key_guessing(svc: Services, request: Request, prefix: str | None) -> None:
+    """A failed API-key attempt counts against the client's address (the ``auth`` group of
+    api/ratelimit.py; behind the load balancer the address is the one its X-Forwarded-For
+    names, api/app.py) and against the key prefix it tried (``auth_key``); past either bound
+    a failed attempt is a 429 instead of a 401.
+
+    Only failures are limited: a valid key is accepted whatever its address or prefix has
+    seen, so nobody locks out another customer (one behind the same NAT, or the owner of a
+    prefix someone else tries secrets for). That costs each junk attempt one indexed lookup,
+    as much as any API-key request; refusing before the lookup would refuse the valid keys
+    too. The secrets are 32 random bytes: the bounds slow down noise, nothing can be guessed.
+    Like every limit here they fail open without Redis."""
     if not svc.settings.rate_limit_enabled:
         return
+    address = address_identity(request.client.host if request.client else None)
     limiter = svc.rate_limiter
-    ask = limiter.hit if counting else limiter.peek
-    decision = await ask("auth", address, "trial")
-    if decision is not None and not decision.allowed:
+    by_address = await limiter.hit("auth", address, "trial")
+    by_prefix = await limiter.hit("auth_key", prefix, "trial") if prefix is not None else None
+    if by_address is not None and not by_address.allowed:
         raise ProblemError(
             p.RATE_LIMITED,
-            f"More than {decision.limit} failed API-key attempts a minute came from your "
-            f"address; retry in {decision.retry_after_s} s with a valid key.",
-            headers=decision.headers(),
+            f"More than {by_address.limit} failed API-key attempts a minute came from your "
+            f"address; retry in {by_address.retry_after_s} s with a valid key.",
+            headers=by_address.headers(),
+        )
+    if by_prefix is not None and not by_prefix.allowed:
+        raise ProblemError(
+            p.RATE_LIMITED,
+            f"More than {by_prefix.limit} failed attempts a minute used the key {prefix}; "
+            f"retry in {by_prefix.retry_after_s} s with a valid key.",
+            headers=by_prefix.headers(),
         )
 
 

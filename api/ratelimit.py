@@ -17,6 +17,8 @@ Refusing every request because the limiter is down would turn a Redis outage int
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
 import time
 from dataclasses import dataclass
@@ -40,7 +42,10 @@ GROUP_BASE: dict[str, int] = {
     "stream": 20,  # opening an SSE stream
     "admin": 600,  # admin routes (per admin)
     "auth": 30,  # failed API-key attempts, per client address (see api/deps.py)
+    "auth_key": 10,  # failed API-key attempts, per key prefix (see api/deps.py)
 }
+# Bounds on guessing, not on capacity: no plan or load-test multiplier moves them.
+FIXED_GROUPS = frozenset({"auth", "auth_key"})
 # ... scaled by the plan.
 PLAN_FACTOR: dict[str, int] = {
     "trial": 1,
@@ -79,10 +84,27 @@ class Decision:
 
 def limit_for(group: str, plan: str, multiplier: float = 1.0) -> int:
     base = GROUP_BASE[group]
-    if group == "auth":
-        return base  # a bound on guessing, not on capacity: no plan or load test moves it
+    if group in FIXED_GROUPS:
+        return base
     factor = 1 if group == "admin" else PLAN_FACTOR.get(plan, 1)
     return max(1, int(base * factor * multiplier))
+
+
+def address_identity(host: str | None) -> str:
+    """What the per-address limits count a client address as: an IPv4 address itself, an IPv6
+    address by its /64 (one customer's whole network: a host picks any address in it at will),
+    anything else (a Unix socket, a proxy that wrote no address) by a digest of what it is."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "name-" + hashlib.sha256(host.encode("utf-8", "replace")).hexdigest()[:16]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class RateLimiter:

@@ -23,8 +23,10 @@ from pydantic import (
     Field,
     StrictBool,
     computed_field,
+    model_validator,
 )
 
+from api.failures import public_failure_reason
 from domain.catalog import MODELS
 from domain.parameters import NO_NUL, JobParameters
 from domain.plans import PLANS, ModelAccess
@@ -142,13 +144,21 @@ class JobView(View):
     images: list[JobImage]
     rejection_reason: str | None
     rejection_detail: str | None
-    failure_reason: str | None
+    failure_reason: str | None = Field(
+        description="what went wrong, for the job's owner (one sentence per kind of failure)"
+    )
     failure_fault: str | None
     submitted_at: datetime
     accepted_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+    @model_validator(mode="after")
+    def _public_failure_reason(self) -> JobView:
+        # The worker's text is for operators (paths, hosts): api/failures.py. Idempotent.
+        self.failure_reason = public_failure_reason(self.failure_reason, self.failure_fault)
+        return self
 
 
 # --------------------------------------------------------------------------------- images

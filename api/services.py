@@ -23,7 +23,7 @@ from api.auth import JwtVerifier
 from api.cache import JsonCache
 from api.deactivation import AccountFlags
 from api.image_urls import ImageUrls, image_urls
-from api.live import JobWatcher
+from api.live import JobWatcher, StreamSlots
 from api.ratelimit import RateLimiter
 from domain.application import PinkseaApplication
 from eventstore.persistence import event_store_env
@@ -87,6 +87,7 @@ class Services:
     balance_cache: JsonCache
     job_cache: JsonCache
     watcher: JobWatcher
+    stream_slots: StreamSlots  # open event streams per user (api/live.py)
     image_urls: ImageUrls  # signs every image URL handed out (CloudFront, or S3 presigned)
     deactivations: AccountFlags  # checked on every authenticated request (api/deps.py)
     registered: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
@@ -208,10 +209,16 @@ async def start_services(settings: Settings) -> Services:
         balance_cache=JsonCache(
             client, settings.redis_key_prefix, "balance", settings.balance_cache_ttl_s
         ),
-        job_cache=JsonCache(
-            client, settings.redis_key_prefix, "jobcache", settings.job_cache_ttl_s
-        ),
+        # "jobview", not "jobcache": views cached before failure reasons were made public
+        # (api/failures.py) are never read again; they lapse within a day.
+        job_cache=JsonCache(client, settings.redis_key_prefix, "jobview", settings.job_cache_ttl_s),
         watcher=watcher,
+        stream_slots=StreamSlots(
+            client,
+            settings.redis_key_prefix,
+            ttl_s=settings.sse_slot_ttl_s,
+            breaker=rate_limiter.breaker,
+        ),
         image_urls=urls,
         deactivations=AccountFlags(
             client,

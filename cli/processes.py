@@ -39,10 +39,18 @@ def api(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
     port: int = typer.Option(default_port("api"), help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Worker processes (each with its own pools)."),
+    metrics_port: int = typer.Option(
+        0,
+        envvar="PINKSEA_API_METRICS_PORT",
+        help="Serve /metrics on this port, apart from the API (0: on --port).",
+    ),
 ) -> None:
     """Serve the REST API (/v1, /docs, /healthz, /readyz, /metrics)."""
     import uvicorn
 
+    # The app reads it too (PINKSEA_API_METRICS_PORT): no /metrics on --port when it is set.
+    os.environ["PINKSEA_API_METRICS_PORT"] = str(metrics_port)
+    get_settings.cache_clear()
     problems = get_settings().deployment_problems()
     if problems:
         typer.echo(f"pinksea api: not deployable ({get_settings().environment}):", err=True)
@@ -52,6 +60,10 @@ def api(
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # /metrics must add up every worker's counters, whichever worker answers.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pinksea-metrics-")
+    if metrics_port:
+        from api.routers.ops import serve_metrics
+
+        serve_metrics(metrics_port, local_only=get_settings().metrics_local_only)
     uvicorn.run(
         "api.app:create_app_from_env",
         factory=True,
@@ -60,7 +72,8 @@ def api(
         workers=workers,
         log_config=None,  # structured logs from infra.logging
         access_log=False,  # requests are counted in /metrics instead
-        proxy_headers=True,
+        # The app reads X-Forwarded-* itself, from PINKSEA_FORWARDED_ALLOW_IPS (api/app.py).
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
 

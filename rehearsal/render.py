@@ -126,6 +126,7 @@ def rehearsal_vars(oidc_issuer: str, client_id: str = "pinksea-rehearsal-web") -
         "images_bucket_name": f"{name}-images-{account}",
         "models_bucket_name": f"{name}-models-{account}",
         "cdn_domain_name": prod["domain_name"],
+        "alb_subnet_cidrs": ",".join(prod["public_subnet_cidrs"]),  # as the root passes it
         "cloudfront_public_key_id": "K2REHEARSAL0KEY",
         "stripe_price_ids": REHEARSAL_PRICE_IDS,
         "msk_bootstrap_brokers": "b-1.msk.rehearsal:9098,b-2.msk.rehearsal:9098",

@@ -100,6 +100,8 @@ def local_args(
     if args[0] == "api":
         set_option("--host", "127.0.0.1")
         set_option("--port", str(api_port))
+        if "--metrics-port" in args:  # /metrics apart from the API, as deployed
+            set_option("--metrics-port", str(metrics_port))
     elif "--metrics-port" in _options(args[0]):
         set_option("--metrics-port", str(metrics_port))
     if args[0] == "gpu-worker":

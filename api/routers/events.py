@@ -8,6 +8,10 @@ Both sources reach every API process, so the stream works wherever the job's rep
 
 Events: ``status`` (id: the store position), ``progress``, and a final ``end``; a comment
 line every ``sse_heartbeat_s`` keeps proxies from closing an idle stream.
+
+A user holds at most their plan's number of streams at once (api/live.py, ``StreamSlots``);
+one more is a 429 ``stream-limit`` with Retry-After. A stream's slot is given back when the
+stream ends, and lapses after ``sse_slot_ttl_s`` if its process dies.
 """
 
 from __future__ import annotations
@@ -21,13 +25,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import anyio
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
+from api import problems as p
 from api.deps import CurrentUser, ServicesDep, rate_limit
-from api.problems import problem_responses
+from api.failures import public_failure_reason
+from api.live import StreamSlot, streams_allowed
+from api.problems import ProblemError, problem_responses
 from api.routers.jobs import job_not_found
 from api.services import Services
 from domain.errors import NotFound
@@ -72,11 +81,45 @@ async def job_events(
         raise job_not_found(job_id) from None
     if job.user_id != principal.user_id:
         raise job_not_found(job_id)
-    return StreamingResponse(
-        _stream(svc, request, job_id),
+    plan = await svc.plan_of(principal.user_id)
+    slot = await svc.stream_slots.take(principal.user_id, plan)
+    if slot is None:
+        allowed = streams_allowed(plan)
+        retry = svc.stream_slots.retry_after_s
+        raise ProblemError(
+            p.STREAM_LIMIT,
+            f"You already have {allowed} live event streams open, the most your {plan} plan "
+            f"allows; close one (or let one end) and retry in {retry} s.",
+            headers={"Retry-After": str(retry)},
+            limit=allowed,
+        )
+    return _SlotStreamingResponse(
+        _stream(svc, request, job_id, slot),
+        slot,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _SlotStreamingResponse(StreamingResponse):
+    """Gives the stream's slot back however the response ends: finished, the client gone, a
+    send that failed, a cancellation (the stream's own ``finally`` covers the usual cases;
+    this one covers a stream that never started or whose generator was left suspended)."""
+
+    def __init__(self, content: AsyncIterator[str], slot: StreamSlot, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                aclose = getattr(self.body_iterator, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+                await self.slot.release()
 
 
 def _sse(event: str, data: Any, id_: int | None = None) -> str:
@@ -92,12 +135,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-async def _stream(svc: Services, request: Request, job_id: UUID) -> AsyncIterator[str]:
+async def _stream(
+    svc: Services, request: Request, job_id: UUID, slot: StreamSlot
+) -> AsyncIterator[str]:
     settings = svc.settings
     prefix = settings.redis_key_prefix
     inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     deadline = time.monotonic() + settings.sse_max_duration_s
-    async with svc.watcher.watch(job_id) as statuses, _progress(svc, job_id, inbox):
+    async with (
+        slot.kept(),
+        svc.watcher.watch(job_id) as statuses,
+        _progress(svc, job_id, inbox),
+    ):
         forward = asyncio.create_task(_forward(statuses, inbox))
         try:
             with contextlib.suppress(RedisError, OSError):
@@ -132,6 +181,8 @@ async def _forward(statuses: asyncio.Queue[dict[str, Any]], inbox: asyncio.Queue
 def _status_payload(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if k != "user_id"}
     out["job_id"] = str(row["job_id"])
+    # What the job's owner may read of a failure (api/failures.py); operators read the rest.
+    out["failure_reason"] = public_failure_reason(row["failure_reason"], row["failure_fault"])
     return out
 
 
@@ -148,7 +199,7 @@ async def _progress(
     except (RedisError, OSError) as e:
         log.warning("progress unavailable", job_id=str(job_id), error=repr(e))
         with contextlib.suppress(Exception):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
         yield
         return
 
@@ -174,4 +225,4 @@ async def _progress(
             await reader
         with contextlib.suppress(Exception):
             await pubsub.unsubscribe(channel)
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()

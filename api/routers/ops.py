@@ -1,5 +1,9 @@
 """Operations: liveness, readiness (every backing service), Prometheus metrics.
 
+``/metrics`` is on the API's own port only while ``api_metrics_port`` is 0 (locally);
+deployed, ``pinksea api --metrics-port`` serves it on a port of its own that the load
+balancer does not forward (:func:`serve_metrics`), so the Internet never reads it.
+
 Readiness is asked every few seconds by the load balancer, so its probes are light and use
 this process's own pools and clients: the full round trips of infra/health.py (a Kafka topic
 created and deleted, an S3 object written) belong to ``pinksea doctor``. The API itself never
@@ -17,9 +21,11 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from pydantic import BaseModel
 
@@ -30,6 +36,7 @@ from api.services import Services
 from infra.health import describe_error
 
 router = APIRouter(tags=["operations"])
+metrics_router = APIRouter(tags=["operations"])  # on the API's port only when it has no other
 
 PROBE_TIMEOUT_S = 2.0
 
@@ -75,20 +82,30 @@ async def readyz(svc: ServicesDep) -> Response:
     )
 
 
-@router.get(
+@metrics_router.get(
     "/metrics",
     summary="Prometheus metrics of this process (all workers under multiprocess mode)",
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics() -> Response:
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    """This process's metrics, or every worker's under multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
-    else:
-        body = generate_latest()
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def serve_metrics(port: int, *, local_only: bool) -> None:
+    """``/metrics`` on ``port`` from a thread of this process, apart from the API: what
+    ``pinksea api --metrics-port`` starts before uvicorn. With one worker the API runs in this
+    process; with more, this process reads every worker's files (multiprocess mode)."""
+    start_http_server(port, addr="127.0.0.1" if local_only else "0.0.0.0", registry=_registry())
 
 
 async def _probe(check: Callable[[Services], Awaitable[None]], svc: Services) -> str:

@@ -138,6 +138,7 @@ module "compute" {
   vpc_id                     = module.network.vpc_id
   public_subnet_ids          = module.network.public_subnet_ids
   private_subnet_ids         = module.network.private_subnet_ids
+  alb_subnet_cidrs           = join(",", var.public_subnet_cidrs) # the API's trusted proxies
   kms_key_arn                = module.security.kms_key_arn
   alb_security_group_id      = module.security.alb_security_group_id
   api_security_group_id      = module.security.api_security_group_id

@@ -83,7 +83,8 @@ locals {
   # are single consumers of their groups at this scale.
   services = {
     api = {
-      command = ["pinksea", "api", "--host", "0.0.0.0", "--port", "8080"]
+      # /metrics on 9100, a port the load balancer does not forward (127.0.0.1 only).
+      command = ["pinksea", "api", "--host", "0.0.0.0", "--port", "8080", "--metrics-port", "9100"]
       secrets = ["database", "redis", "stripe_key", "stripe_webhook", "cdn_signer"]
       cpu     = var.api_cpu
       memory  = var.api_memory
@@ -96,6 +97,10 @@ locals {
         PINKSEA_STRIPE_PRICE_IDS       = jsonencode(var.stripe_price_ids)
         PINKSEA_CHECKOUT_SUCCESS_URL   = "https://${var.cdn_domain_name}/billing/success"
         PINKSEA_CHECKOUT_CANCEL_URL    = "https://${var.cdn_domain_name}/billing"
+        # Abuse limits behind the load balancer: the client is the address the ALB appends to
+        # X-Forwarded-For (only its subnets are trusted); no /docs or /openapi.json.
+        PINKSEA_FORWARDED_ALLOW_IPS = var.alb_subnet_cidrs
+        PINKSEA_API_DOCS_ENABLED    = "false"
       }
     }
     relay = {

@@ -28,6 +28,16 @@ variable "public_subnet_ids" {
   type        = list(string)
 }
 
+variable "alb_subnet_cidrs" {
+  description = "CIDR ranges of the load balancer's subnets, comma-separated: the only peers whose X-Forwarded-For the API trusts (PINKSEA_FORWARDED_ALLOW_IPS)."
+  type        = string
+
+  validation {
+    condition     = alltrue([for c in split(",", var.alb_subnet_cidrs) : can(cidrhost(trimspace(c), 0))])
+    error_message = "alb_subnet_cidrs must be comma-separated CIDR ranges."
+  }
+}
+
 variable "private_subnet_ids" {
   description = "Subnets of the ECS tasks and GPU workers."
   type        = list(string)
