@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate, DomainEventProtocol
+from eventsourcing.domain import Aggregate, AggregateEvent, DomainEventProtocol
 from pydantic import BaseModel, create_model
 from pydantic_core import to_jsonable_python
 
@@ -64,6 +64,7 @@ def topic_for(type_or_aggregate: str) -> str:
 
 
 def envelope_for(event: DomainEventProtocol[UUID], position: int) -> Envelope:
+    assert isinstance(event, AggregateEvent)  # every stored event is an aggregate's
     data = {k: v for k, v in event.__dict__.items() if k not in _BASE_FIELDS}
     return Envelope(
         id=f"{event.originator_id}:{event.originator_version}",

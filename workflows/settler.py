@@ -83,7 +83,6 @@ class Settler:
         )
 
     def _finish(self, report: Finished) -> SettlementResult:
-        common = {"attempt": report.attempt, "at": report.at}
         if report.outcome is Outcome.COMPLETED:
             images = [i.model_dump() for i in report.images]
             r = self.app.complete_job(
@@ -91,10 +90,13 @@ class Settler:
                 gpu_ms=report.gpu_ms,
                 cuda_ms=report.cuda_ms,
                 images=images,  # type: ignore[arg-type]
-                **common,
+                attempt=report.attempt,
+                at=report.at,
             )
         elif report.outcome is Outcome.CANCELLED:
-            r = self.app.record_cancelled_run(report.job_id, gpu_ms=report.gpu_ms, **common)
+            r = self.app.record_cancelled_run(
+                report.job_id, gpu_ms=report.gpu_ms, attempt=report.attempt, at=report.at
+            )
         elif report.outcome is Outcome.BUDGET_EXHAUSTED:
             r = self.app.fail_job(
                 report.job_id,
@@ -102,7 +104,8 @@ class Settler:
                 retryable=False,
                 fault=Fault.USER,
                 gpu_ms=report.gpu_ms,
-                **common,
+                attempt=report.attempt,
+                at=report.at,
             )
         else:
             r = self.app.fail_job(
@@ -111,7 +114,8 @@ class Settler:
                 retryable=report.retryable,
                 fault=Fault(report.fault or "platform"),
                 gpu_ms=report.gpu_ms,
-                **common,
+                attempt=report.attempt,
+                at=report.at,
             )
         return r
 
@@ -180,7 +184,7 @@ class Settler:
                 self.consumer.seek(tp, recorded)
 
 
-class _SeekPastTracked(ConsumerRebalanceListener):
+class _SeekPastTracked(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, settler: Settler) -> None:
         self.settler = settler
 

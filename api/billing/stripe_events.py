@@ -153,6 +153,7 @@ def _subscription(
         return Translation(f"ignored: price {_price_id(item)} is not one of our plans")
     start = item.get("current_period_start") or obj.get("current_period_start")
     end = item.get("current_period_end") or obj.get("current_period_end")
+    assert start is not None and end is not None  # a subscription's period is on one or the other
     status = "canceled" if kind.endswith(".deleted") else str(obj.get("status"))
     state = BILLING_STATES.get(status, BillingState.INACTIVE)
     external_id = str(obj["id"])
