@@ -79,7 +79,7 @@ demo: services
 lint: | $(VENV_READY)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy domain/
+	$(PY) -m mypy
 
 # Terraform formatting, checkov and promtool over infra/ (the tools are built on first use).
 infra-check:

@@ -246,9 +246,7 @@ async def run(events: int, quick: bool) -> None:
     table.add_row("ledger verify: process wall time incl. start-up", f"{verify.wall_s:.1f} s")
     table.add_row("raw SELECT + decode: events/s (baseline)", f"{raw_rate:,.0f}")
     table.add_row("raw SELECT + decode: peak RSS", f"{raw.peak_mib:,.0f} MiB")
-    table.add_row(
-        "CLI start-up alone (import cli.main): peak RSS", f"{startup.peak_mib:,.0f} MiB"
-    )
+    table.add_row("CLI start-up alone (import cli.main): peak RSS", f"{startup.peak_mib:,.0f} MiB")
     table.add_row("verify / raw", f"{ratio:.3f} (target >= {TARGET_RATIO})")
     Console().print(table)
     memory_ok = verify.peak_rss_bytes < TARGET_PEAK_BYTES
