@@ -232,13 +232,16 @@ CLI = "from cli.main import app; app(prog_name='pinksea')"
 
 
 @contextlib.contextmanager
-def api_process(settings: Settings) -> Iterator[str]:
-    """``pinksea api`` in a subprocess on a free port; yields its base URL."""
+def api_subprocess(
+    settings: Settings, *args: str, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``pinksea api`` in a subprocess on a free port, with extra options ``args`` and extra
+    environment ``env``; yields its base URL and the process (a test may kill it)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-c", CLI, "api", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=REPO,
-        env=process_env(settings),
+        env={**process_env(settings), **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -255,14 +258,22 @@ def api_process(settings: Settings) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the API process did not start in 60 s")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def api_process(settings: Settings, *args: str, **env: str) -> Iterator[str]:
+    """``pinksea api`` in a subprocess (see api_subprocess); yields its base URL."""
+    with api_subprocess(settings, *args, **env) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,7 @@ values come from the Terraform, and the production rehearsal scrapes the port it
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -18,7 +15,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from infra.settings import Settings
-from tests.api.conftest import CLI, REPO, free_port, process_env
+from tests.api.conftest import REPO, api_process, free_port
 
 
 @contextlib.asynccontextmanager
@@ -45,39 +42,6 @@ async def test_docs_off_and_metrics_elsewhere_leave_nothing_on_the_api_port() ->
             assert r.status_code == 404, path
             assert r.headers["content-type"].startswith("application/problem+json")
         assert (await c.get("/healthz")).status_code == 200
-
-
-@contextlib.contextmanager
-def api_process(settings: Settings, *args: str, **env: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, "api", "--host", "127.0.0.1", "--port", str(port), *args],
-        cwd=REPO,
-        env={**process_env(settings), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"the API process exited:\n{err[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API process did not start in 60 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.integration

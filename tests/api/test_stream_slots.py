@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from api.live import STREAMS_PER_PLAN, streams_allowed
-from infra.settings import Settings
-from tests.api.conftest import CLI, REPO, Kit, free_port, problem_type, process_env
+from tests.api.conftest import Kit, api_subprocess, problem_type
 
 pytestmark = pytest.mark.integration
 
@@ -106,41 +103,6 @@ async def test_one_stream_too_many_is_a_429_and_a_closed_one_frees_its_slot(
             pass
 
 
-@contextlib.contextmanager
-def api_process(settings: Settings, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``pinksea api`` with extra environment; yields its URL and the process (to kill)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, "api", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env={**process_env(settings), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"the API process exited:\n{err[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API process did not start in 60 s")
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 async def test_the_slots_of_a_killed_process_lapse_and_live_ones_are_renewed(
     kit: Kit, user: str
 ) -> None:
@@ -149,8 +111,8 @@ async def test_the_slots_of_a_killed_process_lapse_and_live_ones_are_renewed(
     headers, path = kit.auth(user), f"/v1/jobs/{job}/events"
     bound = streams_allowed("trial")
     with (
-        api_process(kit.settings, **env) as (doomed, doomed_proc),
-        api_process(kit.settings, **env) as (survivor, _),
+        api_subprocess(kit.settings, **env) as (doomed, doomed_proc),
+        api_subprocess(kit.settings, **env) as (survivor, _),
     ):
         async with (
             httpx.AsyncClient(timeout=30) as http,
