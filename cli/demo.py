@@ -143,14 +143,40 @@ def demo(
         console.print(f"[bold]{name}[/bold]")
         print_statement(user, None, None, None, None)
         usage = client.get("/v1/me/usage", params={"group_by": "model"}, headers=auth[name])
-        console.print(f"  usage: {usage.json()}")
+        console.print(_usage_table(usage.json()))
         images = client.get("/v1/images", headers=auth[name]).json().get("items", [])
         for image in images:
             full = client.get(f"/v1/images/{image['name']}", headers=auth[name]).json()
-            console.print(f"  image {image['name']}: {full.get('url') or full.get('png_url')}")
+            # The URL whole on its own line: a terminal's wrap must not break a copy-paste.
+            console.print(f"  image {image['name']}:")
+            console.print(full.get("url") or "", soft_wrap=True, overflow="ignore", crop=False)
     table = Table(title="demo summary")
     for col in ("user", "account id", "jobs"):
         table.add_column(col)
     for name, user in users.items():
         table.add_row(user, str(ids.account_id(user)), str(len(submitted[name])))
     console.print(table)
+
+
+def _usage_table(usage: dict[str, Any]) -> Table:
+    """``GET /v1/me/usage`` as a table that fits 80 columns (one row per model, then total)."""
+    table = Table(title=f"usage {usage['from'][:10]} .. {usage['to'][:10]}", title_justify="left")
+    for col in ("model", "jobs", "GPU-ms", "charged", "refunded"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for bucket in usage["buckets"]:
+        table.add_row(
+            bucket["key"],
+            str(bucket["jobs"]),
+            str(bucket["gpu_ms"]),
+            bucket["charged_credits"],
+            bucket["refunded_credits"],
+        )
+    table.add_row(
+        "total",
+        str(usage["jobs"]),
+        str(usage["gpu_ms"]),
+        usage["charged_credits"],
+        usage["refunded_credits"],
+        style="bold",
+    )
+    return table
