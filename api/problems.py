@@ -7,6 +7,9 @@ that says what to do next.
 
 from __future__ import annotations
 
+import re
+import secrets
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +98,23 @@ DOMAIN_ERRORS: dict[str, ProblemType] = {
 }
 
 
+# ----------------------------------------------------------------------------- request ids
+
+REQUEST_ID_HEADER = "Request-Id"
+_REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# The current request's id (set by the edge middleware, api/edge.py): every problem body
+# carries it as ``request_id``, the same value as the ``Request-Id`` response header.
+current_request_id: ContextVar[str | None] = ContextVar("pinksea_request_id", default=None)
+
+
+def request_id_from(sent: str | None) -> str:
+    """The client's own ``Request-Id`` when it is one we can log safely (at most 128 of
+    ``A-Z a-z 0-9 . _ : -``), else a fresh ``req_`` + 24 random URL-safe characters."""
+    if sent is not None and _REQUEST_ID_SHAPE.fullmatch(sent):
+        return sent
+    return "req_" + secrets.token_urlsafe(18)  # 18 bytes -> 24 characters
+
+
 class FieldError(BaseModel):
     loc: list[str | int] = Field(description="where in the request, e.g. [body, steps]")
     msg: str
@@ -113,6 +133,9 @@ class Problem(BaseModel):
     instance: str | None = None
     errors: list[FieldError] | None = Field(
         None, description="each invalid field (invalid-request only)"
+    )
+    request_id: str | None = Field(
+        None, description="this request's id, as in the Request-Id header: quote it to support"
     )
 
 
@@ -151,6 +174,9 @@ def problem_response(
     if instance:
         body["instance"] = instance
     body.update({k: v for k, v in extensions.items() if v is not None})
+    request_id = current_request_id.get()
+    if request_id is not None:
+        body["request_id"] = request_id
     return JSONResponse(body, kind.status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -282,7 +308,10 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", path=request.url.path)
+        # Reached after the edge middleware (api/edge.py) answered and logged the crash with
+        # the request id, or for one outside it.
+        if not request.scope.get("state", {}).get("error_logged"):
+            log.exception("unhandled error", path=request.url.path)
         return problem_response(
             INTERNAL,
             "Something went wrong on our side; retry, and contact support if it persists.",
