@@ -19,7 +19,7 @@ from api.problems import (
     install_problem_handlers,
     rewrite_problem_media_types,
 )
-from api.routers import admin, api_keys, events, images, jobs, me, ops, plans
+from api.routers import admin, api_keys, events, images, jobs, me, models, ops, plans
 from api.services import start_services
 from infra.settings import Settings, get_settings
 
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    for module in (jobs, events, images, me, plans, api_keys, admin, billing, ops):
+    for module in (jobs, events, images, me, models, plans, api_keys, admin, billing, ops):
         app.include_router(module.router)
     if not settings.api_metrics_port:
         # Locally /metrics shares the API's port; deployed it has its own (api/routers/ops.py).

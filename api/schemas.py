@@ -472,3 +472,76 @@ class AccountStatusResult(BaseModel):
         description="running jobs asked to stop within a step (the GPU time used is billed)",
     )
     position: int
+
+
+# ---------------------------------------------------------------------- models and quotes
+
+
+class StepRange(BaseModel):
+    min: int
+    max: int
+    default: int = Field(description="the model's usual step count")
+
+
+class SizeRangeView(View):
+    min_px: int
+    max_px: int
+    multiple: int = Field(description="width and height must be multiples of this")
+
+
+class ModelDefaults(BaseModel):
+    steps: int
+    width: int
+    height: int
+    batch_size: int
+    guidance_scale: float
+    scheduler: str | None = Field(description="null: the model's own scheduler")
+
+
+class TierCost(BaseModel):
+    tier: TierName
+    estimate_ms: int = Field(description="expected GPU time of the default parameters")
+    hold_mc: int = Field(description="held at submission, and the most such a job can cost")
+    hold_credits: ClassVar[Credits] = credits_of("hold_mc")
+
+
+class ModelView(BaseModel):
+    key: str
+    family: str
+    access: str = Field(description="the plan model access this model needs")
+    sizes: SizeRangeView
+    steps: StepRange
+    defaults: ModelDefaults
+    schedulers: list[str]
+    costs: list[TierCost] = Field(description="the default parameters' cost on every tier")
+    your_tier: TierName = Field(description="the tier your plan runs on")
+    allowed: bool = Field(description="whether your plan may run this model")
+    reason: str | None = Field(description="why not (a submission's rejection reason); null")
+    detail: str | None = Field(description="the sentence a submission would answer; null")
+
+
+class JobQuote(BaseModel):
+    model: str
+    tier: TierName = Field(description="the tier your plan runs the job on")
+    estimate_ms: int = Field(description="expected GPU time")
+    hold_mc: int = Field(description="what a submission holds now")
+    hold_credits: ClassVar[Credits] = credits_of("hold_mc")
+    budget_ms: int = Field(description="GPU time the hold pays for; the run stops there")
+    max_charge_mc: int = Field(
+        description="the most this job can ever be charged: the hold is the job's time budget "
+        "(the worker stops the run when its GPU time reaches it), so no job costs more than "
+        "its hold; the unused rest is released"
+    )
+    max_charge_credits: ClassVar[Credits] = credits_of("max_charge_mc")
+    available_mc: int = Field(description="your available balance now (held credits excluded)")
+    available_credits: ClassVar[Credits] = credits_of("available_mc")
+    affordable: bool = Field(description="the available balance covers the hold")
+    allowed: bool = Field(description="a submission of this body now would be accepted")
+    reason: str | None = Field(
+        description="the rejection reason a submission would give "
+        "(insufficient_credits, model_not_in_plan, queue_limit, storage_quota, "
+        "payment_failed); null when allowed"
+    )
+    detail: str | None = Field(description="the sentence the rejection would carry; null")
+    problem_type: str | None = Field(description="the rejection's problem type URI; null")
+    submit_status: int = Field(description="the status a submission would answer: 202, 402, 403")

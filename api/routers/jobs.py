@@ -18,8 +18,9 @@ from api.deps import (
     rate_limit,
 )
 from api.problems import ProblemError, problem_responses
-from api.schemas import CancelAccepted, JobAccepted, JobRequest, JobView, Page
+from api.schemas import CancelAccepted, JobAccepted, JobQuote, JobRequest, JobView, Page
 from api.services import Services, now
+from domain.commands.admission import Assessment, quote
 from domain.errors import NotFound
 from domain.jobs import TERMINAL, JobStatus
 from infra import redis_keys
@@ -81,6 +82,48 @@ async def submit_job(
         position=result.position,
         replayed=not result.created,
     )
+
+
+@router.post(
+    "/quote",
+    response_model=JobQuote,
+    summary="Price a submission without submitting it",
+    description="Takes the body of POST /v1/jobs and answers what that submission would do "
+    "now: the estimate, the hold (which is also the most the job can ever cost: the hold is "
+    "its time budget), whether your available balance covers it, and the verdict (accepted, "
+    "or the rejection reason and problem type the submission would answer). It runs the "
+    "submission's own admission (domain/commands/admission.py) and records nothing: no job, "
+    "no event, no hold, no idempotency result.",
+    responses=problem_responses(*AUTH_ERRORS, 413, 422),
+    dependencies=[Depends(rate_limit("query"))],
+)
+async def quote_job(body: JobRequest, principal: CurrentUser, svc: ServicesDep) -> JobQuote:
+    user = principal.user_id
+    storage = await svc.storage_used(user)
+    verdict = await svc.command(_quote, svc, user, body, storage)
+    refusal = verdict.refusal
+    problem = None if refusal is None else p.REJECTIONS.get(refusal[0].value, p.FORBIDDEN)
+    return JobQuote(
+        model=body.model,
+        tier=verdict.tier.value,
+        estimate_ms=verdict.estimate_ms,
+        hold_mc=verdict.hold_mc,
+        budget_ms=verdict.budget_ms,
+        max_charge_mc=verdict.hold_mc,
+        available_mc=verdict.available_mc,
+        affordable=verdict.affordable,
+        allowed=refusal is None,
+        reason=None if refusal is None else refusal[0].value,
+        detail=None if refusal is None else p.sentence(refusal[1]),
+        problem_type=None if problem is None else problem.uri,
+        submit_status=status.HTTP_202_ACCEPTED if problem is None else problem.status,
+    )
+
+
+def _quote(svc: Services, user_id: str, params: JobRequest, storage: int) -> Assessment:
+    """On a command thread: the subscription and account as the submission reads them."""
+    app = svc.application
+    return quote(app.subscription(user_id), app.account(user_id), params, storage, now())
 
 
 @router.get(

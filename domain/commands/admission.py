@@ -7,15 +7,92 @@ decides on the new job, saving nothing (the submission saves job and account tog
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from domain.catalog import MODELS
 from domain.credits import CreditAccount
-from domain.errors import InsufficientCredits
+from domain.errors import AccountDeactivated, InsufficientCredits
 from domain.estimation import budget_ms_for_hold, estimate_gpu_ms, hold_for_estimate
 from domain.jobs import GenerationJob, JobParameters, RejectionReason
-from domain.plans import Plan
+from domain.plans import GpuTier, Plan
 from domain.subscription import Subscription
+
+Refusal = tuple[RejectionReason, str]
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What a submission of ``params`` would cost now and whether it would be accepted: the
+    submission acts on it (``admit``) and a quote shows it (``quote``), so the two agree."""
+
+    tier: GpuTier
+    estimate_ms: int
+    hold_mc: int  # the most the job can ever be charged: the hold is its time budget
+    budget_ms: int
+    available_mc: int
+    refusal: Refusal | None  # None: it would be accepted
+
+    @property
+    def affordable(self) -> bool:
+        return self.hold_mc <= self.available_mc
+
+
+def estimate_for(params: JobParameters, tier: GpuTier) -> int:
+    """The estimated GPU milliseconds of ``params`` on ``tier``."""
+    return estimate_gpu_ms(
+        MODELS[params.model].family,
+        tier,
+        steps=params.steps,
+        width=params.width,
+        height=params.height,
+        batch_size=params.batch_size,
+        model=params.model,
+    )
+
+
+def assess(
+    sub: Subscription,
+    plan: Plan,
+    account: CreditAccount,
+    params: JobParameters,
+    storage_used_bytes: int,
+    at: datetime,
+) -> Assessment:
+    """The estimate, hold and verdict of a submission of ``params`` (checked), saving nothing.
+    The entitlements come first, then whether the available balance covers the hold."""
+    estimate_ms = estimate_for(params, plan.tier)
+    hold_mc = hold_for_estimate(estimate_ms, plan.tier)
+    available = account.available_mc(at)
+    refusal = entitlement_refusal(sub, plan, account, params, storage_used_bytes)
+    if refusal is None and hold_mc > available:
+        refusal = (
+            RejectionReason.INSUFFICIENT_CREDITS,
+            InsufficientCredits(hold_mc, available).detail,
+        )
+    return Assessment(
+        tier=plan.tier,
+        estimate_ms=estimate_ms,
+        hold_mc=hold_mc,
+        budget_ms=budget_ms_for_hold(hold_mc, plan.tier),
+        available_mc=available,
+        refusal=refusal,
+    )
+
+
+def quote(
+    sub: Subscription,
+    account: CreditAccount,
+    params: JobParameters,
+    storage_used_bytes: int,
+    at: datetime,
+) -> Assessment:
+    """What ``submit_job`` would decide for ``params`` now, recording nothing. Raises what the
+    submission raises before admission: AccountDeactivated, InvalidParameters."""
+    if account.deactivated:
+        raise AccountDeactivated("this account is deactivated; it can run no new jobs")
+    params.check()
+    return assess(sub, sub.plan, account, params, storage_used_bytes, at)
 
 
 def admit(
@@ -28,30 +105,32 @@ def admit(
     at: datetime,
 ) -> None:
     """Accept the job and hold its credits on the account, or reject it with a reason."""
-    refusal = entitlement_refusal(sub, plan, account, params, storage_used_bytes)
-    if refusal is not None:
-        job.reject(reason=refusal[0], detail=refusal[1], at=at)
+    verdict = assess(sub, plan, account, params, storage_used_bytes, at)
+    if verdict.refusal is not None:
+        job.reject(reason=verdict.refusal[0], detail=verdict.refusal[1], at=at)
         return
-    estimate_ms = estimate_gpu_ms(
-        MODELS[params.model].family,
-        plan.tier,
-        steps=params.steps,
-        width=params.width,
-        height=params.height,
-        batch_size=params.batch_size,
-        model=params.model,
-    )
-    hold_mc = hold_for_estimate(estimate_ms, plan.tier)
     try:
-        account.reserve(hold_id=job.hold_id, job_id=str(job.id), amount_mc=hold_mc, at=at)
-    except InsufficientCredits as e:
+        account.reserve(hold_id=job.hold_id, job_id=str(job.id), amount_mc=verdict.hold_mc, at=at)
+    except InsufficientCredits as e:  # assess saw enough; the lots say otherwise
         job.reject(reason=RejectionReason.INSUFFICIENT_CREDITS, detail=e.detail, at=at)
         return
     job.accept(
-        hold_mc=hold_mc,
-        estimate_ms=estimate_ms,
-        budget_ms=budget_ms_for_hold(hold_mc, plan.tier),
+        hold_mc=verdict.hold_mc,
+        estimate_ms=verdict.estimate_ms,
+        budget_ms=verdict.budget_ms,
         at=at,
+    )
+
+
+def model_refusal(plan: Plan, model: str) -> Refusal | None:
+    """Why ``plan`` may not run ``model``, or None when it may."""
+    required = MODELS[model].access
+    if plan.model_access.allows(required):
+        return None
+    return (
+        RejectionReason.MODEL_NOT_IN_PLAN,
+        f"{model} needs a plan with {required.value} model access; "
+        f"your {plan.slug} plan has {plan.model_access.value}: upgrade to use it",
     )
 
 
@@ -61,19 +140,15 @@ def entitlement_refusal(
     account: CreditAccount,
     params: JobParameters,
     storage_used_bytes: int,
-) -> tuple[RejectionReason, str] | None:
+) -> Refusal | None:
     if sub.is_past_due:
         return (
             RejectionReason.PAYMENT_FAILED,
             "your last payment failed; update your payment method in the billing portal",
         )
-    required = MODELS[params.model].access
-    if not plan.model_access.allows(required):
-        return (
-            RejectionReason.MODEL_NOT_IN_PLAN,
-            f"{params.model} needs a plan with {required.value} model access; "
-            f"your {plan.slug} plan has {plan.model_access.value}: upgrade to use it",
-        )
+    refusal = model_refusal(plan, params.model)
+    if refusal is not None:
+        return refusal
     if storage_used_bytes >= plan.storage_bytes:
         return (
             RejectionReason.STORAGE_QUOTA,
