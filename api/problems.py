@@ -132,7 +132,8 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldError] | None = Field(
-        None, description="each invalid field (invalid-request only)"
+        None,
+        description="each invalid field (invalid-request); where the JSON broke (bad-request)",
     )
     request_id: str | None = Field(
         None, description="this request's id, as in the Request-Id header: quote it to support"
@@ -195,6 +196,48 @@ def sentence(text: str) -> str:
 
 # ------------------------------------------------------------------------------ handlers
 
+
+def is_json_media_type(content_type: str) -> bool:
+    """application/json or any application/*+json (parameters such as charset aside), the
+    media types FastAPI parses a body from."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    main, _, sub = media.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def _at_body(error: Any) -> bool:
+    loc = error.get("loc", ())
+    return bool(loc) and loc[0] == "body"
+
+
+def _malformed_json(request: Request, exc: RequestValidationError, error: Any) -> JSONResponse:
+    """A 400 that says where the body stopped being JSON."""
+    loc = error.get("loc", ())
+    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    reason = str((error.get("ctx") or {}).get("error") or "not JSON")
+    where = ""
+    doc = exc.body if isinstance(exc.body, str) else None
+    if pos is not None:
+        if doc is not None and 0 <= pos <= len(doc):
+            line = doc.count("\n", 0, pos) + 1
+            column = pos - (doc.rfind("\n", 0, pos) + 1) + 1
+            where = f" at line {line}, column {column} (character {pos})"
+        else:
+            where = f" at character {pos}"
+    return problem_response(
+        BAD_REQUEST,
+        f"The body is not valid JSON: {reason}{where}; send a JSON object.",
+        instance=request.url.path,
+        errors=[
+            {
+                "loc": ["body"] + ([pos] if pos is not None else []),
+                "msg": reason,
+                "type": "json_invalid",
+            }
+        ],
+    )
+
+
 _BAD_VALUE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.DataError,
     UnicodeError,
@@ -254,18 +297,29 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        raw = exc.errors()
+        # A body FastAPI did not parse because its media type is not JSON arrives as bytes.
+        content_type = request.headers.get("content-type")
+        unparsed = any(_at_body(e) and isinstance(e.get("input"), bytes | bytearray) for e in raw)
+        if content_type and unparsed and not is_json_media_type(content_type):
+            return problem_response(
+                UNSUPPORTED_MEDIA_TYPE,
+                f"The body was sent as {content_type[:100]!r}; send it as application/json.",
+                instance=request.url.path,
+            )
+        broken = next((e for e in raw if e.get("type") == "json_invalid"), None)
+        if broken is not None:
+            return _malformed_json(request, exc, broken)
         errors = [
             {
                 "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
                 "msg": str(e.get("msg", "")),
                 "type": str(e.get("type", "")),
             }
-            for e in exc.errors()
+            for e in raw
         ]
         where = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[:5])
         detail = f"Fix the invalid fields and send the request again: {where}."
-        if any(e["type"] == "json_invalid" for e in errors):
-            detail = "The body is not valid JSON; send a JSON object."
         return problem_response(INVALID_REQUEST, detail, instance=request.url.path, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
@@ -322,13 +376,14 @@ def install_problem_handlers(app: FastAPI) -> None:
 # ------------------------------------------------------------------------- OpenAPI helpers
 
 _DESCRIPTIONS: dict[int, str] = {
-    400: "Malformed request",
+    400: "Malformed request (a body that is not valid JSON, or not even text)",
     401: "Missing, invalid or expired credentials",
     402: "Not enough credits, or the last payment failed",
     403: "Not allowed for this account or plan",
     404: "Not found (or owned by someone else)",
     409: "Conflict with an earlier request or the current state",
     413: "Request body too large",
+    415: "The body's Content-Type is not application/json",
     422: "Invalid request",
     429: "Rate or concurrency limit reached",
     503: "Not caught up yet, or a backing service is unavailable; retry after Retry-After",
@@ -348,8 +403,10 @@ def rewrite_problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
         for op in path.values():
             if not isinstance(op, dict):
                 continue
-            if "requestBody" in op:  # a body that is not even text (bad UTF-8) is a 400
+            if "requestBody" in op:  # malformed JSON (or not even text) is a 400; a body
+                # that is not application/json a 415
                 op["responses"].setdefault("400", {"description": _DESCRIPTIONS[400]})
+                op["responses"].setdefault("415", {"description": _DESCRIPTIONS[415]})
             for status, response in op.get("responses", {}).items():
                 if not str(status).isdigit() or int(status) < 400:
                     continue

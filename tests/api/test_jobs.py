@@ -82,14 +82,14 @@ async def test_invalid_idempotency_key_is_422(kit: Kit, user: str) -> None:
     assert r.status_code == 422
 
 
-async def test_not_json_is_422(kit: Kit, user: str) -> None:
+async def test_not_json_is_400(kit: Kit, user: str) -> None:
     r = await kit.client.post(
         "/v1/jobs",
         content=b"{not json",
         headers={**kit.auth(user), "Content-Type": "application/json"},
     )
-    assert r.status_code == 422
-    assert problem_type(r) == "invalid-request"
+    assert r.status_code == 400
+    assert problem_type(r) == "bad-request"
 
 
 async def test_model_not_in_plan_is_403(kit: Kit, user: str) -> None:

@@ -75,6 +75,6 @@ async def test_a_patch_that_is_not_json_is_a_problem(kit: Kit, user: str) -> Non
         content=b"low_balance_emails=false",
         headers={**kit.auth(user), "Content-Type": "application/json"},
     )
-    assert r.status_code == 422, r.text
-    assert problem_type(r) == "invalid-request"
+    assert r.status_code == 400, r.text
+    assert problem_type(r) == "bad-request"
     assert "not valid JSON" in r.json()["detail"]
