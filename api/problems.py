@@ -76,6 +76,10 @@ NOT_YET_CONSISTENT = _t("not-yet-consistent", 503, "Read model not caught up")
 BUSY = _t("busy", 503, "Busy")
 UNAVAILABLE = _t("service-unavailable", 503, "A backing service is unavailable")
 
+# Retry-After (seconds) for a 429 or 503 whose producer named none: an unfinished job takes
+# seconds to finish and free a queue slot.
+RETRY_AFTER_S: dict[str, int] = {QUEUE_LIMIT.slug: 5}
+
 # A job rejection's reason code -> its problem type. Unknown future reasons fall back to
 # FORBIDDEN rather than failing, so the domain can add reasons before the API learns them.
 REJECTIONS: dict[str, ProblemType] = {
@@ -178,6 +182,9 @@ def problem_response(
     request_id = current_request_id.get()
     if request_id is not None:
         body["request_id"] = request_id
+    if kind.status in (429, 503) and not any(k.lower() == "retry-after" for k in headers or {}):
+        # Every 429 and 503 says when to retry (seconds); most producers set their own.
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_S.get(kind.slug, 1))}
     return JSONResponse(body, kind.status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
