@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -23,14 +22,13 @@ from pydantic import ValidationError
 from domain.application import PinkseaApplication
 from eventstore.envelope import Envelope
 from eventstore.relay import Relay
-from infra.db import create_pool
 from infra.errors import OPERATIONAL_ERRORS, Backoff
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC
 from projections import gauges
 from projections.base import Projection
 from projections.runner import LiveProjectionRunner
-from tests.integration.streaming_kit import fresh_database, new_app, prepare_stack, wait_until
+from tests.integration.streaming_kit import wait_until
 from workflows import expiry
 from workflows.notifier.service import Notifier
 from workflows.notifier.transports import SmtpTransport
@@ -152,35 +150,6 @@ async def test_the_gauges_survive_an_outage_and_die_of_a_bug(
 
 
 # ------------------------------------------------------------------ loops on the stack
-
-
-@pytest.fixture
-def stack(database_url: str, kafka_bootstrap: str, run_id: str) -> Iterator[Settings]:
-    with fresh_database(database_url) as url:
-        yield Settings(
-            database_url=url,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            kafka_topic_prefix=f"t{run_id}.e{uuid.uuid4().hex[:6]}.",
-        )
-
-
-@pytest.fixture
-async def pool(stack: Settings) -> AsyncIterator[asyncpg.Pool]:
-    await prepare_stack(stack)
-    pool = await create_pool(stack, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-@pytest.fixture
-def app(stack: Settings) -> Iterator[PinkseaApplication]:
-    application = new_app(stack)
-    try:
-        yield application
-    finally:
-        application.close()
 
 
 async def _published(stack: Settings, pool: asyncpg.Pool, app: PinkseaApplication) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from pathlib import Path
@@ -28,14 +28,10 @@ from domain.application import PinkseaApplication
 from domain.plans import PLANS
 from eventstore.envelope import Envelope
 from eventstore.relay import Relay
-from infra.db import create_pool
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC
 from tests.conftest import reachable
 from tests.integration.streaming_kit import (
-    fresh_database,
-    new_app,
-    prepare_stack,
     running,
     wait_until,
 )
@@ -52,17 +48,6 @@ TRIAL_MC = PLANS["trial"].credits_per_month_mc
 # ------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def stack(database_url: str, kafka_bootstrap: str, run_id: str) -> Iterator[Settings]:
-    """A database and a topic prefix of this test's own (the topics go with the session's)."""
-    with fresh_database(database_url) as url:
-        yield Settings(
-            database_url=url,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            kafka_topic_prefix=f"t{run_id}.n{uuid.uuid4().hex[:6]}.",
-        )
-
-
 @pytest.fixture(scope="session")
 def maildir() -> Path:
     """The Maildir of the local stack's SMTP server (infra/local/smtp.sh)."""
@@ -77,25 +62,6 @@ def maildir() -> Path:
         server.noop()
     stack_dir = Path(os.environ.get("PINKSEA_STACK_DIR", "~/.pinksea-stack")).expanduser()
     return stack_dir / "smtp" / "maildir"
-
-
-@pytest.fixture
-async def pool(stack: Settings) -> AsyncIterator[asyncpg.Pool]:
-    await prepare_stack(stack)
-    pool = await create_pool(stack, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-@pytest.fixture
-def app(stack: Settings) -> Iterator[PinkseaApplication]:
-    application = new_app(stack)
-    try:
-        yield application
-    finally:
-        application.close()
 
 
 @pytest.fixture
