@@ -150,6 +150,36 @@ def rollout_state(service: dict[str, Any], task_definition: str) -> str:
     return state
 
 
+def wait_all(
+    pending: dict[str, str],
+    check: Callable[[dict[str, str]], dict[str, str | None]],
+    *,
+    what: str,
+    timeout: float,
+    poll: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Poll ``check`` every ``poll`` seconds until every pending name finished: ``check`` gets
+    the names still pending and returns those that finished, with None (done) or why they
+    failed. Raises once all finished if any failed, or when ``timeout`` seconds are up."""
+    deadline = clock() + timeout
+    pending = dict(pending)
+    failed: dict[str, str] = {}
+    while pending:
+        for name, reason in check(pending).items():
+            del pending[name]
+            if reason is not None:
+                failed[name] = reason
+        if not pending:
+            break
+        if clock() >= deadline:
+            raise RolloutError(f"{what} after {timeout:.0f}s: {sorted(pending)}")
+        sleep(poll)
+    if failed:
+        raise RolloutError("; ".join(f"{n}: {r}" for n, r in sorted(failed.items())))
+
+
 def wait_for_services(
     ecs: Any,
     cluster: str,
@@ -162,16 +192,15 @@ def wait_for_services(
 ) -> None:
     """Until every service's deployment of its target task definition completed; raises when
     one failed (the circuit breaker rolled it back) or the time is up."""
-    deadline = clock() + timeout
-    pending = dict(targets)
-    failed: dict[str, str] = {}
-    while pending:
+
+    def check(pending: dict[str, str]) -> dict[str, str | None]:
         described = describe_services(ecs, cluster, sorted(pending))
-        for name, td in list(pending.items()):
+        finished: dict[str, str | None] = {}
+        for name, td in pending.items():
             state = rollout_state(described[name], td)
             if state == "COMPLETED":
                 log(f"  {name}: {td.rsplit('/', 1)[-1]} completed")
-                del pending[name]
+                finished[name] = None
             elif state == "FAILED":
                 reason = next(
                     (
@@ -181,15 +210,18 @@ def wait_for_services(
                     ),
                     "rolled back by the deployment circuit breaker",
                 )
-                failed[name] = reason or "rolled back"
-                del pending[name]
-        if not pending:
-            break
-        if clock() >= deadline:
-            raise RolloutError(f"still rolling out after {timeout:.0f}s: {sorted(pending)}")
-        sleep(poll)
-    if failed:
-        raise RolloutError("; ".join(f"{n}: {r}" for n, r in sorted(failed.items())))
+                finished[name] = reason or "rolled back"
+        return finished
+
+    wait_all(
+        targets,
+        check,
+        what="still rolling out",
+        timeout=timeout,
+        poll=poll,
+        clock=clock,
+        sleep=sleep,
+    )
 
 
 def deploy_ecs(
@@ -271,11 +303,12 @@ def wait_for_refreshes(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    deadline = clock() + timeout
-    pending = dict(refreshes)
-    failed: dict[str, str] = {}
-    while pending:
-        for group, refresh_id in list(pending.items()):
+    """Until every group's instance refresh succeeded; raises when one failed or the time is
+    up."""
+
+    def check(pending: dict[str, str]) -> dict[str, str | None]:
+        finished: dict[str, str | None] = {}
+        for group, refresh_id in pending.items():
             resp = autoscaling.describe_instance_refreshes(
                 AutoScalingGroupName=group, InstanceRefreshIds=[refresh_id]
             )
@@ -283,19 +316,22 @@ def wait_for_refreshes(
             status = r["Status"]
             if status in REFRESH_DONE:
                 log(f"  {group}: instance refresh {refresh_id} successful")
-                del pending[group]
+                finished[group] = None
             elif status in REFRESH_FAILED:
-                failed[group] = f"{status}: {r.get('StatusReason', '')}".strip()
-                del pending[group]
+                finished[group] = f"{status}: {r.get('StatusReason', '')}".strip()
             else:
                 log(f"  {group}: {status} {r.get('PercentageComplete', 0)}%")
-        if not pending:
-            break
-        if clock() >= deadline:
-            raise RolloutError(f"instance refresh still running after {timeout:.0f}s: {pending}")
-        sleep(poll)
-    if failed:
-        raise RolloutError("; ".join(f"{g}: {r}" for g, r in sorted(failed.items())))
+        return finished
+
+    wait_all(
+        refreshes,
+        check,
+        what="instance refresh still running",
+        timeout=timeout,
+        poll=poll,
+        clock=clock,
+        sleep=sleep,
+    )
 
 
 def deploy_gpu(
