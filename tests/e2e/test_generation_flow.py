@@ -186,12 +186,18 @@ async def test_submit_runs_uploads_settles_exactly_and_reconciles(platform: Plat
     assert platform.pool is not None
 
     async def projected() -> bool:
+        # usage_records and balances are written by different projections: wait for both, or
+        # the audit below can run while the ledger projection still shows the hold.
         row = await platform.pool.fetchrow(  # type: ignore[union-attr]
-            "SELECT u.charged_mc, b.available_mc FROM usage_records u "
+            "SELECT u.charged_mc, b.available_mc, b.held_mc FROM usage_records u "
             "JOIN balances b USING (user_id) WHERE u.job_id = $1",
             job.job_id,
         )
-        return row is not None and row["charged_mc"] == done.charged_mc
+        return (
+            row is not None
+            and row["charged_mc"] == done.charged_mc
+            and (row["available_mc"], row["held_mc"]) == (account.available_mc(now), 0)
+        )
 
     await wait_until(projected, timeout=30)
     # The auditors' tools agree with all of it.
