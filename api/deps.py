@@ -208,15 +208,23 @@ def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
 
     async def dependency(
         svc: ServicesDep,
-        x_min_position: Annotated[
-            int | None,
+        # A string of digits in the contract: HTTP header values are strings, and a generated
+        # client typed `int` here could not send it (httpx refuses non-str header values).
+        x_min_position_header: Annotated[
+            str | None,
             Header(
-                ge=0,
-                le=MAX_POSITION,
-                description="A `position` returned by a command: the answer includes its effect.",
+                alias="X-Min-Position",
+                pattern=r"^[0-9]{1,19}$",
+                description="A `position` returned by a command (digits): the answer includes "
+                "its effect.",
             ),
         ] = None,
     ) -> int | None:
+        if not x_min_position_header:
+            return None
+        x_min_position = int(x_min_position_header)
+        if x_min_position > MAX_POSITION:
+            raise ProblemError(p.INVALID_REQUEST, f"X-Min-Position must be at most {MAX_POSITION}.")
         if not x_min_position:
             return None
         topics = tuple(svc.settings.topic(t) for t in topics_of)

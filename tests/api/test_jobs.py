@@ -245,8 +245,9 @@ async def test_read_your_writes_with_x_min_position(kit: Kit, user: str) -> None
     r = await kit.client.get(f"/v1/jobs/{body['job_id']}", headers=headers)
     assert r.status_code == 200
     assert r.json()["status"] == "accepted"
-    bad = {**kit.auth(user), "X-Min-Position": "-1"}
-    assert (await kit.client.get("/v1/jobs", headers=bad)).status_code == 422
+    for wrong in ("-1", "12a", "9" * 19, "1" * 20):  # digits only, at most 2**63 - 1
+        bad = {**kit.auth(user), "X-Min-Position": wrong}
+        assert (await kit.client.get("/v1/jobs", headers=bad)).status_code == 422, wrong
 
 
 async def test_cancel_before_start_releases_the_hold(kit: Kit, user: str) -> None:
