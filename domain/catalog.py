@@ -37,12 +37,22 @@ class ModelSpec:
     access: ModelAccess
     sizes: SizeRange
     default_steps: int
+    # An inpainting model (its UNet takes the masked image and the mask too: 9 input
+    # channels): its jobs need an init image and a mask. The others run text-to-image, and
+    # image-to-image from the same weights.
+    inpainting: bool = False
 
 
 def _spec(
-    key: str, family: ModelFamily, access: ModelAccess, steps: int, sizes: SizeRange | None = None
+    key: str,
+    family: ModelFamily,
+    access: ModelAccess,
+    steps: int,
+    sizes: SizeRange | None = None,
+    *,
+    inpainting: bool = False,
 ) -> ModelSpec:
-    return ModelSpec(key, family, access, sizes or FAMILY_SIZES[family], steps)
+    return ModelSpec(key, family, access, sizes or FAMILY_SIZES[family], steps, inpainting)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -54,6 +64,14 @@ MODELS: dict[str, ModelSpec] = {
         _spec("flux-dev", ModelFamily.FLUX, ModelAccess.FLUX_INCLUDED, 28),
         # The small local model that tests and the demo run (random weights, built locally).
         _spec("tiny-sd", ModelFamily.SD15, ModelAccess.SD_ONLY, 4, SizeRange(32, 512, 8)),
+        _spec(
+            "tiny-sd-inpaint",
+            ModelFamily.SD15,
+            ModelAccess.SD_ONLY,
+            4,
+            SizeRange(32, 512, 8),
+            inpainting=True,
+        ),
     )
 }
 

@@ -47,6 +47,7 @@ CALIBRATION: dict[tuple[ModelFamily, GpuTier], Calibration] = {
 # and the demo, where a step of even a tiny UNet at 256x256 costs tens of milliseconds.
 MODEL_CALIBRATION: dict[str, Calibration] = {
     "tiny-sd": Calibration(256 * 256, 300, 1500),
+    "tiny-sd-inpaint": Calibration(256 * 256, 300, 1500),
 }
 
 

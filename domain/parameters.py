@@ -1,4 +1,5 @@
-"""The parameters of a text-to-image job: one definition for every layer.
+"""The parameters of a generation job (text-to-image, image-to-image, inpainting): one
+definition for every layer.
 
 The API takes them as its request body, the domain checks them against the catalog and records
 them in ``GenerationJob.Submitted``, the scheduler sends them to a GPU worker inside its
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +28,27 @@ SCHEDULERS = frozenset(get_args(SchedulerName))
 NO_NUL = r"^[^\x00]*$"
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# An input image a job names: one of the user's uploads (its id, a UUID) or one of the user's
+# generated images (its name, ``<job id>-<index>``). Which user's is the dispatch's business:
+# the API checks ownership at submission and the worker reads only under the job's user.
+UPLOAD_REF = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+IMAGE_REF = UPLOAD_REF + r"-[0-9]{1,2}"
+ImageRef = Annotated[
+    str,
+    Field(
+        pattern=f"^({UPLOAD_REF}|{IMAGE_REF})$",
+        examples=["3f2b8c1e-9d4a-4e2f-8a6b-1c2d3e4f5a6b"],
+    ),
+]
+# Fields added after the first release: left out of the stored parameters when unset, so a
+# text-to-image job's parameters (and its fingerprint, the idempotency check) stay as before.
+_IMAGE_INPUT_FIELDS = ("init_image", "strength", "mask")
+DEFAULT_STRENGTH = 0.8  # diffusers' default for image-to-image
+
+
+def is_upload_ref(ref: str) -> bool:
+    """Whether ``ref`` names an upload (else one of the user's generated images)."""
+    return re.fullmatch(UPLOAD_REF, ref) is not None
 
 
 class JobParameters(BaseModel):
@@ -45,6 +68,35 @@ class JobParameters(BaseModel):
     seed: Seed | None = None
     guidance_scale: float = Field(7.5, ge=0, le=30, allow_inf_nan=False)
     scheduler: SchedulerName | None = None
+    init_image: ImageRef | None = Field(
+        None, description="image-to-image or inpainting: an upload id or one of your image names"
+    )
+    strength: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="how much of the init image is repainted (default 0.8, inpainting 1.0); "
+        "the run takes int(steps x strength) steps",
+    )
+    mask: ImageRef | None = Field(
+        None, description="inpainting: an upload id (white is repainted); needs init_image"
+    )
+
+    @property
+    def effective_strength(self) -> float:
+        """The strength the pipeline runs with (1.0 for text-to-image: every step runs)."""
+        if self.init_image is None:
+            return 1.0
+        if self.strength is not None:
+            return self.strength
+        return 1.0 if self.mask is not None else DEFAULT_STRENGTH
+
+    @property
+    def effective_steps(self) -> int:
+        """The denoising steps the run takes: diffusers' img2img and inpainting pipelines skip
+        the first ``steps - int(steps x strength)`` (their ``get_timesteps``)."""
+        return min(int(self.steps * self.effective_strength), self.steps)
 
     def check(self) -> None:
         """Raise InvalidParameters with every problem the field rules cannot see (an unknown
@@ -63,8 +115,26 @@ class JobParameters(BaseModel):
                         f"{name} must be a multiple of {r.multiple} between {r.min_px} and "
                         f"{r.max_px} for {self.model}"
                     )
+        problems += self._input_problems(spec is not None and spec.inpainting)
         if problems:
             raise InvalidParameters("; ".join(problems))
+
+    def _input_problems(self, inpainting_model: bool) -> list[str]:
+        problems: list[str] = []
+        if self.init_image is None and (self.strength is not None or self.mask is not None):
+            problems.append("strength and mask need an init_image")
+        if self.mask is not None and not is_upload_ref(self.mask):
+            problems.append("mask must be one of your uploads (an upload id)")
+        if inpainting_model and (self.init_image is None or self.mask is None):
+            problems.append(f"{self.model} is an inpainting model: send init_image and mask")
+        if self.mask is not None and not inpainting_model:
+            problems.append("a mask needs an inpainting model (see GET /v1/models)")
+        if self.init_image is not None and self.effective_steps < 1:
+            problems.append(
+                f"int(steps x strength) = int({self.steps} x {self.effective_strength}) is 0: "
+                "raise steps or strength"
+            )
+        return problems
 
     def fingerprint(self) -> str:
         """Digest of the parameters: one Idempotency-Key with other parameters is a conflict."""
@@ -72,8 +142,13 @@ class JobParameters(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def as_event_data(self) -> dict[str, Any]:
-        """The ten fields as ``GenerationJob.Submitted`` records them (JSON types)."""
-        return self.model_dump(mode="json")
+        """The fields as ``GenerationJob.Submitted`` records them (JSON types); the image
+        inputs only when set."""
+        data = self.model_dump(mode="json")
+        for name in _IMAGE_INPUT_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
 
 
 class RunParameters(JobParameters):

@@ -59,6 +59,9 @@ class Plan:
     api_access: bool
     # Accepted-but-unfinished jobs a user may have waiting; keeps one user from flooding a tier.
     max_open_jobs: int
+    # The largest input image a user may upload (POST /v1/uploads): the presigned POST's
+    # content-length-range, checked again when the upload is completed.
+    upload_bytes_max: int = 20 * 1024**2
 
     @property
     def credits_per_month_mc(self) -> int:
@@ -127,6 +130,8 @@ def _plan(
         node_editor=node_editor,
         api_access=api_access,
         max_open_jobs=concurrent * 10,
+        # A trial uploads small images; paid plans take a full-size photo.
+        upload_bytes_max=(5 if type_ is PlanType.TRIAL else 20) * 1024**2,
     )
 
 

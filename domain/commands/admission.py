@@ -43,7 +43,7 @@ def estimate_for(params: JobParameters, tier: GpuTier) -> int:
     return estimate_gpu_ms(
         MODELS[params.model].family,
         tier,
-        steps=params.steps,
+        steps=params.effective_steps,  # img2img and inpainting skip the first steps
         width=params.width,
         height=params.height,
         batch_size=params.batch_size,

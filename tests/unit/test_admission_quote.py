@@ -4,6 +4,7 @@ the same verdict, for any parameters, plan, balance and queue, and it records no
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,6 +33,8 @@ def job_parameters(draw: st.DrawFn) -> JobParameters:
         width=draw(side),
         height=draw(side),
         batch_size=draw(st.integers(1, 8)),
+        # An inpainting model runs only with its inputs (any ids: admission does not read them).
+        **({"init_image": str(UUID(int=1)), "mask": str(UUID(int=2))} if spec.inpainting else {}),
     )
 
 
