@@ -90,9 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def operation_id(route: APIRoute) -> str:
     """``{resource}.{handler}`` (``jobs.submit_job``): stable names for generated clients, instead
     of FastAPI's ``submit_job_v1_jobs_post``, which changes with every path or method edit."""
-    if not route.include_in_schema:
-        return route.name  # in no document, so in no client
-    assert route.tags, f"route {route.path} has no tag: its router must name its resource"
+    if not route.tags:
+        return route.name  # a documented route without a resource fails the contract test
     resource = str(route.tags[0]).replace(" ", "_")
     return f"{resource}.{route.name}"
 
@@ -116,7 +115,7 @@ def _document_problems(app: FastAPI) -> None:
                 components.setdefault(name, sub)
             components["Problem"].pop("$defs", None)
             _add_links(schema)
-            app.openapi_schema = rewrite_problem_media_types(schema)
+            app.openapi_schema = _add_response_headers(rewrite_problem_media_types(schema))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -173,6 +172,80 @@ def _add_links(schema: dict[str, Any]) -> None:
                     "operationId": operation["operationId"],
                     "parameters": parameters,
                 }
+
+
+# The response headers of the contract (api/edge.py, api/ratelimit.py, the routers), declared
+# once as components and referenced from every response that carries them.
+_HEADERS: dict[str, dict[str, Any]] = {
+    "Request-Id": {
+        "description": "This request's id (yours, echoed, when you sent a valid one): quote it "
+        "to support; also `request_id` in every problem body.",
+        "schema": {"type": "string", "maxLength": 128},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "RateLimit-Limit": {
+        "description": "Requests allowed in the window.",
+        "schema": {"type": "string"},
+    },
+    "RateLimit-Remaining": {
+        "description": "Requests left in the window.",
+        "schema": {"type": "string"},
+    },
+    "RateLimit-Reset": {
+        "description": "Seconds until the window resets.",
+        "schema": {"type": "string"},
+    },
+    "RateLimit-Policy": {
+        "description": "The limit and its window, `limit;w=seconds`.",
+        "schema": {"type": "string"},
+    },
+    "Location": {
+        "description": "Where the created resource is read.",
+        "schema": {"type": "string"},
+    },
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with the "
+        "same Idempotency-Key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+# The commands whose answer names the resource they created (the routers set the header).
+_LOCATIONS = {("/v1/jobs", "post", "202"), ("/v1/api-keys", "post", "201")}
+_RATE_LIMIT_HEADERS = (
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+)
+
+
+def _add_response_headers(schema: dict[str, Any]) -> dict[str, Any]:
+    schema.setdefault("components", {})["headers"] = _HEADERS
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.get("responses", {})
+            limited = "429" in responses  # the routes behind a rate limit say so
+            keyed = any(
+                param.get("name", "").lower() == "idempotency-key"
+                for param in operation.get("parameters", [])
+            )
+            for status, response in responses.items():
+                names = ["Request-Id"]
+                if status in ("429", "503"):
+                    names.append("Retry-After")
+                if limited and (status.startswith("2") or status == "429"):
+                    names.extend(_RATE_LIMIT_HEADERS)
+                if (path, method, status) in _LOCATIONS:
+                    names.append("Location")
+                if keyed and status.startswith("2"):
+                    names.append("Idempotent-Replayed")
+                headers = response.setdefault("headers", {})
+                for name in names:
+                    headers.setdefault(name, {"$ref": f"#/components/headers/{name}"})
+    return schema
 
 
 __all__ = ["PROBLEM_MEDIA_TYPE", "create_app"]

@@ -421,11 +421,6 @@ def rewrite_problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
                 content.pop("application/json", None)
                 content[PROBLEM_MEDIA_TYPE] = {"schema": {"$ref": ref}}
                 response["content"] = content
-                if int(status) in (429, 503):
-                    response.setdefault("headers", {})["Retry-After"] = {
-                        "description": "seconds to wait before retrying",
-                        "schema": {"type": "integer"},
-                    }
     schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
     schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
     return schema

@@ -133,3 +133,22 @@ def test_every_operation_has_a_dotted_unique_id(api_app: FastAPI) -> None:
     for operation_id in ids:
         resource, _, handler = operation_id.partition(".")
         assert resource and handler and "_v1_" not in handler, operation_id
+
+
+def test_response_headers_are_in_the_contract(api_app: FastAPI) -> None:
+    paths = api_app.openapi()["paths"]
+
+    def headers(path: str, method: str, status: str) -> set[str]:
+        return set(paths[path][method]["responses"][status].get("headers", {}))
+
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            for status in operation["responses"]:
+                assert "Request-Id" in headers(path, method, status), (path, method, status)
+                if status in ("429", "503"):
+                    assert "Retry-After" in headers(path, method, status), (path, method)
+    assert {"Location", "Idempotent-Replayed", "RateLimit-Remaining"} <= headers(
+        "/v1/jobs", "post", "202"
+    )
+    assert "Location" in headers("/v1/api-keys", "post", "201")
+    assert "Location" not in headers("/v1/jobs/{job_id}/cancel", "post", "202")
