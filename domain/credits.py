@@ -331,18 +331,28 @@ class CreditAccount(Aggregate):
         return True
 
     def revoke_lot(
-        self, *, adjustment_id: str, lot_id: str, reason: str, actor: str, at: datetime
+        self,
+        *,
+        adjustment_id: str,
+        lot_id: str,
+        reason: str,
+        actor: str,
+        at: datetime,
+        amount_mc_max: int | None = None,
     ) -> int:
-        """Debit what is left of one lot (e.g. its invoice was refunded). Returns the mc
-        debited; a repeat debits nothing. Held or spent credit of the lot is not touched."""
+        """Debit what is left of one lot (e.g. its invoice was refunded), at most
+        ``amount_mc_max``. Returns the mc debited; a repeat debits nothing. Held or spent
+        credit of the lot is not touched."""
         assert adjustment_id and lot_id
+        assert amount_mc_max is None or amount_mc_max > 0, f"revoke at most {amount_mc_max}"
         require_aware(at)
         if adjustment_id in self.adjustments:
             return 0
         lot = self.lots.get(lot_id)
         if lot is None or lot.remaining_mc == 0:
             return 0
-        amount = lot.remaining_mc
+        amount = lot.remaining_mc if amount_mc_max is None else min(lot.remaining_mc, amount_mc_max)
+        before_mc = lot.remaining_mc
         self._adjusted(
             adjustment_id=adjustment_id,
             amount_mc=-amount,
@@ -352,7 +362,7 @@ class CreditAccount(Aggregate):
             debits=[LotAmount(lot_id=lot_id, mc=amount)],
             timestamp=at,
         )
-        assert lot.remaining_mc == 0
+        assert lot.remaining_mc == before_mc - amount >= 0
         return amount
 
     def check_low_balance(self, threshold_mc: int, at: datetime) -> None:
