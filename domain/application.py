@@ -30,10 +30,13 @@ from domain.commands.store import (
     StripeEventAlreadyApplied,
 )
 from domain.commands.subscriptions import TRIAL_GRANT_REFERENCE, BillingState, SubscriptionCommands
+from domain.commands.uploads import UploadCommands
 from domain.credits import CreditAccount, HoldAsDict, LotAsDict
 
 
-class PinkseaApplication(JobCommands, AccountCommands, SubscriptionCommands, PlanCommands):
+class PinkseaApplication(
+    JobCommands, AccountCommands, SubscriptionCommands, PlanCommands, UploadCommands
+):
     name = "Pinksea"  # the event tables are pinksea_events and pinksea_snapshots
     snapshotting_intervals = {CreditAccount: 50}
     # Cached aggregates are fast-forwarded from the store on every read (one query instead of

@@ -20,6 +20,7 @@ from pydantic_core import to_jsonable_python
 from domain.credits import CreditAccount
 from domain.jobs import GenerationJob
 from domain.subscription import Subscription
+from domain.uploads import Upload
 from domain.webhooks import StripeEventRecord
 from eventstore.envelope import Envelope
 from infra.topics import CREDITS_TOPIC, JOBS_TOPIC, SUBSCRIPTIONS_TOPIC
@@ -29,6 +30,7 @@ AGGREGATE_TOPICS: dict[type[Aggregate], str] = {
     Subscription: SUBSCRIPTIONS_TOPIC,
     GenerationJob: JOBS_TOPIC,
     StripeEventRecord: SUBSCRIPTIONS_TOPIC,  # billing facts travel with the subscriptions
+    Upload: JOBS_TOPIC,  # a job's input images travel with the jobs
 }
 _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp"})
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "events"
