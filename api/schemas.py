@@ -28,7 +28,8 @@ from pydantic import (
 
 from api.failures import public_failure_reason
 from domain.catalog import MODELS
-from domain.parameters import NO_NUL, JobParameters
+from domain.job_webhooks import JobSubmission
+from domain.parameters import NO_NUL
 from domain.plans import PLANS, ModelAccess
 from domain.units import MC_PER_CREDIT, format_credits
 
@@ -74,8 +75,9 @@ class Strict(BaseModel):
 # ----------------------------------------------------------------------------------- jobs
 
 
-# The parameters' one definition (domain/parameters.py), named for the API document.
-class JobRequest(JobParameters):
+# The parameters' one definition (domain/parameters.py), with the submission's own webhook
+# (domain/job_webhooks.py), named for the API document.
+class JobRequest(JobSubmission):
     pass
 
 

@@ -47,6 +47,13 @@ class ImageRecord(TypedDict):
     height: int
 
 
+class WebhookTarget(TypedDict):
+    """A submission's own webhook (domain/job_webhooks.py): its URL and the events it wants."""
+
+    url: str
+    events: list[str]  # job.accepted, job.started, job.completed, job.failed, job.cancelled
+
+
 class Created(Aggregate.Created):
     # The library requires an explicit topic on the inherited default; we use Submitted.
     TOPIC = "pinksea:GenerationJob.Created"
@@ -60,6 +67,8 @@ class Submitted(Aggregate.Created):
     seed: int
     fingerprint: str
     tier: str
+    # Added with completion webhooks: absent from the jobs submitted before (read as None).
+    webhook: WebhookTarget | None = None
 
 
 class Accepted(Aggregate.Event):

@@ -33,7 +33,8 @@ from eventsourcing.domain import Aggregate, event
 from domain import ids
 from domain import job_events as events
 from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
-from domain.job_events import ImageRecord, JobStatus
+from domain.job_events import ImageRecord, JobStatus, WebhookTarget
+from domain.job_webhooks import JobSubmission
 from domain.parameters import MAX_SEED, JobParameters
 from domain.units import require_aware
 
@@ -129,8 +130,10 @@ class GenerationJob(Aggregate):
         fingerprint: str,
         tier: str,
         timestamp: datetime,
+        webhook: WebhookTarget | None = None,
     ) -> None:
         self.user_id = user_id
+        self.webhook = webhook
         self.idempotency_key = idempotency_key
         self.parameters = parameters
         self.seed = seed
@@ -161,6 +164,8 @@ class GenerationJob(Aggregate):
         require_aware(at)
         params.check()
         job_uuid = ids.job_id(user_id, idempotency_key)
+        # Only a submission (the API's body) carries a webhook; other callers pass parameters.
+        webhook = params.webhook_target() if isinstance(params, JobSubmission) else None
         return cls(
             user_id=user_id,
             idempotency_key=idempotency_key,
@@ -169,6 +174,7 @@ class GenerationJob(Aggregate):
             fingerprint=params.fingerprint(),
             tier=tier,
             timestamp=at,
+            webhook=webhook,
         )
 
     # ----------------------------------------------------------------------------- queries
