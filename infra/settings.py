@@ -182,6 +182,13 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = Field(15.0, description="Keep-alive comment interval on streams.")
     sse_max_duration_s: float = Field(3600.0, description="Longest life of one event stream.")
 
+    # The ledger's seals and receipts (`pinksea ledger seal` / `receipt`, audit/seals.py).
+    ledger_signing_key_path: str | None = Field(
+        None,
+        description="PEM file of the Ed25519 private key that signs ledger seals and receipts "
+        "(`pinksea ledger keygen` makes one; publish its .pub for auditors).",
+    )
+
     # Notifier: low-balance e-mails
     # (`pinksea notify`, workflows/notifier/; the e-mails link to checkout_cancel_url, the
     # billing page).
@@ -235,6 +242,15 @@ class Settings(BaseSettings):
         "(`pinksea api --metrics-port`; 0: /metrics on the API's port, as locally).",
     )
 
+    # Completion webhooks (`pinksea webhooks`, workflows/webhooks/; the API checks endpoint URLs
+    # with the same rules).
+    webhooks_allow_loopback: bool = Field(
+        False,
+        description="Let webhooks go to http:// URLs and loopback addresses (local use and "
+        "tests: `pinksea up`); private, link-local and metadata addresses stay refused. "
+        "Refused outside local.",
+    )
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _proxy_addresses(cls, value: str) -> str:
@@ -254,6 +270,16 @@ class Settings(BaseSettings):
             except ValueError as e:
                 raise ValueError(f"{entry!r} is not an IP address or CIDR range ({e})") from None
         return ",".join(entries)
+
+    @model_validator(mode="after")
+    def _no_loopback_webhooks_when_deployed(self) -> Settings:
+        # Every process refuses it, not only the API: the delivery process is the one calling.
+        if self.environment != "local" and self.webhooks_allow_loopback:
+            raise ValueError(
+                "PINKSEA_WEBHOOKS_ALLOW_LOOPBACK would let users' webhooks reach this host's "
+                "own services: it is for local use only"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_wildcard_proxy_when_deployed(self) -> Settings:
