@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -134,6 +135,10 @@ def database_url(stack_settings: Settings, run_id: str) -> Iterator[str]:
 
 
 # --- S3 ------------------------------------------------------------------------------------
+
+# The local AWS besides S3: moto's server (infra/local/aws.sh) for the tests that drive Cognito,
+# CloudWatch, ECS or Auto Scaling. S3 itself is SeaweedFS, which checks signatures.
+LOCAL_AWS_URL = f"http://127.0.0.1:{os.environ.get('AWS_PORT', '9100')}"
 
 
 @pytest.fixture(scope="session")

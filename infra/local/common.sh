@@ -154,7 +154,7 @@ stop_pid() {
 
 # ensure_python_with MODULE VENV PIP_SPEC: set PY to the first interpreter that can import
 # MODULE: $PINKSEA_PYTHON, the repo's .venv, VENV, python3; if none can, create VENV and pip
-# install PIP_SPEC into it (the Python services: moto's S3 server, aiosmtpd).
+# install PIP_SPEC into it (the Python services: moto's server, aiosmtpd).
 ensure_python_with() {
   local module=$1 venv=$2 spec=$3 candidate
   for candidate in "${PINKSEA_PYTHON:-}" "$REPO_ROOT/.venv/bin/python" "$venv/bin/python" python3; do

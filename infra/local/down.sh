@@ -3,7 +3,7 @@
 set -euo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
 rc=0
-for s in oidc smtp kafka stripe_mock s3 redis postgres; do
+for s in oidc smtp kafka stripe_mock aws s3 redis postgres; do
   "$here/$s.sh" stop || rc=1
 done
 exit $rc

@@ -4,7 +4,7 @@
 # one fails; the exit status is non-zero if any failed (each failure printed its log tail).
 set -euo pipefail
 here=$(dirname "${BASH_SOURCE[0]}")
-SERVICES=(postgres redis s3 stripe_mock kafka smtp oidc)
+SERVICES=(postgres redis s3 aws stripe_mock kafka smtp oidc)
 start=$SECONDS
 failed=()
 for s in "${SERVICES[@]}"; do

@@ -3,7 +3,7 @@
 As the pipeline runs it against staging: `pinksea api` in its own process on the local stack,
 with every other process of the backend running (relay, projections, scheduler, settler and a
 GPU worker on the tiny model, on CPU, as tests/e2e/test_generation_flow.py runs them), and a
-Cognito user pool on the local AWS (moto's server, infra/local/s3.sh) that the API trusts:
+Cognito user pool on the local AWS (moto's server, infra/local/aws.sh) that the API trusts:
 
 - jwt_issuer is what moto puts in the tokens' `iss`, https://cognito-idp.<region>.amazonaws.com/
   <pool id> (the real Cognito issuer), and jwks_url moto's <endpoint>/<pool id>/.well-known/
@@ -11,7 +11,7 @@ Cognito user pool on the local AWS (moto's server, infra/local/s3.sh) that the A
   jwt_audience is the pool's web client, and dev tokens are off;
 - smoke.py signs in as the web app does (USER_SRP_AUTH with pycognito on that client: boto3
   reaches moto through AWS_ENDPOINT_URL, as the workflow's runner reaches AWS), calls /v1/me,
-  runs a job to completion and fetches its image from the presigned S3 URL (moto's S3).
+  runs a job to completion and fetches its image from the presigned S3 URL (SeaweedFS).
 
 moto runs the SRP exchange but does not check the password proof (any password signs in), so
 a wrong password is not a failure these tests can show.
@@ -35,7 +35,7 @@ import pytest
 
 from infra.settings import Settings
 from tests.api.conftest import api_process, free_port
-from tests.conftest import reachable
+from tests.conftest import LOCAL_AWS_URL, reachable
 from tests.e2e.test_generation_flow import Platform
 from tests.integration.streaming_kit import fresh_database
 
@@ -78,13 +78,13 @@ class UserPool:
 @pytest.fixture(scope="module")
 def user_pool(settings: Settings) -> Iterator[UserPool]:
     aws = {
-        "endpoint_url": settings.s3_endpoint_url,
+        "endpoint_url": LOCAL_AWS_URL,
         "region_name": settings.s3_region,
         "aws_access_key_id": settings.s3_access_key_id,
         "aws_secret_access_key": settings.s3_secret_access_key.get_secret_value(),
     }
     cognito = boto3.client("cognito-idp", **aws)
-    with reachable("the local AWS (moto server, infra/local/s3.sh)", str(aws["endpoint_url"])):
+    with reachable("the local AWS (moto server, infra/local/aws.sh)", LOCAL_AWS_URL):
         pool = cognito.create_user_pool(
             PoolName=f"pinksea-t{uuid.uuid4().hex[:8]}",
             UsernameAttributes=["email"],

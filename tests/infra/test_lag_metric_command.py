@@ -27,6 +27,7 @@ from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import Dispatch
 from infra.settings import Settings
 from infra.topics import dispatch_topic
+from tests.conftest import LOCAL_AWS_URL
 
 PRODUCED, COMMITTED = 7, 2
 
@@ -100,9 +101,7 @@ def test_once_publishes_the_lag_to_cloudwatch(
     stack_settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    endpoint = stack_settings.s3_endpoint_url
-    if not endpoint:
-        pytest.skip("needs the local moto server (PINKSEA_S3_ENDPOINT_URL), not AWS")
+    endpoint = LOCAL_AWS_URL  # moto's CloudWatch (infra/local/aws.sh)
     topic = f"t{run_id}.lagprobe"
     group = f"pinksea.t{run_id}.lagprobe"  # the command measures groups named pinksea.*
     environment = f"test-{run_id}"
@@ -207,9 +206,7 @@ async def test_departed_workers_leave_the_backlog_within_one_period(
     stack_settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    endpoint = stack_settings.s3_endpoint_url
-    if not endpoint:
-        pytest.skip("needs the local moto server (PINKSEA_S3_ENDPOINT_URL), not AWS")
+    endpoint = LOCAL_AWS_URL  # moto's CloudWatch (infra/local/aws.sh)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", stack_settings.s3_access_key_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "moto-takes-any")
     settings = stack_settings.model_copy(

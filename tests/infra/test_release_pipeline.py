@@ -5,7 +5,7 @@
   names it derives (cluster, repositories, services, GPU groups) against the Terraform (no
   services needed);
 - .github/scripts/deploy.py on real boto3 clients against the local AWS, moto's server of the
-  local stack (infra/local/s3.sh: every moto service on one port): a cluster, services, task
+  local stack (infra/local/aws.sh: every moto service on one port): a cluster, services, task
   definitions, launch templates with the GPU user data and auto-scaling groups made as
   modules/compute names them, then the rollout, the snapshot and the rollback, checked against
   what moto reports afterwards. Two parts of AWS that moto does not have are stood in for on
@@ -41,7 +41,7 @@ from botocore.exceptions import ClientError
 from botocore.validate import validate_parameters
 
 from infra.settings import Settings
-from tests.conftest import reachable
+from tests.conftest import LOCAL_AWS_URL, reachable
 from tests.infra.hcl_config import TERRAFORM, Config, load_config, load_tfvars
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,17 +207,16 @@ _botocore = botocore.session.get_session()
 
 @pytest.fixture(scope="module")
 def aws() -> dict[str, Any]:
-    """boto3 client arguments for the local stack's moto server (the Settings' S3 endpoint:
-    one moto server answers every AWS service on its port)."""
+    """boto3 client arguments for the local stack's moto server (infra/local/aws.sh: one moto
+    server answers every AWS service on its port; moto takes any credentials)."""
     s = Settings()
-    assert s.s3_endpoint_url, "the deploy tests need the local AWS (PINKSEA_S3_ENDPOINT_URL)"
     kwargs = {
-        "endpoint_url": s.s3_endpoint_url,
+        "endpoint_url": LOCAL_AWS_URL,
         "region_name": s.s3_region,
         "aws_access_key_id": s.s3_access_key_id,
         "aws_secret_access_key": s.s3_secret_access_key.get_secret_value(),
     }
-    with reachable("the local AWS (moto server, infra/local/s3.sh)", s.s3_endpoint_url):
+    with reachable("the local AWS (moto server, infra/local/aws.sh)", LOCAL_AWS_URL):
         boto3.client("ecs", **kwargs).list_clusters()
     return kwargs
 
