@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import asyncpg
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -245,7 +250,7 @@ def report(
 def verify(database_url: str | None = DatabaseUrl) -> None:
     """Replay every event, recompute the read models in memory, compare and check invariants.
     Exits 1 on any mismatch, showing the first differing rows."""
-    from audit.store import JOB_EVENTS, SUBSCRIPTION_EVENTS
+    from audit.store import JOB_EVENTS, SUBSCRIPTION_EVENTS, stream_aggregates
     from audit.verify import verify as run_verify
 
     topics = (ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS)
@@ -255,7 +260,7 @@ def verify(database_url: str | None = DatabaseUrl) -> None:
         pool = await asyncpg.create_pool(url, min_size=3, max_size=3)
         try:
             async with pool.acquire() as conn:
-                events = _with_progress(conn, stream_events(conn, topics=topics), topics)
+                events = _with_progress(conn, stream_aggregates(conn, topics=topics), topics)
                 report = await run_verify(pool, events)
         finally:
             await pool.close()
@@ -320,3 +325,152 @@ def reconcile(
 
     if not asyncio.run(main()):
         raise typer.Exit(1)
+
+
+SigningKey = typer.Option(
+    None,
+    "--signing-key",
+    help="PEM file of the Ed25519 private key (default: PINKSEA_LEDGER_SIGNING_KEY_PATH).",
+)
+
+
+def _signing_key(path: Path | None) -> Ed25519PrivateKey:
+    from audit.chain import load_private_key
+
+    configured = path or get_settings().ledger_signing_key_path
+    if configured is None:
+        console.print(
+            "[red]no signing key[/red]: pass --signing-key or set PINKSEA_LEDGER_SIGNING_KEY_PATH "
+            "(`pinksea ledger keygen` makes one)"
+        )
+        raise typer.Exit(2)
+    try:
+        return load_private_key(Path(configured).expanduser().read_bytes())
+    except (OSError, ValueError) as e:
+        console.print(f"[red]cannot read the signing key {configured}[/red]: {e}")
+        raise typer.Exit(2) from e
+
+
+@ledger_app.command()
+def keygen(
+    out: Path = typer.Argument(..., help="Private key file to write (its public key: OUT.pub)."),
+) -> None:
+    """Make the Ed25519 key pair that signs seals and receipts (publish OUT.pub)."""
+    from cryptography.hazmat.primitives import serialization
+
+    if out.exists():
+        console.print(f"[red]{out} exists[/red]: a signing key is never overwritten")
+        raise typer.Exit(1)
+    key = Ed25519PrivateKey.generate()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    public = out.with_name(out.name + ".pub")
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    Console().print(f"wrote {out} (keep it secret) and {public} (publish it)")
+
+
+@ledger_app.command()
+def seal(
+    signing_key: Path | None = SigningKey,
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="The primary database (a seal is written)."
+    ),
+    publish: Path | None = typer.Option(
+        None, "--publish", help="Also write the seal as SEQ.json into this folder."
+    ),
+) -> None:
+    """Seal the credit events committed since the last seal: their Merkle root, chained to the
+    previous seal's, signed. Run it daily; receipts prove their events against seals."""
+    from audit.seals import seal as run_seal
+
+    key = _signing_key(signing_key)
+
+    async def main() -> dict[str, Any] | None:
+        conn = await asyncpg.connect(database_url or get_settings().database_url)
+        try:
+            return await run_seal(conn, key, datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    document = asyncio.run(main())
+    if document is None:
+        Console().print("nothing to seal: no event since the last seal")
+        return
+    if publish is not None:
+        publish.mkdir(parents=True, exist_ok=True)
+        (publish / f"{document['seq']:08d}.json").write_text(json.dumps(document, indent=2) + "\n")
+    Console().print(
+        f"seal {document['seq']}: positions {document['first_position']}.."
+        f"{document['last_position']}, {document['leaf_count']} credit events, "
+        f"root {document['root'][:16]}…"
+    )
+
+
+@ledger_app.command()
+def receipt(
+    job_id: UUID,
+    signing_key: Path | None = SigningKey,
+    out: Path | None = typer.Option(None, "--out", help="Write here (default: stdout)."),
+    database_url: str | None = DatabaseUrl,
+) -> None:
+    """The signed receipt of a settled job, with its credit events' proofs into the seals."""
+    from audit.receipts import ReceiptUnavailable, issue_receipt
+
+    key = _signing_key(signing_key)
+
+    async def main() -> dict[str, Any]:
+        conn = await _connect(database_url)
+        try:
+            return await issue_receipt(conn, job_id, key, datetime.now(UTC))
+        finally:
+            await conn.close()
+
+    try:
+        document = asyncio.run(main())
+    except ReceiptUnavailable as e:
+        console.print(f"[red]no receipt[/red]: {e}")
+        raise typer.Exit(1) from e
+    text = json.dumps(document, indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        Console().print(f"wrote the receipt of job {job_id} to {out}")
+
+
+@ledger_app.command("verify-receipt")
+def verify_receipt(
+    file: Path = typer.Argument(..., help="A receipt written by `pinksea ledger receipt`."),
+    public_key: Path = typer.Option(..., "--public-key", help="The published OUT.pub (PEM)."),
+) -> None:
+    """Check a receipt offline: signatures, every event's proof into its seal, and that the
+    charge it states is the sealed settlement's. Reads nothing else. Exits 1 on any problem."""
+    from audit.chain import load_public_key
+    from audit.receipts import verify_receipt as run_verify
+
+    try:
+        document = json.loads(file.read_text())
+        key = load_public_key(public_key.read_bytes())
+    except (OSError, ValueError) as e:
+        console.print(f"[red]cannot read[/red]: {e}")
+        raise typer.Exit(2) from e
+    problems = run_verify(document, key) if isinstance(document, dict) else ["not a receipt"]
+    for problem in problems:
+        Console().print(f"[red]FAIL[/red] {problem}")
+    if problems:
+        raise typer.Exit(1)
+    Console().print(
+        f"[green]OK[/green]: job {document['job_id']} charged {document['charged_mc']} mc "
+        f"for {document['gpu_ms']} GPU-ms, proven against {len(document['seals'])} seal(s)"
+    )
