@@ -9,11 +9,13 @@ from projections.batching import StatementProjection
 from projections.jobs import JobsProjection
 from projections.ledger import LedgerProjection
 from projections.subscriptions import SubscriptionsProjection
+from projections.uploads import UploadsProjection
 
 ALL_PROJECTIONS: tuple[StatementProjection, ...] = (
     LedgerProjection(),
     JobsProjection(),
     SubscriptionsProjection(),
+    UploadsProjection(),
 )
 
 
