@@ -51,6 +51,8 @@ async def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     user = principal.user_id
+    if body.init_image is not None:  # its input images must be the user's (a mask needs one)
+        await svc.command(svc.application.check_job_inputs, user, body)
     storage = await svc.storage_used(user)
     result = await svc.command(
         svc.application.submit_job,
@@ -99,6 +101,8 @@ async def submit_job(
 )
 async def quote_job(body: JobRequest, principal: CurrentUser, svc: ServicesDep) -> JobQuote:
     user = principal.user_id
+    if body.init_image is not None:  # its input images must be the user's (a mask needs one)
+        await svc.command(svc.application.check_job_inputs, user, body)
     storage = await svc.storage_used(user)
     verdict = await svc.command(_quote, svc, user, body, storage)
     refusal = verdict.refusal
