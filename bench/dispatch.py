@@ -227,8 +227,8 @@ async def submit_all(
                 params=params,
                 at=datetime.now(UTC),
             )
-            if result.status != "accepted":
-                raise RuntimeError(f"job {i} was {result.status}")
+            if result.job_id is None:
+                raise RuntimeError(f"job {i} was refused: {result.detail}")
             out.append(JobTimes(result.job_id, submitted, time.time()))
         return out
 

@@ -55,7 +55,7 @@ def _simulate_user(app: PinkseaApplication, user: str, rng: random.Random, jobs:
             job = app.submit_job(user, idempotency_key=f"{i}", params=params, at=at)
         except DomainError:
             continue
-        if job.status != "accepted":
+        if job.job_id is None:  # refused: nothing was saved
             continue
         fate = rng.random()
         app.record_dispatch(job.job_id, attempt=1, worker_id="w1", at=at)

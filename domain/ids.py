@@ -21,8 +21,12 @@ def subscription_id(user_id: str) -> UUID:
     return _derive("subscription", user_id)
 
 
-def job_id(user_id: str, idempotency_key: str) -> UUID:
-    return _derive("job", user_id, idempotency_key)
+def job_id(user_id: str, idempotency_key: str, use: int = 0) -> UUID:
+    """The job of a key's ``use``-th job: a key names a new job once its job before expired
+    (domain/jobs.py, IDEMPOTENCY_KEY_TTL); the first use keeps the id jobs always had."""
+    if use == 0:
+        return _derive("job", user_id, idempotency_key)
+    return _derive("job", user_id, idempotency_key, str(use))
 
 
 def lot_id(kind: str, reference: str) -> str:

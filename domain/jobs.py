@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -42,10 +42,12 @@ _S = JobStatus
 # From each status, the statuses a job may move to. A re-dispatch (the worker's lease expired)
 # moves a dispatched or running job to dispatched again; a retryable failure puts it back to
 # accepted, its hold kept; giving up fails it from wherever it waits. A submitted job is never
-# stored: the submission saves it accepted or rejected.
+# stored: the submission saves it accepted, or saves nothing when admission refuses it (so the
+# refused request, retried with its Idempotency-Key, is decided again). Rejected jobs exist only
+# from before that: stored history, terminal, and never an Idempotency-Key's answer.
 LIFECYCLE: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
     {
-        _S.SUBMITTED: frozenset({_S.ACCEPTED, _S.REJECTED}),
+        _S.SUBMITTED: frozenset({_S.ACCEPTED}),
         _S.ACCEPTED: frozenset({_S.DISPATCHED, _S.FAILED, _S.CANCELLED}),
         _S.DISPATCHED: frozenset(
             {_S.DISPATCHED, _S.RUNNING, _S.ACCEPTED, _S.COMPLETED, _S.FAILED, _S.CANCELLED}
@@ -61,6 +63,13 @@ LIFECYCLE: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
 TERMINAL: frozenset[str] = frozenset(s.value for s, moves in LIFECYCLE.items() if not moves)
 
 MAX_ATTEMPTS = 3
+
+# How long a key's job is the answer to a submission with that key (as Stripe keeps a key's
+# result for 24 hours); after that the same key submits a new job, under the key's next use.
+IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
+# A key's uses looked through before one is free (each one a read): a key reused past expiry
+# every day for almost three years; then the key is refused (IdempotencyConflict).
+MAX_KEY_USES = 1000
 
 
 def has_attempts_left(attempt: int) -> bool:
@@ -159,14 +168,27 @@ class GenerationJob(Aggregate):
 
     @classmethod
     def submit(
-        cls, *, user_id: str, idempotency_key: str, params: JobParameters, tier: str, at: datetime
+        cls,
+        *,
+        user_id: str,
+        idempotency_key: str,
+        params: JobParameters,
+        tier: str,
+        at: datetime,
+        use: int = 0,
     ) -> GenerationJob:
+        """A new job for ``idempotency_key``'s ``use``-th job (0: the key's first; a later use
+        follows the expiry of the one before, ``answers_key``)."""
         require_aware(at)
+        assert 0 <= use < MAX_KEY_USES
         params.check()
-        job_uuid = ids.job_id(user_id, idempotency_key)
+        job_uuid = ids.job_id(user_id, idempotency_key, use)
         # Only a submission (the API's body) carries a webhook; other callers pass parameters.
         webhook = params.webhook_target() if isinstance(params, JobSubmission) else None
-        return cls(
+        # The library's constructor for a given id: create_id knows only a key's first use.
+        return cls._create(
+            cls.Submitted,
+            id=job_uuid,
             user_id=user_id,
             idempotency_key=idempotency_key,
             parameters=params.as_event_data(),
@@ -191,6 +213,15 @@ class GenerationJob(Aggregate):
     def has_started(self) -> bool:
         return self.status == JobStatus.RUNNING.value
 
+    def answers_key(self, at: datetime) -> bool:
+        """Whether this job is still its Idempotency-Key's answer at ``at``: accepted (a
+        rejection recorded before rejections were answered unsaved is not an answer) and
+        submitted less than IDEMPOTENCY_KEY_TTL before."""
+        require_aware(at)
+        return self.status != JobStatus.REJECTED.value and at < self.submitted_at + (
+            IDEMPOTENCY_KEY_TTL
+        )
+
     def ensure_same_request(self, params: JobParameters) -> None:
         if params.fingerprint() != self.fingerprint:
             raise IdempotencyConflict(
@@ -213,10 +244,6 @@ class GenerationJob(Aggregate):
     def accept(self, *, hold_mc: int, estimate_ms: int, budget_ms: int, at: datetime) -> None:
         self._move(JobStatus.ACCEPTED)
         self._accepted(hold_mc=hold_mc, budget_ms=budget_ms, estimate_ms=estimate_ms, timestamp=at)
-
-    def reject(self, *, reason: RejectionReason, detail: str, at: datetime) -> None:
-        self._move(JobStatus.REJECTED)
-        self._rejected(reason=reason.value, detail=detail, timestamp=at)
 
     def dispatch(self, *, attempt: int, worker_id: str, at: datetime) -> bool:
         """Record that the scheduler handed attempt ``attempt`` to a worker. A new attempt may
@@ -363,7 +390,7 @@ class GenerationJob(Aggregate):
     # domain/job_events.py (and runs again on every replay).
 
     _accepted = event(Accepted)(events.accepted)
-    _rejected = event(Rejected)(events.rejected)
+    _rejected = event(Rejected)(events.rejected)  # stored history only: nothing rejects now
     _dispatched = event(Dispatched)(events.dispatched)
     _started = event(Started)(events.started)
     _cancel_requested = event(CancelRequested)(events.cancel_requested)
@@ -376,8 +403,10 @@ class GenerationJob(Aggregate):
 
 
 __all__ = [
+    "IDEMPOTENCY_KEY_TTL",
     "LIFECYCLE",
     "MAX_ATTEMPTS",
+    "MAX_KEY_USES",
     "TERMINAL",
     "DeadLetterDecision",
     "Fault",

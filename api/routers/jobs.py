@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Response, status
+from prometheus_client import Counter
 
 from api import problems as p
 from api.deps import (
@@ -29,6 +30,10 @@ from read_models import queries
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 AUTH_ERRORS = (401, 403, 429, 503)
+# Refused submissions are saved nowhere (no job), so the API is where they are counted.
+REFUSALS = Counter(
+    "pinksea_api_submissions_refused_total", "Job submissions refused at admission", ["reason"]
+)
 JobStatusName = Annotated[JobStatus | None, Query(description="only jobs in this status")]
 
 
@@ -38,8 +43,10 @@ JobStatusName = Annotated[JobStatus | None, Query(description="only jobs in this
     response_model=JobAccepted,
     summary="Submit a text-to-image job",
     description="Validates the parameters, checks the plan's entitlements and holds the "
-    "estimated credits. Rejections are answered with their own problem type (and recorded: "
-    "the same Idempotency-Key gives the same answer again).",
+    "estimated credits. Rejections are answered with their own problem type and saved "
+    "nowhere: no job, nothing stored under the Idempotency-Key, so a retry with the same key "
+    "(after a top-up, an upgrade, or when the queue drained) is decided again. An accepted "
+    "job is its key's answer for 24 hours (Idempotent-Replayed: true on a replay).",
     responses=problem_responses(401, 402, 403, 409, 413, 422, 429, 503),
     dependencies=[Depends(rate_limit("submit"))],
 )
@@ -62,20 +69,19 @@ async def submit_job(
         at=now(),
         storage_used_bytes=storage,
     )
+    if result.job_id is None:  # refused: nothing was saved, so no job and no Location
+        reason = result.rejection or ""
+        REFUSALS.labels(reason).inc()
+        raise ProblemError(
+            p.REJECTIONS.get(reason, p.FORBIDDEN),
+            p.sentence(result.detail or "the job was rejected"),
+            reason=reason,
+            position=result.position,
+        )
     await svc.balance_cache.delete(user)
     response.headers["Location"] = f"/v1/jobs/{result.job_id}"
     if not result.created:
         response.headers["Idempotent-Replayed"] = "true"
-    if result.status == JobStatus.REJECTED.value:
-        reason = result.rejection or ""
-        raise ProblemError(
-            p.REJECTIONS.get(reason, p.FORBIDDEN),
-            p.sentence(result.detail or "the job was rejected"),
-            job_id=str(result.job_id),
-            reason=reason,
-            position=result.position,
-            headers={"Location": f"/v1/jobs/{result.job_id}"},
-        )
     return JobAccepted(
         job_id=result.job_id,
         status=result.status,

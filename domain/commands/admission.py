@@ -1,8 +1,9 @@
-"""Admission of a submitted job: accepted with its credits held, or rejected with a reason.
+"""Admission of a submitted job: accepted with its credits held, or refused with a reason.
 
 Apart from the job commands because it is the plan's business (entitlements, limits, the hold
 as the job's time budget), not the lifecycle's; it reads the subscription and the account and
-decides on the new job, saving nothing (the submission saves job and account together).
+decides on the new job, saving nothing (the submission saves job and account together when it
+is accepted, and nothing at all when it is refused).
 """
 
 from __future__ import annotations
@@ -96,30 +97,24 @@ def quote(
 
 
 def admit(
-    job: GenerationJob,
-    sub: Subscription,
-    plan: Plan,
-    account: CreditAccount,
-    params: JobParameters,
-    storage_used_bytes: int,
-    at: datetime,
-) -> None:
-    """Accept the job and hold its credits on the account, or reject it with a reason."""
-    verdict = assess(sub, plan, account, params, storage_used_bytes, at)
-    if verdict.refusal is not None:
-        job.reject(reason=verdict.refusal[0], detail=verdict.refusal[1], at=at)
-        return
+    job: GenerationJob, account: CreditAccount, verdict: Assessment, at: datetime
+) -> Refusal | None:
+    """Hold the job's credits on the account and accept it, as ``verdict`` (an acceptance)
+    said; the refusal when the lots say otherwise, with nothing changed: a refused submission
+    is answered, never saved."""
+    assert verdict.refusal is None, "admit only what the assessment accepted"
+    assert verdict.hold_mc > 0
     try:
         account.reserve(hold_id=job.hold_id, job_id=str(job.id), amount_mc=verdict.hold_mc, at=at)
     except InsufficientCredits as e:  # assess saw enough; the lots say otherwise
-        job.reject(reason=RejectionReason.INSUFFICIENT_CREDITS, detail=e.detail, at=at)
-        return
+        return (RejectionReason.INSUFFICIENT_CREDITS, e.detail)
     job.accept(
         hold_mc=verdict.hold_mc,
         estimate_ms=verdict.estimate_ms,
         budget_ms=verdict.budget_ms,
         at=at,
     )
+    return None
 
 
 def model_refusal(plan: Plan, model: str) -> Refusal | None:

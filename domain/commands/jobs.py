@@ -14,14 +14,16 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
-from domain.commands.admission import admit
+from domain import ids
+from domain.commands.admission import Refusal, admit, quote
 from domain.commands.results import CommandResult, DispatchResult, SettlementResult, SubmitResult
 from domain.commands.store import CommandStore, command
 from domain.credits import CreditAccount
-from domain.errors import AccountDeactivated, InvalidTransition
+from domain.errors import IdempotencyConflict, InvalidTransition
 from domain.estimation import charge_for
 from domain.jobs import (
     MAX_ATTEMPTS,
+    MAX_KEY_USES,
     DeadLetterDecision,
     Fault,
     GenerationJob,
@@ -44,36 +46,91 @@ class JobCommands(CommandStore):
         at: datetime,
         storage_used_bytes: int = 0,
     ) -> SubmitResult:
-        """Create the job and hold its credits in one save, or record why it was rejected.
+        """Create the job and hold its credits in one save, or answer why not, saving nothing.
 
-        Invalid parameters raise InvalidParameters and record nothing.
+        As Stripe keeps a key's result only once work started, a key stores only an accepted
+        job: a refused submission (credit, plan, queue limit) leaves no job and no result, so
+        its retry with the same key, after a top-up, is decided again. A key's job answers for
+        it for IDEMPOTENCY_KEY_TTL; the same key later submits a new job (its next use).
+        Invalid parameters raise InvalidParameters, a different body under a live key
+        IdempotencyConflict; neither records anything.
         """
+        refusal, job, account = self._admission(
+            user_id, idempotency_key, params, at, storage_used_bytes, use=0
+        )
+        conflict = None
+        if job is not None:
+            try:
+                # Optimistic: most keys are new, so don't read the key's job first; the job's
+                # first event conflicts on save if the key was used before.
+                self.save(job, account)
+                return _submitted(job, created=True)
+            except IntegrityError as e:
+                conflict = e  # the key was used before, or the account changed under us
+        existing, use = self._key_use(user_id, idempotency_key, at)
+        if existing is not None:
+            existing.ensure_same_request(params)
+            return _submitted(existing, created=False)
+        if conflict is not None and use == 0:
+            raise conflict  # the account changed: @command reads it again and decides again
+        if conflict is not None:  # the key's job before expired: a new one, its next use
+            refusal, job, account = self._admission(
+                user_id, idempotency_key, params, at, storage_used_bytes, use=use
+            )
+            if job is not None:
+                self.save(job, account)  # a conflict here: @command decides again
+                return _submitted(job, created=True)
+        assert refusal is not None
+        return _refused(refusal)
+
+    def _admission(
+        self,
+        user_id: str,
+        idempotency_key: str,
+        params: JobParameters,
+        at: datetime,
+        storage_used_bytes: int,
+        *,
+        use: int,
+    ) -> tuple[Refusal | None, GenerationJob | None, CreditAccount]:
+        """The job of ``idempotency_key``'s ``use``, accepted with its hold on the account (both
+        unsaved), or the refusal and no job. The quote's own checks decide (admission.quote):
+        a deactivated account or invalid parameters raise."""
         sub = self.subscription(user_id)
         account = self.account(user_id)
-        if account.deactivated:  # checked first: a deactivated account records nothing
-            raise AccountDeactivated("this account is deactivated; it can run no new jobs")
-        plan = sub.plan
+        verdict = quote(sub, account, params, storage_used_bytes, at)
+        if verdict.refusal is not None:
+            return verdict.refusal, None, account
         job = GenerationJob.submit(
             user_id=user_id,
             idempotency_key=idempotency_key,
             params=params,
-            tier=plan.tier.value,
+            tier=verdict.tier.value,
             at=at,
+            use=use,
         )
-        admit(job, sub, plan, account, params, storage_used_bytes, at)
-        account.check_low_balance(plan.low_balance_threshold_mc, at)
-        try:
-            # Optimistic: a repeated key is rare, so don't read the job first; the job's first
-            # event conflicts on save if the key was used before.
-            self.save(job, account)
-        except IntegrityError:
-            existing = self.find(job.id)
-            if existing is None:
-                raise  # the account changed under us: @command reads it again
-            assert isinstance(existing, GenerationJob)
-            existing.ensure_same_request(params)
-            return _submitted(existing, created=False)
-        return _submitted(job, created=True)
+        refusal = admit(job, account, verdict, at)
+        if refusal is not None:
+            return refusal, None, account
+        account.check_low_balance(sub.plan.low_balance_threshold_mc, at)
+        return None, job, account
+
+    def _key_use(
+        self, user_id: str, idempotency_key: str, at: datetime
+    ) -> tuple[GenerationJob | None, int]:
+        """The key's job that still answers for it at ``at`` and its use, or None and the
+        first use that names no job yet (uses are taken in order, each after the one before
+        expired)."""
+        for use in range(MAX_KEY_USES):
+            job = self.find(ids.job_id(user_id, idempotency_key, use))
+            if job is None:
+                return None, use
+            assert isinstance(job, GenerationJob)
+            if job.answers_key(at):
+                return job, use
+        raise IdempotencyConflict(
+            f"this Idempotency-Key has named {MAX_KEY_USES} jobs, the most one may; use a new key"
+        )
 
     @command
     def cancel_job(self, job_id: UUID, at: datetime) -> CommandResult:
@@ -307,12 +364,27 @@ def _settle(
 
 
 def _submitted(job: GenerationJob, *, created: bool) -> SubmitResult:
+    assert job.status != JobStatus.REJECTED.value, "a rejection is never a key's answer"
     return SubmitResult(
         job_id=job.id,
         status=job.status,
         hold_mc=job.hold_mc,
         budget_ms=job.budget_ms,
-        rejection=job.rejection,
-        detail=job.rejection_detail,
+        rejection=None,
+        detail=None,
         created=created,
+    )
+
+
+def _refused(refusal: Refusal) -> SubmitResult:
+    """The answer to a refused submission: no job, nothing saved."""
+    reason, detail = refusal
+    return SubmitResult(
+        job_id=None,
+        status=JobStatus.REJECTED.value,
+        hold_mc=0,
+        budget_ms=0,
+        rejection=reason.value,
+        detail=detail,
+        created=False,
     )

@@ -27,13 +27,13 @@ class CommandResult(Result):
 
 @dataclass(frozen=True)
 class SubmitResult(Result):
-    job_id: UUID
+    job_id: UUID | None  # None: refused (status rejected), and nothing was saved
     status: str
     hold_mc: int
     budget_ms: int
     rejection: str | None
     detail: str | None
-    created: bool  # False: the Idempotency-Key was seen before, this is the first result again
+    created: bool  # False: a replay (the key's job answers again), or a refusal
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,9 @@ async def test_model_not_in_plan_is_403(kit: Kit, user: str) -> None:
     assert r.status_code == 403
     assert problem_type(r) == "model-not-in-plan"
     body = r.json()
-    assert body["reason"] == "model_not_in_plan" and body["job_id"]
+    assert body["reason"] == "model_not_in_plan" and "job_id" not in body
     assert "upgrade" in body["detail"]
+    assert "location" not in r.headers  # refused: there is no job to point at
 
 
 async def test_insufficient_credits_is_402(kit: Kit, user: str) -> None:
@@ -112,9 +113,59 @@ async def test_insufficient_credits_is_402(kit: Kit, user: str) -> None:
     r = await kit.submit(user)
     assert r.status_code == 402
     assert problem_type(r) == "insufficient-credits"
-    # The rejection was recorded: the same key gives the same answer.
     again = await kit.submit(user, key=None)
     assert again.status_code == 402
+
+
+async def test_a_rejected_submission_retried_with_its_key_after_a_top_up_is_accepted(
+    kit: Kit, user: str
+) -> None:
+    await kit.client.get("/v1/me", headers=kit.auth(user))  # sign up: 500 trial credits
+    drained = await kit.client.post(
+        "/v1/admin/adjustments",
+        json={"user_id": user, "credits": "-499.999", "reason": "test"},
+        headers=kit.auth("root", admin=True),
+    )
+    assert drained.status_code == 201, drained.text
+    refused = await kit.submit(user, key="retry-me")
+    assert refused.status_code == 402 and problem_type(refused) == "insufficient-credits"
+    assert "location" not in refused.headers and "job_id" not in refused.json()
+    await kit.project()
+    listed = await kit.client.get("/v1/jobs", headers=kit.auth(user))
+    assert listed.json()["items"] == []  # a rejection lists no job
+    topped = await kit.client.post(
+        "/v1/admin/adjustments",
+        json={"user_id": user, "credits": "100", "reason": "top-up"},
+        headers=kit.auth("root", admin=True),
+    )
+    assert topped.status_code == 201, topped.text
+    accepted = await kit.submit(user, key="retry-me")
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    assert job["status"] == "accepted" and job["replayed"] is False
+    assert accepted.headers["location"] == f"/v1/jobs/{job['job_id']}"
+    assert "idempotent-replayed" not in accepted.headers
+    # From now on the key's answer is this job.
+    replay = await kit.submit(user, key="retry-me")
+    assert replay.status_code == 202 and replay.json()["job_id"] == job["job_id"]
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.headers["location"] == f"/v1/jobs/{job['job_id']}"
+    await kit.project()
+    listed = await kit.client.get("/v1/jobs", headers=kit.auth(user))
+    assert [j["job_id"] for j in listed.json()["items"]] == [job["job_id"]]
+
+
+async def test_a_queue_limit_rejection_is_decided_again_once_the_queue_drained(
+    kit: Kit, user: str
+) -> None:
+    accepted = [(await kit.submit(user, key=f"d{i}")).json()["job_id"] for i in range(10)]
+    full = await kit.submit(user, key="waiting")
+    assert full.status_code == 429 and problem_type(full) == "queue-limit"
+    cancelled = await kit.client.post(f"/v1/jobs/{accepted[0]}/cancel", headers=kit.auth(user))
+    assert cancelled.status_code == 202, cancelled.text
+    again = await kit.submit(user, key="waiting")
+    assert again.status_code == 202, again.text
+    assert "idempotent-replayed" not in again.headers
 
 
 async def test_queue_limit_is_429(kit: Kit, user: str) -> None:

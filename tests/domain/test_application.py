@@ -7,6 +7,7 @@ against the session's own database (``make services`` must be running for that o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -16,7 +17,15 @@ from domain import ids
 from domain.application import PinkseaApplication
 from domain.credits import LotSource
 from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition, NotFound
-from domain.jobs import MAX_ATTEMPTS, Fault, ImageRecord, JobParameters, JobStatus
+from domain.jobs import (
+    IDEMPOTENCY_KEY_TTL,
+    MAX_ATTEMPTS,
+    Fault,
+    GenerationJob,
+    ImageRecord,
+    JobParameters,
+    JobStatus,
+)
 from domain.plans import get_plan
 from domain.postings import postings_for
 from eventstore.persistence import event_store_env
@@ -113,8 +122,96 @@ def test_rejections_have_reason_codes_and_hold_nothing(app: PinkseaApplication, 
     )
     assert over_quota.rejection == "storage_quota"
     assert app.account(user).held_mc == 0
-    # A repeated rejected submission returns the same rejection.
+    # A refusal saves nothing: no job under the key, nothing in the store.
+    for key in ("flux", "huge", "quota"):
+        with pytest.raises(NotFound):
+            app.job(ids.job_id(user, key))
+    assert rejected.job_id is None and rejected.position == app.current_position()
+    # Nothing changed, so the repeated refused submission is refused again, decided afresh.
     assert submit(app, user, "flux", flux).rejection == "model_not_in_plan"
+
+
+def test_a_refused_submission_retried_with_its_key_after_a_top_up_is_accepted(
+    app: PinkseaApplication, user: str
+) -> None:
+    big = JobParameters(
+        model="sd-1.5", prompt="x", steps=150, width=1024, height=1024, batch_size=8
+    )
+    refused = submit(app, user, "big", big)
+    assert refused.rejection == "insufficient_credits"
+    app.grant_credits(
+        user,
+        grant_id="top-up",
+        source=LotSource.ADMIN,
+        amount_mc=10**9,
+        valid_from=T0,
+        valid_until=None,
+        actor="admin",
+        reason="top-up",
+        at=T0,
+    )
+    accepted = submit(app, user, "big", big)
+    assert accepted.status == "accepted" and accepted.created
+    assert accepted.job_id == ids.job_id(user, "big")  # the key's first job: nothing before
+    replay = submit(app, user, "big", big)
+    assert (replay.job_id, replay.created) == (accepted.job_id, False)
+    assert app.account(user).held_mc == accepted.hold_mc
+
+
+def test_a_key_answers_for_24_hours_then_submits_a_new_job(
+    app: PinkseaApplication, user: str
+) -> None:
+    first = submit(app, user, "daily")
+    just_before = app.submit_job(
+        user,
+        idempotency_key="daily",
+        params=TINY,
+        at=T0 + IDEMPOTENCY_KEY_TTL - timedelta(seconds=1),
+    )
+    assert (just_before.job_id, just_before.created) == (first.job_id, False)
+    later = T0 + IDEMPOTENCY_KEY_TTL
+    second = app.submit_job(user, idempotency_key="daily", params=TINY, at=later)
+    assert second.created and second.job_id == ids.job_id(user, "daily", 1)
+    assert app.account(user).held_mc == first.hold_mc + second.hold_mc
+    # The expired key is free for any body; the new job is its answer for the next 24 hours.
+    other = JobParameters(model="tiny-sd", prompt="another", steps=4, width=64, height=64)
+    with pytest.raises(IdempotencyConflict):
+        app.submit_job(user, idempotency_key="daily", params=other, at=later)
+    third = app.submit_job(
+        user, idempotency_key="daily", params=other, at=later + IDEMPOTENCY_KEY_TTL
+    )
+    assert third.created and third.job_id == ids.job_id(user, "daily", 2)
+
+
+def test_a_rejection_stored_before_is_no_answer_for_its_key(
+    app: PinkseaApplication, user: str
+) -> None:
+    # Rejections used to be saved as jobs; one such job must not answer its key's retry.
+    old = GenerationJob.submit(
+        user_id=user, idempotency_key="old", params=TINY, tier="basic", at=T0
+    )
+    old._rejected(reason="insufficient_credits", detail="then", timestamp=T0)
+    app.save(old)
+    retried = submit(app, user, "old")
+    assert retried.created and retried.job_id == ids.job_id(user, "old", 1)
+    assert app.job(old.id).status == JobStatus.REJECTED.value  # history stays as it was
+
+
+def test_concurrent_submissions_with_one_key_make_one_job(
+    app: PinkseaApplication, user: str
+) -> None:
+    later = T0 + IDEMPOTENCY_KEY_TTL  # the key's first job has expired: they race for use 1
+    submit(app, user, "race")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(
+                lambda _: app.submit_job(user, idempotency_key="race", params=TINY, at=later),
+                range(8),
+            )
+        )
+    assert {r.job_id for r in results} == {ids.job_id(user, "race", 1)}
+    assert [r.created for r in results].count(True) == 1
+    assert app.account(user).held_mc == 2 * results[0].hold_mc
 
 
 def test_queue_limit_counts_unfinished_jobs(app: PinkseaApplication, user: str) -> None:

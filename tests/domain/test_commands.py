@@ -247,11 +247,13 @@ def test_the_lifecycle_table_names_every_status_and_ends_in_the_terminal_ones() 
         JobStatus.CANCELLED,
     }
     assert all(LIFECYCLE[JobStatus(s)] == frozenset() for s in TERMINAL)
-    # Every status that is not terminal can still end (a job is never stuck by the table).
-    assert all(
-        LIFECYCLE[s] & {JobStatus(t) for t in TERMINAL}
-        for s in set(JobStatus) - {JobStatus(t) for t in TERMINAL}
-    )
+    # Every status that is not terminal can still end (a job is never stuck by the table);
+    # a submitted job only becomes accepted (a refusal saves no job), which can end.
+    ends = {JobStatus(t) for t in TERMINAL}
+    assert LIFECYCLE[JobStatus.SUBMITTED] == {JobStatus.ACCEPTED}
+    assert all(LIFECYCLE[s] & ends for s in set(JobStatus) - ends - {JobStatus.SUBMITTED})
+    # Nothing moves to rejected any more: rejected jobs are history from before.
+    assert all(JobStatus.REJECTED not in moves for moves in LIFECYCLE.values())
     assert [has_attempts_left(n) for n in range(MAX_ATTEMPTS + 1)] == [True] * MAX_ATTEMPTS + [
         False
     ]

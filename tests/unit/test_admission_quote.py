@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from domain.catalog import MODELS
 from domain.commands.admission import admit, quote
 from domain.credits import CreditAccount
-from domain.jobs import GenerationJob, JobParameters, JobStatus
+from domain.jobs import GenerationJob, JobParameters, JobStatus, RejectionReason
 from domain.lots import LotSource
 from domain.subscription import Subscription
 
@@ -73,15 +73,16 @@ def test_admission_does_what_the_quote_said(
     assert quoted.available_mc == balance_mc
     assert quoted.affordable == (quoted.hold_mc <= balance_mc)
 
-    job = GenerationJob.submit(
-        user_id="u", idempotency_key="k", params=params, tier=sub.plan.tier.value, at=T0
-    )
-    admit(job, sub, sub.plan, account, params, storage, T0)
     if quoted.refusal is None:
+        job = GenerationJob.submit(
+            user_id="u", idempotency_key="k", params=params, tier=sub.plan.tier.value, at=T0
+        )
+        assert admit(job, account, quoted, T0) is None
         assert job.status == JobStatus.ACCEPTED.value
         assert (job.hold_mc, job.budget_ms) == (quoted.hold_mc, quoted.budget_ms)
         assert account.available_mc(T0) == balance_mc - quoted.hold_mc
     else:
-        assert job.status == JobStatus.REJECTED.value
-        assert (job.rejection, job.rejection_detail) == quoted.refusal
+        # The submission answers the quote's refusal itself, creating no job (nothing to
+        # admit, nothing saved: domain/commands/jobs.py); the account is as it was.
+        assert quoted.refusal[0].value in {r.value for r in RejectionReason}
         assert account.version == version
