@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired
 
 from eventsourcing.domain import Aggregate
 from typing_extensions import TypedDict  # pydantic reads these (event JSON Schemas)
@@ -45,6 +45,7 @@ class ImageRecord(TypedDict):
     size_bytes: int
     width: int
     height: int
+    sha256: NotRequired[str | None]  # of the PNG, as the worker uploaded it (receipts)
 
 
 class WebhookTarget(TypedDict):

@@ -13,6 +13,7 @@ so the job is retried on a new attempt and, when every attempt fails, its hold i
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import threading
@@ -189,6 +190,7 @@ class ImageStore:
             size_bytes=len(png),
             width=image.width,
             height=image.height,
+            sha256=hashlib.sha256(png).hexdigest(),
         )
         self._put(record.key, png, "image/png", deadline_s, gave_up)
         thumbnail = encode_thumbnail(image, self.thumbnail_max_px)

@@ -93,6 +93,9 @@ class FinishedImage(BaseModel):
     size_bytes: int
     width: int
     height: int
+    # SHA-256 (hex) of the PNG as uploaded: a receipt names the bytes its job made. Absent
+    # in the reports of workers older than it.
+    sha256: str | None = None
 
 
 class Finished(_Message):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
 import signal
@@ -180,8 +181,9 @@ async def test_submit_runs_uploads_settles_exactly_and_reconciles(platform: Plat
     s3 = s3_client(settings)
     for image in done.images:
         assert image["key"] == f"users/ann/images/{job.job_id}-0.png"
-        head = s3.head_object(Bucket=settings.s3_bucket, Key=image["key"])
-        assert head["ContentLength"] == image["size_bytes"]
+        png = s3.get_object(Bucket=settings.s3_bucket, Key=image["key"])["Body"].read()
+        assert len(png) == image["size_bytes"]
+        assert image["sha256"] == hashlib.sha256(png).hexdigest()  # what a receipt names
         s3.head_object(Bucket=settings.s3_bucket, Key=image["thumbnail_key"])
     assert platform.pool is not None
 
