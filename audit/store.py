@@ -7,7 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
-from eventstore.decoding import StoredDomainEvent, event_batches
+from eventstore.decoding import StoredDomainEvent, aggregate_batches, event_batches
 from eventstore.decoding import count_events as count_stored_events
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "SUBSCRIPTION_EVENTS",
     "StoredDomainEvent",
     "count_events",
+    "stream_aggregates",
     "stream_events",
 ]
 
@@ -37,6 +38,19 @@ async def stream_events(
     async for batch in event_batches(
         conn, up_to=up_to, topics=topics, originator_id=originator_id, batch_size=batch_size
     ):
+        for stored in batch:
+            yield stored
+
+
+async def stream_aggregates(
+    conn: asyncpg.Connection,
+    *,
+    topics: tuple[str, ...] = (ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS),
+    batch_size: int = 5000,
+) -> AsyncIterator[StoredDomainEvent]:
+    """Every event (of the given stored-topic patterns) in aggregate order (aggregate id, then
+    version), decoded, in batches: what ``ledger verify`` replays one aggregate at a time."""
+    async for batch in aggregate_batches(conn, topics=topics, batch_size=batch_size):
         for stored in batch:
             yield stored
 

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from audit.reconcile import reconcile, worker_reports
-from audit.store import ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS, stream_events
+from audit.store import (
+    ACCOUNT_EVENTS,
+    JOB_EVENTS,
+    SUBSCRIPTION_EVENTS,
+    stream_aggregates,
+    stream_events,
+)
 from audit.verify import verify
 from chaos.load import LoadResult
 from infra.settings import Settings
@@ -89,7 +95,8 @@ async def judge(settings: Settings, pool: asyncpg.Pool, load: LoadResult) -> Jud
     # ledger verify: replay everything, compare every read model, check the invariants.
     async with pool.acquire() as conn:
         report = await verify(
-            pool, stream_events(conn, topics=(ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS))
+            pool,
+            stream_aggregates(conn, topics=(ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS)),
         )
     out.events = report.events
     out.verify_findings = [f"{f.check}: {f.detail} {f.rows[:2]}" for f in report.findings]

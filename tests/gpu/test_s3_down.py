@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 from PIL import Image
 
-from audit.store import stream_events
+from audit.store import stream_aggregates
 from audit.verify import VerifyReport, verify
 from gpu_consumer import outputs
 from gpu_consumer.config import GpuWorkerSettings
@@ -142,7 +142,7 @@ async def ledger_verify(settings: Settings) -> VerifyReport:
         async def clean() -> bool:
             nonlocal report
             async with pool.acquire() as conn:
-                report = await verify(pool, stream_events(conn))
+                report = await verify(pool, stream_aggregates(conn))
             return report.ok
 
         with contextlib.suppress(TimeoutError):
