@@ -366,8 +366,9 @@ class ApiKeyCreated(BaseModel):
     id: UUID
     name: str
     prefix: str
-    key: str | None = Field(
-        description="the secret, shown only in the first response; null on a replay"
+    key: str = Field(
+        description="the secret, shown only in this response (a replay is a 409: the secret "
+        "is stored only as a hash)"
     )
     created_at: datetime
     expires_at: datetime | None

@@ -1,4 +1,4 @@
-"""API keys: create (the secret is shown once), list, revoke.
+"""API keys: create (the secret is shown once), list, read, revoke.
 
 Keys are managed from a signed-in session only (JWT): a leaked key cannot mint more keys or
 revoke the owner's others. Rows live in ``api_keys`` (written here, not event-sourced).
@@ -40,8 +40,10 @@ def _session_only(principal: Principal) -> None:
     status_code=status.HTTP_201_CREATED,
     response_model=ApiKeyCreated,
     summary="Create an API key (Pro plans and above)",
-    description="The key is in this response only; store it now. Repeating the request "
-    "with the same Idempotency-Key returns the same key's record, without the secret.",
+    description="The key is in this response only; store it now. The secret is stored only "
+    "as a hash, so it cannot be shown again: repeating the request with the same "
+    "Idempotency-Key is a 409 idempotency-conflict naming the key made (`key_id`, and "
+    "`Location` to read it); revoke it and create another if the secret was lost.",
     responses=problem_responses(*ERRORS, 409, 413, 422),
     dependencies=[Depends(rate_limit("command"))],
 )
@@ -85,14 +87,17 @@ async def create_api_key(
                     p.IDEMPOTENCY_CONFLICT,
                     "This Idempotency-Key was used for a different request; use a new key.",
                 )
-            response.headers["Idempotent-Replayed"] = "true"
-            return ApiKeyCreated(
-                id=existing["key_id"],
-                name=existing["name"],
+            # Replaying the secret would mean storing it; a careful client learns here that
+            # its first request went through, and which key it made.
+            made = existing["key_id"]
+            raise ProblemError(
+                p.IDEMPOTENCY_CONFLICT,
+                f"This Idempotency-Key already created API key {made} "
+                f"({existing['prefix']}...); its secret was shown once and cannot be shown "
+                "again. Use that key, or revoke it and create a new one with a new key.",
+                key_id=str(made),
                 prefix=existing["prefix"],
-                key=None,
-                created_at=existing["created_at"],
-                expires_at=existing["expires_at"],
+                headers={"Location": f"/v1/api-keys/{made}"},
             )
         active = await conn.fetchval(
             "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL"
@@ -149,8 +154,7 @@ async def list_api_keys(
             else ("infinity", "ffffffff-ffff-ffff-ffff-ffffffffffff")
         )
         rows = await svc.pool.fetch(
-            "SELECT key_id, name, prefix, created_at, expires_at, revoked_at, last_used_at"
-            " FROM api_keys WHERE user_id = $1"
+            f"SELECT {_VIEW_COLUMNS} FROM api_keys WHERE user_id = $1"
             " AND (created_at, key_id) < ($2::text::timestamptz, $3)"
             " ORDER BY created_at DESC, key_id DESC LIMIT $4",
             principal.user_id,
@@ -168,20 +172,30 @@ async def list_api_keys(
         last = shown[-1]
         next_cursor = encode_cursor("api-keys", last["created_at"].isoformat(), str(last["key_id"]))
     return Page[ApiKeyView](
-        items=[
-            ApiKeyView(
-                id=r["key_id"],
-                name=r["name"],
-                prefix=r["prefix"],
-                created_at=r["created_at"],
-                expires_at=r["expires_at"],
-                revoked_at=r["revoked_at"],
-                last_used_at=r["last_used_at"],
-            )
-            for r in shown
-        ],
+        items=[_view(r) for r in shown],
         next_cursor=next_cursor,
     )
+
+
+@router.get(
+    "/{key_id}",
+    response_model=ApiKeyView,
+    summary="One of your API keys (never its secret)",
+    responses=problem_responses(*ERRORS, 404, 422),
+    dependencies=[Depends(rate_limit("query"))],
+)
+async def get_api_key(
+    key_id: Annotated[uuid.UUID, Path()], principal: CurrentUser, svc: ServicesDep
+) -> ApiKeyView:
+    _session_only(principal)
+    row = await svc.pool.fetchrow(
+        f"SELECT {_VIEW_COLUMNS} FROM api_keys WHERE key_id = $1 AND user_id = $2",
+        key_id,
+        principal.user_id,
+    )
+    if row is None:
+        raise key_not_found(key_id)
+    return _view(row)
 
 
 @router.delete(
@@ -205,7 +219,26 @@ async def revoke_api_key(
         now(),
     )
     if row is None:
-        raise ProblemError(
-            p.NOT_FOUND, f"You have no API key {key_id}; list them with GET /v1/api-keys."
-        )
+        raise key_not_found(key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+_VIEW_COLUMNS = "key_id, name, prefix, created_at, expires_at, revoked_at, last_used_at"
+
+
+def _view(row: asyncpg.Record) -> ApiKeyView:
+    return ApiKeyView(
+        id=row["key_id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+    )
+
+
+def key_not_found(key_id: uuid.UUID) -> ProblemError:
+    return ProblemError(
+        p.NOT_FOUND, f"You have no API key {key_id}; list them with GET /v1/api-keys."
+    )

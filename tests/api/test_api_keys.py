@@ -96,16 +96,51 @@ async def test_keys_cannot_manage_keys(kit: Kit, user: str) -> None:
         assert problem_type(r) == "forbidden"
 
 
-async def test_idempotent_creation(kit: Kit, user: str) -> None:
+async def test_a_replayed_creation_is_a_409_naming_the_key_and_its_location_answers(
+    kit: Kit, user: str
+) -> None:
     await _pro(kit, user)
     headers = {**kit.auth(user), "Idempotency-Key": "key-1"}
     first = await kit.client.post("/v1/api-keys", json={"name": "a"}, headers=headers)
+    assert first.status_code == 201, first.text
+    made = first.json()
+    assert made["key"].startswith("psk_")
+    location = first.headers["location"]
+    assert location == f"/v1/api-keys/{made['id']}"
     again = await kit.client.post("/v1/api-keys", json={"name": "a"}, headers=headers)
-    assert first.status_code == again.status_code == 201
-    assert again.json()["id"] == first.json()["id"] and again.json()["key"] is None
-    assert again.json()["prefix"] == first.json()["prefix"]
+    # The secret is stored hashed: it is never shown again, and the replay says so.
+    assert again.status_code == 409 and problem_type(again) == "idempotency-conflict"
+    body = again.json()
+    assert (body["key_id"], body["prefix"]) == (made["id"], made["prefix"])
+    assert "key" not in body and made["key"] not in again.text
+    assert made["id"] in body["detail"] and "cannot be shown again" in body["detail"]
+    assert again.headers["location"] == location
+    read = await kit.client.get(location, headers=kit.auth(user))
+    assert read.status_code == 200, read.text
+    assert {k: read.json()[k] for k in ("id", "name", "prefix")} == {
+        "id": made["id"],
+        "name": "a",
+        "prefix": made["prefix"],
+    }
+    assert "key" not in read.json() and read.json()["revoked_at"] is None
+    listed = (await kit.client.get("/v1/api-keys", headers=kit.auth(user))).json()["items"]
+    assert [k["id"] for k in listed] == [made["id"]]  # the replay made no second key
     conflict = await kit.client.post("/v1/api-keys", json={"name": "b"}, headers=headers)
     assert conflict.status_code == 409 and problem_type(conflict) == "idempotency-conflict"
+    assert "key_id" not in conflict.json()  # a different request: nothing of the first
+
+
+async def test_reading_a_key_is_the_owners_only(kit: Kit, user: str, other: str) -> None:
+    await _pro(kit, user)
+    created = await _create(kit, user)
+    r = await kit.client.get(f"/v1/api-keys/{created['id']}", headers=kit.auth(other))
+    assert r.status_code == 404 and problem_type(r) == "not-found"
+    r = await kit.client.get(
+        f"/v1/api-keys/{created['id']}", headers={"X-API-Key": str(created["key"])}
+    )
+    assert r.status_code == 403 and problem_type(r) == "forbidden"  # keys do not manage keys
+    r = await kit.client.get("/v1/api-keys/not-a-uuid", headers=kit.auth(user))
+    assert r.status_code == 422
 
 
 async def test_downgrade_disables_keys(kit: Kit, user: str) -> None:
