@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+import api.routers.webhook_endpoints as webhook_endpoints
 from api.auth import dev_jwks
 from api.billing import router as billing
 from api.edge import EdgeMiddleware
@@ -68,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     for module in (jobs, events, images, uploads, me, models, plans, api_keys, admin, billing, ops):
         app.include_router(module.router)
+    app.include_router(webhook_endpoints.router)
+    app.include_router(webhook_endpoints.secret_router)
     if not settings.api_metrics_port:
         # Locally /metrics shares the API's port; deployed it has its own (api/routers/ops.py).
         app.include_router(ops.metrics_router)

@@ -40,6 +40,9 @@ NOT_RUN = {
     # The private stack has no SMTP server, and the verdict judges no e-mail (the notifier's
     # exactly-once sending has its own tests: tests/workflows/test_notifier.py).
     "notify": "no SMTP server in the chaos stack",
+    # No endpoints are registered in the chaos run, and its seeded fault plans name the
+    # processes they replay against (tests/workflows/test_webhooks*.py test the deliveries).
+    "webhooks": "no webhook receivers in the chaos stack",
 }
 EXTRA_ARGS = {"expire": ["--interval", "3"]}  # lots expire within the load window
 

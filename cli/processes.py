@@ -1,6 +1,6 @@
 """Every long-running process, each its own ``pinksea`` subcommand (what production runs, one
 per container): the API, the relay, the projections, the scheduler, the settler, the expiry
-clock, the notifier, the GPU worker and the lag-metric sidecar.
+clock, the notifier, the webhook deliverer, the GPU worker and the lag-metric sidecar.
 
 Which of them run, how many, and on which ``/metrics`` port (the defaults below) is declared
 once, in cli/topology.py; each is configured by the ``PINKSEA_*`` settings only.
@@ -197,6 +197,23 @@ def notify(metrics_port: int = _metrics_port("notify")) -> None:
             await pool.close()
 
     run_process("notify", main, metrics_port)
+
+
+@app.command(rich_help_panel=PROCESSES_PANEL)
+def webhooks(metrics_port: int = _metrics_port("webhooks")) -> None:
+    """Deliver completion webhooks: signed, retried for a day, each event once per endpoint."""
+    from workflows.webhooks.service import WebhookService
+
+    async def main(settings: Settings, stop: asyncio.Event) -> None:
+        await prepare(settings)
+        # Short statements only (attempts hold no connection while they wait on a receiver).
+        pool = await create_pool(settings, max_size=8)
+        try:
+            await WebhookService(settings, pool).run(stop)
+        finally:
+            await pool.close()
+
+    run_process("webhooks", main, metrics_port)
 
 
 def default_worker_id(device: str) -> str:

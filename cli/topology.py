@@ -61,6 +61,7 @@ PROCESSES: tuple[ProcessSpec, ...] = (
     ProcessSpec("settle", 9104),
     ProcessSpec("expire", 9106),
     ProcessSpec("notify", 9107),
+    ProcessSpec("webhooks", 9108),
     GPU_WORKER,
     # Publishes consumer lag and the GPU backlog to CloudWatch (the auto-scaling signal), reading
     # the scheduler's /metrics on 127.0.0.1: nothing to publish to locally.

@@ -452,6 +452,7 @@ def test_fargate_services(tf: Config) -> None:
         "settler",
         "expiry",
         "notifier",
+        "webhooks",
     }
     commands = {name: s["command"][:2] for name, s in services.items()}
     assert commands["api"] == ["pinksea", "api"]
@@ -461,6 +462,7 @@ def test_fargate_services(tf: Config) -> None:
     assert commands["settler"] == ["pinksea", "settle"]
     assert commands["expiry"] == ["pinksea", "expire"]
     assert commands["notifier"] == ["pinksea", "notify"]
+    assert commands["webhooks"] == ["pinksea", "webhooks"]
     # the lag publisher is a sidecar of the scheduler: it reads the queue depth on localhost
     lag = tf.locals("compute")["lag_metric_command"]
     assert lag[:2] == ["pinksea", "lag-metric"]

@@ -176,6 +176,7 @@ def test_up_runs_the_local_topology_one_gpu_worker_per_tier() -> None:
         ("settle", ["settle"]),
         ("expire", ["expire"]),
         ("notify", ["notify"]),
+        ("webhooks", ["webhooks"]),
         ("gpu-worker-basic", worker("basic", "9110")),
         ("gpu-worker-high_performance", worker("high_performance", "9111")),
     ]

@@ -138,6 +138,15 @@ locals {
       memory            = var.pipeline_memory
       extra_environment = {}
     }
+    # Completion webhooks to users' https endpoints (public addresses only: the SSRF rules of
+    # workflows/webhooks/urls.py; PINKSEA_WEBHOOKS_ALLOW_LOOPBACK is refused outside local).
+    webhooks = {
+      command           = ["pinksea", "webhooks"]
+      secrets           = ["database"]
+      cpu               = var.pipeline_cpu
+      memory            = var.pipeline_memory
+      extra_environment = {}
+    }
     # Low-balance e-mails through SES (AWS's own endpoint), from the domain's no-reply address
     # (a verified identity); they link to the billing page.
     notifier = {

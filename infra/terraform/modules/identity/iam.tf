@@ -27,6 +27,7 @@ locals {
     settler     = [var.database_secret_arn]
     expiry      = [var.database_secret_arn]
     notifier    = [var.database_secret_arn]
+    webhooks    = [var.database_secret_arn]
     model-sync  = []
   }
 
@@ -38,6 +39,7 @@ locals {
     settler     = data.aws_iam_policy_document.settler.json
     expiry      = data.aws_iam_policy_document.ecs_exec.json
     notifier    = data.aws_iam_policy_document.notifier.json
+    webhooks    = data.aws_iam_policy_document.webhooks.json
     model-sync  = data.aws_iam_policy_document.model_sync.json
   }
 }
@@ -329,6 +331,33 @@ data "aws_iam_policy_document" "notifier" {
       variable = "ses:FromAddress"
       values   = ["no-reply@${var.domain_name}"]
     }
+  }
+}
+
+# `pinksea webhooks`: reads the jobs and credits topics in its own group; its deliveries go to
+# users' public https endpoints, which need no AWS permission.
+data "aws_iam_policy_document" "webhooks" {
+  source_policy_documents = [data.aws_iam_policy_document.ecs_exec.json]
+
+  statement {
+    sid       = "KafkaConnect"
+    actions   = ["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"]
+    resources = [var.msk_cluster_arn]
+  }
+
+  statement {
+    sid     = "KafkaReadJobsAndCredits"
+    actions = ["kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"]
+    resources = [
+      "${local.msk_topic_arn}/pinksea.jobs.v1",
+      "${local.msk_topic_arn}/pinksea.credits.v1",
+    ]
+  }
+
+  statement {
+    sid       = "KafkaOwnGroup"
+    actions   = ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]
+    resources = ["${local.msk_group_arn}/pinksea.webhooks"]
   }
 }
 

@@ -1,0 +1,2 @@
+"""Completion webhooks: the delivery process (`pinksea webhooks`), its URL rules (SSRF), the
+events and their Standard Webhooks signatures. See service.py."""
