@@ -9,6 +9,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from chaos.processes import Supervisor
 from chaos.stack import ChaosStack
@@ -17,7 +18,7 @@ from chaos.stack import ChaosStack
 @dataclass(frozen=True)
 class Fault:
     at_s: float  # offset from the start of the load
-    kind: str  # kill_process | restart_postgres | restart_kafka | pause_redis
+    kind: str  # kill_process, or one of DEPENDENCY_FAULTS
     target: str  # process name, or the dependency
     duration_s: float  # down time (kill: until the supervisor restarts it anyway)
 
@@ -25,10 +26,17 @@ class Fault:
         return f"t+{self.at_s:5.1f}s {self.kind:<16} {self.target:<12} {self.duration_s:.1f}s"
 
 
+#: Each kind of outage and the dependency it hits: restart_* kills the server (PostgreSQL with
+#: SIGQUIT, the rest with SIGKILL) and starts it again after 1-5 s; pause_* freezes it with
+#: SIGSTOP for 3-8 s, then SIGCONT. One dependency has one outage at a time.
 DEPENDENCY_FAULTS = {
     "restart_postgres": "postgres",
+    "pause_postgres": "postgres",
     "restart_kafka": "kafka",
+    "pause_kafka": "kafka",
     "pause_redis": "redis",
+    "restart_s3": "s3",
+    "pause_s3": "s3",
 }
 
 
@@ -43,7 +51,7 @@ def plan_faults(
         for name in processes:
             faults.append(Fault(0, "kill_process", name, 0))
         for kind, target in DEPENDENCY_FAULTS.items():
-            down = rng.uniform(3, 8) if kind == "pause_redis" else rng.uniform(1, 5)
+            down = rng.uniform(3, 8) if kind.startswith("pause_") else rng.uniform(1, 5)
             faults.append(Fault(0, kind, target, round(down, 1)))
     offsets = sorted(rng.uniform(start_s, window_s) for _ in faults)
     rng.shuffle(faults)
@@ -60,6 +68,7 @@ class Injector:
     plan: list[Fault]
     injected: Counter[str] = field(default_factory=Counter)
     log: list[str] = field(default_factory=list)
+    injected_at: list[tuple[Fault, datetime]] = field(default_factory=list)  # wall clock
 
     async def run(self, started: float) -> None:
         """Inject the plan in order. A dependency's outage runs in the background, so a process
@@ -69,6 +78,7 @@ class Injector:
             await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
             self.log.append(f"{time.monotonic() - started:6.1f}s {fault.describe()}")
             self.injected[fault.kind] += 1
+            self.injected_at.append((fault, datetime.now(UTC)))
             if fault.kind == "kill_process":
                 self.supervisor.kill(fault.target)
                 continue
@@ -82,7 +92,9 @@ class Injector:
             await self.stack.restart_postgres(fault.duration_s)
         elif fault.kind == "restart_kafka":
             await self.stack.restart_kafka(fault.duration_s)
-        elif fault.kind == "pause_redis":
-            await self.stack.pause_redis(fault.duration_s)
+        elif fault.kind == "restart_s3":
+            await self.stack.restart_s3(fault.duration_s)
+        elif fault.kind.startswith("pause_") and fault.kind in DEPENDENCY_FAULTS:
+            await self.stack.pause(fault.target, fault.duration_s)
         else:
             raise ValueError(f"unknown fault kind {fault.kind!r}")

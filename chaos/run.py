@@ -3,7 +3,7 @@
 1. start the private stack and create the run's database, topics and bucket;
 2. start every process (API x2, relay, projections, scheduler, settler, expiry, 2 GPU workers);
 3. run the load while the injector works through the seeded fault plan;
-4. wait for quiescence, judge (verify, reconcile, acknowledged-vs-ledger);
+4. wait for quiescence, judge (verify, reconcile, acknowledged-vs-ledger, every image in S3);
 5. print the summary table; the result is also written as JSON for RELIABILITY.md.
 """
 
@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chaos.faults import Injector, plan_faults
+from chaos.images import check_images
 from chaos.load import LoadConfig, LoadGenerator
 from chaos.outcome import judge, wait_for_quiescence
 from chaos.processes import Supervisor, chaos_processes
@@ -63,7 +64,7 @@ async def _wait_ready(urls: list[str], timeout_s: float = 120) -> None:
 
 async def _prepare(env: dict[str, str], log: Path) -> None:
     """Topics and tables before anything starts (each process would also do it on start);
-    the images bucket is created by the caller (the stack's S3 keeps objects in memory)."""
+    the images bucket is created by the caller (a bucket of the run's own)."""
     for args in (["db", "migrate"], ["kafka", "init"]):
         with log.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
@@ -108,6 +109,8 @@ async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool
         quiet = await wait_for_quiescence(settings, pool, profile.quiesce_timeout_s)
         console.print(f"quiescence: {quiet.last} after {quiet.waited_s:.0f}s")
         verdict = await judge(settings, pool, load_result)
+        s3_kills = [at for f, at in injector.injected_at if f.kind == "restart_s3"]
+        images = await check_images(settings, pool, min(s3_kills, default=None))
     finally:
         if pool is not None:
             await pool.close()
@@ -140,7 +143,10 @@ async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool
         "reconcile_discrepancies": verdict.reconcile_discrepancies,
         "lost": verdict.lost,
         "unfinished": verdict.unfinished,
-        "discrepancies": verdict.discrepancies + (0 if quiet.reached else 1),
+        "images_checked": images.checked,
+        "images_before_first_s3_kill": images.before_first_s3_kill,
+        "missing_images": images.missing,
+        "discrepancies": verdict.discrepancies + len(images.missing) + (0 if quiet.reached else 1),
         "wall_s": round(time.monotonic() - t0, 1),
     }
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -176,6 +182,9 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         ("reconcile discrepancies", len(s["reconcile_discrepancies"])),
         ("acknowledged but lost", len(s["lost"])),
         ("accepted but never ended", len(s["unfinished"])),
+        ("images checked in S3 (PNG + thumbnail)", s["images_checked"]),
+        ("  of them uploaded before S3's first kill -9", s["images_before_first_s3_kill"]),
+        ("images missing or of the wrong size", len(s["missing_images"])),
         ("unexpected answers (500s, outages > 180 s)", len(s["unexpected_answers"])),
         ("DISCREPANCIES (must be 0)", s["discrepancies"]),
         ("wall time", f"{s['wall_s']}s"),
@@ -188,6 +197,7 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         "reconcile_discrepancies",
         "lost",
         "unfinished",
+        "missing_images",
         "unexpected_answers",
     ):
         for line in s[key][:10]:

@@ -6,6 +6,7 @@ and data directories, started and stopped with the same ``infra/local`` scripts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -40,7 +41,10 @@ class ChaosStack:
     redis_port: int = 26379
     kafka_port: int = 29092
     kafka_controller_port: int = 29093
-    s3_port: int = 29000
+    s3_port: int = 29000  # SeaweedFS; its internal servers on the 14 ports above
+    # The local S3's one identity (infra/local/s3.sh), which every process of the run signs with.
+    s3_access_key_id: str = "pinksea-chaos"
+    s3_secret_access_key: str = "chaos-s3-secret"
     log: Path | None = None  # where the scripts' output goes (default: inherited)
     services: tuple[str, ...] = SERVICES  # infra/local/<name>.sh, started in this order
 
@@ -61,6 +65,8 @@ class ChaosStack:
             "KAFKA_PORT": str(self.kafka_port),
             "KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
             "S3_PORT": str(self.s3_port),
+            "PINKSEA_S3_ACCESS_KEY_ID": self.s3_access_key_id,
+            "PINKSEA_S3_SECRET_ACCESS_KEY": self.s3_secret_access_key,
             "PINKSEA_PYTHON": sys.executable,
             "PINKSEA_START_TIMEOUT": "120",
         }
@@ -77,6 +83,8 @@ class ChaosStack:
             PINKSEA_KAFKA_TOPIC_PREFIX=f"chaos{self.run_id}.",
             PINKSEA_S3_ENDPOINT_URL=f"http://127.0.0.1:{self.s3_port}",
             PINKSEA_S3_BUCKET=f"pinksea-chaos-{self.run_id}",
+            PINKSEA_S3_ACCESS_KEY_ID=self.s3_access_key_id,
+            PINKSEA_S3_SECRET_ACCESS_KEY=self.s3_secret_access_key,
             PINKSEA_DEV_JWT_ENABLED="true",
             PINKSEA_LOG_JSON="false",
             PINKSEA_LOG_LEVEL="WARNING",
@@ -154,11 +162,41 @@ class ChaosStack:
         # recovered at start, exactly as after a process crash on a broker machine.
         await self.crash_and_restart("kafka", signal.SIGKILL, down_s)
 
-    async def pause_redis(self, seconds: float) -> None:
-        """SIGSTOP: connections stay open and hang (the worst case for clients), then resume."""
-        pid = self.pid("redis")
-        os.kill(pid, signal.SIGSTOP)
+    async def restart_s3(self, down_s: float) -> None:
+        # kill -9 of SeaweedFS (master, volume server, filer and gateway are one process): what
+        # it acknowledged is in its volume files and filer store, so every image must survive.
+        await self.crash_and_restart("s3", signal.SIGKILL, down_s)
+
+    def session_pids(self, service: str) -> list[int]:
+        """The server and every process it forked: the scripts start each server as the leader
+        of its own session (infra/local/common.sh's spawn), so they are the session's members.
+        PostgreSQL is a postmaster and a process per connection; Kafka, Redis and SeaweedFS one
+        process each."""
+        leader = self.pid(service)
+        pids = [leader]
+        for entry in Path("/proc").iterdir():  # bounded: the host's process table
+            if not entry.name.isdigit() or int(entry.name) == leader:
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # exited meanwhile
+                continue
+            # Fields after the command name, which is in parentheses and may hold spaces:
+            # state ppid pgrp session ...
+            if int(stat.rpartition(")")[2].split()[3]) == leader:
+                pids.append(int(entry.name))
+        return pids
+
+    async def pause(self, service: str, seconds: float) -> None:
+        """SIGSTOP of the whole server, every process of it: connections stay open and hang (the
+        worst case for clients, worse than refused), then SIGCONT."""
+        pids = self.session_pids(service)
+        assert pids, service
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
         try:
             await asyncio.sleep(seconds)
         finally:
-            os.kill(pid, signal.SIGCONT)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)

@@ -323,9 +323,10 @@ class LocalStack:
     of infra/local/kafka.sh) authenticates."""
 
     kafka_bootstrap: str
-    s3_endpoint: str
+    s3_endpoint: str  # SeaweedFS (infra/local/s3.sh): checks signatures like S3
     s3_access_key_id: str
     s3_secret_access_key: str
+    aws_endpoint: str  # moto (infra/local/aws.sh): CloudWatch and SES
     stripe_api_base: str
     jwks_url: str
     kafka_scram_user: str
@@ -342,9 +343,9 @@ SWAPS: dict[str, str] = {
     "PINKSEA_KAFKA_SSL_CAFILE": "the local CA (MSK's certificates chain to a public CA)",
     "PINKSEA_KAFKA_REPLICATION_FACTOR": "one broker: replication 1",
     "PINKSEA_KAFKA_MIN_INSYNC_REPLICAS": "one broker: min.insync.replicas 1",
-    "PINKSEA_S3_ENDPOINT_URL": "moto instead of AWS's endpoint",
-    "PINKSEA_S3_ACCESS_KEY_ID": "moto's key instead of the task role's credentials",
-    "PINKSEA_S3_SECRET_ACCESS_KEY": "moto's secret",
+    "PINKSEA_S3_ENDPOINT_URL": "the local S3 (SeaweedFS) instead of AWS's endpoint",
+    "PINKSEA_S3_ACCESS_KEY_ID": "the local S3's key instead of the task role's credentials",
+    "PINKSEA_S3_SECRET_ACCESS_KEY": "the local S3's secret",
     "PINKSEA_CLOUDWATCH_ENDPOINT_URL": "moto instead of AWS's endpoint",
     "PINKSEA_SES_ENDPOINT_URL": "moto instead of AWS's endpoint",
     "PINKSEA_STRIPE_API_BASE": "stripe-mock (through the rehearsal's recorder), not api.stripe.com",
@@ -384,9 +385,9 @@ def swap_for_local(
         put("PINKSEA_S3_ACCESS_KEY_ID", stack.s3_access_key_id)
         put("PINKSEA_S3_SECRET_ACCESS_KEY", stack.s3_secret_access_key)
     if "PINKSEA_CLOUDWATCH_ENDPOINT_URL" in env:
-        put("PINKSEA_CLOUDWATCH_ENDPOINT_URL", stack.s3_endpoint)
+        put("PINKSEA_CLOUDWATCH_ENDPOINT_URL", stack.aws_endpoint)
     if "PINKSEA_SES_ENDPOINT_URL" in env:
-        put("PINKSEA_SES_ENDPOINT_URL", stack.s3_endpoint)
+        put("PINKSEA_SES_ENDPOINT_URL", stack.aws_endpoint)
     if "PINKSEA_STRIPE_API_BASE" in env:
         put("PINKSEA_STRIPE_API_BASE", stack.stripe_api_base)
     if "PINKSEA_JWT_ISSUER" in env:

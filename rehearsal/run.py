@@ -188,8 +188,9 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
         local = LocalStack(
             kafka_bootstrap=f"127.0.0.1:{stack.kafka_sasl_ssl_port}",
             s3_endpoint=f"http://127.0.0.1:{stack.s3_port}",
-            s3_access_key_id=MOTO_KEY,
-            s3_secret_access_key=MOTO_SECRET,
+            s3_access_key_id=stack.s3_access_key_id,
+            s3_secret_access_key=stack.s3_secret_access_key,
+            aws_endpoint=stack.aws_url,
             stripe_api_base=recorder.url,
             jwks_url=discovery["jwks_uri"],
             kafka_scram_user=stack.scram_user,

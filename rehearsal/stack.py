@@ -32,7 +32,7 @@ from rehearsal.oidc import POOL
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL = REPO_ROOT / "infra" / "local"
 SHARED_STACK = Path(os.environ.get("PINKSEA_STACK_DIR", Path.home() / ".pinksea-stack"))
-MOTO_KEY, MOTO_SECRET = "pinksea", "pinksea-secret"  # moto accepts any; the local stack's
+MOTO_KEY, MOTO_SECRET = "pinksea", "pinksea-secret"  # moto (infra/local/aws.sh) takes any
 
 
 def default_stack_dir() -> Path:
@@ -47,8 +47,11 @@ class RehearsalStack(ChaosStack):
     redis_port: int = 30379
     kafka_port: int = 30092  # PLAINTEXT: the controller, the scripts' own checks
     kafka_controller_port: int = 30093
-    s3_port: int = 30900
-    services: tuple[str, ...] = ("postgres", "redis", "s3", "stripe_mock", "oidc", "kafka")
+    s3_port: int = 30900  # SeaweedFS, its internal servers on 30901-30914
+    aws_port: int = 30800  # moto: CloudWatch and SES
+    s3_access_key_id: str = "pinksea-rehearsal"
+    s3_secret_access_key: str = "rehearsal-s3-secret"
+    services: tuple[str, ...] = ("postgres", "redis", "s3", "aws", "stripe_mock", "oidc", "kafka")
     kafka_sasl_ssl_port: int = 30094  # what every process connects to
     stripe_mock_port: int = 30111
     stripe_mock_https_port: int = 30112
@@ -63,6 +66,10 @@ class RehearsalStack(ChaosStack):
     @property
     def kafka_ca_file(self) -> Path:
         return self.stack_dir / "kafka" / "tls" / "ca.pem"
+
+    @property
+    def aws_url(self) -> str:
+        return f"http://127.0.0.1:{self.aws_port}"
 
     @property
     def oidc_url(self) -> str:
@@ -82,6 +89,7 @@ class RehearsalStack(ChaosStack):
             "STRIPE_MOCK_PORT": str(self.stripe_mock_port),
             "STRIPE_MOCK_HTTPS_PORT": str(self.stripe_mock_https_port),
             "OIDC_PORT": str(self.oidc_port),
+            "AWS_PORT": str(self.aws_port),
         }
 
     async def start(self) -> None:

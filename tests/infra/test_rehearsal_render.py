@@ -39,6 +39,7 @@ LOCAL = LocalStack(
     s3_endpoint="http://127.0.0.1:30900",
     s3_access_key_id="pinksea",
     s3_secret_access_key="pinksea-secret",
+    aws_endpoint="http://127.0.0.1:30800",
     stripe_api_base="http://127.0.0.1:30111",
     jwks_url=f"{ISSUER}/jwks",
     kafka_scram_user="pinksea-rehearsal",
