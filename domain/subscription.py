@@ -24,6 +24,13 @@ from eventsourcing.domain import Aggregate, event
 from domain import ids
 from domain import subscription_events as events
 from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition
+from domain.invoices import (
+    InvoiceLine,
+    InvoiceMoney,
+    MoneyReturned,
+    lines_credits_mc,
+    lines_money_cents,
+)
 from domain.plans import GpuTier, Plan, PlanType, get_plan
 from domain.subscription_events import (
     ENTERPRISE,
@@ -90,6 +97,8 @@ class Subscription(Aggregate):
         TesterPlanGranted: TypeAlias = events.TesterPlanGranted
         TesterPlanEnded: TypeAlias = events.TesterPlanEnded
         ContractPeriodStarted: TypeAlias = events.ContractPeriodStarted
+        InvoiceCredited: TypeAlias = events.InvoiceCredited
+        InvoiceMoneyReturned: TypeAlias = events.InvoiceMoneyReturned
     else:
         Created = events.Created
         TrialStarted = events.TrialStarted
@@ -105,6 +114,8 @@ class Subscription(Aggregate):
         TesterPlanGranted = events.TesterPlanGranted
         TesterPlanEnded = events.TesterPlanEnded
         ContractPeriodStarted = events.ContractPeriodStarted
+        InvoiceCredited = events.InvoiceCredited
+        InvoiceMoneyReturned = events.InvoiceMoneyReturned
 
     # Defaults for the state the events introduced after the first (so every replay has them).
     tester_until: datetime | None = None
@@ -113,6 +124,10 @@ class Subscription(Aggregate):
     contract_since: datetime | None = None  # anchor of the contract's monthly periods
     contract_period_start: datetime | None = None  # the last period granted
     contract_period_end: datetime | None = None
+    # Stripe's money, per invoice (domain/invoices.py), and the credit Stripe gave back that
+    # could not be taken (spent already): the next grant is smaller by it.
+    billed: dict[str, InvoiceMoney] | None = None
+    credit_owed_mc = 0
 
     @staticmethod
     def create_id(user_id: str) -> UUID:
@@ -174,6 +189,15 @@ class Subscription(Aggregate):
         assert (self.contract_period_start is None) == (self.contract_period_end is None)
         terms = self.custom_terms
         assert terms is None or min(terms["credits_per_month"], terms["concurrent_jobs"]) > 0
+        assert self.credit_owed_mc >= 0, f"owed {self.credit_owed_mc} mc"
+
+    def invoice_money(self, invoice_id: str) -> InvoiceMoney:
+        """The account of one invoice (a fresh, empty one for an invoice not seen yet)."""
+        return (self.billed or {}).get(invoice_id) or InvoiceMoney()
+
+    def bills_customer(self, customer_id: str) -> bool:
+        """Whether ``customer_id`` is the Stripe customer linked to this user."""
+        return self.customer_id is not None and self.customer_id == customer_id
 
     def due_contract_period(self, at: datetime) -> tuple[datetime, datetime] | None:
         """The contract period containing ``at`` if its credits are not granted yet."""
@@ -229,9 +253,11 @@ class Subscription(Aggregate):
         period_end: datetime,
         at: datetime,
         plan: str | None = None,
+        credits_mc: int | None = None,
     ) -> int | None:
         """Record a paid period. Returns the credits (mc) to grant, or None if seen before.
-        ``plan``: the plan the invoice paid for (default: the current one)."""
+        ``plan``: the plan the invoice paid for (default: the current one); ``credits_mc``:
+        what its money is worth (default: the plan's month; Stripe's invoices say)."""
         assert invoice_id, "a renewal needs its invoice"
         require_aware(at)
         if invoice_id in self.invoices:
@@ -243,7 +269,8 @@ class Subscription(Aggregate):
         if period_end <= period_start:
             raise InvalidParameters("period_end must be after period_start")
         paid_plan = self.plan if plan is None else get_plan(plan)
-        credits_mc = paid_plan.credits_per_month_mc
+        if credits_mc is None:
+            credits_mc = paid_plan.credits_per_month_mc
         self._renewed(
             invoice_id=invoice_id,
             plan=paid_plan.slug,
@@ -254,6 +281,108 @@ class Subscription(Aggregate):
         )
         assert invoice_id in self.invoices and credits_mc >= 0
         return credits_mc
+
+    def credit_invoice(self, *, invoice_id: str, lines: list[InvoiceLine]) -> int | None:
+        """The credit (mc, signed) a paid invoice's lines move now: their worth less the money
+        given back already (a refund may arrive first) and less what moved before. None when
+        this invoice was credited before. The caller moves it and records it with
+        ``record_invoice_credited``."""
+        assert invoice_id, "an invoice needs its id"
+        money = self.invoice_money(invoice_id)
+        if money.paid:
+            return None
+        paid = InvoiceMoney(
+            paid=True,
+            money_cents=lines_money_cents(lines),
+            credits_mc=lines_credits_mc(lines),
+            notes=money.notes,
+            charges=money.charges,
+        )
+        return paid.effective_mc - money.applied_mc
+
+    def record_invoice_credited(
+        self,
+        *,
+        invoice_id: str,
+        lines: list[InvoiceLine],
+        delta_mc: int,
+        granted_mc: int,
+        taken_back_mc: int,
+        at: datetime,
+    ) -> None:
+        """Record what ``credit_invoice`` said to move and what moved on the account."""
+        require_aware(at)
+        self._invoice_credited(
+            invoice_id=invoice_id,
+            lines=lines,
+            money_cents=lines_money_cents(lines),
+            credits_mc=lines_credits_mc(lines),
+            delta_mc=delta_mc,
+            granted_mc=granted_mc,
+            taken_back_mc=taken_back_mc,
+            owed_mc=self._owed_after(delta_mc, granted_mc, taken_back_mc),
+            timestamp=at,
+        )
+        assert self.invoice_money(invoice_id).paid
+
+    def return_invoice_money(
+        self, *, invoice_id: str, source_id: str, by_charge: bool, returned: MoneyReturned
+    ) -> int | None:
+        """The credit (mc, <= 0) that money given back of an invoice takes back. None when
+        this credit note was applied before, or this charge's refund did not grow."""
+        assert invoice_id and source_id
+        assert min(returned["kept_cents"], returned["refund_cents"]) >= 0, returned
+        money = self.invoice_money(invoice_id)
+        sources = money.charges if by_charge else money.notes
+        before = sources.get(source_id)
+        if before is not None and (
+            not by_charge or before["refund_cents"] >= returned["refund_cents"]
+        ):
+            return None
+        after = InvoiceMoney(
+            paid=money.paid,
+            money_cents=money.money_cents,
+            credits_mc=money.credits_mc,
+            notes=money.notes if by_charge else {**money.notes, source_id: returned},
+            charges={**money.charges, source_id: returned} if by_charge else money.charges,
+        )
+        delta_mc = after.effective_mc - money.applied_mc
+        assert delta_mc <= 0, f"money given back of {invoice_id} grants {delta_mc} mc"
+        return delta_mc
+
+    def record_invoice_money_returned(
+        self,
+        *,
+        invoice_id: str,
+        source_id: str,
+        by_charge: bool,
+        returned: MoneyReturned,
+        delta_mc: int,
+        taken_back_mc: int,
+        at: datetime,
+    ) -> None:
+        """Record what ``return_invoice_money`` said to take and what was taken."""
+        require_aware(at)
+        self._invoice_money_returned(
+            invoice_id=invoice_id,
+            source_id=source_id,
+            by_charge=by_charge,
+            returned=returned,
+            delta_mc=delta_mc,
+            taken_back_mc=taken_back_mc,
+            owed_mc=self._owed_after(delta_mc, 0, taken_back_mc),
+            timestamp=at,
+        )
+
+    def owed_to_net(self, delta_mc: int) -> int:
+        """How much of a grant of ``delta_mc`` the owed balance absorbs."""
+        return min(max(delta_mc, 0), self.credit_owed_mc)
+
+    def _owed_after(self, delta_mc: int, granted_mc: int, taken_back_mc: int) -> int:
+        # Conservation: granted - taken - owed moves by exactly the delta.
+        owed_mc = self.credit_owed_mc + granted_mc - taken_back_mc - delta_mc
+        assert owed_mc >= 0, f"owed {owed_mc} mc after moving {delta_mc} mc"
+        return owed_mc
 
     def change_plan(
         self,
@@ -400,3 +529,5 @@ class Subscription(Aggregate):
     _tester_plan_granted = event(TesterPlanGranted)(events.tester_plan_granted)
     _tester_plan_ended = event(TesterPlanEnded)(events.tester_plan_ended)
     _contract_period_started = event(ContractPeriodStarted)(events.contract_period_started)
+    _invoice_credited = event(InvoiceCredited)(events.invoice_credited)
+    _invoice_money_returned = event(InvoiceMoneyReturned)(events.invoice_money_returned)

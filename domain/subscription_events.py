@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from eventsourcing.domain import Aggregate
 from typing_extensions import TypedDict  # pydantic reads these (event JSON Schemas)
 
+from domain.invoices import InvoiceLine, MoneyReturned
+
 if TYPE_CHECKING:
     from domain.subscription import Subscription
 
@@ -278,4 +280,97 @@ def contract_period_started(
     assert self.contract_since is not None and period_start >= self.contract_since
     self.contract_period_start = self.period_start = period_start
     self.contract_period_end = self.period_end = period_end
+    self.assert_invariants()
+
+
+class InvoiceCredited(Aggregate.Event):
+    """A paid invoice's lines were turned into credit (domain/invoices.py): ``worth_mc`` is what
+    its lines are worth after the money already returned, ``delta_mc`` what this event moved
+    (granted_mc - taken_back_mc, with the owed balance making up the rest), ``owed_mc`` the
+    credit given back by Stripe that could not be taken (spent already), netted from the next
+    grant."""
+
+    TOPIC = "pinksea:Subscription.InvoiceCredited"
+    invoice_id: str
+    lines: list[InvoiceLine]
+    money_cents: int
+    credits_mc: int
+    delta_mc: int
+    granted_mc: int
+    taken_back_mc: int
+    owed_mc: int
+
+
+def _settle_owed(
+    self: Subscription, delta_mc: int, granted_mc: int, taken_back_mc: int, owed_mc: int
+) -> None:
+    """The owed balance after a movement of ``delta_mc``: what it did not grant or take."""
+    assert granted_mc >= 0 and taken_back_mc >= 0 and owed_mc >= 0
+    assert granted_mc == 0 or taken_back_mc == 0, "a movement grants or takes, not both"
+    # Conservation: granted - taken - owed moves by exactly delta (README, billing policy).
+    assert granted_mc - taken_back_mc - (owed_mc - self.credit_owed_mc) == delta_mc, (
+        f"invoice movement {delta_mc} mc: granted {granted_mc}, taken {taken_back_mc}, "
+        f"owed {self.credit_owed_mc} -> {owed_mc}"
+    )
+    self.credit_owed_mc = owed_mc
+
+
+def invoice_credited(
+    self: Subscription,
+    invoice_id: str,
+    lines: list[InvoiceLine],
+    money_cents: int,
+    credits_mc: int,
+    delta_mc: int,
+    granted_mc: int,
+    taken_back_mc: int,
+    owed_mc: int,
+    timestamp: datetime,
+) -> None:
+    money = self.invoice_money(invoice_id)
+    assert not money.paid, f"invoice {invoice_id} credited twice"
+    money.paid, money.money_cents, money.credits_mc = True, money_cents, credits_mc
+    assert delta_mc == money.effective_mc - money.applied_mc, f"invoice {invoice_id} delta"
+    _settle_owed(self, delta_mc, granted_mc, taken_back_mc, owed_mc)
+    money.applied_mc += delta_mc
+    self.billed = {**(self.billed or {}), invoice_id: money}
+    self.assert_invariants()
+
+
+class InvoiceMoneyReturned(Aggregate.Event):
+    """Stripe gave back money of an invoice (``source_id``: a credit note, or a charge whose
+    refunded amount grew): the invoice's worth falls in proportion, and ``delta_mc`` (<= 0) is
+    taken back, what is spent already owed."""
+
+    TOPIC = "pinksea:Subscription.InvoiceMoneyReturned"
+    invoice_id: str
+    source_id: str
+    by_charge: bool  # True: a refunded charge; False: a credit note
+    returned: MoneyReturned
+    delta_mc: int
+    taken_back_mc: int
+    owed_mc: int
+
+
+def invoice_money_returned(
+    self: Subscription,
+    invoice_id: str,
+    source_id: str,
+    by_charge: bool,
+    returned: MoneyReturned,
+    delta_mc: int,
+    taken_back_mc: int,
+    owed_mc: int,
+    timestamp: datetime,
+) -> None:
+    money = self.invoice_money(invoice_id)
+    if by_charge:
+        money.charges[source_id] = returned
+    else:
+        assert source_id not in money.notes, f"credit note {source_id} applied twice"
+        money.notes[source_id] = returned
+    assert delta_mc == money.effective_mc - money.applied_mc <= 0, f"return {source_id} delta"
+    _settle_owed(self, delta_mc, 0, taken_back_mc, owed_mc)
+    money.applied_mc += delta_mc
+    self.billed = {**(self.billed or {}), invoice_id: money}
     self.assert_invariants()

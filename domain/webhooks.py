@@ -18,6 +18,17 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain import ids
+from domain.errors import DomainError
+
+# A record's outcome (StripeEventRecord.Received.outcome).
+APPLIED, QUARANTINED, REJECTED = "applied", "quarantined", "rejected"
+
+
+class CustomerNotLinked(DomainError):
+    """A Stripe object's customer is not the one linked to the user its metadata names: it is
+    held for an operator (quarantined), never applied."""
+
+    code = "customer_not_linked"
 
 
 class StripeEventRecord(Aggregate):
@@ -44,6 +55,38 @@ class StripeEventRecord(Aggregate):
         self.stripe_event_id = stripe_event_id
         self.stripe_type = stripe_type
         self.outcome = outcome
+        self.reason = ""
+
+    class Quarantined(Aggregate.Event):
+        """Held for an operator, with no effect: the object's customer is not the user's."""
+
+        TOPIC = "pinksea:StripeEventRecord.Quarantined"
+        stripe_event_id: str  # as in Received, so that the event reads alone (admin view)
+        stripe_type: str
+        user_id: str
+        customer_id: str
+        reason: str
+
+    class Rejected(Aggregate.Event):
+        """Signed by Stripe but not what its type promises (a field missing or mistyped):
+        recorded with no effect, and answered 2xx so that Stripe stops retrying it."""
+
+        TOPIC = "pinksea:StripeEventRecord.Rejected"
+        stripe_event_id: str
+        stripe_type: str
+        reason: str
+
+    @event(Quarantined)
+    def _quarantined(
+        self, stripe_event_id: str, stripe_type: str, user_id: str, customer_id: str, reason: str
+    ) -> None:
+        assert self.outcome == QUARANTINED and reason
+        self.reason = reason
+
+    @event(Rejected)
+    def _rejected(self, stripe_event_id: str, stripe_type: str, reason: str) -> None:
+        assert self.outcome == REJECTED and reason
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -58,12 +101,31 @@ class StripeEvent:
     def record_id(self) -> UUID:
         return ids.stripe_event_id(self.event_id)
 
-    def record(self) -> StripeEventRecord:
+    def record(self, outcome: str = APPLIED) -> StripeEventRecord:
         """A fresh record of the event's effect (every handled event is recorded "applied",
         also one the ledger refused or had no use for: a repeat would change nothing)."""
+        assert outcome in (APPLIED, QUARANTINED, REJECTED), outcome
         return StripeEventRecord(
             stripe_event_id=self.event_id,
             stripe_type=self.type,
-            outcome="applied",
+            outcome=outcome,
             timestamp=self.at,
         )
+
+    def quarantined(self, *, user_id: str, customer_id: str, reason: str) -> StripeEventRecord:
+        """A fresh record of the event held for an operator."""
+        record = self.record(QUARANTINED)
+        record._quarantined(
+            stripe_event_id=self.event_id,
+            stripe_type=self.type,
+            user_id=user_id,
+            customer_id=customer_id,
+            reason=reason,
+        )
+        return record
+
+    def rejected(self, reason: str) -> StripeEventRecord:
+        """A fresh record of a signed event that is not what its type promises."""
+        record = self.record(REJECTED)
+        record._rejected(stripe_event_id=self.event_id, stripe_type=self.type, reason=reason)
+        return record

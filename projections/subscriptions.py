@@ -96,6 +96,16 @@ _TESTER_PLAN_ENDED = _change(
     "plan = $4, custom_terms = $5::jsonb, status = $6, tester_until = NULL"
 )
 _CONTRACT_PERIOD_STARTED = _change("period_start = $4, period_end = $5, contract_period_end = $5")
+_CREDIT_OWED = _change("credit_owed_mc = $4")
+# Stripe events held for an operator or rejected (their records' second event).
+_STRIPE_EVENT_HELD = """
+INSERT INTO stripe_events_held (
+    record_id, stripe_event_id, stripe_type, outcome, user_id, customer_id, reason,
+    received_at, position
+)
+VALUES ($1, $4, $5, $6, $7, $8, $9, $2, $3)
+ON CONFLICT (record_id) DO NOTHING
+"""
 
 _ACCOUNT_OPENED = """
 INSERT INTO credit_account_owners (account_id, user_id, opened_at, position)
@@ -186,6 +196,23 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Envelope, Any], tuple[Any, ...]]]] =
         _CONTRACT_PERIOD_STARTED,
         lambda env, ev: (ev.period_start, ev.period_end),
     ),
+    "Subscription.InvoiceCredited": (_CREDIT_OWED, lambda env, ev: (ev.owed_mc,)),
+    "Subscription.InvoiceMoneyReturned": (_CREDIT_OWED, lambda env, ev: (ev.owed_mc,)),
+    "StripeEventRecord.Quarantined": (
+        _STRIPE_EVENT_HELD,
+        lambda env, ev: (
+            ev.stripe_event_id,
+            ev.stripe_type,
+            "quarantined",
+            ev.user_id,
+            ev.customer_id,
+            ev.reason,
+        ),
+    ),
+    "StripeEventRecord.Rejected": (
+        _STRIPE_EVENT_HELD,
+        lambda env, ev: (ev.stripe_event_id, ev.stripe_type, "rejected", None, None, ev.reason),
+    ),
     "CreditAccount.Opened": (_ACCOUNT_OPENED, lambda env, ev: (ev.user_id,)),
     # Only tester grants pass ``wants``.
     "CreditAccount.CreditsGranted": (_TESTER_CREDITS, _tester_credits),
@@ -195,11 +222,19 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Envelope, Any], tuple[Any, ...]]]] =
 class SubscriptionsProjection(StatementProjection):
     name = "subscriptions"
     topics = (SUBSCRIPTIONS_TOPIC, CREDITS_TOPIC)
-    tables = ("users", "user_subscriptions", "credit_account_owners", "test_plan_grants")
+    tables = (
+        "users",
+        "user_subscriptions",
+        "credit_account_owners",
+        "test_plan_grants",
+        "stripe_events_held",
+    )
 
     def wants(self, env: Envelope) -> bool:
         if env.aggregate_type == "Subscription":
             return True
+        if env.aggregate_type == "StripeEventRecord":
+            return env.type in ("StripeEventRecord.Quarantined", "StripeEventRecord.Rejected")
         if env.type == "CreditAccount.CreditsGranted":
             return env.data.get("source") == LotSource.TESTER.value
         return env.type == "CreditAccount.Opened"

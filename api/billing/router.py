@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import stripe
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel
 
 from api import problems as p
-from api.billing.stripe_events import handle_stripe_event
-from api.deps import CurrentUser, ServicesDep, rate_limit
+from api.billing import idempotency
+from api.billing.stripe_events import handle_stripe_event, reject_unreadable
+from api.deps import AdminUser, CurrentUser, IdempotencyKey, ServicesDep, rate_limit
 from api.problems import ProblemError, problem_responses
 from api.services import Services
 from infra.health import stripe_client
@@ -61,45 +65,122 @@ async def _customer(svc: Services, user_id: str) -> str:
     responses=problem_responses(401, 409, 422, 429, 503),
     dependencies=[Depends(rate_limit("command"))],
     summary="Start a Stripe Checkout Session for a plan",
+    description="With `Idempotency-Key`, a repeat with the same body within 24 hours gets the "
+    "same session (`Idempotent-Replayed: true`); another body under the key is a 409.",
 )
 async def checkout(
-    body: CheckoutRequest, principal: CurrentUser, svc: ServicesDep
+    body: CheckoutRequest,
+    principal: CurrentUser,
+    svc: ServicesDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> RedirectResponse:
     price = svc.settings.stripe_price_ids.get(body.plan)
     if price is None:
         raise ProblemError(p.INVALID_REQUEST, f"The {body.plan} plan is not on sale; pick another.")
-    customer = await _customer(svc, principal.user_id)
-    metadata = {"user_id": principal.user_id, "plan": body.plan}
-    session = await svc.blocking(
-        stripe_client(svc.settings).v1.checkout.sessions.create,
-        params={
-            "mode": "subscription",
-            "customer": customer,
-            "client_reference_id": principal.user_id,
-            "line_items": [{"price": price, "quantity": 1}],
-            "subscription_data": {"metadata": metadata},  # copied onto its invoices
-            "metadata": metadata,
-            "success_url": svc.settings.checkout_success_url,
-            "cancel_url": svc.settings.checkout_cancel_url,
-        },
-    )
-    return RedirectResponse(url=str(session.url), session_id=str(session.id))
+    user_id = principal.user_id
+
+    async def create(stripe_key: str | None) -> dict[str, Any]:
+        customer = await _customer(svc, user_id)
+        metadata = {"user_id": user_id, "plan": body.plan}
+        session = await svc.blocking(
+            stripe_client(svc.settings).v1.checkout.sessions.create,
+            params={
+                "mode": "subscription",
+                "customer": customer,
+                "client_reference_id": user_id,
+                "line_items": [{"price": price, "quantity": 1}],
+                "subscription_data": {"metadata": metadata},  # copied onto its invoices
+                "metadata": metadata,
+                "success_url": svc.settings.checkout_success_url,
+                "cancel_url": svc.settings.checkout_cancel_url,
+            },
+            options=_stripe_options(stripe_key),
+        )
+        return {"url": str(session.url), "session_id": str(session.id)}
+
+    return await _answer(svc, response, user_id, "checkout", idempotency_key, body, create)
 
 
 @router.post(
     "/v1/billing/portal",
     response_model=RedirectResponse,
-    responses=problem_responses(401, 429, 503),
+    responses=problem_responses(401, 409, 429, 503),
     dependencies=[Depends(rate_limit("command"))],
     summary="Open the Stripe customer portal (payment methods, invoices, cancellation)",
+    description="`Idempotency-Key` as for checkout: the same session again within 24 hours.",
 )
-async def portal(principal: CurrentUser, svc: ServicesDep) -> RedirectResponse:
-    customer = await _customer(svc, principal.user_id)
-    session = await svc.blocking(
-        stripe_client(svc.settings).v1.billing_portal.sessions.create,
-        params={"customer": customer, "return_url": svc.settings.checkout_cancel_url},
+async def portal(
+    principal: CurrentUser,
+    svc: ServicesDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> RedirectResponse:
+    user_id = principal.user_id
+
+    async def create(stripe_key: str | None) -> dict[str, Any]:
+        customer = await _customer(svc, user_id)
+        session = await svc.blocking(
+            stripe_client(svc.settings).v1.billing_portal.sessions.create,
+            params={"customer": customer, "return_url": svc.settings.checkout_cancel_url},
+            options=_stripe_options(stripe_key),
+        )
+        return {"url": str(session.url), "session_id": str(session.id)}
+
+    return await _answer(svc, response, user_id, "portal", idempotency_key, None, create)
+
+
+async def _answer(
+    svc: Services,
+    response: Response,
+    user_id: str,
+    route: str,
+    key: str | None,
+    body: BaseModel | None,
+    create: Callable[[str | None], Awaitable[dict[str, Any]]],
+) -> RedirectResponse:
+    sent = {} if body is None else body.model_dump()
+    answer, replayed = await idempotency.once(
+        svc, user_id=user_id, route=route, key=key, body=sent, create=create
     )
-    return RedirectResponse(url=str(session.url), session_id=str(session.id))
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return RedirectResponse.model_validate(answer)
+
+
+def _stripe_options(stripe_key: str | None) -> dict[str, Any]:
+    return {} if stripe_key is None else {"idempotency_key": stripe_key}
+
+
+class HeldStripeEvent(BaseModel):
+    stripe_event_id: str
+    stripe_type: str
+    outcome: Literal["quarantined", "rejected"]
+    user_id: str | None
+    customer_id: str | None
+    reason: str
+    received_at: datetime
+
+
+@router.get(
+    "/v1/admin/billing/held-events",
+    response_model=list[HeldStripeEvent],
+    responses=problem_responses(401, 403, 422),
+    summary="Stripe events held for an operator (quarantined) or rejected, newest first",
+    description="Quarantined: the object's customer is not the user's; nothing was applied. "
+    "Rejected: signed by Stripe but malformed; nothing was applied, Stripe was answered 2xx.",
+)
+async def held_events(
+    admin: AdminUser,
+    svc: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+) -> list[HeldStripeEvent]:
+    rows = await svc.pool.fetch(
+        "SELECT stripe_event_id, stripe_type, outcome, user_id, customer_id, reason, received_at"
+        " FROM stripe_events_held ORDER BY received_at DESC, record_id LIMIT $1",
+        limit,
+    )
+    return [HeldStripeEvent.model_validate(dict(r)) for r in rows]
 
 
 @router.post(
@@ -116,20 +197,49 @@ async def stripe_webhook(
     payload = await request.body()
     secret = svc.settings.stripe_webhook_secret.get_secret_value()
     try:
-        event = stripe.Webhook.construct_event(
-            payload, stripe_signature, secret, tolerance=SIGNATURE_TOLERANCE_S
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8", errors="replace"),
+            stripe_signature,
+            secret,
+            tolerance=SIGNATURE_TOLERANCE_S,
         )
-    except (stripe.SignatureVerificationError, ValueError) as e:
+    except stripe.SignatureVerificationError as e:
         raise ProblemError(
             p.BAD_REQUEST,
             f"The Stripe signature does not verify ({e}); send the raw body Stripe signed, "
             "within 5 minutes of signing.",
         ) from None
-    data: dict[str, Any] = event.to_dict()
-    outcome = await svc.command(handle_stripe_event, svc.application, data, _plan_for_price(svc))
+    # Signed by Stripe from here on: whatever it holds is recorded and answered 2xx (a 5xx
+    # would make Stripe retry for days an event that cannot get better).
+    try:
+        data = json.loads(payload)
+    except ValueError as e:
+        data = f"the body is not JSON ({e})"
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+        reason = data if isinstance(data, str) else "the body is not an event with an id"
+        digest = hashlib.sha256(payload).hexdigest()
+        outcome = await svc.command(reject_unreadable, svc.application, digest, reason)
+        return WebhookAck(received=True, applied=outcome.applied, action=outcome.action)
+    linked = await _user_of_customer(svc, data)
+    outcome = await svc.command(
+        handle_stripe_event, svc.application, data, _plan_for_price(svc), linked
+    )
     if outcome.applied:
         await _record_payment(svc, data)
     return WebhookAck(received=True, applied=outcome.applied, action=outcome.action)
+
+
+async def _user_of_customer(svc: Services, event: dict[str, Any]) -> dict[str, str]:
+    """The user the event object's customer is linked to, for objects that name no user
+    (credit notes, charges). The command checks the link again in its own transaction."""
+    obj = (event.get("data") or {}).get("object") if isinstance(event.get("data"), dict) else None
+    customer = obj.get("customer") if isinstance(obj, dict) else None
+    if not isinstance(customer, str) or not customer:
+        return {}
+    user = await svc.pool.fetchval(
+        "SELECT user_id FROM user_subscriptions WHERE customer_id = $1 LIMIT 1", customer
+    )
+    return {customer: str(user)} if user else {}
 
 
 def _plan_for_price(svc: Services) -> dict[str, str]:
@@ -156,6 +266,10 @@ async def _record_payment(svc: Services, event: dict[str, Any]) -> None:
     if not user:
         return
     at = datetime.fromtimestamp(event["created"], UTC)
+    amount = next(
+        (v for v in (obj.get("amount_paid"), obj.get("amount_due")) if isinstance(v, int) and v),
+        0,
+    )
     await svc.pool.execute(
         "INSERT INTO payments (payment_id, user_id, stripe_event_id, stripe_customer_id, "
         "stripe_invoice_id, kind, status, amount_cents, currency, created_at, paid_at) "
@@ -167,7 +281,7 @@ async def _record_payment(svc: Services, event: dict[str, Any]) -> None:
         event["id"],
         obj.get("customer"),
         status,
-        int(obj.get("amount_paid") or obj.get("amount_due") or 0),
+        amount,
         str(obj.get("currency") or "usd"),
         at,
         at if status == "paid" else None,

@@ -11,17 +11,17 @@ with its effect, in every outcome including "nothing to do", so the event takes 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from domain import ids
-from domain.commands.results import CommandResult
+from domain.commands.results import CommandResult, Result
 from domain.commands.store import CommandStore, command
-from domain.credits import LotSource
-from domain.errors import InvalidParameters
-from domain.plans import get_plan
+from domain.credits import NEVER, CreditAccount, LotSource
+from domain.invoices import InvoiceLine, MoneyReturned, line_credits_mc, period_line
 from domain.subscription import Subscription, SubscriptionStatus
-from domain.webhooks import StripeEvent
+from domain.webhooks import CustomerNotLinked, StripeEvent
 
 TRIAL_GRANT_REFERENCE = "trial"
 
@@ -32,6 +32,71 @@ class BillingState(StrEnum):
     RUNNING = "running"  # it is billed (paid, in a trial of its own, or retrying a payment)
     INACTIVE = "inactive"  # not yet paid, or paused: nothing starts or ends
     ENDED = "ended"  # it was cancelled for good
+
+
+@dataclass(frozen=True)
+class BillingResult(Result):
+    """What a Stripe invoice or a return of its money moved, for the webhook's answer."""
+
+    changed: bool  # False: this invoice, or this return, was applied before
+    granted_mc: int = 0
+    taken_back_mc: int = 0
+    owed_mc: int = 0  # after it: credit given back by Stripe that was spent already
+
+
+def require_customer(sub: Subscription, customer_id: str) -> None:
+    """Refuse (for quarantine) a Stripe object whose customer is not the user's own."""
+    if not sub.bills_customer(customer_id):
+        linked = sub.customer_id or "none"
+        raise CustomerNotLinked(
+            f"customer {customer_id} is not the one linked to user {sub.user_id} ({linked})"
+        )
+
+
+# A take-back touches at most this many lots (bounds the loop; an account's subscription lots
+# are one per invoice, and lots older than their period have expired to zero).
+TAKE_BACK_LOTS_MAX = 1000
+
+
+def take_back(
+    account: CreditAccount,
+    amount_mc: int,
+    *,
+    tag: str,
+    reason: str,
+    at: datetime,
+    first_lot_id: str | None = None,
+) -> int:
+    """Debit up to ``amount_mc`` from what is left of the user's subscription lots: the lot
+    named first (a refunded invoice's own), then the latest-ending (a downgrade gives back
+    the rest of the current period). Returns what was taken; spent or held credit is not."""
+    assert amount_mc > 0, f"take back {amount_mc} mc"
+    lots = [
+        lot
+        for lot in account.lots.values()
+        if lot.source == LotSource.SUBSCRIPTION.value and lot.remaining_mc > 0
+    ]
+    lots.sort(
+        key=lambda lot: (
+            lot.lot_id != first_lot_id,
+            -(lot.valid_until or NEVER).timestamp(),
+            -lot.seq,
+        )
+    )
+    taken_mc = 0
+    for lot in lots[:TAKE_BACK_LOTS_MAX]:
+        if taken_mc == amount_mc:
+            break
+        taken_mc += account.revoke_lot(
+            adjustment_id=f"stripe:{tag}:{lot.lot_id}",
+            lot_id=lot.lot_id,
+            reason=reason,
+            actor="stripe",
+            at=at,
+            amount_mc_max=amount_mc - taken_mc,
+        )
+    assert 0 <= taken_mc <= amount_mc
+    return taken_mc
 
 
 class SubscriptionCommands(CommandStore):
@@ -146,12 +211,15 @@ class SubscriptionCommands(CommandStore):
         object_at: datetime,
         at: datetime,
         stripe_event: StripeEvent | None = None,
+        customer_id: str | None = None,
     ) -> CommandResult:
         """Apply the state of a Stripe subscription object (created/updated/deleted events) in
         one save. Snapshots older than the last one applied are ignored, so deliveries in any
-        order converge to the newest state."""
+        order converge to the newest state. With ``customer_id``, it must be the user's."""
         receipt = self.stripe_receipt(stripe_event)
         sub = self.subscription(user_id)
+        if customer_id is not None:
+            require_customer(sub, customer_id)
         if sub.is_stale(object_at):
             self.save(receipt)
             return CommandResult(False)
@@ -184,68 +252,152 @@ class SubscriptionCommands(CommandStore):
         return CommandResult(True)
 
     @command
-    def grant_upgrade_credits(
+    def credit_invoice(
         self,
         user_id: str,
         *,
         invoice_id: str,
-        from_plan: str,
-        to_plan: str,
-        amount_paid_cents: int,
-        valid_until: datetime,
+        customer_id: str,
+        lines: list[InvoiceLine],
+        external_id: str | None,
         at: datetime,
         stripe_event: StripeEvent | None = None,
-    ) -> CommandResult:
-        """An upgrade's proration invoice was paid: credits follow the money. The grant is the
-        difference in monthly credits times the share of a month's price difference that the
-        invoice charged (integer arithmetic, rounded down), valid to the period's end, keyed by
-        the invoice id. A downgrade charges nothing and grants nothing: the lower allowance
-        starts with the next paid period."""
-        old, new = get_plan(from_plan), get_plan(to_plan)
-        if old.usd_per_month is None or new.usd_per_month is None:
-            raise InvalidParameters("upgrades between negotiated plans are granted by an admin")
+    ) -> BillingResult:
+        """A paid invoice: its lines' worth in credit (domain/invoices.py) is granted, or, for
+        a credit (a downgrade's unused time), taken back. A line paying a period of a plan
+        records the period, and starts the subscription if its own event has not arrived
+        yet, but only when it charged money: entitlements of a free period come from Stripe's
+        subscription status, credits only from money."""
         receipt = self.stripe_receipt(stripe_event)
-        price_step_cents = int((new.usd_per_month - old.usd_per_month) * 100)
-        credit_step_mc = new.credits_per_month_mc - old.credits_per_month_mc
-        if price_step_cents <= 0 or credit_step_mc <= 0 or amount_paid_cents <= 0:
+        sub = self.subscription(user_id)
+        require_customer(sub, customer_id)
+        delta_mc = sub.credit_invoice(invoice_id=invoice_id, lines=lines)
+        if delta_mc is None:  # credited before
             self.save(receipt)
-            return CommandResult(False)
-        amount_mc = credit_step_mc * min(amount_paid_cents, price_step_cents) // price_step_cents
+            return BillingResult(False)
+        paying = period_line(lines)
+        if paying is not None:
+            not_running = (SubscriptionStatus.TRIALING, SubscriptionStatus.ENDED)
+            if paying["amount_cents"] > 0 and external_id and sub.status in not_running:
+                sub.start(
+                    plan=paying["plan"],
+                    external_id=external_id,
+                    period_start=paying["period_start"],
+                    period_end=paying["period_end"],
+                    at=at,
+                )
+            if sub.status not in not_running:
+                sub.renew(
+                    invoice_id=invoice_id,
+                    period_start=paying["period_start"],
+                    period_end=paying["period_end"],
+                    at=at,
+                    plan=paying["plan"],
+                    credits_mc=max(line_credits_mc(paying), 0),
+                )
         account = self.account_or_open(user_id, at)
-        changed = account.grant(
-            lot_id=ids.lot_id("invoice", invoice_id),
-            source=LotSource.SUBSCRIPTION,
-            amount_mc=amount_mc,
-            valid_from=at,
-            valid_until=valid_until,
-            reference=invoice_id,
-            actor="stripe",
-            reason=f"upgrade from {from_plan} to {to_plan}, prorated",
+        granted_mc = taken_mc = 0
+        if delta_mc > 0:
+            granted_mc = delta_mc - sub.owed_to_net(delta_mc)
+            worth = [ln for ln in lines if ln["amount_cents"] > 0]
+            assert worth, "credit from an invoice without a charged line"
+        if granted_mc > 0:
+            account.grant(
+                lot_id=ids.lot_id("invoice", invoice_id),
+                source=LotSource.SUBSCRIPTION,
+                amount_mc=granted_mc,
+                valid_from=min(ln["period_start"] for ln in worth),
+                valid_until=max(ln["period_end"] for ln in worth),
+                reference=invoice_id,
+                actor="stripe",
+                reason=f"invoice {invoice_id}: {sub.plan_slug} plan",
+                at=at,
+            )
+        if delta_mc < 0:
+            taken_mc = take_back(
+                account,
+                -delta_mc,
+                tag=f"invoice:{invoice_id}",
+                reason=f"invoice {invoice_id} credited unused time back",
+                at=at,
+            )
+        sub.record_invoice_credited(
+            invoice_id=invoice_id,
+            lines=lines,
+            delta_mc=delta_mc,
+            granted_mc=granted_mc,
+            taken_back_mc=taken_mc,
             at=at,
         )
-        return self.save_account(account, changed=changed, at=at, receipt=receipt)
+        self.watch_balance(account, at, sub.plan)
+        self.save(sub, account, receipt)
+        return BillingResult(True, granted_mc, taken_mc, sub.credit_owed_mc)
 
     @command
-    def revoke_invoice_credits(
+    def return_invoice_money(
         self,
         user_id: str,
         *,
         invoice_id: str,
-        reason: str,
+        customer_id: str,
+        source_id: str,
+        by_charge: bool,
+        returned: MoneyReturned,
         at: datetime,
         stripe_event: StripeEvent | None = None,
-    ) -> CommandResult:
-        """The invoice's payment was refunded: take back what is left of its credits."""
+    ) -> BillingResult:
+        """Stripe gave back money of an invoice (a credit note; a refund of its charge): the
+        same share of the invoice's credit is taken back from what is left of the user's
+        subscription credit, the rest (spent already) owed and netted from the next grant."""
         receipt = self.stripe_receipt(stripe_event)
+        sub = self.subscription(user_id)
+        require_customer(sub, customer_id)
+        delta_mc = sub.return_invoice_money(
+            invoice_id=invoice_id, source_id=source_id, by_charge=by_charge, returned=returned
+        )
+        if delta_mc is None:
+            self.save(receipt)
+            return BillingResult(False)
         account = self.account(user_id)
-        taken = account.revoke_lot(
-            adjustment_id=f"revoke:{invoice_id}",
-            lot_id=ids.lot_id("invoice", invoice_id),
-            reason=reason,
-            actor="stripe",
+        taken_mc = 0
+        if delta_mc < 0:
+            taken_mc = take_back(
+                account,
+                -delta_mc,
+                tag=f"{source_id}@{returned['kept_cents']}+{returned['refund_cents']}",
+                reason=f"money of invoice {invoice_id} given back ({source_id})",
+                at=at,
+                first_lot_id=ids.lot_id("invoice", invoice_id),
+            )
+        sub.record_invoice_money_returned(
+            invoice_id=invoice_id,
+            source_id=source_id,
+            by_charge=by_charge,
+            returned=returned,
+            delta_mc=delta_mc,
+            taken_back_mc=taken_mc,
             at=at,
         )
-        return self.save_account(account, changed=bool(taken), at=at, receipt=receipt)
+        self.watch_balance(account, at, sub.plan)
+        self.save(sub, account, receipt)
+        return BillingResult(True, 0, taken_mc, sub.credit_owed_mc)
+
+    @command
+    def quarantine_stripe_event(
+        self, stripe_event: StripeEvent, *, user_id: str, customer_id: str, reason: str
+    ) -> CommandResult:
+        """Hold an event for an operator: recorded with its reason, no effect."""
+        self.stripe_receipt(stripe_event)  # refuses a second delivery (its record is unused)
+        held = stripe_event.quarantined(user_id=user_id, customer_id=customer_id, reason=reason)
+        self.save(held)
+        return CommandResult(True)
+
+    @command
+    def reject_stripe_event(self, stripe_event: StripeEvent, reason: str) -> CommandResult:
+        """Record a signed event that is not what its type promises, with the reason."""
+        self.stripe_receipt(stripe_event)  # refuses a second delivery (its record is unused)
+        self.save(stripe_event.rejected(reason))
+        return CommandResult(True)
 
     @command
     def link_stripe_customer(
@@ -257,6 +409,8 @@ class SubscriptionCommands(CommandStore):
     ) -> CommandResult:
         receipt = self.stripe_receipt(stripe_event)
         sub = self.subscription(user_id)
+        if stripe_event is not None and sub.customer_id not in (None, customer_id):
+            require_customer(sub, customer_id)  # another customer: held for an operator
         changed = sub.link_customer(customer_id, at)
         self.save(sub, receipt)
         return CommandResult(changed)
@@ -269,9 +423,12 @@ class SubscriptionCommands(CommandStore):
         invoice_id: str,
         at: datetime,
         stripe_event: StripeEvent | None = None,
+        customer_id: str | None = None,
     ) -> CommandResult:
         receipt = self.stripe_receipt(stripe_event)
         sub = self.subscription(user_id)
+        if customer_id is not None:
+            require_customer(sub, customer_id)
         changed = sub.record_payment_failed(invoice_id=invoice_id, at=at)
         self.save(sub, receipt)
         return CommandResult(changed)

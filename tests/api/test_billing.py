@@ -107,6 +107,7 @@ async def test_checkout_and_portal_create_one_customer_per_user(kit: Kit, user: 
 async def test_forged_stale_and_replayed_webhooks(kit: Kit, user: str) -> None:
     await kit.client.get("/v1/me", headers=kit.auth(user))  # signs the user up
     now = datetime.now(UTC)
+    kit.app.link_stripe_customer(user, f"cus_{user}", now)  # as Checkout does first
     paid = event(user, 1, "invoice.paid", invoice(user, f"in_{user}_1", "price_starter", now), now)
     forged = await post_event(kit, paid, secret="whsec_wrong")
     assert forged.status_code == 400 and problem_type(forged) == "bad-request"
@@ -137,6 +138,7 @@ async def test_entitlement_rejections_have_their_own_problem_types(kit: Kit, use
     assert r.status_code == 403 and problem_type(r) == "model-not-in-plan"
     assert "upgrade" in r.json()["detail"]
     now = datetime.now(UTC)
+    kit.app.link_stripe_customer(user, f"cus_{user}", now)  # as Checkout does first
     await post_event(
         kit,
         event(
@@ -203,6 +205,7 @@ async def test_a_month_on_a_controllable_clock(kit: Kit, user: str) -> None:
     mid = start + timedelta(days=15)
     upgrade = {
         "id": f"in_{user}_up",
+        "customer": f"cus_{user}",
         "billing_reason": "subscription_update",
         "amount_paid": 2500,
         "subscription_details": {"metadata": {"user_id": user}},
@@ -283,3 +286,91 @@ def _tiny():
     from domain.jobs import JobParameters
 
     return JobParameters(model="tiny-sd", prompt="p", steps=4, width=64, height=64)
+
+
+# ----------------------------------------------- issue 17, part 2: what Stripe sends, over HTTP
+
+
+async def test_a_signed_but_malformed_webhook_is_recorded_rejected_and_answered_2xx(
+    kit: Kit, user: str
+) -> None:
+    """It answered 500 and recorded nothing, so Stripe retried it for days."""
+    await kit.client.get("/v1/me", headers=kit.auth(user))
+    now = datetime.now(UTC)
+    broken = invoice(user, f"in_{user}_b", "price_starter", now)
+    broken["lines"]["data"][0]["period"] = {"start": "today"}
+    r = await post_event(kit, event(user, 1, "invoice.paid", broken, now))
+    assert r.status_code == 200, r.text
+    assert r.json()["applied"] is False and r.json()["action"].startswith("rejected: start")
+    again = await post_event(kit, event(user, 1, "invoice.paid", broken, now))
+    assert again.status_code == 200 and again.json()["action"] == "duplicate: already applied"
+    # Not even JSON, but signed: recorded under the body's digest, answered 2xx.
+    body, headers = signed(kit, {})
+    body = b"{not json"
+    ts = int(time.time())
+    key = kit.settings.stripe_webhook_secret.get_secret_value()
+    mac = hmac.new(key.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    headers["Stripe-Signature"] = f"t={ts},v1={mac}"
+    garbled = await kit.client.post("/v1/webhooks/stripe", content=body, headers=headers)
+    assert garbled.status_code == 200 and garbled.json()["action"].startswith("rejected: ")
+    assert kit.app.account(user).available_mc(now) == get_plan("trial").credits_per_month_mc
+
+
+async def test_another_customers_invoice_is_quarantined_and_shown_to_admins(
+    kit: Kit, user: str
+) -> None:
+    await kit.client.get("/v1/me", headers=kit.auth(user))
+    now = datetime.now(UTC)
+    kit.app.link_stripe_customer(user, f"cus_{user}", now)
+    stolen = invoice(user, f"in_{user}_s", "price_studio", now, 15000)
+    stolen["customer"] = "cus_someone_else"
+    r = await post_event(kit, event(user, 1, "invoice.paid", stolen, now))
+    assert r.status_code == 200 and r.json()["applied"] is False
+    assert r.json()["action"].startswith("quarantined for an operator")
+    assert kit.app.account(user).available_mc(now) == get_plan("trial").credits_per_month_mc
+    await kit.project()
+    held = await kit.client.get(
+        "/v1/admin/billing/held-events?limit=100", headers=kit.auth("root", admin=True)
+    )
+    assert held.status_code == 200
+    mine = [h for h in held.json() if h["stripe_event_id"] == f"evt_{user}_1"]
+    assert len(mine) == 1 and mine[0]["outcome"] == "quarantined"
+    assert mine[0]["customer_id"] == "cus_someone_else" and mine[0]["user_id"] == user
+    refused = await kit.client.get("/v1/admin/billing/held-events", headers=kit.auth(user))
+    assert refused.status_code == 403
+
+
+async def test_checkout_and_portal_honour_idempotency_keys(kit: Kit, user: str) -> None:
+    def keyed(key: str) -> dict[str, str]:
+        return {**kit.auth(user), "Idempotency-Key": key}
+
+    first = await kit.client.post("/v1/billing/checkout", json={"plan": "pro"}, headers=keyed("c1"))
+    assert first.status_code == 200 and "Idempotent-Replayed" not in first.headers
+    again = await kit.client.post("/v1/billing/checkout", json={"plan": "pro"}, headers=keyed("c1"))
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    other = await kit.client.post(
+        "/v1/billing/checkout", json={"plan": "studio"}, headers=keyed("c1")
+    )
+    assert other.status_code == 409 and problem_type(other) == "idempotency-conflict"
+    fresh = await kit.client.post("/v1/billing/checkout", json={"plan": "pro"}, headers=keyed("c2"))
+    assert fresh.status_code == 200 and "Idempotent-Replayed" not in fresh.headers
+    # Another user's same key is theirs alone.
+    theirs = await kit.client.post(
+        "/v1/billing/checkout",
+        json={"plan": "pro"},
+        headers={**kit.auth(f"{user}-2"), "Idempotency-Key": "c1"},
+    )
+    assert theirs.status_code == 200 and "Idempotent-Replayed" not in theirs.headers
+    portal = await kit.client.post("/v1/billing/portal", headers=keyed("p1"))
+    replay = await kit.client.post("/v1/billing/portal", headers=keyed("p1"))
+    assert portal.status_code == replay.status_code == 200
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.json() == portal.json()
+    # An expired key is free again (KEY_TTL_S): its row is older than the window.
+    await kit.services.pool.execute(
+        "UPDATE billing_idempotency SET created_at = created_at - interval '25 hours'"
+        " WHERE user_id = $1 AND key = 'p1'",
+        user,
+    )
+    later = await kit.client.post("/v1/billing/portal", headers=keyed("p1"))
+    assert later.status_code == 200 and "Idempotent-Replayed" not in later.headers

@@ -48,7 +48,9 @@ def subscription(price: str, status: str = "active", cancel: bool = False) -> di
     }
 
 
-def invoice(invoice_id: str, price: str, period: tuple[datetime, datetime]) -> dict[str, Any]:
+def invoice(
+    invoice_id: str, price: str, period: tuple[datetime, datetime], amount: int
+) -> dict[str, Any]:
     return {
         "id": invoice_id,
         "customer": "cus_1",
@@ -59,7 +61,7 @@ def invoice(invoice_id: str, price: str, period: tuple[datetime, datetime]) -> d
         "lines": {
             "data": [
                 {
-                    "amount": 2500,
+                    "amount": amount,
                     "price": {"id": price},
                     "period": {"start": unix(period[0]), "end": unix(period[1])},
                 }
@@ -80,11 +82,13 @@ def upgrade_invoice() -> dict[str, Any]:
             "data": [
                 {
                     "amount": -1250,
+                    "proration": True,
                     "price": {"id": "price_starter"},
                     "period": {"start": unix(mid), "end": unix(P1[1])},
                 },
                 {
                     "amount": 3750,
+                    "proration": True,
                     "price": {"id": "price_pro"},
                     "period": {"start": unix(mid), "end": unix(P1[1])},
                 },
@@ -100,10 +104,10 @@ LIFECYCLE = [
         {"client_reference_id": USER, "customer": "cus_1", "subscription": "sub_1"},
     ),
     event(2, "customer.subscription.created", subscription("price_starter")),
-    event(3, "invoice.paid", invoice("in_1", "price_starter", P1)),
+    event(3, "invoice.paid", invoice("in_1", "price_starter", P1, 2500)),
     event(4, "customer.subscription.updated", subscription("price_pro")),
     event(5, "invoice.paid", upgrade_invoice()),
-    event(6, "invoice.paid", invoice("in_2", "price_pro", P2)),
+    event(6, "invoice.paid", invoice("in_2", "price_pro", P2, 7500)),
     event(7, "customer.subscription.updated", subscription("price_pro", cancel=True)),
     event(8, "customer.unknown_thing", {"metadata": {"user_id": USER}}),
 ]
@@ -112,6 +116,8 @@ LIFECYCLE = [
 def final_state(order: list[int], duplicates: list[int]) -> tuple[Any, ...]:
     app = PinkseaApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     app.register_user(USER, T0 - timedelta(days=1))
+    # As the Checkout route does before any session exists (api/billing/router.py).
+    app.link_stripe_customer(USER, "cus_1", T0 - timedelta(days=1))
     for i in order + duplicates:
         handle_stripe_event(app, LIFECYCLE[i], PRICES)
     sub, account = app.subscription(USER), app.account(USER)
