@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from domain.application import BillingState, PinkseaApplication
 from domain.credits import LotSource
 from domain.errors import DomainError
+from domain.invoices import InvoiceLine, MoneyReturned
 from domain.jobs import Fault, GenerationJob, ImageRecord, JobParameters
 from domain.ledger_changes import LineKind
 from domain.plans import PLANS
@@ -318,6 +319,16 @@ class Story:
             "alice", invoice_id="in_alice_1", period_start=T0, period_end=T0 + 40 * DAY, at=T0
         )
         app.link_stripe_customer("alice", "cus_alice", T0)
+        # A Stripe invoice credited by its lines, and part of its money given back.
+        app.credit_invoice(
+            "alice", invoice_id="in_alice_up", customer_id="cus_alice", external_id="sub_alice",
+            lines=[InvoiceLine(plan="pro", amount_cents=750, proration=True, period_start=T0,
+                               period_end=T0 + 40 * DAY)], at=T0,
+        )  # fmt: skip
+        app.return_invoice_money(
+            "alice", invoice_id="in_alice_up", customer_id="cus_alice", source_id="cn_alice",
+            by_charge=False, returned=MoneyReturned(kept_cents=250, refund_cents=0), at=T0,
+        )  # fmt: skip
         app.grant_credits(
             "alice", grant_id="pack-1", source=LotSource.PURCHASE, amount_mc=20_000,
             valid_from=T0, valid_until=None, actor="stripe", reason="credit pack", at=T0,
