@@ -1,6 +1,6 @@
 """Stripe webhook deliveries as Stripe would send them, signed with the local webhook secret:
-a plan purchase (subscription created, first invoice paid). For the demo and the chaos run,
-which have no Stripe account to send real ones.
+a plan purchase (Checkout completed, subscription created, first invoice paid). For the demo
+and the chaos run, which have no Stripe account to send real ones.
 """
 
 from __future__ import annotations
@@ -24,11 +24,24 @@ def signed_delivery(secret: str, event: dict[str, Any]) -> tuple[bytes, dict[str
 def plan_purchase(
     user: str, price: str, now: datetime, amount_cents: int = 7500
 ) -> list[dict[str, Any]]:
-    """The two events of a first purchase: ``customer.subscription.created``, ``invoice.paid``."""
+    """The events of a first purchase: ``checkout.session.completed`` (which links the user's
+    customer, as the Checkout route would before: every later object's customer must be it),
+    ``customer.subscription.created``, ``invoice.paid``."""
     start, end = int(now.timestamp()), int((now + timedelta(days=30)).timestamp())
     meta = {"user_id": user}
     subscription, customer = f"sub_dev_{user}", f"cus_dev_{user}"
     objects = [
+        (
+            "checkout.session.completed",
+            {
+                "id": f"cs_dev_{user}_{start}",
+                "object": "checkout.session",
+                "client_reference_id": user,
+                "customer": customer,
+                "subscription": subscription,
+                "metadata": meta,
+            },
+        ),
         (
             "customer.subscription.created",
             {

@@ -428,3 +428,14 @@ def _tiny() -> Any:
     from domain.jobs import JobParameters
 
     return JobParameters(model="tiny-sd", prompt="p", steps=4, width=64, height=64)
+
+
+def test_the_dev_purchase_links_its_customer_and_is_applied_in_full() -> None:
+    """The demo, chaos and rehearsal purchase (api/billing/dev_events.py) passes the checks."""
+    from api.billing.dev_events import plan_purchase
+
+    app = new_app(customer=None)
+    outcomes = [handle_stripe_event(app, e, PRICES) for e in plan_purchase(USER, "price_pro", T0)]
+    assert all(o.applied for o in outcomes), outcomes
+    assert app.subscription(USER).plan_slug == "pro"
+    assert subscription_credit_mc(app) == PRO
