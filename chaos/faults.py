@@ -78,8 +78,8 @@ class Injector:
             await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
             self.log.append(f"{time.monotonic() - started:6.1f}s {fault.describe()}")
             self.injected[fault.kind] += 1
-            self.injected_at.append((fault, datetime.now(UTC)))
             if fault.kind == "kill_process":
+                self.injected_at.append((fault, datetime.now(UTC)))
                 self.supervisor.kill(fault.target)
                 continue
             if fault.target in outages:
@@ -88,6 +88,8 @@ class Injector:
         await asyncio.gather(*outages.values())
 
     async def _outage(self, fault: Fault) -> None:
+        # When it really starts: after the dependency's previous outage ended.
+        self.injected_at.append((fault, datetime.now(UTC)))
         if fault.kind == "restart_postgres":
             await self.stack.restart_postgres(fault.duration_s)
         elif fault.kind == "restart_kafka":
