@@ -119,6 +119,10 @@ start() {
 }
 
 stop() {
+  if live_pid s3 moto.server >/dev/null; then # a stack started before SeaweedFS
+    stop_pid s3 moto.server 10
+    return
+  fi
   # A graceful stop of `weed server` takes 20 s or more (its gateways wait on their streams);
   # everything it acknowledged is already in its files (the chaos run's kill -9 shows it), so
   # 5 s, then KILL.
