@@ -113,7 +113,8 @@ def _view(row: object, cls: type[EndpointView] = EndpointView, **extra: object) 
     return cls.model_validate({**data, **extra})
 
 
-async def _checked_url(svc: Services, url: str) -> None:
+async def check_webhook_url(svc: Services, url: str) -> None:
+    """422 unless ``url`` passes the SSRF rules now (the delivery process checks again)."""
     try:
         await resolve(url, allow_loopback=svc.settings.webhooks_allow_loopback)
     except UnsafeWebhookUrl as e:
@@ -149,7 +150,7 @@ async def create(
     idempotency_key: IdempotencyKey = None,
 ) -> EndpointView:
     user = principal.user_id
-    await _checked_url(svc, body.url)
+    await check_webhook_url(svc, body.url)
     endpoint_id = "we_" + (
         uuid.uuid5(PINKSEA_NAMESPACE, f"webhook-endpoint\x1f{user}\x1f{idempotency_key}").hex
         if idempotency_key
@@ -246,7 +247,7 @@ async def update(
     endpoint_id: EndpointId, body: EndpointUpdate, principal: CurrentUser, svc: ServicesDep
 ) -> EndpointView:
     if body.url is not None:
-        await _checked_url(svc, body.url)
+        await check_webhook_url(svc, body.url)
     row = await svc.pool.fetchrow(
         "UPDATE webhook_endpoints SET url = coalesce($3, url),"
         " enabled_events = coalesce($4, enabled_events), description = coalesce($5, description),"
