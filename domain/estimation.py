@@ -3,56 +3,32 @@
 The hold is the job's time budget: the worker stops a job when the measured GPU time reaches
 it, so a job can never consume more than it reserved. Policy (README, "Billing"):
 
-    estimate_ms = overhead_ms + ceil(step_ms x steps x pixels x batch / base_pixels)
+    estimate_ms = the learned rate x steps x pixels x batch     (enough settled jobs alike)
+                | the calibration row's formula              (domain/calibration.py)
     hold_mc     = (ceil(estimate_ms x 3 / 2) + 1000) x rate_mc_per_ms
 
-The calibration table holds per-step and fixed (text encoding + VAE decode) times measured on
-each tier at the family's native size; pixel and batch scaling is linear. The 1.5x factor and
-the 1 s floor absorb noise, warm-up and the quadratic part of attention.
+The calibration rows are measured by ``bench.calibrate`` per (family or model, device class)
+and say when and where; rows that could not be measured yet say so. The learned rate is an
+upper quantile of what settled jobs of the same model, tier and size bucket were billed, which
+the caller reads from the read models and passes in. The 1.5x factor and the 1 s floor absorb
+noise and warm-up.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from domain.calibration import (
+    CALIBRATION,
+    TIER_DEVICE,
+    LearnedRate,
+    calibration_for,
+    ceil_div,
+    estimate_from,
+)
 from domain.catalog import ModelFamily
 from domain.plans import RATE_MC_PER_GPU_MS, GpuTier
 
 HOLD_FACTOR_NUM, HOLD_FACTOR_DEN = 3, 2
 HOLD_MARGIN_MS = 1000
-
-
-@dataclass(frozen=True)
-class Calibration:
-    base_pixels: int  # native resolution of the family, width x height
-    step_ms: int  # one denoising step (with classifier-free guidance) at base_pixels, batch 1
-    overhead_ms: int  # text encoding + VAE decode at base_pixels, batch 1
-
-
-_F, _T = ModelFamily, GpuTier
-CALIBRATION: dict[tuple[ModelFamily, GpuTier], Calibration] = {
-    (_F.SD15, _T.BASIC): Calibration(512 * 512, 180, 600),
-    (_F.SD15, _T.HIGH_PERFORMANCE): Calibration(512 * 512, 85, 300),
-    (_F.SD15, _T.DEDICATED): Calibration(512 * 512, 40, 150),
-    (_F.SDXL, _T.BASIC): Calibration(1024 * 1024, 1000, 2000),
-    (_F.SDXL, _T.HIGH_PERFORMANCE): Calibration(1024 * 1024, 350, 900),
-    (_F.SDXL, _T.DEDICATED): Calibration(1024 * 1024, 150, 400),
-    (_F.FLUX, _T.BASIC): Calibration(1024 * 1024, 4000, 3000),
-    (_F.FLUX, _T.HIGH_PERFORMANCE): Calibration(1024 * 1024, 1800, 1500),
-    (_F.FLUX, _T.DEDICATED): Calibration(1024 * 1024, 600, 600),
-}
-
-
-# Models whose speed is not their family's: the tiny local model runs on CPU workers in tests
-# and the demo, where a step of even a tiny UNet at 256x256 costs tens of milliseconds.
-MODEL_CALIBRATION: dict[str, Calibration] = {
-    "tiny-sd": Calibration(256 * 256, 300, 1500),
-    "tiny-sd-inpaint": Calibration(256 * 256, 300, 1500),
-}
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def estimate_gpu_ms(
@@ -64,16 +40,22 @@ def estimate_gpu_ms(
     height: int,
     batch_size: int,
     model: str | None = None,
+    learned: LearnedRate | None = None,
 ) -> int:
-    cal = MODEL_CALIBRATION.get(model or "") or CALIBRATION[(family, tier)]
-    scaled = cal.step_ms * steps * width * height * batch_size
-    overhead = _ceil_div(cal.overhead_ms * width * height * batch_size, cal.base_pixels)
-    return overhead + _ceil_div(scaled, cal.base_pixels)
+    """The expected GPU time: from what this model's jobs were billed on this tier at this
+    size when enough of them settled (``learned``), else from the calibration row."""
+    if learned is not None and learned.usable:
+        return learned.estimate_ms(steps=steps, width=width, height=height, batch_size=batch_size)
+    if model is not None:
+        cal = calibration_for(model, tier)
+    else:
+        cal = CALIBRATION[(family.value, TIER_DEVICE[tier])]
+    return estimate_from(cal, steps=steps, width=width, height=height, batch_size=batch_size)
 
 
 def hold_for_estimate(estimate_ms: int, tier: GpuTier) -> int:
     """The millicredits to reserve for a job expected to take ``estimate_ms``."""
-    budget_ms = _ceil_div(estimate_ms * HOLD_FACTOR_NUM, HOLD_FACTOR_DEN) + HOLD_MARGIN_MS
+    budget_ms = ceil_div(estimate_ms * HOLD_FACTOR_NUM, HOLD_FACTOR_DEN) + HOLD_MARGIN_MS
     return budget_ms * RATE_MC_PER_GPU_MS[tier]
 
 

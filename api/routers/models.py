@@ -20,9 +20,10 @@ from api.schemas import (
     StepRange,
     TierCost,
 )
+from domain.calibration import calibration_for
 from domain.catalog import MODELS, ModelSpec
 from domain.commands.admission import estimate_for, model_refusal
-from domain.estimation import CALIBRATION, MODEL_CALIBRATION, hold_for_estimate
+from domain.estimation import hold_for_estimate
 from domain.parameters import SCHEDULERS, JobParameters
 from domain.plans import GpuTier, Plan
 
@@ -46,7 +47,7 @@ STEPS_MIN, STEPS_MAX = _steps_range()
 
 def default_parameters(spec: ModelSpec) -> JobParameters:
     """The model's default job: its usual steps at its family's native (calibrated) size."""
-    cal = MODEL_CALIBRATION.get(spec.key) or CALIBRATION[(spec.family, GpuTier.BASIC)]
+    cal = calibration_for(spec.key, GpuTier.BASIC)
     side = math.isqrt(cal.base_pixels)
     side = max(spec.sizes.min_px, min(spec.sizes.max_px, side - side % spec.sizes.multiple))
     return JobParameters(

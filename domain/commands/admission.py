@@ -8,9 +8,11 @@ is accepted, and nothing at all when it is refused).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from domain.calibration import LearnedRate
 from domain.catalog import MODELS
 from domain.credits import CreditAccount
 from domain.errors import AccountDeactivated, InsufficientCredits
@@ -20,6 +22,9 @@ from domain.plans import GpuTier, Plan
 from domain.subscription import Subscription
 
 Refusal = tuple[RejectionReason, str]
+# What settled jobs like this one cost, per tier (read_models/gpu_rates.py): the caller reads
+# it, since the domain does no I/O; the estimate (so the hold, stored in the event) uses it.
+Learned = Mapping[GpuTier, LearnedRate]
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Assessment:
         return self.hold_mc <= self.available_mc
 
 
-def estimate_for(params: JobParameters, tier: GpuTier) -> int:
+def estimate_for(params: JobParameters, tier: GpuTier, learned: Learned | None = None) -> int:
     """The estimated GPU milliseconds of ``params`` on ``tier``."""
     return estimate_gpu_ms(
         MODELS[params.model].family,
@@ -49,6 +54,7 @@ def estimate_for(params: JobParameters, tier: GpuTier) -> int:
         height=params.height,
         batch_size=params.batch_size,
         model=params.model,
+        learned=(learned or {}).get(tier),
     )
 
 
@@ -59,10 +65,11 @@ def assess(
     params: JobParameters,
     storage_used_bytes: int,
     at: datetime,
+    learned: Learned | None = None,
 ) -> Assessment:
     """The estimate, hold and verdict of a submission of ``params`` (checked), saving nothing.
     The entitlements come first, then whether the available balance covers the hold."""
-    estimate_ms = estimate_for(params, plan.tier)
+    estimate_ms = estimate_for(params, plan.tier, learned)
     hold_mc = hold_for_estimate(estimate_ms, plan.tier)
     available = account.available_mc(at)
     refusal = entitlement_refusal(sub, plan, account, params, storage_used_bytes)
@@ -87,13 +94,14 @@ def quote(
     params: JobParameters,
     storage_used_bytes: int,
     at: datetime,
+    learned: Learned | None = None,
 ) -> Assessment:
     """What ``submit_job`` would decide for ``params`` now, recording nothing. Raises what the
     submission raises before admission: AccountDeactivated, InvalidParameters."""
     if account.deactivated:
         raise AccountDeactivated("this account is deactivated; it can run no new jobs")
     params.check()
-    return assess(sub, sub.plan, account, params, storage_used_bytes, at)
+    return assess(sub, sub.plan, account, params, storage_used_bytes, at, learned)
 
 
 def admit(

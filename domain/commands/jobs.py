@@ -15,7 +15,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 
 from domain import ids
-from domain.commands.admission import Refusal, admit, quote
+from domain.commands.admission import Learned, Refusal, admit, quote
 from domain.commands.results import CommandResult, DispatchResult, SettlementResult, SubmitResult
 from domain.commands.store import CommandStore, command
 from domain.credits import CreditAccount
@@ -45,8 +45,10 @@ class JobCommands(CommandStore):
         params: JobParameters,
         at: datetime,
         storage_used_bytes: int = 0,
+        learned: Learned | None = None,
     ) -> SubmitResult:
         """Create the job and hold its credits in one save, or answer why not, saving nothing.
+        ``learned``: what settled jobs like this one cost per tier, for the estimate.
 
         As Stripe keeps a key's result only once work started, a key stores only an accepted
         job: a refused submission (credit, plan, queue limit) leaves no job and no result, so
@@ -56,7 +58,7 @@ class JobCommands(CommandStore):
         IdempotencyConflict; neither records anything.
         """
         refusal, job, account = self._admission(
-            user_id, idempotency_key, params, at, storage_used_bytes, use=0
+            user_id, idempotency_key, params, at, storage_used_bytes, use=0, learned=learned
         )
         conflict = None
         if job is not None:
@@ -75,7 +77,7 @@ class JobCommands(CommandStore):
             raise conflict  # the account changed: @command reads it again and decides again
         if conflict is not None:  # the key's job before expired: a new one, its next use
             refusal, job, account = self._admission(
-                user_id, idempotency_key, params, at, storage_used_bytes, use=use
+                user_id, idempotency_key, params, at, storage_used_bytes, use=use, learned=learned
             )
             if job is not None:
                 self.save(job, account)  # a conflict here: @command decides again
@@ -92,13 +94,14 @@ class JobCommands(CommandStore):
         storage_used_bytes: int,
         *,
         use: int,
+        learned: Learned | None = None,
     ) -> tuple[Refusal | None, GenerationJob | None, CreditAccount]:
         """The job of ``idempotency_key``'s ``use``, accepted with its hold on the account (both
         unsaved), or the refusal and no job. The quote's own checks decide (admission.quote):
         a deactivated account or invalid parameters raise."""
         sub = self.subscription(user_id)
         account = self.account(user_id)
-        verdict = quote(sub, account, params, storage_used_bytes, at)
+        verdict = quote(sub, account, params, storage_used_bytes, at, learned)
         if verdict.refusal is not None:
             return verdict.refusal, None, account
         job = GenerationJob.submit(

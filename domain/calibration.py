@@ -1,0 +1,156 @@
+"""The estimator's calibration: measured cost rows per (model or family, device class), read once
+at import from ``domain/calibration_data.py`` (written by ``python -m bench.calibrate``), and the
+rates learned from billed jobs that the caller may pass in (the domain does no I/O).
+
+A row prices a job as
+
+    fixed_ms + ceil(overhead_ms x px x batch / base)
+             + ceil(step_ms x steps x px x batch / base)
+             + ceil(step_quad_ms x steps x px^2 x batch / base^2)
+
+with ``px = width x height`` and ``base = base_pixels``: a per-job constant, a per-image part
+linear in pixels (text encoding, VAE decode), a per-step part linear in pixels (convolutions)
+and, where the fit needed it, a per-step part quadratic in pixels (self-attention). A row whose
+``source`` is not ``measured`` is a hand estimate and says so; it is never presented as
+measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from domain.calibration_data import DEVICE_OF_MODEL, ROWS
+from domain.catalog import MODELS
+from domain.plans import GpuTier
+
+MEASURED = "measured"
+HAND_ESTIMATE = "hand-estimate, not measured"
+SOURCES = (MEASURED, HAND_ESTIMATE)
+
+
+class DeviceClass(StrEnum):
+    CPU = "cpu"
+    T4 = "t4"
+    A10G = "a10g"
+    A100 = "a100"
+    H100 = "h100"
+
+
+# The card each tier's workers run on (domain/plans.py, README "Plans").
+TIER_DEVICE: dict[GpuTier, DeviceClass] = {
+    GpuTier.BASIC: DeviceClass.T4,
+    GpuTier.HIGH_PERFORMANCE: DeviceClass.A10G,
+    GpuTier.DEDICATED: DeviceClass.A100,
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    base_pixels: int  # the size the row's times are given at, width x height
+    step_ms: int  # one denoising step (with classifier-free guidance) at base_pixels, batch 1
+    overhead_ms: int  # per image at base_pixels: text encoding + VAE decode
+    fixed_ms: int = 0  # per job, whatever its size
+    step_quad_ms: int = 0  # per step at base_pixels, growing with pixels squared (attention)
+    source: str = HAND_ESTIMATE
+    measured_at: str | None = None  # ISO date of the run that measured it
+    machine: str | None = None  # where it was measured
+    grid: str | None = None  # the sizes, steps and batches it was measured at
+    residual_p95_pct: float | None = None  # the fit's 95th-percentile |relative residual|
+
+    def __post_init__(self) -> None:
+        assert self.base_pixels > 0, "a calibration needs a base size"
+        assert min(self.step_ms, self.overhead_ms, self.fixed_ms, self.step_quad_ms) >= 0
+        assert self.step_ms + self.step_quad_ms > 0, "a step must cost something"
+        assert self.source in SOURCES, f"unknown calibration source {self.source!r}"
+        if self.source == MEASURED:
+            assert self.measured_at and self.machine, "a measured row says when and where"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def estimate_from(cal: Calibration, *, steps: int, width: int, height: int, batch_size: int) -> int:
+    assert steps >= 0 and width > 0 and height > 0 and batch_size > 0
+    px, base = width * height, cal.base_pixels
+    return (
+        cal.fixed_ms
+        + ceil_div(cal.overhead_ms * px * batch_size, base)
+        + ceil_div(cal.step_ms * steps * px * batch_size, base)
+        + ceil_div(cal.step_quad_ms * steps * px * px * batch_size, base * base)
+    )
+
+
+def _parse(rows: tuple[Mapping[str, Any], ...]) -> dict[tuple[str, DeviceClass], Calibration]:
+    table: dict[tuple[str, DeviceClass], Calibration] = {}
+    for row in rows:
+        fields = dict(row)
+        key = (str(fields.pop("key")), DeviceClass(fields.pop("device")))
+        assert key not in table, f"two calibration rows for {key}"
+        table[key] = Calibration(**fields)
+    return table
+
+
+CALIBRATION: dict[tuple[str, DeviceClass], Calibration] = _parse(ROWS)
+# Models that run on one device class whatever the tier (tiny-sd: CPU workers in tests and the
+# demo), and models priced by another's row: an explicit fallback, never a silent one.
+MODEL_DEVICE: dict[str, DeviceClass] = {
+    model: DeviceClass(device) for model, (device, _) in DEVICE_OF_MODEL.items()
+}
+MODEL_ROW_KEY: dict[str, str] = {model: row for model, (_, row) in DEVICE_OF_MODEL.items()}
+
+
+def calibration_for(model: str, tier: GpuTier) -> Calibration:
+    """The row that prices ``model`` on ``tier``: the model's own, else its family's."""
+    spec = MODELS[model]
+    device = MODEL_DEVICE.get(model, TIER_DEVICE[tier])
+    own = CALIBRATION.get((MODEL_ROW_KEY.get(model, model), device))
+    return own or CALIBRATION[(spec.family.value, device)]
+
+
+# ------------------------------------------------------------------------------ learned rates
+
+# The learned rate replaces the calibration once this many settled jobs of the same model,
+# tier and size bucket completed; fewer say too little about the tail.
+LEARNED_SAMPLES_MIN = 20
+# The learned rate is this quantile of the recent samples: an upper one, so that most jobs fit
+# their hold, but not the maximum, which one stalled job would set.
+LEARNED_QUANTILE = 0.95
+LEARNED_WINDOW = 500  # the newest samples per bucket that the quantile is taken over
+NS_PER_MS = 1_000_000
+
+
+def size_bucket(width: int, height: int) -> int:
+    """Sizes within a factor of two in pixels share a bucket: ceil(log2(width x height))."""
+    assert width > 0 and height > 0
+    return (width * height - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class LearnedRate:
+    """What settled jobs of one (model, tier, size bucket) cost: the upper quantile of their
+    billed GPU time per step, per image, per pixel (all of the run: overheads included)."""
+
+    samples: int
+    gpu_ns_per_pixel_step: int
+
+    def __post_init__(self) -> None:
+        assert self.samples >= 0 and self.gpu_ns_per_pixel_step > 0
+
+    @property
+    def usable(self) -> bool:
+        return self.samples >= LEARNED_SAMPLES_MIN
+
+    def estimate_ms(self, *, steps: int, width: int, height: int, batch_size: int) -> int:
+        work = max(steps, 1) * width * height * batch_size  # a 0-step run still decodes
+        return ceil_div(self.gpu_ns_per_pixel_step * work, NS_PER_MS)
+
+
+def gpu_ns_per_pixel_step(gpu_ms: int, *, steps: int, width: int, height: int, batch: int) -> int:
+    """One settled job's sample, as the projection records it: rounded up (at least 1), so
+    that the rate prices that job at no less than it was billed."""
+    work = max(steps, 1) * width * height * batch
+    return max(1, ceil_div(gpu_ms * NS_PER_MS, work))
