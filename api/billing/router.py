@@ -15,7 +15,14 @@ from pydantic import BaseModel
 from api import problems as p
 from api.billing import idempotency
 from api.billing.stripe_events import handle_stripe_event, reject_unreadable
-from api.deps import AdminUser, CurrentUser, IdempotencyKey, ServicesDep, rate_limit
+from api.deps import (
+    AdminUser,
+    CurrentUser,
+    IdempotencyKey,
+    ServicesDep,
+    consistent,
+    rate_limit,
+)
 from api.problems import ProblemError, problem_responses
 from api.services import Services
 from infra.health import stripe_client
@@ -165,7 +172,9 @@ class HeldStripeEvent(BaseModel):
 @router.get(
     "/v1/admin/billing/held-events",
     response_model=list[HeldStripeEvent],
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 422, 429, 503),
+    tags=["admin"],
+    dependencies=[Depends(rate_limit("admin")), Depends(consistent("subscriptions"))],
     summary="Stripe events held for an operator (quarantined) or rejected, newest first",
     description="Quarantined: the object's customer is not the user's; nothing was applied. "
     "Rejected: signed by Stripe but malformed; nothing was applied, Stripe was answered 2xx.",
