@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -16,6 +17,7 @@ from api.auth import AuthError, Principal, api_key_matches, api_key_prefix, look
 from api.problems import ProblemError
 from api.ratelimit import address_identity
 from api.services import Services, now
+from api.stream_tokens import TOKEN_LENGTH_MAX, InvalidStreamToken, StreamTokens
 from domain.plans import PLANS
 from projections.consistency import wait_for_position
 from projections.registry import get_projection
@@ -70,15 +72,19 @@ async def authenticate(
             raise _unauthorized(f"The token was refused: {e.detail}.") from None
         await svc.ensure_registered(principal.user_id)
         await _remember_address(svc, principal)
-    # Deactivation stops tokens and API keys at once (api/deactivation.py).
-    if await svc.deactivations.is_deactivated(principal.user_id):
+    await _refuse_deactivated(svc, principal.user_id)
+    request.state.principal = principal
+    return principal
+
+
+async def _refuse_deactivated(svc: Services, user_id: str) -> None:
+    # Deactivation stops tokens, API keys and stream tokens at once (api/deactivation.py).
+    if await svc.deactivations.is_deactivated(user_id):
         raise ProblemError(
             p.ACCOUNT_DEACTIVATED,
             "This account is deactivated: its tokens and API keys are refused. "
             "Contact support to have it reactivated.",
         )
-    request.state.principal = principal
-    return principal
 
 
 async def _remember_address(svc: Services, principal: Principal) -> None:
@@ -167,6 +173,50 @@ async def _limit_key_guessing(svc: Services, request: Request, prefix: str | Non
 CurrentUser = Annotated[Principal, Depends(authenticate)]
 
 
+def stream_tokens(request: Request, svc: Services) -> StreamTokens:
+    """This app's stream-token signer (its key is read once, from the database)."""
+    tokens: StreamTokens | None = getattr(request.app.state, "stream_tokens", None)
+    if tokens is None or tokens.pool is not svc.pool:
+        tokens = StreamTokens(svc.pool)
+        request.app.state.stream_tokens = tokens
+    return tokens
+
+
+async def stream_caller(
+    request: Request,
+    svc: ServicesDep,
+    job_id: UUID,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+    access_token: Annotated[
+        str | None,
+        Query(
+            max_length=TOKEN_LENGTH_MAX,
+            description="A token from POST /v1/jobs/{job_id}/stream-token, for clients that "
+            "cannot send headers (EventSource); valid for this job only, a few minutes.",
+        ),
+    ] = None,
+) -> Principal:
+    """The caller of a job's event stream: the usual credentials, or a stream token for
+    exactly this job (``access_token``)."""
+    if access_token is None:
+        return await authenticate(request, svc, bearer, api_key)
+    try:
+        user_id = await stream_tokens(request, svc).verify(access_token, job_id, now())
+    except InvalidStreamToken as e:
+        raise _unauthorized(
+            f"The stream token was refused ({e}); get a new one with "
+            f"POST /v1/jobs/{job_id}/stream-token."
+        ) from None
+    await _refuse_deactivated(svc, user_id)
+    principal = Principal(user_id=user_id, is_admin=False, via="stream_token")
+    request.state.principal = principal
+    return principal
+
+
+StreamCaller = Annotated[Principal, Depends(stream_caller)]
+
+
 async def require_admin(principal: CurrentUser) -> Principal:
     if not principal.is_admin:
         raise ProblemError(
@@ -183,23 +233,32 @@ def rate_limit(group: str) -> Callable[..., Awaitable[None]]:
     """A dependency counting this request against the caller's limit for ``group``."""
 
     async def dependency(request: Request, svc: ServicesDep, principal: CurrentUser) -> None:
-        if not svc.settings.rate_limit_enabled:
-            return
-        plan = "enterprise" if group == "admin" else await svc.plan_of(principal.user_id)
-        decision = await svc.rate_limiter.hit(group, principal.user_id, plan)
-        if decision is None:
-            return  # Redis unavailable: fail open (see api/ratelimit.py)
-        headers = decision.headers()
-        request.state.extra_headers = headers  # added to the response by the edge middleware
-        if not decision.allowed:
-            raise ProblemError(
-                p.RATE_LIMITED,
-                f"You sent more than {decision.limit} such requests a minute; "
-                f"retry in {decision.retry_after_s} s or upgrade your plan for higher limits.",
-                headers=headers,
-            )
+        await _count_request(request, svc, principal, group)
 
     return dependency
+
+
+async def stream_rate_limit(request: Request, svc: ServicesDep, principal: StreamCaller) -> None:
+    """``rate_limit("stream")`` for a caller that may hold a stream token."""
+    await _count_request(request, svc, principal, "stream")
+
+
+async def _count_request(request: Request, svc: Services, principal: Principal, group: str) -> None:
+    if not svc.settings.rate_limit_enabled:
+        return
+    plan = "enterprise" if group == "admin" else await svc.plan_of(principal.user_id)
+    decision = await svc.rate_limiter.hit(group, principal.user_id, plan)
+    if decision is None:
+        return  # Redis unavailable: fail open (see api/ratelimit.py)
+    headers = decision.headers()
+    request.state.extra_headers = headers  # added to the response by the edge middleware
+    if not decision.allowed:
+        raise ProblemError(
+            p.RATE_LIMITED,
+            f"You sent more than {decision.limit} such requests a minute; "
+            f"retry in {decision.retry_after_s} s or upgrade your plan for higher limits.",
+            headers=headers,
+        )
 
 
 def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:

@@ -95,3 +95,13 @@ def image_urls(settings: Settings, s3: Any) -> ImageUrls:
 def expiry(now: datetime) -> datetime:
     """When URLs handed out at ``now`` expire: whole seconds, as CloudFront's ``Expires``."""
     return now.replace(microsecond=0) + URL_TTL
+
+
+def signed_urls(urls: ImageUrls, key: str, thumbnail_key: str, now: datetime) -> dict[str, Any]:
+    """An image's fields that carry its URLs: the PNG's, the thumbnail's, and their expiry."""
+    expires_at = expiry(now)
+    return {
+        "url": urls.sign(key, expires_at),
+        "thumbnail_url": urls.sign(thumbnail_key, expires_at),
+        "urls_expire_at": expires_at,
+    }

@@ -105,10 +105,47 @@ class JobImage(View):
     width: int
     height: int
 
+    url: str | None = Field(
+        None, description="signed URL of the PNG, fresh on each read of one job; null in lists"
+    )
+    thumbnail_url: str | None = Field(None, description="signed URL of the WebP thumbnail")
+    urls_expire_at: datetime | None = Field(None, description="when both URLs stop working")
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def href(self) -> str:
         return f"/v1/images/{self.name}"
+
+
+class QueueBasis(BaseModel):
+    """What the ETA is computed from (read_models/queue.py)."""
+
+    tier: TierName
+    jobs_ahead: int = Field(description="queued jobs of the tier that arrived before this one")
+    in_service: int = Field(description="jobs of the tier dispatched or running now")
+    sampled_jobs: int = Field(description="recent completed jobs of the tier measured (max 50)")
+    mean_run_ms: int | None = Field(
+        description="their mean start-to-finish time; null: none measured yet"
+    )
+    workers: int | None = Field(
+        description="distinct workers that finished one within 15 minutes; null: unknown "
+        "(the ETA assumes one)"
+    )
+
+
+class QueueView(BaseModel):
+    """Where a queued (accepted) job stands in its tier's queue, in arrival order."""
+
+    position: int = Field(description="1: the next of its tier to be dispatched")
+    start_in_ms: int | None = Field(description="expected wait until it starts; null: no basis")
+    done_in_ms: int | None = Field(description="expected time until it finishes; null: no basis")
+    basis: QueueBasis
+
+
+class StreamToken(BaseModel):
+    token: str = Field(description="send as ?access_token= on this job's event stream only")
+    expires_at: datetime = Field(description="open the stream before then (a few minutes)")
+    url: str = Field(description="the job's event stream with the token, for EventSource")
 
 
 def _parameter(name: str) -> Any:
@@ -155,6 +192,9 @@ class JobView(View):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    queue: QueueView | None = Field(
+        None, description="its place in its tier's queue and ETA; null when not queued"
+    )
 
     @model_validator(mode="after")
     def _public_failure_reason(self) -> JobView:

@@ -6,8 +6,14 @@ Both sources reach every API process, so the stream works wherever the job's rep
   (infra/redis_keys.progress_channel); the last message is also kept, for late subscribers;
 - status: from the jobs read model, through this process's JobWatcher (api/live.py).
 
-Events: ``status`` (id: the store position), ``progress``, and a final ``end``; a comment
+Events: ``status`` (id: the store position; a ``completed`` one carries the images with
+fresh signed URLs), ``queue`` (a queued job's place in its tier's queue and ETA, sent when it
+changes; ``queue: null`` once it left the queue), ``progress``, and a final ``end``; a comment
 line every ``sse_heartbeat_s`` keeps proxies from closing an idle stream.
+
+A browser's ``EventSource`` cannot send headers: ``POST /v1/jobs/{id}/stream-token`` hands out
+a token for this job's stream, a few minutes long, sent as ``?access_token=``
+(api/stream_tokens.py).
 
 A user holds at most their plan's number of streams at once (api/live.py, ``StreamSlots``);
 one more is a 429 ``stream-limit`` with Retry-After. A stream's slot is given back when the
@@ -26,6 +32,7 @@ from typing import Any
 from uuid import UUID
 
 import anyio
+import asyncpg
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -33,23 +40,34 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from api import problems as p
-from api.deps import CurrentUser, ServicesDep, rate_limit
+from api.deps import (
+    CurrentUser,
+    ServicesDep,
+    StreamCaller,
+    rate_limit,
+    stream_rate_limit,
+    stream_tokens,
+)
 from api.failures import public_failure_reason
+from api.job_views import job_view, queue_view
 from api.live import StreamSlot, streams_allowed
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import job_not_found
-from api.services import Services
+from api.schemas import StreamToken
+from api.services import Services, now
 from domain.errors import NotFound
-from domain.jobs import TERMINAL
+from domain.jobs import TERMINAL, JobStatus
 from infra import redis_keys
 
 log = structlog.get_logger("api.events")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+QUEUE_INTERVAL_S = 2.0  # how often an open stream looks at its queued job's place
+
 SSE_EVENT = {
     "type": "object",
     "properties": {
-        "event": {"type": "string", "enum": ["status", "progress", "end"]},
+        "event": {"type": "string", "enum": ["status", "queue", "progress", "end"]},
         "data": {"type": "string", "description": "a JSON object"},
         "id": {"type": "string", "description": "status events: the store position"},
     },
@@ -63,24 +81,18 @@ SSE_EVENT = {
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "event: status | progress | end; data: JSON",
+            "description": "event: status | queue | progress | end; data: JSON",
             # One event of the stream (OpenAPI 3.1 tools read an event stream's schema so).
             "content": {"text/event-stream": {"schema": SSE_EVENT}},
         },
         **problem_responses(401, 403, 404, 422, 429, 503),
     },
-    dependencies=[Depends(rate_limit("stream"))],
+    dependencies=[Depends(stream_rate_limit)],
 )
 async def job_events(
-    job_id: UUID, request: Request, principal: CurrentUser, svc: ServicesDep
+    job_id: UUID, request: Request, principal: StreamCaller, svc: ServicesDep
 ) -> StreamingResponse:
-    # Ownership from the event store: a job submitted a moment ago is there already.
-    try:
-        job = await svc.command(svc.application.job, job_id)
-    except NotFound:
-        raise job_not_found(job_id) from None
-    if job.user_id != principal.user_id:
-        raise job_not_found(job_id)
+    await _check_owner(svc, principal.user_id, job_id)
     plan = await svc.plan_of(principal.user_id)
     slot = await svc.stream_slots.take(principal.user_id, plan)
     if slot is None:
@@ -94,11 +106,45 @@ async def job_events(
             limit=allowed,
         )
     return _SlotStreamingResponse(
-        _stream(svc, request, job_id, slot),
+        _stream(svc, request, principal.user_id, job_id, slot),
         slot,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.post(
+    "/{job_id}/stream-token",
+    status_code=201,
+    response_model=StreamToken,
+    summary="A short-lived token for this job's event stream (for browsers' EventSource)",
+    description="EventSource cannot send an Authorization header: open "
+    "`GET /v1/jobs/{job_id}/events?access_token=<token>` instead, before `expires_at` "
+    "(5 minutes). The token opens this job's stream only and nothing else; an open stream "
+    "runs on after it expires, a reconnection needs a new one.",
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
+    dependencies=[Depends(rate_limit("command"))],
+)
+async def create_stream_token(
+    job_id: UUID, request: Request, principal: CurrentUser, svc: ServicesDep
+) -> StreamToken:
+    await _check_owner(svc, principal.user_id, job_id)
+    token, expires_at = await stream_tokens(request, svc).issue(principal.user_id, job_id, now())
+    return StreamToken(
+        token=token,
+        expires_at=expires_at,
+        url=f"/v1/jobs/{job_id}/events?access_token={token}",
+    )
+
+
+async def _check_owner(svc: Services, user_id: str, job_id: UUID) -> None:
+    """Ownership from the event store: a job submitted a moment ago is there already."""
+    try:
+        job = await svc.command(svc.application.job, job_id)
+    except NotFound:
+        raise job_not_found(job_id) from None
+    if job.user_id != user_id:
+        raise job_not_found(job_id)
 
 
 class _SlotStreamingResponse(StreamingResponse):
@@ -136,7 +182,7 @@ def _json_default(value: Any) -> Any:
 
 
 async def _stream(
-    svc: Services, request: Request, job_id: UUID, slot: StreamSlot
+    svc: Services, request: Request, user_id: str, job_id: UUID, slot: StreamSlot
 ) -> AsyncIterator[str]:
     settings = svc.settings
     prefix = settings.redis_key_prefix
@@ -148,6 +194,7 @@ async def _stream(
         _progress(svc, job_id, inbox),
     ):
         forward = asyncio.create_task(_forward(statuses, inbox))
+        queue = asyncio.create_task(_queue_changes(svc, job_id, inbox))
         try:
             with contextlib.suppress(RedisError, OSError):
                 last = await svc.redis.get(redis_keys.last_progress(prefix, job_id))
@@ -163,19 +210,42 @@ async def _stream(
                     continue
                 if kind == "status":
                     row = _status_payload(data)
+                    if row["status"] == JobStatus.COMPLETED.value:
+                        view = await job_view(svc, user_id, job_id, cached=False)
+                        row["images"] = [] if view is None else view["images"]
                     yield _sse("status", row, row["position"])
                     if row["status"] in TERMINAL:
                         yield _sse("end", {"job_id": str(job_id), "status": row["status"]})
                         return
+                elif kind == "queue":
+                    yield _sse("queue", {"job_id": str(job_id), "queue": data})
                 else:
                     yield _sse("progress", data)
         finally:
             forward.cancel()
+            queue.cancel()
 
 
 async def _forward(statuses: asyncio.Queue[dict[str, Any]], inbox: asyncio.Queue[Any]) -> None:
     while True:
         inbox.put_nowait(("status", await statuses.get()))
+
+
+async def _queue_changes(svc: Services, job_id: UUID, inbox: asyncio.Queue[Any]) -> None:
+    """Put the job's queue place in ``inbox`` when it changes, checking every
+    QUEUE_INTERVAL_S for as long as the stream runs (the stream's deadline bounds it)."""
+    last: Any = None
+    while True:
+        try:
+            place = await queue_view(svc, job_id)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as e:
+            log.warning("queue place not read", job_id=str(job_id), error=repr(e))
+        else:
+            current = None if place is None else place.model_dump(mode="json")
+            if current != last:
+                inbox.put_nowait(("queue", current))
+                last = current
+        await asyncio.sleep(QUEUE_INTERVAL_S)
 
 
 def _status_payload(row: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Path, Response, status
 
 from api import problems as p
 from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
-from api.image_urls import expiry
+from api.image_urls import signed_urls
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import ImageView, Page
@@ -32,12 +32,7 @@ ERRORS = (401, 403, 429, 503)
 
 def _view(svc: Services, image: rm.Image) -> ImageView:
     # Signed for CloudFront, or presigned for S3 without a CDN: local either way (no request).
-    expires_at = expiry(now())
-    signed = {
-        "url": svc.image_urls.sign(image.key, expires_at),
-        "thumbnail_url": svc.image_urls.sign(image.thumbnail_key, expires_at),
-        "urls_expire_at": expires_at,
-    }
+    signed = signed_urls(svc.image_urls, image.key, image.thumbnail_key, now())
     return ImageView.model_validate(asdict(image) | signed)
 
 

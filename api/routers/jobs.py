@@ -18,13 +18,14 @@ from api.deps import (
     consistent,
     rate_limit,
 )
+from api.job_views import job_view
 from api.problems import ProblemError, problem_responses
 from api.routers.webhook_endpoints import check_webhook_url
 from api.schemas import CancelAccepted, JobAccepted, JobQuote, JobRequest, JobView, Page
 from api.services import Services, now
 from domain.commands.admission import Assessment, quote
 from domain.errors import NotFound
-from domain.jobs import TERMINAL, JobStatus
+from domain.jobs import JobStatus
 from infra import redis_keys
 from read_models import queries
 
@@ -169,6 +170,9 @@ async def list_jobs(
     "/{job_id}",
     response_model=JobView,
     summary="One of your jobs",
+    description="Queued (accepted): `queue` has its place in its tier's queue and an ETA with "
+    "its basis. Completed: each image has signed `url` and `thumbnail_url`, fresh on every "
+    "read (lists leave them null).",
     responses=problem_responses(*AUTH_ERRORS, 404, 422),
     dependencies=[Depends(rate_limit("query"))],
 )
@@ -178,19 +182,9 @@ async def get_job(
     svc: ServicesDep,
     min_position: Annotated[int | None, Depends(consistent("jobs"))],
 ) -> Any:
-    key = str(job_id)
-    if min_position is None:
-        cached = await svc.job_cache.get(key)
-        if cached is not None and cached.get("user_id") == principal.user_id:
-            return cached["view"]
-    job = await queries.get_job(svc.pool, principal.user_id, job_id)
-    if job is None:
+    view = await job_view(svc, principal.user_id, job_id, cached=min_position is None)
+    if view is None:
         raise job_not_found(job_id)
-    view = JobView.model_validate(job)
-    if job.status in TERMINAL:
-        dumped = view.model_dump(mode="json")
-        await svc.job_cache.set(key, {"user_id": principal.user_id, "view": dumped})
-        return dumped
     return view
 
 

@@ -89,9 +89,14 @@ def test_a_job_view_is_flat_with_the_seed_it_runs_with() -> None:
             "size_bytes": 10,
             "width": 64,
             "height": 64,
+            # Signed only by GET /v1/jobs/{id} (api/job_views.py), fresh on each read.
+            "url": None,
+            "thumbnail_url": None,
+            "urls_expire_at": None,
             "href": f"/v1/images/{row.job_id}-0",
         }
     ]
+    assert body["queue"] is None  # set only for a queued job's own view
     assert "parameters" not in body
     assert JobView.model_validate(body) == view  # the job cache's JSON reads back the same
 

@@ -1,0 +1,77 @@
+"""A job's view as GET /v1/jobs/{id} and the event stream answer it: the read-model row, plus
+what changes without the job changing: its place in its tier's queue (read_models/queue.py)
+and, once completed, its images' signed URLs, fresh on every read (api/image_urls.py).
+
+A finished job's row never changes again, so its view is cached (``job_cache``) without URLs
+(they expire), together with its images' keys, and signed again on each read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from api.image_urls import signed_urls
+from api.schemas import JobView, QueueBasis, QueueView
+from api.services import Services, now
+from domain.jobs import TERMINAL, JobStatus
+from read_models import queries
+from read_models.queue import QueuePlace, queue_places
+
+
+async def job_view(svc: Services, user_id: str, job_id: UUID, *, cached: bool) -> Any | None:
+    """The JSON of the user's job ``job_id`` (None: no such job of theirs). ``cached``: a
+    finished job may come from the cache (not when the caller waits for a position)."""
+    key = str(job_id)
+    if cached:
+        hit = await svc.job_cache.get(key)
+        if hit is not None and hit.get("user_id") == user_id and "image_keys" in hit:
+            return with_urls(svc, hit["view"], hit["image_keys"])
+    job = await queries.get_job(svc.pool, user_id, job_id)
+    if job is None:
+        return None
+    view = JobView.model_validate(job)
+    image_keys = {i.name: [i.key, i.thumbnail_key] for i in job.images}
+    if job.status in TERMINAL:
+        dumped = view.model_dump(mode="json")
+        entry = {"user_id": user_id, "view": dumped, "image_keys": image_keys}
+        await svc.job_cache.set(key, entry)
+        return with_urls(svc, dumped, image_keys)
+    if job.status == JobStatus.ACCEPTED.value:
+        view.queue = await queue_view(svc, job_id)
+    return view.model_dump(mode="json")
+
+
+def with_urls(svc: Services, view: dict[str, Any], image_keys: dict[str, list[str]]) -> Any:
+    """``view`` with each image's URLs signed now."""
+    at = now()
+    images = []
+    for image in view["images"]:  # a job's batch: at most its batch size
+        keys = image_keys.get(image["name"])
+        if keys is not None:
+            image = {**image, **signed_urls(svc.image_urls, keys[0], keys[1], at)}
+        images.append(image)
+    return JobView.model_validate({**view, "images": images}).model_dump(mode="json")
+
+
+async def queue_view(svc: Services, job_id: UUID) -> QueueView | None:
+    """The job's place in its tier's queue now; None when it is not queued."""
+    place = (await queue_places(svc.pool, [job_id], now())).get(job_id)
+    return None if place is None else _queue(place)
+
+
+def _queue(place: QueuePlace) -> QueueView:
+    service = place.service
+    return QueueView(
+        position=place.position,
+        start_in_ms=place.start_in_ms,
+        done_in_ms=place.done_in_ms,
+        basis=QueueBasis(
+            tier=service.tier,
+            jobs_ahead=place.jobs_ahead,
+            in_service=place.in_service,
+            sampled_jobs=service.sampled_jobs,
+            mean_run_ms=service.mean_run_ms,
+            workers=service.workers,
+        ),
+    )
