@@ -233,10 +233,20 @@ def _warm_up(model: LoadedPipeline) -> None:
     which is never billed, not to the first user's job."""
     import torch
 
+    inputs: dict[str, Any] = {}
+    if model.inpainting:  # an inpainting pipeline runs only on an image and its mask
+        from PIL import Image
+
+        inputs = {"image": Image.new("RGB", (64, 64)), "mask_image": Image.new("L", (64, 64), 255)}
     try:
         with torch.inference_mode():
             model.pipeline(
-                prompt="warm-up", num_inference_steps=1, width=64, height=64, output_type="pil"
+                prompt="warm-up",
+                num_inference_steps=1,
+                width=64,
+                height=64,
+                output_type="pil",
+                **inputs,
             )
     except Exception:
         logging.getLogger(__name__).warning("warm-up of %s failed", model.key, exc_info=True)

@@ -3,7 +3,8 @@
 A model key resolves to a local folder in diffusers' ``save_pretrained`` layout, found in this
 order:
 
-1. ``tiny-sd``: the random-weight tiny pipeline, built on first use into the cache folder.
+1. ``tiny-sd`` and ``tiny-sd-inpaint``: the random-weight tiny pipelines, built on first use
+   into the cache folder.
 2. ``<models_dir>/<key>``: the shared model folder (EFS on AWS, mounted read-only).
 3. ``s3://<models_bucket>/<models_prefix><key>/``: downloaded once into ``<cache_dir>/<key>``.
    ``upload_model`` writes a manifest (path, size, sha256 per file) after the files; a
@@ -11,7 +12,9 @@ order:
    corrupt or half-finished copy is never loaded.
 
 Every model loads the same way, tiny or real: ``AutoPipelineForText2Image.from_pretrained``
-on the local folder, offline.
+on the local folder, offline (an inpainting model, whose folder says so in its
+``model_index.json``, with ``AutoPipelineForInpainting``). Image-to-image runs on the loaded
+text-to-image pipeline's own modules (``AutoPipelineForImage2Image.from_pipe``: no second copy).
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded from 
 
 import torch
 
-from gpu_consumer.tiny_model import build_tiny_sd
+from gpu_consumer.tiny_model import build_tiny_sd, build_tiny_sd_inpaint
 
 MANIFEST_NAME = "pinksea-manifest.json"
 TINY_MODEL = "tiny-sd"
+TINY_INPAINT_MODEL = "tiny-sd-inpaint"
+_TINY_BUILDERS = {TINY_MODEL: build_tiny_sd, TINY_INPAINT_MODEL: build_tiny_sd_inpaint}
 _CHUNK = 1 << 20
 
 _LOAD_LOCK = threading.Lock()
@@ -57,6 +62,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "flux-schnell": ModelFamily.FLUX,
     "flux-dev": ModelFamily.FLUX,
     TINY_MODEL: ModelFamily.SD15,
+    TINY_INPAINT_MODEL: ModelFamily.SD15,
 }
 
 
@@ -85,6 +91,7 @@ class LoadedPipeline:
     # may ask for another class, which is built from the same settings).
     scheduler_class: type | None = field(default=None, repr=False)
     scheduler_config: Any = field(default=None, repr=False)
+    inpainting: bool = False  # an inpainting pipeline: its runs need an image and a mask
 
 
 def dtype_for(family: ModelFamily, device: torch.device) -> torch.dtype:
@@ -121,8 +128,8 @@ class ModelRegistry:
     def resolve(self, key: str) -> Path:
         """The local folder holding ``key``'s pipeline, built or downloaded if need be."""
         self.family(key)
-        if key == TINY_MODEL:
-            return build_tiny_sd(self.cache_dir / key)
+        if key in _TINY_BUILDERS:
+            return _TINY_BUILDERS[key](self.cache_dir / key)
         if self.models_dir is not None and (self.models_dir / key / "model_index.json").is_file():
             return self.models_dir / key
         if self.s3_client is not None and self.s3_bucket:
@@ -140,7 +147,7 @@ class ModelRegistry:
     def load(self, key: str, device: torch.device) -> LoadedPipeline:
         """Load ``key`` into host memory in the dtype ``device`` runs it in."""
         import transformers
-        from diffusers import AutoPipelineForText2Image
+        from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
         from diffusers.utils import logging as diffusers_logging
 
         # Log lines, not progress bars, in a worker.
@@ -148,20 +155,28 @@ class ModelRegistry:
         transformers.utils.logging.disable_progress_bar()
         family = self.family(key)
         folder = self.resolve(key)
+        inpainting = is_inpainting(folder)
+        auto = AutoPipelineForInpainting if inpainting else AutoPipelineForText2Image
         # from_pretrained builds modules on the "meta" device by patching torch globally
         # (accelerate), so two loads in one process must not overlap.
         with _LOAD_LOCK, warnings.catch_warnings():
             # Newer diffusers renamed ``torch_dtype`` to ``dtype``; the old name works on all.
             warnings.filterwarnings("ignore", r".*torch_dtype.*deprecated", FutureWarning)
-            pipeline = AutoPipelineForText2Image.from_pretrained(
+            pipeline = auto.from_pretrained(
                 folder, torch_dtype=dtype_for(family, device), local_files_only=True
             )
         pipeline.set_progress_bar_config(disable=True)
         scheduler = pipeline.scheduler
-        return LoadedPipeline(key, family, pipeline, type(scheduler), scheduler.config)
+        return LoadedPipeline(key, family, pipeline, type(scheduler), scheduler.config, inpainting)
 
     def _s3_prefix(self, key: str) -> str:
         return f"{self.s3_prefix}{key}/"
+
+
+def is_inpainting(folder: Path) -> bool:
+    """Whether the folder holds an inpainting pipeline (diffusers names its class there)."""
+    index: dict[str, Any] = json.loads((folder / "model_index.json").read_text())
+    return str(index.get("_class_name", "")).endswith("InpaintPipeline")
 
 
 # ------------------------------------------------------------------------------ S3 models

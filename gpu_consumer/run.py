@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from domain.parameters import SchedulerName
+from gpu_consumer.inputs import InputMissing, RunInputs
 from gpu_consumer.meter import GpuMeter
 from gpu_consumer.model_cache import CacheFull
 from gpu_consumer.outputs import STORAGE_UNAVAILABLE, UploadFailed, is_transient
@@ -70,7 +71,7 @@ def classify(exc: BaseException, phase: Phase) -> Failure:
     """User errors are never retried; platform errors are, until the attempt cap (a job that
     fails every worker the same way ends in the dead-letter topic, its hold voided)."""
     reason = f"{type(exc).__name__}: {exc}"[:500]
-    if isinstance(exc, UnknownModel | InvalidJob):
+    if isinstance(exc, UnknownModel | InvalidJob | InputMissing):
         return Failure("user", False, reason)
     if isinstance(exc, UploadFailed) or (phase == "load" and is_transient(exc)):
         # The job's images (or its model) could not reach or leave S3: not the user's doing,
@@ -191,13 +192,16 @@ def run_dispatch(
     device: torch.device,
     channel: JobChannel,
     abort: threading.Event | None = None,
+    inputs: RunInputs | None = None,
 ) -> RunResult:
-    """Run ``dispatch`` on ``model`` (already on ``device``). Never raises for a job-level
-    problem: the result says what happened and what the run measured."""
+    """Run ``dispatch`` on ``model`` (already on ``device``), with its input images read
+    already (``inputs``: image-to-image and inpainting). Never raises for a job-level problem:
+    the result says what happened and what the run measured."""
     params = dispatch.parameters
     try:
         validate(dispatch, model.family)
         _set_scheduler(model, params.scheduler)
+        pipeline, image_arguments = _pipeline_for(model, dispatch, inputs or RunInputs())
     except Exception as e:
         return RunResult(Outcome.FAILED, failure=classify(e, "run"))
     if channel.cancelled():
@@ -207,6 +211,7 @@ def run_dispatch(
 
     meter = GpuMeter(device)
     steps_done = 0
+    total_steps = params.effective_steps
 
     def on_step_end(
         pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]
@@ -214,9 +219,9 @@ def run_dispatch(
         nonlocal steps_done
         steps_done = index + 1
         # Progress in the job's own steps: some schedulers take more denoising steps than
-        # asked (PNDM one more, Heun about twice as many).
-        progress = round(steps_done * params.steps / pipe.num_timesteps)
-        if channel.step(progress, params.steps):
+        # asked (PNDM one more, Heun about twice as many); img2img skips the first ones.
+        progress = round(steps_done * total_steps / pipe.num_timesteps)
+        if channel.step(progress, total_steps):
             raise _Stop(Outcome.CANCELLED)
         if meter.elapsed_ms() >= dispatch.budget_ms:
             raise _Stop(Outcome.BUDGET_EXHAUSTED)
@@ -240,11 +245,15 @@ def run_dispatch(
     }
     if params.negative_prompt:
         arguments["negative_prompt"] = params.negative_prompt
+    arguments.update(image_arguments)
+    if "image" in image_arguments and not model.inpainting:
+        # Image-to-image makes the init image's size (resized to the job's before the run).
+        del arguments["width"], arguments["height"]
 
     outcome, failure, frames = Outcome.COMPLETED, None, None
     try:
         with meter, torch.inference_mode():
-            frames = model.pipeline(**arguments).images
+            frames = pipeline(**arguments).images
     except _Stop as stop:
         outcome, failure = stop.outcome, stop.failure
     except Exception as e:
@@ -253,6 +262,33 @@ def run_dispatch(
     assert measured is not None  # the meter's __exit__ always measures
     images = to_pil(frames) if frames is not None else []
     return RunResult(outcome, measured.gpu_ms, measured.cuda_ms, images, steps_done, failure)
+
+
+def _pipeline_for(
+    model: LoadedPipeline, dispatch: Dispatch, inputs: RunInputs
+) -> tuple[Any, dict[str, Any]]:
+    """The pipeline that runs the job, and its image arguments. Text-to-image and inpainting
+    run the loaded pipeline; image-to-image runs diffusers' img2img pipeline made from the
+    loaded one's own modules (``from_pipe``: nothing is copied), after the scheduler is set."""
+    params = dispatch.parameters
+    if params.init_image is None:
+        if model.inpainting:
+            raise InvalidJob(f"{params.model} is an inpainting model: it needs an image and a mask")
+        return model.pipeline, {}
+    if inputs.image is None:
+        raise InvalidJob("the job's init image was not read")
+    arguments: dict[str, Any] = {"image": inputs.image, "strength": params.effective_strength}
+    if model.inpainting:
+        if inputs.mask is None:
+            raise InvalidJob(f"{params.model} is an inpainting model: it needs a mask")
+        return model.pipeline, arguments | {"mask_image": inputs.mask}
+    if inputs.mask is not None:
+        raise InvalidJob(f"{params.model} is not an inpainting model: a mask needs one")
+    from diffusers import AutoPipelineForImage2Image
+
+    pipeline = AutoPipelineForImage2Image.from_pipe(model.pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline, arguments
 
 
 def _set_scheduler(model: LoadedPipeline, name: SchedulerName | None) -> None:

@@ -2,7 +2,10 @@
 
 ``build_tiny_sd`` makes the ``tiny-sd`` model that tests and the demo run on CPU in
 milliseconds: the real StableDiffusionPipeline architecture (UNet, VAE with SD's 8x
-downscale, CLIP text encoder, byte-level CLIP tokenizer) at toy widths. ``build_sd15_sized``
+downscale, CLIP text encoder, byte-level CLIP tokenizer) at toy widths; image-to-image runs
+from the same folder. ``build_tiny_sd_inpaint`` makes ``tiny-sd-inpaint``, the same at the
+inpainting pipeline's shape: its UNet takes 9 input channels (the noisy latents, the mask, the
+masked image's latents). ``build_sd15_sized``
 makes a pipeline with SD-1.5's exact shapes (860M-parameter UNet) for timing on a GPU.
 Both are saved with ``save_pretrained`` and loaded back through the model registry exactly
 like a real model.
@@ -29,6 +32,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     PNDMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
@@ -47,6 +51,17 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 def build_tiny_sd(directory: Path | str) -> Path:
     """Build the tiny pipeline into ``directory`` unless it is already there. Returns it."""
     return _build(Path(directory), "tiny-sd", _tiny_components, torch.float32)
+
+
+def build_tiny_sd_inpaint(directory: Path | str) -> Path:
+    """The tiny inpainting pipeline into ``directory`` unless it is already there."""
+    return _build(
+        Path(directory),
+        "tiny-sd-inpaint",
+        _tiny_inpaint_components,
+        torch.float32,
+        pipeline_class=StableDiffusionInpaintPipeline,
+    )
 
 
 def build_sd15_sized(
@@ -69,13 +84,13 @@ def is_built(directory: Path, kind: str, dtype: torch.dtype = torch.float32) -> 
 # ------------------------------------------------------------------------------ components
 
 
-def _tiny_components(tokenizer: CLIPTokenizer) -> dict[str, Any]:
+def _tiny_components(tokenizer: CLIPTokenizer, unet_in_channels: int = 4) -> dict[str, Any]:
     text_encoder = CLIPTextModel(
         _text_config(tokenizer, hidden=32, layers=2, heads=2, intermediate=64, projection=32)
     )
     unet = UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -98,6 +113,11 @@ def _tiny_components(tokenizer: CLIPTokenizer) -> dict[str, Any]:
         sample_size=64,
     )
     return {"text_encoder": text_encoder, "unet": unet, "vae": vae}
+
+
+def _tiny_inpaint_components(tokenizer: CLIPTokenizer) -> dict[str, Any]:
+    # 4 latent channels + 1 mask channel + 4 channels of the masked image's latents.
+    return _tiny_components(tokenizer, unet_in_channels=9)
 
 
 def _sd15_components(tokenizer: CLIPTokenizer) -> dict[str, Any]:
@@ -202,6 +222,8 @@ def _build(
     components: Any,
     dtype: torch.dtype,
     device: torch.device = torch.device("cpu"),
+    *,
+    pipeline_class: type = StableDiffusionPipeline,
 ) -> Path:
     if is_built(directory, kind, dtype):
         return directory
@@ -213,7 +235,7 @@ def _build(
         tokenizer = write_byte_level_vocab(staging / "vocab")
         with _seeded(SEED, device), device:
             parts = components(tokenizer)
-        pipeline: Any = StableDiffusionPipeline(
+        pipeline: Any = pipeline_class(
             **parts,
             tokenizer=tokenizer,
             scheduler=_sd_scheduler(),

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from gpu_consumer import metrics as gpu_metrics
 from gpu_consumer.config import GpuWorkerSettings
+from gpu_consumer.inputs import RunInputs, read_inputs
 from gpu_consumer.model_cache import ModelCache
 from gpu_consumer.outputs import ImageStore, s3_client
 from gpu_consumer.registry import ModelRegistry
@@ -82,6 +83,7 @@ class JobRecord:
     load_ms: int
     upload_ms: int
     total_ms: int  # dispatch received -> Finished acknowledged by Kafka
+    input_ms: int = 0  # reading the init image and mask from S3 (not billed, like loading)
 
     @property
     def overhead_ms(self) -> int:
@@ -266,7 +268,7 @@ class GpuWorker:
         try:
             job = asyncio.create_task(self._execute(dispatch, producer, job_log))
             await self._keep_polling(job, consumer, pending)
-            finished, upload_ms = job.result()
+            finished, upload_ms, input_ms = job.result()
             await self._publish(producer, finished, str(dispatch.job_id))
         finally:
             consumer.resume(*paused)
@@ -284,6 +286,7 @@ class GpuWorker:
             finished.model_load_ms,
             upload_ms,
             total_ms,
+            input_ms,
         )
         self._record(record, finished, job_log)
         gpu_metrics.observe_job(self.tier, dispatch.parameters.model, finished.gpu_ms)
@@ -315,20 +318,25 @@ class GpuWorker:
 
     async def _execute(
         self, dispatch: Dispatch, producer: AIOKafkaProducer, job_log: Any
-    ) -> tuple[Finished, int]:
-        """Everything a dispatch needs, as its ``Finished`` report (and the upload time in
-        ms). Never raises."""
+    ) -> tuple[Finished, int, int]:
+        """Everything a dispatch needs, as its ``Finished`` report (and the upload and input
+        read times in ms). Never raises."""
+        inputs = RunInputs()
         try:
             channel = RedisJobChannel(
                 self.redis, self.settings.redis_key_prefix, dispatch.job_id, dispatch.attempt
             )
             refusal = await self._refusal(dispatch, channel)
             if refusal is not None:
-                return refusal, 0
+                return refusal, 0, 0
             try:
+                # Before the model: a job whose input is gone fails without a load. Not billed.
+                inputs = await asyncio.to_thread(
+                    read_inputs, self.images.client, self.images.bucket, dispatch
+                )
                 lease = await asyncio.to_thread(self.cache.acquire, dispatch.parameters.model)
             except Exception as e:
-                return self._failed(dispatch, classify(e, "load")), 0
+                return self._failed(dispatch, classify(e, "load")), 0, inputs.read_ms
             started = Started(
                 job_id=dispatch.job_id,
                 attempt=dispatch.attempt,
@@ -344,7 +352,7 @@ class GpuWorker:
             )
             try:
                 result = await asyncio.to_thread(
-                    run_dispatch, lease.model, dispatch, self.device, channel, self._abort
+                    run_dispatch, lease.model, dispatch, self.device, channel, self._abort, inputs
                 )
             finally:
                 self.cache.release(dispatch.parameters.model)
@@ -353,11 +361,12 @@ class GpuWorker:
                 evicted = self.cache.evict_idle()
                 job_log.warning("out of memory: idle models dropped", evicted=evicted)
             if result.outcome is not Outcome.COMPLETED:
-                return self._report(dispatch, result, lease.load_ms), 0
-            return await self._upload(dispatch, result, lease.load_ms)
+                return self._report(dispatch, result, lease.load_ms), 0, inputs.read_ms
+            return (*await self._upload(dispatch, result, lease.load_ms), inputs.read_ms)
         except Exception as e:  # a bug or an unforeseen failure: report it, keep serving
             job_log.exception("job crashed")
-            return self._failed(dispatch, Failure("platform", True, f"worker error: {e!r}")), 0
+            failure = Failure("platform", True, f"worker error: {e!r}")
+            return self._failed(dispatch, failure), 0, inputs.read_ms
 
     async def _refusal(self, dispatch: Dispatch, channel: RedisJobChannel) -> Finished | None:
         """A report for a dispatch that must not run, decided before a model is loaded."""
@@ -434,6 +443,7 @@ class GpuWorker:
             cuda_ms=finished.cuda_ms,
             load_ms=record.load_ms,
             upload_ms=record.upload_ms,
+            input_ms=record.input_ms,
             total_ms=record.total_ms,
             fault=finished.fault,
             error=finished.error,
