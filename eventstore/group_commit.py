@@ -118,6 +118,13 @@ class GroupCommitter:
         self._previous_batch_size = 1
         self.batch_sizes: list[int] = []  # the last batches' sizes, for tests and the bench
         self.batch_sizes_kept = 10_000
+        self.idle_exit_s = IDLE_EXIT_S
+
+    @property
+    def running(self) -> bool:
+        """Whether the committer thread is up (it ends when idle, and the next save starts it)."""
+        with self._lock:
+            return self._thread is not None
 
     @property
     def queued(self) -> int:
@@ -127,11 +134,13 @@ class GroupCommitter:
     def insert(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         """Record one save in the next batch; its notification ids once the batch committed."""
         save = _Save(stored_events, kwargs)
+        try:
+            self._queue.put(save, timeout=QUEUE_PUT_TIMEOUT_S)
+        except queue.Full:
+            raise OperationalError("the group commit queue stayed full") from None
+        # After the put: a committer that found the queue empty and ended has cleared _thread
+        # under this lock, so this save starts the next one.
         with self._lock:
-            try:
-                self._queue.put(save, timeout=QUEUE_PUT_TIMEOUT_S)
-            except queue.Full:
-                raise OperationalError("the group commit queue stayed full") from None
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="pinksea-group-commit", daemon=True
@@ -148,9 +157,9 @@ class GroupCommitter:
     def _run(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=IDLE_EXIT_S)
+                first = self._queue.get(timeout=self.idle_exit_s)
             except queue.Empty:
-                with self._lock:  # a save is put under the same lock: none is left behind
+                with self._lock:  # a save put after this check starts a new committer
                     if self._queue.empty():
                         self._thread = None
                         return

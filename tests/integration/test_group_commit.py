@@ -288,3 +288,14 @@ def test_a_batch_takes_the_table_lock_that_orders_notification_ids(
         assert not save.done()
         inserter.rollback()
         assert save.result()
+
+
+def test_an_idle_committer_ends_and_the_next_save_starts_another(
+    app: PinkseaApplication,
+) -> None:
+    committer = _committer(app)
+    committer.idle_exit_s = 0.05
+    (first,) = app.recorder.insert_events(_events()) or []
+    _wait_until(lambda: not committer.running)
+    (second,) = app.recorder.insert_events(_events()) or []  # a new committer ran it
+    assert second > first
