@@ -1,4 +1,5 @@
-"""Credits granted, consumed and expired per day, and GPU-seconds per tier, from the store."""
+"""Credits granted, consumed and expired per day, GPU-seconds per tier, and how tight the holds
+were per tier (charged / hold, and the runs stopped at their budget), from the store."""
 
 from __future__ import annotations
 
@@ -20,12 +21,56 @@ class DayFigures:
     gpu_ms_by_tier: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
+@dataclass
+class TierHolds:
+    """The holds of one tier settled in the report's window."""
+
+    tightness: list[float] = field(default_factory=list)  # charged / hold, per settled hold
+    stopped_at_budget: int = 0  # billed GPU time reached the hold's budget
+
+    @property
+    def settled(self) -> int:
+        return len(self.tightness)
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.tightness)
+        assert ordered, "no settled holds"
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def stopped_rate(self) -> float:
+        return self.stopped_at_budget / self.settled if self.settled else 0.0
+
+
+@dataclass
+class HoldReport:
+    tiers: dict[str, TierHolds] = field(default_factory=lambda: defaultdict(TierHolds))
+    # Every hold's amount as reserved (CreditsReserved), also before the window: a hold placed
+    # before it may settle inside it.
+    held_mc: dict[str, int] = field(default_factory=dict)
+
+    def settled(self, ev: CreditAccount.HoldSettled) -> None:
+        held = self.held_mc.pop(ev.hold_id, 0)
+        if held <= 0:
+            return  # reserved before the events read (a partial stream): no ratio to take
+        budget_ms = held // ev.rate_mc_per_ms
+        tier = self.tiers[ev.tier or "unknown"]
+        tier.tightness.append(ev.charged_mc / held)
+        tier.stopped_at_budget += ev.gpu_ms >= budget_ms
+
+
 async def daily_report(
-    events: AsyncIterable[StoredDomainEvent], start: datetime | None, end: datetime | None
+    events: AsyncIterable[StoredDomainEvent],
+    start: datetime | None,
+    end: datetime | None,
+    holds: HoldReport | None = None,
 ) -> dict[date, DayFigures]:
+    """The figures per day; ``holds``, when given, is filled with the window's settled holds."""
     days: dict[date, DayFigures] = defaultdict(DayFigures)
     async for stored in events:
         ev = stored.event
+        if holds is not None and isinstance(ev, CreditAccount.CreditsReserved):
+            holds.held_mc[ev.hold_id] = ev.amount_mc
         if (start is not None and ev.timestamp < start) or (
             end is not None and ev.timestamp >= end
         ):
@@ -36,10 +81,14 @@ async def daily_report(
         ):
             day.granted_mc += ev.amount_mc
         elif isinstance(ev, CreditAccount.HoldSettled):
+            if holds is not None:
+                holds.settled(ev)
             day.consumed_mc += ev.charged_mc
             day.expired_mc += sum(p["expired_mc"] for p in ev.parts)
             day.gpu_ms_by_tier[ev.tier or "unknown"] += ev.gpu_ms
         elif isinstance(ev, CreditAccount.HoldReleased):
+            if holds is not None:
+                holds.held_mc.pop(ev.hold_id, None)
             day.expired_mc += sum(p["expired_mc"] for p in ev.parts)
         elif isinstance(ev, CreditAccount.LotExpired):
             day.expired_mc += ev.expired_mc

@@ -214,8 +214,9 @@ def report(
     plot: Path = typer.Option(None, "--plot", help="Also draw the figures into this PNG."),
     database_url: str | None = DatabaseUrl,
 ) -> None:
-    """Credits granted / consumed / expired per day, and GPU-seconds per tier."""
-    from audit.report import daily_report, plot_report
+    """Credits granted / consumed / expired per day, GPU-seconds per tier, and hold tightness
+    per tier (charged / hold p50 and p95, runs stopped at their budget)."""
+    from audit.report import HoldReport, daily_report, plot_report
 
     async def main() -> None:
         conn = await _connect(database_url)
@@ -223,7 +224,8 @@ def report(
             events = _with_progress(
                 conn, stream_events(conn, topics=(ACCOUNT_EVENTS,)), (ACCOUNT_EVENTS,)
             )
-            days = await daily_report(events, _when(start), _when(end))
+            holds = HoldReport()
+            days = await daily_report(events, _when(start), _when(end), holds)
         finally:
             await conn.close()
         tiers = sorted({t for d in days.values() for t in d.gpu_ms_by_tier})
@@ -239,6 +241,18 @@ def report(
                 *(format_credits(f.gpu_ms_by_tier.get(t, 0)) for t in tiers),
             )
         Console().print(table)
+        tightness = Table(title="hold tightness per tier (charged / hold of settled holds)")
+        for col in ("tier", "settled", "p50", "p95", "stopped at budget"):
+            tightness.add_column(col, justify="right")
+        for tier, h in sorted(holds.tiers.items()):
+            tightness.add_row(
+                tier,
+                str(h.settled),
+                f"{h.quantile(0.5):.2f}",
+                f"{h.quantile(0.95):.2f}",
+                f"{h.stopped_at_budget} ({h.stopped_rate:.1%})",
+            )
+        Console().print(tightness)
         if plot is not None:
             plot_report(days, plot)
             console.print(f"chart written to {plot}")

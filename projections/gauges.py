@@ -8,6 +8,10 @@ this module, so no other process exports these names.
   (enterprise) prices are not in the event store, so they add nothing; their count is in
   ``pinksea_subscriptions{plan="enterprise",status="active"}``.
 - ``pinksea_subscriptions{plan,status}``: subscriptions by plan and status.
+- ``pinksea_hold_tightness{tier,quantile}``: charged / hold of the jobs billed in the last 7
+  days (``read_models/gpu_rates.py``), quantile ``0.5`` and ``0.95``: near 1 the holds are
+  tight (jobs run into their budgets), far below it they reserve credit jobs never use.
+- ``pinksea_stopped_at_budget_ratio{tier}``: the share of those jobs stopped at their budget.
 - ``pinksea_consumer_lag{group,topic}``: end offset minus committed offset of every
   ``pinksea.*`` consumer group, measured from outside the consumers exactly as the
   ``pinksea lag-metric`` publisher measures it for CloudWatch (the same functions), so a
@@ -29,6 +33,7 @@ from prometheus_client import Counter, Gauge
 
 from infra.errors import OPERATIONAL_ERRORS
 from infra.settings import Settings
+from read_models.gpu_rates import hold_tightness
 
 if TYPE_CHECKING:
     from infra.aws_lag_metric import KafkaConnection
@@ -48,6 +53,16 @@ CONSUMER_LAG = Gauge(
     "pinksea_consumer_lag",
     "Events of a topic not yet committed by a consumer group (end - committed offset)",
     ["group", "topic"],
+)
+HOLD_TIGHTNESS = Gauge(
+    "pinksea_hold_tightness",
+    "Charged / hold of the jobs billed in the last 7 days, at a quantile",
+    ["tier", "quantile"],
+)
+STOPPED_AT_BUDGET = Gauge(
+    "pinksea_stopped_at_budget_ratio",
+    "Share of the jobs billed in the last 7 days that were stopped at their hold's budget",
+    ["tier"],
 )
 REFRESH_FAILURES = Counter(
     "pinksea_metrics_refresh_failures_total",
@@ -90,6 +105,13 @@ async def refresh_read_model_gauges(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         active = await conn.fetchrow(_ACTIVE_USERS, timeout=QUERY_TIMEOUT_S)
         rows = await conn.fetch(_SUBSCRIPTIONS, timeout=QUERY_TIMEOUT_S)
+        tightness = await hold_tightness(conn)
+    set_labelled(
+        HOLD_TIGHTNESS,
+        {(t.tier, q): v for t in tightness for q, v in (("0.5", t.p50), ("0.95", t.p95))},
+        missing=None,
+    )
+    set_labelled(STOPPED_AT_BUDGET, {(t.tier,): t.stopped_rate for t in tightness}, missing=None)
     for name in WINDOWS:
         ACTIVE_USERS.labels(name).set(active[name] if active else 0)
     set_labelled(

@@ -6,6 +6,7 @@ in few pipelined round trips (rebuild)."""
 from __future__ import annotations
 
 from projections.batching import StatementProjection
+from projections.hold_outcomes import HoldOutcomesProjection
 from projections.jobs import JobsProjection
 from projections.ledger import LedgerProjection
 from projections.subscriptions import SubscriptionsProjection
@@ -16,6 +17,7 @@ ALL_PROJECTIONS: tuple[StatementProjection, ...] = (
     JobsProjection(),
     SubscriptionsProjection(),
     UploadsProjection(),
+    HoldOutcomesProjection(),
 )
 
 
