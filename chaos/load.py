@@ -66,8 +66,17 @@ class ServiceClient:
         self.result = result
 
     async def request(
-        self, method: str, path: str, *, label: str, ok: set[int], **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        label: str,
+        ok: set[int],
+        refused: Callable[[httpx.Response], bool] = lambda r: False,
+        **kwargs: Any,
     ) -> httpx.Response | None:
+        """``refused``: a final answer that is documented for this request (counted with the
+        429s the client gave up on), not unexpected."""
         deadline = time.monotonic() + RETRY_FOR_S
         delay = 0.2
         while True:
@@ -80,6 +89,9 @@ class ServiceClient:
             self.result.answers[f"{label} {status}"] += 1
             if r is not None and r.status_code in ok:
                 return r
+            if r is not None and r.status_code not in RETRYABLE and refused(r):
+                self.result.refused[f"{label} {r.status_code}"] += 1
+                return None
             if r is not None and r.status_code not in RETRYABLE:
                 self.result.unexpected.append(f"{label}: {r.status_code} {r.text[:200]}")
                 return None
@@ -242,15 +254,26 @@ class LoadGenerator:
     def _grant_action(self, n: int, user: str, credits: int, expires_in: float | None) -> Action:
         async def grant() -> None:
             body: dict[str, Any] = {"user_id": user, "credits": credits, "reason": "chaos grant"}
+            valid_until = None
             if expires_in is not None:
-                body["valid_until"] = (
-                    datetime.now(UTC) + timedelta(seconds=expires_in)
-                ).isoformat()
+                valid_until = datetime.now(UTC) + timedelta(seconds=expires_in)
+                body["valid_until"] = valid_until.isoformat()
+
+            def expired_meanwhile(r: httpx.Response) -> bool:
+                # Retried through outages past its own expiry (5-30 s, the retries go on for
+                # 180 s): the API rightly refuses a lot that would be born expired.
+                return (
+                    r.status_code == 422
+                    and valid_until is not None
+                    and datetime.now(UTC) >= valid_until
+                )
+
             r = await self.client.request(
                 "POST",
                 "/v1/admin/grants",
                 label="POST /v1/admin/grants",
                 ok={200, 201},
+                refused=expired_meanwhile,
                 json=body,
                 headers={
                     "Authorization": f"Bearer {self.admin}",

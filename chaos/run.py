@@ -175,7 +175,10 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         ("credit grants", s["grants"]),
         ("Stripe webhook deliveries (each twice)", s["webhook_deliveries"]),
         ("client retries (same Idempotency-Key)", s["retries"]),
-        ("still 429 when the client gave up", sum(s["refused_after_retries"].values())),
+        (
+            "refused as documented (429 at give-up, grant expired while retried)",
+            sum(s["refused_after_retries"].values()),
+        ),
         ("events in the store", s["events"]),
         ("quiescent", f"{s['quiescent']} after {s['quiescence_s']}s"),
         ("verify findings", len(s["verify_findings"])),
