@@ -55,10 +55,22 @@ def plan_faults(
             faults.append(Fault(0, kind, target, round(down, 1)))
     offsets = sorted(rng.uniform(start_s, window_s) for _ in faults)
     rng.shuffle(faults)
-    return [
+    planned = [
         Fault(round(at, 1), f.kind, f.target, f.duration_s)
         for at, f in zip(offsets, faults, strict=True)
     ]
+    # S3's kill -9 in the window's second half, so that images stored before it exist and the
+    # verdict shows they survived it (chaos/images.py); the order stays by offset.
+    late_s = max(start_s, window_s / 2)
+    return sorted(
+        (
+            Fault(round(rng.uniform(late_s, window_s), 1), f.kind, f.target, f.duration_s)
+            if f.kind == "restart_s3" and f.at_s < late_s
+            else f
+            for f in planned
+        ),
+        key=lambda f: f.at_s,
+    )
 
 
 @dataclass
