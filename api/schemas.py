@@ -27,10 +27,15 @@ from pydantic import (
 )
 
 from api.failures import public_failure_reason
-from domain.catalog import MODELS
+from domain.catalog import MODELS, ModelFamily
+from domain.job_events import JobStatus
 from domain.job_webhooks import JobSubmission
-from domain.parameters import NO_NUL
-from domain.plans import PLANS, ModelAccess
+from domain.jobs import Fault, RejectionReason
+from domain.ledger_changes import LineKind
+from domain.lots import LotSource
+from domain.parameters import NO_NUL, SchedulerName
+from domain.plans import PLANS, GpuTier, ModelAccess, PlanType
+from domain.subscription_events import SubscriptionStatus
 from domain.units import MC_PER_CREDIT, format_credits
 
 T = TypeVar("T")
@@ -39,7 +44,6 @@ Credits = str  # "12.345"
 PlanSlug = Literal["starter", "pro", "studio", "enterprise", "tester", "trial"]
 # Spelled out for the type checker; it must stay the domain's own set.
 assert set(get_args(PlanSlug)) == set(PLANS)
-TierName = Literal["basic", "high_performance", "dedicated"]
 
 
 USER_ID = r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$"  # as api/auth.py accepts in tokens
@@ -83,7 +87,7 @@ class JobRequest(JobSubmission):
 
 class JobAccepted(View):
     job_id: UUID
-    status: str
+    status: JobStatus
     hold_mc: int
     hold_credits: ClassVar[Credits] = credits_of("hold_mc")
     budget_ms: int = Field(description="GPU time the hold pays for; the run stops there")
@@ -93,7 +97,7 @@ class JobAccepted(View):
 
 class CancelAccepted(BaseModel):
     job_id: UUID
-    status: str
+    status: JobStatus
     cancel_requested: bool = Field(description="a running job stops within one step")
     position: int
 
@@ -120,7 +124,7 @@ class JobImage(View):
 class QueueBasis(BaseModel):
     """What the ETA is computed from (read_models/queue.py)."""
 
-    tier: TierName
+    tier: GpuTier
     jobs_ahead: int = Field(description="queued jobs of the tier that arrived before this one")
     in_service: int = Field(description="jobs of the tier dispatched or running now")
     sampled_jobs: int = Field(description="recent completed jobs of the tier measured (max 50)")
@@ -155,9 +159,9 @@ def _parameter(name: str) -> Any:
 
 class JobView(View):
     job_id: UUID
-    status: str
+    status: JobStatus
     model: str = _parameter("model")
-    tier: str
+    tier: GpuTier
     prompt: str = _parameter("prompt")
     negative_prompt: str = _parameter("negative_prompt")
     steps: int = _parameter("steps")
@@ -166,7 +170,7 @@ class JobView(View):
     batch_size: int = _parameter("batch_size")
     seed: int = Field(description="the seed the job runs with (the requested one, or derived)")
     guidance_scale: float | None = _parameter("guidance_scale")
-    scheduler: str | None = _parameter("scheduler")
+    scheduler: SchedulerName | None = _parameter("scheduler")
     attempt: int
     cancel_requested: bool
     hold_mc: int
@@ -181,12 +185,12 @@ class JobView(View):
     refunded_credits: ClassVar[Credits] = credits_of("refunded_mc")
     image_count: int
     images: list[JobImage]
-    rejection_reason: str | None
+    rejection_reason: RejectionReason | None
     rejection_detail: str | None
     failure_reason: str | None = Field(
         description="what went wrong, for the job's owner (one sentence per kind of failure)"
     )
-    failure_fault: str | None
+    failure_fault: Fault | None
     submitted_at: datetime
     accepted_at: datetime | None
     started_at: datetime | None
@@ -224,7 +228,7 @@ class ImageView(View):
 
 class LotView(View):
     lot_id: str
-    source: str
+    source: LotSource
     amount_mc: int
     amount_credits: ClassVar[Credits] = credits_of("amount_mc")
     remaining_mc: int
@@ -272,7 +276,7 @@ class LedgerLine(View):
     event_id: str
     position: int
     occurred_at: datetime
-    kind: str
+    kind: LineKind
     job_id: str | None
     lot_id: str | None
     amount_mc: int = Field(description="change of the available balance")
@@ -320,17 +324,17 @@ def _usd(amount: Decimal | str | None) -> str | None:
 
 class PlanView(View):
     # Read from a domain Plan (the one whose terms apply to you) or a row of the plan table.
-    slug: str
-    type: str
+    slug: PlanSlug
+    type: PlanType
     usd_per_month: Annotated[str | None, BeforeValidator(_usd)] = Field(
         description="null: negotiated"
     )
     credits_per_month: int | None
-    tier: str
+    tier: GpuTier
     concurrent_jobs: int
     max_open_jobs: int
     storage_gb: int
-    model_access: str
+    model_access: ModelAccess
     third_party_api: bool
     lora_training: bool
     collaboration: bool
@@ -350,8 +354,8 @@ class PlanView(View):
 
 
 class SubscriptionView(View):
-    plan: str = Field(validation_alias=AliasChoices("plan_slug", "plan"))  # aggregate, row
-    status: str
+    plan: PlanSlug = Field(validation_alias=AliasChoices("plan_slug", "plan"))  # aggregate, row
+    status: SubscriptionStatus
     period_start: datetime
     period_end: datetime
     cancel_at: datetime | None
@@ -389,8 +393,8 @@ class MeUpdate(Strict):
 
 class UserSummaryView(View):
     user_id: str
-    plan: str
-    subscription_status: str
+    plan: PlanSlug
+    subscription_status: SubscriptionStatus
     created_at: datetime
 
 
@@ -481,7 +485,7 @@ class RefundResult(BaseModel):
 
 class CustomTermsBody(Strict):
     credits_per_month: int = Field(gt=0, le=10**9)
-    tier: TierName
+    tier: GpuTier
     concurrent_jobs: int = Field(gt=0, le=10_000)
     storage_gb: int = Field(ge=0, le=10**6)
 
@@ -538,11 +542,11 @@ class ModelDefaults(BaseModel):
     height: int
     batch_size: int
     guidance_scale: float
-    scheduler: str | None = Field(description="null: the model's own scheduler")
+    scheduler: SchedulerName | None = Field(description="null: the model's own scheduler")
 
 
 class TierCost(BaseModel):
-    tier: TierName
+    tier: GpuTier
     estimate_ms: int = Field(description="expected GPU time of the default parameters")
     hold_mc: int = Field(description="held at submission, and the most such a job can cost")
     hold_credits: ClassVar[Credits] = credits_of("hold_mc")
@@ -550,22 +554,24 @@ class TierCost(BaseModel):
 
 class ModelView(BaseModel):
     key: str
-    family: str
-    access: str = Field(description="the plan model access this model needs")
+    family: ModelFamily
+    access: ModelAccess = Field(description="the plan model access this model needs")
     sizes: SizeRangeView
     steps: StepRange
     defaults: ModelDefaults
-    schedulers: list[str]
+    schedulers: list[SchedulerName]
     costs: list[TierCost] = Field(description="the default parameters' cost on every tier")
-    your_tier: TierName = Field(description="the tier your plan runs on")
+    your_tier: GpuTier = Field(description="the tier your plan runs on")
     allowed: bool = Field(description="whether your plan may run this model")
-    reason: str | None = Field(description="why not (a submission's rejection reason); null")
+    reason: RejectionReason | None = Field(
+        description="why not (a submission's rejection reason); null"
+    )
     detail: str | None = Field(description="the sentence a submission would answer; null")
 
 
 class JobQuote(BaseModel):
     model: str
-    tier: TierName = Field(description="the tier your plan runs the job on")
+    tier: GpuTier = Field(description="the tier your plan runs the job on")
     estimate_ms: int = Field(description="expected GPU time")
     hold_mc: int = Field(description="what a submission holds now")
     hold_credits: ClassVar[Credits] = credits_of("hold_mc")
@@ -580,7 +586,7 @@ class JobQuote(BaseModel):
     available_credits: ClassVar[Credits] = credits_of("available_mc")
     affordable: bool = Field(description="the available balance covers the hold")
     allowed: bool = Field(description="a submission of this body now would be accepted")
-    reason: str | None = Field(
+    reason: RejectionReason | None = Field(
         description="the rejection reason a submission would give "
         "(insufficient_credits, model_not_in_plan, queue_limit, storage_quota, "
         "payment_failed); null when allowed"

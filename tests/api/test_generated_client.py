@@ -105,7 +105,8 @@ async def test_submit_poll_image_ledger_through_the_generated_client(
     )
     assert polled.status_code == 200, polled.content
     view = polled.parsed
-    assert view.status == models.JobStatus.COMPLETED  # an enum in the contract, not a str
+    assert view.status is models.JobStatus.COMPLETED  # an enum in the contract, not a str
+    assert isinstance(view.tier, models.GpuTier)
     assert view.charged_mc == 700 and [i.name for i in view.images] == [name]
 
     get_image = _operation(generated, "images", "images.get_image")
