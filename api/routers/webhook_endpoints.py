@@ -17,10 +17,10 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Response, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from api import problems as p
 from api.deps import CurrentUser, IdempotencyKey, Paging, ServicesDep, rate_limit
@@ -28,7 +28,7 @@ from api.problems import ProblemError, problem_responses
 from api.schemas import Page, Strict, View
 from api.services import Services, now
 from domain.ids import PINKSEA_NAMESPACE, account_id
-from domain.job_webhooks import WEBHOOK_EVENTS, WebhookUrl
+from domain.job_webhooks import WEBHOOK_EVENTS, WebhookEventType, WebhookUrl
 from read_models import webhooks as q
 from read_models.queries import InvalidCursor
 from workflows.webhooks.urls import UnsafeWebhookUrl, resolve
@@ -43,43 +43,38 @@ EndpointId = Annotated[str, Path(pattern=r"^we_[0-9a-f]{32}$")]
 DeliveryId = Annotated[str, Path(pattern=r"^whd_[0-9a-f]{32}$")]
 
 
-def _events(value: list[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    unknown = sorted(set(value) - {*WEBHOOK_EVENTS, "*"})
-    if unknown:
-        raise ValueError(f"unknown events {unknown}; choose from {[*WEBHOOK_EVENTS, '*']}")
-    return sorted(set(value))
+# An event type, or `*` for all: a closed set in the contract (an enum for generated clients).
+EnabledEvent = Literal[WebhookEventType, "*"]
+# Stored once each, in order: the same filter always reads back the same.
+EnabledEvents = Annotated[
+    list[EnabledEvent],
+    AfterValidator(lambda events: sorted(set(events))),
+    Field(min_length=1, max_length=len(WEBHOOK_EVENTS) + 1),
+]
 
 
 class EndpointRequest(Strict):
     url: WebhookUrl
-    enabled_events: list[str] = Field(
-        min_length=1,
-        max_length=len(WEBHOOK_EVENTS) + 1,
+    enabled_events: EnabledEvents = Field(
         description=f"event types ({', '.join(WEBHOOK_EVENTS)}), or `*` for all",
         examples=[["job.completed", "job.failed"]],
     )
     description: str = Field("", max_length=DESCRIPTION_CHARS_MAX, pattern=r"^[^\x00]*$")
 
-    _known = field_validator("enabled_events")(_events)
-
 
 class EndpointUpdate(Strict):
     url: WebhookUrl | None = None
-    enabled_events: list[str] | None = Field(None, min_length=1, max_length=len(WEBHOOK_EVENTS) + 1)
+    enabled_events: EnabledEvents | None = None
     description: str | None = Field(None, max_length=DESCRIPTION_CHARS_MAX, pattern=r"^[^\x00]*$")
     disabled: bool | None = Field(None, description="true: no events are sent until false again")
-
-    _known = field_validator("enabled_events")(_events)
 
 
 class EndpointView(View):
     id: str = Field(validation_alias="endpoint_id")
     url: str
     description: str
-    enabled_events: list[str]
-    status: str = Field(description="enabled or disabled")
+    enabled_events: list[EnabledEvent]
+    status: Literal["enabled", "disabled"]
     created_at: datetime
     updated_at: datetime
 
@@ -95,8 +90,10 @@ class SecretView(BaseModel):
 class DeliveryView(View):
     id: str = Field(validation_alias="delivery_id")
     event_id: str = Field(description="the webhook-id header; the same on every attempt")
-    event_type: str
-    status: str = Field(description="pending, delivered or failed (the schedule used up)")
+    event_type: WebhookEventType
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="failed: the retry schedule is used up (POST .../retry sends it again)"
+    )
     attempts: int
     next_attempt_at: datetime | None
     last_attempt_at: datetime | None
