@@ -22,7 +22,7 @@ IMAGES_MAX = 100_000  # far above a full run's (2000 jobs); a bound on the walk,
 @dataclass
 class ImageCheck:
     checked: int = 0  # images (each a PNG and a thumbnail)
-    before_first_s3_kill: int = 0  # of those, uploaded before S3 was first killed
+    before_s3_kill: int = 0  # of those, stored before S3 was killed with SIGKILL
     missing: list[str] = field(default_factory=list)
 
 
@@ -37,13 +37,13 @@ def _head(s3: Any, bucket: str, key: str) -> int | None:
 
 
 def _check(
-    s3: Any, bucket: str, rows: list[asyncpg.Record], first_kill: datetime | None
+    s3: Any, bucket: str, rows: list[asyncpg.Record], s3_kill: datetime | None
 ) -> ImageCheck:
     out = ImageCheck()
     for r in rows:
         out.checked += 1
-        if first_kill is not None and r["created_at"] < first_kill:
-            out.before_first_s3_kill += 1
+        if s3_kill is not None and r["created_at"] < s3_kill:
+            out.before_s3_kill += 1
         size = _head(s3, bucket, r["key"])
         if size != r["size_bytes"]:
             out.missing.append(f"{r['key']}: {size} bytes in S3, {r['size_bytes']} reported")
@@ -53,7 +53,7 @@ def _check(
 
 
 async def check_images(
-    settings: Settings, pool: asyncpg.Pool, first_s3_kill: datetime | None
+    settings: Settings, pool: asyncpg.Pool, s3_killed_at: datetime | None
 ) -> ImageCheck:
     rows = await pool.fetch(
         "SELECT key, thumbnail_key, size_bytes, created_at FROM images "
@@ -62,4 +62,4 @@ async def check_images(
     )
     assert len(rows) <= IMAGES_MAX, f"more than {IMAGES_MAX} images: raise the bound"
     s3 = s3_client(settings)  # botocore's retries: S3 is back, but its first answers may lag
-    return await asyncio.to_thread(_check, s3, settings.s3_bucket, rows, first_s3_kill)
+    return await asyncio.to_thread(_check, s3, settings.s3_bucket, rows, s3_killed_at)
