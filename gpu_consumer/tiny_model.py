@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +74,7 @@ def build_sd15_sized(
 
 
 def is_built(directory: Path, kind: str, dtype: torch.dtype = torch.float32) -> bool:
-    try:
-        marker: object = json.loads((directory / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return marker == _marker(kind, dtype)
+    return _marker_at(directory) == _marker(kind, dtype)
 
 
 # ------------------------------------------------------------------------------ components
@@ -225,17 +221,11 @@ def _build(
     *,
     pipeline_class: type = StableDiffusionPipeline,
 ) -> Path:
-    if is_built(directory, kind, dtype):
-        return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename into place: a reader never sees half a model, and of
-    # two processes building at once the first rename wins.
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    def write(staging: Path) -> Any:
         tokenizer = write_byte_level_vocab(staging / "vocab")
         with _seeded(SEED, device), device:
             parts = components(tokenizer)
-        pipeline: Any = pipeline_class(
+        return pipeline_class(
             **parts,
             tokenizer=tokenizer,
             scheduler=_sd_scheduler(),
@@ -243,19 +233,44 @@ def _build(
             feature_extractor=None,
             requires_safety_checker=False,
         )
+
+    return install(directory, _marker(kind, dtype), dtype, write)
+
+
+def install(
+    directory: Path, marker: dict[str, Any], dtype: torch.dtype, make: Callable[[Path], Any]
+) -> Path:
+    """The pipeline ``make`` returns (given a scratch folder for its vocabularies), in
+    ``dtype``, saved into ``directory`` with ``marker`` unless that build is already there."""
+    if _marker_at(directory) == marker:
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename into place: a reader never sees half a model, and of
+    # two processes building at once the first rename wins.
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        pipeline = make(staging)
         if dtype != torch.float32:
             pipeline.to(dtype=dtype)
         pipeline.save_pretrained(staging / "model", safe_serialization=True)
-        (staging / "model" / MARKER).write_text(json.dumps(_marker(kind, dtype)))
-        if directory.exists() and not is_built(directory, kind, dtype):
+        (staging / "model" / MARKER).write_text(json.dumps(marker))
+        if directory.exists() and _marker_at(directory) != marker:
             shutil.rmtree(directory)  # an older build version or a broken leftover
         with contextlib.suppress(OSError):  # lost the race: the winner's build is identical
             (staging / "model").rename(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if not is_built(directory, kind, dtype):
-        raise RuntimeError(f"could not build {kind} into {directory}")
+    if _marker_at(directory) != marker:
+        raise RuntimeError(f"could not build {marker['kind']} into {directory}")
     return directory
+
+
+def _marker_at(directory: Path) -> object:
+    try:
+        found: object = json.loads((directory / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return found
 
 
 def _marker(kind: str, dtype: torch.dtype) -> dict[str, Any]:
