@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.billing.stripe_events import handle_stripe_event
+from api.billing.stripe_events import HANDLED, handle_stripe_event
 from domain import ids
 from domain.application import PinkseaApplication
 from domain.credits import LotSource
@@ -234,6 +234,7 @@ def test_a_checkout_naming_another_customer_is_quarantined() -> None:
             "items",
         ),
         ("invoice.paid", {**invoice("in_x", []), "customer": None}, "customer"),
+        ("invoice.paid", {**invoice("in_x", []), "parent": "sub_m"}, "unexpected shape"),
     ],
 )
 def test_a_signed_but_malformed_event_is_recorded_as_rejected(
@@ -254,6 +255,8 @@ def test_an_event_without_created_is_rejected_too() -> None:
     out = handle_stripe_event(app, event, PRICES)
     assert out.action.startswith("rejected: created")
     assert app.stripe_event_seen("evt_nc")
+    again = handle_stripe_event(app, event, PRICES)
+    assert (again.applied, again.action) == (False, "duplicate: already applied")
 
 
 def test_the_action_says_what_moved_and_nothing_else() -> None:
@@ -439,3 +442,40 @@ def test_the_dev_purchase_links_its_customer_and_is_applied_in_full() -> None:
     assert all(o.applied for o in outcomes), outcomes
     assert app.subscription(USER).plan_slug == "pro"
     assert subscription_credit_mc(app) == PRO
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(sorted(HANDLED)),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "id": st.sampled_from(["in_f", "sub_m", "cn_f"]) | JSON,
+            "customer": st.just(CUSTOMER) | JSON,
+            "metadata": st.just({"user_id": USER}) | JSON,
+            "lines": JSON,
+            "items": JSON,
+            "parent": JSON,
+            "total": JSON,
+            "invoice": JSON,
+            "amount_refunded": JSON,
+        },
+    ),
+)
+def test_any_signed_object_gets_an_answer_and_a_record(kind: str, obj: dict[str, Any]) -> None:
+    """Whatever a signed event holds, it is answered (never an exception: a 500) and, unless
+    ignored, recorded so that a redelivery is known."""
+    app = new_app()
+    out = deliver(app, 1, kind, obj)
+    assert isinstance(out.action, str) and out.action
+    assert app.stripe_event_seen("evt_1")
+    app.account(USER).assert_invariants()
