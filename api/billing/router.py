@@ -261,7 +261,7 @@ async def _record_payment(svc: Services, event: dict[str, Any]) -> None:
     kind, obj = event["type"], event["data"]["object"]
     status = {"invoice.paid": "paid", "invoice.payment_failed": "failed"}.get(kind)
     if kind == "charge.refunded":
-        if not obj.get("invoice"):
+        if not isinstance(obj.get("invoice"), str):
             return
         await svc.pool.execute(
             "UPDATE payments SET status = 'refunded' WHERE stripe_invoice_id = $1", obj["invoice"]
