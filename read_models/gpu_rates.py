@@ -2,8 +2,9 @@
 passes to the estimator, and hold tightness per tier for the gauges.
 
 The learned rate is the ``LEARNED_QUANTILE`` of the newest ``LEARNED_WINDOW`` completed jobs'
-samples of one (model, tier, size bucket); with fewer than ``LEARNED_SAMPLES_MIN`` of them
-the estimator keeps to its calibration row (``LearnedRate.usable``).
+samples of one (model, tier, size bucket), read for every tier in one query; with fewer than
+``LEARNED_SAMPLES_MIN`` of them the estimator keeps to its calibration row
+(``LearnedRate.usable``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from datetime import timedelta
 import asyncpg
 
 from domain.calibration import LEARNED_QUANTILE, LEARNED_WINDOW, LearnedRate, size_bucket
+from domain.plans import GpuTier
 
 _LEARNED = f"""
-SELECT count(*) AS samples,
+SELECT tier, count(*) AS samples,
        percentile_disc({LEARNED_QUANTILE}) WITHIN GROUP (ORDER BY gpu_ns_per_pixel_step) AS rate
 FROM (
-    SELECT gpu_ns_per_pixel_step FROM hold_outcomes
-    WHERE model = $1 AND tier = $2 AND size_bucket = $3 AND gpu_ns_per_pixel_step IS NOT NULL
-    ORDER BY settled_position DESC LIMIT {LEARNED_WINDOW}
+    SELECT tier, gpu_ns_per_pixel_step,
+           row_number() OVER (PARTITION BY tier ORDER BY settled_position DESC) AS newest
+    FROM hold_outcomes
+    WHERE model = $1 AND size_bucket = $2 AND gpu_ns_per_pixel_step IS NOT NULL
 ) AS recent
+WHERE newest <= {LEARNED_WINDOW}
+GROUP BY tier
 """
 
 # Over the billed jobs settled in the window: charged / hold, and how many ran into their budget.
@@ -37,14 +42,17 @@ GROUP BY tier ORDER BY tier
 """
 
 
-async def learned_rate(
-    conn: asyncpg.Connection | asyncpg.Pool, model: str, tier: str, width: int, height: int
-) -> LearnedRate | None:
-    """The learned rate of jobs like this one, or None when none completed yet."""
-    row = await conn.fetchrow(_LEARNED, model, tier, size_bucket(width, height))
-    if row is None or not row["samples"] or row["rate"] is None:
-        return None
-    return LearnedRate(samples=row["samples"], gpu_ns_per_pixel_step=row["rate"])
+async def learned_rates(
+    conn: asyncpg.Connection | asyncpg.Pool, model: str, width: int, height: int
+) -> dict[GpuTier, LearnedRate]:
+    """Per tier, the learned rate of jobs of ``model`` at this size (tiers without completed
+    jobs absent). Admission picks the plan's tier; a quote and a submission read the same."""
+    rows = await conn.fetch(_LEARNED, model, size_bucket(width, height))
+    return {
+        GpuTier(r["tier"]): LearnedRate(samples=r["samples"], gpu_ns_per_pixel_step=r["rate"])
+        for r in rows
+        if r["tier"] in GpuTier.__members__.values()
+    }
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from api.problems import ProblemError, problem_responses
 from api.routers.webhook_endpoints import check_webhook_url
 from api.schemas import CancelAccepted, JobAccepted, JobQuote, JobRequest, JobView, Page
 from api.services import Services, now
-from domain.commands.admission import Assessment, quote
+from domain.commands.admission import Assessment, Learned, quote
 from domain.errors import NotFound
 from domain.jobs import JobStatus
 from infra import redis_keys
-from read_models import queries
+from read_models import gpu_rates, queries
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -65,6 +65,7 @@ async def submit_job(
     if body.init_image is not None:  # its input images must be the user's (a mask needs one)
         await svc.command(svc.application.check_job_inputs, user, body)
     storage = await svc.storage_used(user)
+    learned = await gpu_rates.learned_rates(svc.pool, body.model, body.width, body.height)
     result = await svc.command(
         svc.application.submit_job,
         user,
@@ -72,6 +73,7 @@ async def submit_job(
         params=body,
         at=now(),
         storage_used_bytes=storage,
+        learned=learned,
     )
     if result.job_id is None:  # refused: nothing was saved, so no job and no Location
         reason = result.rejection or ""
@@ -114,7 +116,8 @@ async def quote_job(body: JobRequest, principal: CurrentUser, svc: ServicesDep) 
     if body.init_image is not None:  # its input images must be the user's (a mask needs one)
         await svc.command(svc.application.check_job_inputs, user, body)
     storage = await svc.storage_used(user)
-    verdict = await svc.command(_quote, svc, user, body, storage)
+    learned = await gpu_rates.learned_rates(svc.pool, body.model, body.width, body.height)
+    verdict = await svc.command(_quote, svc, user, body, storage, learned)
     refusal = verdict.refusal
     problem = None if refusal is None else p.REJECTIONS.get(refusal[0].value, p.FORBIDDEN)
     return JobQuote(
@@ -134,10 +137,13 @@ async def quote_job(body: JobRequest, principal: CurrentUser, svc: ServicesDep) 
     )
 
 
-def _quote(svc: Services, user_id: str, params: JobRequest, storage: int) -> Assessment:
+def _quote(
+    svc: Services, user_id: str, params: JobRequest, storage: int, learned: Learned
+) -> Assessment:
     """On a command thread: the subscription and account as the submission reads them."""
     app = svc.application
-    return quote(app.subscription(user_id), app.account(user_id), params, storage, now())
+    sub, account = app.subscription(user_id), app.account(user_id)
+    return quote(sub, account, params, storage, now(), learned)
 
 
 @router.get(

@@ -20,7 +20,7 @@ from eventstore.contract import topic_for
 from eventstore.decoding import StoredDomainEvent, decode
 from eventstore.envelope import Envelope
 from projections.hold_outcomes import HoldOutcomesProjection
-from read_models.gpu_rates import hold_tightness, learned_rate
+from read_models.gpu_rates import hold_tightness, learned_rates
 from tests.integration.test_read_models import (  # the shared fixtures and helpers
     db,  # noqa: F401  (a fixture)
     envelopes,
@@ -89,20 +89,17 @@ async def test_settled_jobs_teach_the_rate_and_show_the_tightness(
         )
     assert rows[-1]["stopped_at_budget"] and rows[-1]["gpu_ns_per_pixel_step"] is None
 
-    rate = await learned_rate(db, "tiny-sd", GpuTier.BASIC.value, 64, 64)
-    assert rate is not None and rate.usable and rate.samples == len(billed)
+    rates = await learned_rates(db, "tiny-sd", 64, 64)
+    rate = rates[GpuTier.BASIC]
+    assert list(rates) == [GpuTier.BASIC] and rate.usable and rate.samples == len(billed)
     samples = sorted(r["gpu_ns_per_pixel_step"] for r in rows[:-1])
     assert samples[-3] <= rate.gpu_ns_per_pixel_step <= samples[-1]  # an upper quantile
-    assert await learned_rate(db, "tiny-sd", GpuTier.BASIC.value, 512, 512) is None
+    assert await learned_rates(db, "tiny-sd", 512, 512) == {}
 
     # Fed back: the next job's hold follows what the jobs before it were billed.
-    fed = app.submit_job(
-        "u1", idempotency_key="next", params=JOB, at=T0, learned={GpuTier.BASIC: rate}
-    ).job_id
+    fed = app.submit_job("u1", idempotency_key="next", params=JOB, at=T0, learned=rates).job_id
     assert fed is not None
-    assert app.job(fed).estimate_ms == rate.estimate_ms(
-        steps=4, width=64, height=64, batch_size=1
-    )
+    assert app.job(fed).estimate_ms == rate.estimate_ms(steps=4, width=64, height=64, batch_size=1)
 
     # Tightness needs settled_at within the window: these jobs settled at T0, in the past.
     await db.execute("UPDATE hold_outcomes SET settled_at = now()")
