@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class Envelope(BaseModel):
@@ -28,6 +28,28 @@ class Envelope(BaseModel):
     position: int = Field(ge=1, description="notification id in the event store")
     occurred_at: datetime = Field(description="business time of the event")
     data: dict[str, Any]
+    # The domain event this envelope was made from, when its maker had one at hand (a rebuild
+    # decodes each stored event once): decoding.domain_event returns it instead of validating
+    # ``data`` back into an event. Not part of the envelope's JSON; never set from Kafka.
+    _event: Any = PrivateAttr(default=None)
+
+    def carrying(self, event: Any) -> Envelope:
+        """This envelope, remembering the domain event it was made from."""
+        self._event = event
+        return self
+
+    @property
+    def event_made_from(self) -> Any:
+        """The domain event ``carrying`` attached, or None."""
+        return self._event
+
+    def __eq__(self, other: object) -> bool:
+        """Equal envelopes have equal fields, whatever event one of them carries."""
+        if not isinstance(other, Envelope):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # its data is a dict: never hashable
 
     @property
     def aggregate_type(self) -> str:

@@ -105,7 +105,11 @@ async def rebuild(
             async for batch in event_batches(
                 lock_conn, up_to=up_to, topics=patterns, batch_size=batch_size
             ):
-                envs = [envelope_for(stored.event, stored.position) for stored in batch]
+                # Each stored event decoded once: the projections' domain_event(env) returns it.
+                envs = [
+                    envelope_for(stored.event, stored.position).carrying(stored.event)
+                    for stored in batch
+                ]
                 for env in envs:
                     versions[env.aggregate_id] = env.version
                 async with lock_conn.transaction():
