@@ -42,7 +42,7 @@ MAX_SHOWN = 5
 # Read-model rows fetched per round trip of each cursor, and accounts per hold-check chunk:
 # together with one aggregate, they bound verify's memory.
 PREFETCH_ROWS = 5000
-CHUNK_ACCOUNTS_MAX = 1000
+CHUNK_ACCOUNTS_MAX = 250
 # Sorts after every real aggregate id (a uuid5 never has all bits set): a lot whose user has
 # no balances row sorts last and is reported as a row no event explains.
 NO_ACCOUNT = UUID(int=2**128 - 1)
