@@ -82,7 +82,30 @@ class Strict(BaseModel):
 # The parameters' one definition (domain/parameters.py), with the submission's own webhook
 # (domain/job_webhooks.py), named for the API document.
 class JobRequest(JobSubmission):
-    pass
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "sd-1.5",
+                    "prompt": "a pink sea at dawn, oil painting",
+                    "steps": 25,
+                    "width": 512,
+                    "height": 512,
+                },
+                {
+                    "model": "sdxl-base-1.0",
+                    "prompt": "a lighthouse in a storm",
+                    "negative_prompt": "blurry",
+                    "steps": 30,
+                    "width": 1024,
+                    "height": 1024,
+                    "seed": 42,
+                    "webhook": "https://example.com/pinksea-hook",
+                    "webhook_events_filter": ["job.completed", "job.failed"],
+                },
+            ]
+        }
+    )
 
 
 class JobAccepted(View):

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from api.schemas import JobRequest
 from gpu_consumer.outputs import image_key, thumbnail_key
 from tests.api.conftest import Kit
 
@@ -153,3 +154,11 @@ def test_response_headers_are_in_the_contract(api_app: FastAPI) -> None:
     )
     assert "Location" in headers("/v1/api-keys", "post", "201")
     assert "Location" not in headers("/v1/jobs/{job_id}/cancel", "post", "202")
+
+
+def test_the_documented_examples_are_valid_requests(api_app: FastAPI) -> None:
+    document = api_app.openapi()
+    examples = document["components"]["schemas"]["JobRequest"]["examples"]
+    assert examples
+    for example in examples:
+        JobRequest.model_validate(example)  # raises on an example the API would refuse
