@@ -43,13 +43,14 @@ JobStatusName = Annotated[JobStatus | None, Query(description="only jobs in this
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    summary="Submit a text-to-image job",
+    summary="Submit a job (text-to-image, image-to-image, inpainting)",
     description="Validates the parameters, checks the plan's entitlements and holds the "
     "estimated credits. Rejections are answered with their own problem type and saved "
     "nowhere: no job, nothing stored under the Idempotency-Key, so a retry with the same key "
     "(after a top-up, an upgrade, or when the queue drained) is decided again. An accepted "
     "job is its key's answer for 24 hours (Idempotent-Replayed: true on a replay).",
-    responses=problem_responses(401, 402, 403, 409, 413, 422, 429, 503),
+    # 404: the init_image or mask names no upload or image of yours.
+    responses=problem_responses(401, 402, 403, 404, 409, 413, 422, 429, 503),
     dependencies=[Depends(rate_limit("submit"))],
 )
 async def submit_job(
@@ -108,7 +109,7 @@ async def submit_job(
     "or the rejection reason and problem type the submission would answer). It runs the "
     "submission's own admission (domain/commands/admission.py) and records nothing: no job, "
     "no event, no hold, no idempotency result.",
-    responses=problem_responses(*AUTH_ERRORS, 413, 422),
+    responses=problem_responses(*AUTH_ERRORS, 404, 413, 422),
     dependencies=[Depends(rate_limit("query"))],
 )
 async def quote_job(body: JobRequest, principal: CurrentUser, svc: ServicesDep) -> JobQuote:

@@ -61,10 +61,20 @@ class Victim:
     key: str
     key_prefix: str
     ledger: list[dict[str, Any]]
+    upload_id: str
+    endpoint_id: str
 
     def markers(self) -> list[str]:
         """Strings that must never appear in an answer to someone else."""
-        return [self.user, self.job_id, self.image, self.key_id, self.key_prefix]
+        return [
+            self.user,
+            self.job_id,
+            self.image,
+            self.key_id,
+            self.key_prefix,
+            self.upload_id,
+            self.endpoint_id,
+        ]
 
 
 async def make_victim(kit: Kit) -> Victim:
@@ -89,6 +99,18 @@ async def make_victim(kit: Kit) -> Victim:
     r = await kit.client.post("/v1/api-keys", json={"name": "ci"}, headers=kit.auth(user))
     assert r.status_code == 201, r.text
     created = r.json()
+    r = await kit.client.post(
+        "/v1/uploads", json={"content_type": "image/png"}, headers=kit.auth(user)
+    )
+    assert r.status_code == 201, r.text
+    upload_id = r.json()["upload_id"]
+    r = await kit.client.post(
+        "/v1/webhook-endpoints",
+        json={"url": "https://93.184.216.34/hook", "enabled_events": ["*"]},
+        headers=kit.auth(user),
+    )
+    assert r.status_code == 201, r.text
+    endpoint_id = r.json()["id"]
     await kit.project()
     ledger = (await kit.client.get("/v1/me/ledger", headers=kit.auth(user))).json()["items"]
     assert ledger
@@ -101,6 +123,8 @@ async def make_victim(kit: Kit) -> Victim:
         key=created["key"],
         key_prefix=created["prefix"],
         ledger=ledger,
+        upload_id=upload_id,
+        endpoint_id=endpoint_id,
     )
 
 
@@ -351,7 +375,15 @@ async def test_another_tenants_resources_are_404_everywhere(
     r = await kit.client.post("/v1/api-keys", json={"name": "b"}, headers=kit.auth(other))
     b_key = r.json()["key"]
     await kit.project()
-    own = {"job_id": v.job_id, "image_name": v.image, "key_id": v.key_id}
+    own = {
+        "job_id": v.job_id,
+        "image_name": v.image,
+        "key_id": v.key_id,
+        "upload_id": v.upload_id,
+        "endpoint_id": v.endpoint_id,
+        # A's endpoint is not B's: any delivery id under it is a 404.
+        "delivery_id": "whd_" + "0" * 32,
+    }
     parametrised = {
         (method, path)
         for method, path, op in operations()
@@ -368,7 +400,8 @@ async def test_another_tenants_resources_are_404_everywhere(
             url = fill(path, own)
             for creds in (kit.auth(other), {"X-API-Key": b_key}):
                 # Streamed, so that a stream wrongly opened would not hang the test.
-                async with c.stream(method, url, headers=creds) as r:
+                body_json = {} if method == "patch" else None  # an update that changes nothing
+                async with c.stream(method, url, headers=creds, json=body_json) as r:
                     body = (await asyncio.wait_for(r.aread(), 10)).decode()
                 allowed = {"404"} | ({"403"} if "X-API-Key" in creds else set())
                 assert str(r.status_code) in allowed & set(op["responses"]), (method, url, body)
