@@ -61,7 +61,9 @@ SELECT read_model_check(
 _REJECTED = "DELETE FROM hold_outcomes WHERE job_id = $1"
 _COMPLETED = _settle(
     "outcome = 'completed', billed = true,"
-    f" gpu_ns_per_pixel_step = GREATEST(1, ($4 * {NS_PER_MS} + work - 1) / work)"
+    # $4::bigint: a parameter takes the type of its first use, and `$4 * <int>` would make
+    # it an integer, whose product overflows past ~2 s of GPU time.
+    f" gpu_ns_per_pixel_step = GREATEST(1, ($4::bigint * {NS_PER_MS} + work - 1) / work)"
 )
 # A user-fault failure is billed; one at gpu_ms >= budget_ms is the run stopped at its budget.
 _FAILED = _settle("outcome = 'failed', billed = $6, stopped_at_budget = ($6 AND $4 >= budget_ms)")
