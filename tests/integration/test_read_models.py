@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from domain import ids
 from domain.application import BillingState, PinkseaApplication
 from domain.credits import LotSource
 from domain.errors import DomainError
@@ -374,7 +375,16 @@ class Story:
         flux_job = self.started("bob", "bob-flux", T0 + DAY, FLUX)
         self.complete(flux_job, 1500, T0 + DAY, images=1, size=5000)
         huge = FLUX.model_copy(update=dict(steps=150, width=2048, height=2048, batch_size=8))
-        self.submit("bob", "bob-too-big", T0 + DAY, huge)
+        assert self.refuse("bob", "bob-too-big", T0 + DAY, huge) == "insufficient_credits"
+        # A rejection saved as a job, as submissions did before refusals were answered
+        # unsaved: stored history the projections still apply.
+        before = GenerationJob.submit(
+            user_id="bob", idempotency_key="bob-rejected-before", params=huge,
+            tier=app.subscription("bob").plan.tier.value, at=T0 + DAY,
+        )  # fmt: skip
+        before._rejected(reason="insufficient_credits", detail="too big", timestamp=T0 + DAY)
+        app.save(before)
+        self.jobs["bob-rejected-before"] = before.id
         # bob fell below the tester plan's low-balance threshold; a large grant clears it.
         app.grant_credits(
             "bob", grant_id="big", source=LotSource.ADMIN, amount_mc=10_000_000, valid_from=T0,
@@ -387,7 +397,7 @@ class Story:
             period_end=T0 + 30 * DAY, at=T0,
         )  # fmt: skip
         app.record_payment_failed("carol", invoice_id="in_carol_1", at=T0 + DAY)
-        self.submit("carol", "carol-past-due", T0 + DAY)
+        assert self.refuse("carol", "carol-past-due", T0 + DAY, TINY) == "payment_failed"
         app.schedule_cancellation("carol", T0 + 2 * DAY)
         app.revoke_cancellation("carol", T0 + 3 * DAY)
         app.sync_stripe_subscription(
@@ -420,8 +430,15 @@ class Story:
 
     def submit(self, user: str, key: str, at: datetime, params: JobParameters = TINY) -> UUID:
         result = self.app.submit_job(user, idempotency_key=key, params=params, at=at)
+        assert result.job_id is not None, result.detail
         self.jobs[key] = result.job_id
         return result.job_id
+
+    def refuse(self, user: str, key: str, at: datetime, params: JobParameters) -> str | None:
+        """A submission admission refuses: answered, nothing saved (no job to read back)."""
+        result = self.app.submit_job(user, idempotency_key=key, params=params, at=at)
+        assert result.job_id is None
+        return result.rejection
 
     def started(self, user: str, key: str, at: datetime, params: JobParameters = TINY) -> UUID:
         job_id = self.submit(user, key, at, params)
@@ -697,14 +714,15 @@ async def test_tenant_isolation(db: asyncpg.Connection, story: Story) -> None:
     alice_account = str(story.app.account(story.alice).id)
     assert bob_lines and not any(e.event_id.startswith(alice_account) for e in bob_lines)
     bob_jobs = await walk(lambda c, n: queries.list_jobs(db, story.bob, None, c, n), 100)
-    assert {j.job_id for j in bob_jobs} == {story.jobs["bob-flux"], story.jobs["bob-too-big"]}
+    bobs = {story.jobs["bob-flux"], story.jobs["bob-rejected-before"]}
+    assert {j.job_id for j in bob_jobs} == bobs  # bob-too-big was refused: no job
     bob_images = await walk(lambda c, n: queries.list_images(db, story.bob, c, n), 100)
     assert [i.name for i in bob_images] == [f"{story.jobs['bob-flux']}-0"]
     # Another user's cursor shows nothing of theirs: the cursor is only a sort key.
     alice_page = await queries.list_jobs(db, story.alice, limit=1)
     assert alice_page.next_cursor is not None
     assert all(
-        j.job_id in {story.jobs["bob-flux"], story.jobs["bob-too-big"]}
+        j.job_id in bobs
         for j in (await queries.list_jobs(db, story.bob, cursor=alice_page.next_cursor)).items
     )
 
@@ -731,7 +749,8 @@ async def test_job_image_and_storage_queries(db: asyncpg.Connection, story: Stor
         1001,
         job_id,
     )
-    rejected = await queries.get_job(db, story.bob, story.jobs["bob-too-big"])
+    assert await queries.get_job(db, story.bob, ids.job_id(story.bob, "bob-too-big")) is None
+    rejected = await queries.get_job(db, story.bob, story.jobs["bob-rejected-before"])
     assert rejected is not None and rejected.rejection_reason == "insufficient_credits"
 
     all_images = [
@@ -841,7 +860,13 @@ def test_story_covers_every_event_type(story: Story) -> None:
 
 
 def test_registry() -> None:
-    assert [p.name for p in ALL_PROJECTIONS] == ["ledger", "jobs", "subscriptions", "uploads"]
+    assert [p.name for p in ALL_PROJECTIONS] == [
+        "ledger",
+        "jobs",
+        "subscriptions",
+        "uploads",
+        "hold_outcomes",
+    ]
     assert get_projection("jobs").tables == ("jobs", "images", "usage_records")
     with pytest.raises(KeyError, match="known projections"):
         get_projection("nope")
@@ -888,7 +913,10 @@ def play(app: PinkseaApplication, user: str, ops: list[tuple[Any, ...]]) -> list
 
     def submit(n: int, steps: int) -> UUID:
         params = TINY.model_copy(update={"steps": steps})
-        job_id = app.submit_job(user, idempotency_key=f"j{n}", params=params, at=now).job_id
+        result = app.submit_job(user, idempotency_key=f"j{n}", params=params, at=now)
+        if result.job_id is None:  # refused: answered, nothing saved, no job to play with
+            raise DomainError(result.detail or "refused")
+        job_id = result.job_id
         jobs.append(job_id)
         return job_id
 
