@@ -106,13 +106,15 @@ start() {
     # Iceberg and Lance endpoints off (0): nothing here uses them. preStopSeconds=1: a stop is
     # not held 10 s for a load balancer to notice (there is none). -master.peers=none with a 1 s
     # election timeout: a lone master resumes as leader at once (the default waits 10-20 s).
+    # -s3.autoCreateBucket=false: a PUT into a missing bucket is NoSuchBucket, as on AWS (the
+    # default creates it, which would hide a misconfigured bucket name).
     spawn s3 "$WEED" server -dir="$S3_DATA_DIR" -ip="$HOST" -ip.bind="$HOST" \
       -master.port=$((S3_PORT + 1)) -master.port.grpc=$((S3_PORT + 11)) \
       -master.volumeSizeLimitMB=64 -master.peers=none -master.electionTimeout=1s \
       -volume.port=$((S3_PORT + 2)) -volume.port.grpc=$((S3_PORT + 12)) -volume.max=0 -volume.preStopSeconds=1 \
       -filer -filer.port=$((S3_PORT + 3)) -filer.port.grpc=$((S3_PORT + 13)) \
       -s3 -s3.port="$S3_PORT" -s3.port.grpc=$((S3_PORT + 14)) -s3.config="$S3_CONFIG" \
-      -s3.port.iceberg=0 -s3.port.lance=0
+      -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false
   fi
   wait_ready s3 weed s3_answers
   say "ready on $HOST:$S3_PORT"
