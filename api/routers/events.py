@@ -28,13 +28,13 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
 import asyncpg
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
@@ -90,7 +90,19 @@ SSE_EVENT = {
     dependencies=[Depends(stream_rate_limit)],
 )
 async def job_events(
-    job_id: UUID, request: Request, principal: StreamCaller, svc: ServicesDep
+    job_id: UUID,
+    request: Request,
+    principal: StreamCaller,
+    svc: ServicesDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            pattern=r"^[0-9]{1,19}$",
+            description="The `id` of the last status you handled (EventSource sends it when it "
+            "reconnects): statuses up to it are not sent again.",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     await _check_owner(svc, principal.user_id, job_id)
     plan = await svc.plan_of(principal.user_id)
@@ -106,7 +118,14 @@ async def job_events(
             limit=allowed,
         )
     return _SlotStreamingResponse(
-        _stream(svc, request, principal.user_id, job_id, slot),
+        _stream(
+            svc,
+            request,
+            principal.user_id,
+            job_id,
+            slot,
+            seen_position=int(last_event_id) if last_event_id else 0,
+        ),
         slot,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -182,7 +201,12 @@ def _json_default(value: Any) -> Any:
 
 
 async def _stream(
-    svc: Services, request: Request, user_id: str, job_id: UUID, slot: StreamSlot
+    svc: Services,
+    request: Request,
+    user_id: str,
+    job_id: UUID,
+    slot: StreamSlot,
+    seen_position: int = 0,
 ) -> AsyncIterator[str]:
     settings = svc.settings
     prefix = settings.redis_key_prefix
@@ -210,6 +234,13 @@ async def _stream(
                     continue
                 if kind == "status":
                     row = _status_payload(data)
+                    if row["position"] <= seen_position:
+                        # The client handled this state before it reconnected: resume after
+                        # it (a finished job it saw finish only gets its end).
+                        if row["status"] in TERMINAL:
+                            yield _sse("end", {"job_id": str(job_id), "status": row["status"]})
+                            return
+                        continue
                     if row["status"] == JobStatus.COMPLETED.value:
                         view = await job_view(svc, user_id, job_id, cached=False)
                         row["images"] = [] if view is None else view["images"]

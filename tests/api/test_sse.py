@@ -121,6 +121,22 @@ async def test_stream_of_a_finished_job_ends_at_once(
     assert [e[0] for e in events] == ["status", "end"]
     assert events[0][1]["status"] == "cancelled"
 
+    # A reconnecting EventSource sends the last id it handled: what it saw is not sent again.
+    position = events[0][1]["position"]
+    for last_id, kinds in ((position, ["end"]), (position - 1, ["status", "end"])):
+        resumed: list[tuple[str, Any]] = []
+        headers = {**kit.auth(user), "Last-Event-ID": str(last_id)}
+        async with (
+            httpx.AsyncClient(timeout=15) as http,
+            http.stream("GET", f"{a}/v1/jobs/{job_id}/events", headers=headers) as r,
+        ):
+            await asyncio.wait_for(_read_events(r, resumed), 10)
+        assert [e[0] for e in resumed] == kinds, (last_id, resumed)
+    headers = {**kit.auth(user), "Last-Event-ID": "not-a-position"}
+    async with httpx.AsyncClient(timeout=15) as http:
+        r = await http.get(f"{a}/v1/jobs/{job_id}/events", headers=headers)
+    assert r.status_code == 422
+
 
 async def test_late_subscribers_get_the_last_progress(
     kit: Kit, user: str, api_pair: tuple[str, str]
