@@ -8,6 +8,10 @@ A row prices a job as
              + ceil(step_ms x steps x px x batch / base)
              + ceil(step_quad_ms x steps x px^2 x batch / base^2)
 
+scaled by ``contention_pct`` / 100 (rounded up) where the device is shared: the row's times
+are the fastest runs measured, and on a shared machine other work makes runs slower by a
+measured factor.
+
 with ``px = width x height`` and ``base = base_pixels``: a per-job constant, a per-image part
 linear in pixels (text encoding, VAE decode), a per-step part linear in pixels (convolutions)
 and, where the fit needed it, a per-step part quadratic in pixels (self-attention). A row whose
@@ -54,6 +58,10 @@ class Calibration:
     overhead_ms: int  # per image at base_pixels: text encoding + VAE decode
     fixed_ms: int = 0  # per job, whatever its size
     step_quad_ms: int = 0  # per step at base_pixels, growing with pixels squared (attention)
+    # The whole estimate in percent of the fastest runs: above 100 where the device is shared
+    # (CPU workers beside the whole stack) and bench.calibrate measured how much slower its
+    # runs got; 100 on a dedicated card.
+    contention_pct: int = 100
     source: str = HAND_ESTIMATE
     measured_at: str | None = None  # ISO date of the run that measured it
     machine: str | None = None  # where it was measured
@@ -64,6 +72,7 @@ class Calibration:
         assert self.base_pixels > 0, "a calibration needs a base size"
         assert min(self.step_ms, self.overhead_ms, self.fixed_ms, self.step_quad_ms) >= 0
         assert self.step_ms + self.step_quad_ms > 0, "a step must cost something"
+        assert self.contention_pct >= 100, "contention only ever adds time"
         assert self.source in SOURCES, f"unknown calibration source {self.source!r}"
         if self.source == MEASURED:
             assert self.measured_at and self.machine, "a measured row says when and where"
@@ -76,12 +85,13 @@ def ceil_div(a: int, b: int) -> int:
 def estimate_from(cal: Calibration, *, steps: int, width: int, height: int, batch_size: int) -> int:
     assert steps >= 0 and width > 0 and height > 0 and batch_size > 0
     px, base = width * height, cal.base_pixels
-    return (
+    fastest = (
         cal.fixed_ms
         + ceil_div(cal.overhead_ms * px * batch_size, base)
         + ceil_div(cal.step_ms * steps * px * batch_size, base)
         + ceil_div(cal.step_quad_ms * steps * px * px * batch_size, base * base)
     )
+    return ceil_div(fastest * cal.contention_pct, 100)
 
 
 def _parse(rows: tuple[Mapping[str, Any], ...]) -> dict[tuple[str, DeviceClass], Calibration]:

@@ -118,3 +118,16 @@ def test_size_buckets_span_a_factor_of_two_in_pixels() -> None:
     assert size_bucket(512, 512) == size_bucket(512, 256 + 8) == 18
     assert size_bucket(512, 256) == 17
     assert size_bucket(1024, 1024) == 20
+
+
+@given(
+    contention=st.integers(100, 1000),
+    steps=st.integers(1, 150),
+    side=st.integers(2, 64).map(lambda n: n * 16),
+)
+def test_contention_scales_the_whole_estimate_up(contention: int, steps: int, side: int) -> None:
+    fastest = Calibration(base_pixels=65536, step_ms=40, overhead_ms=30, fixed_ms=20)
+    shared = Calibration(65536, 40, 30, fixed_ms=20, contention_pct=contention)
+    one = estimate_from(fastest, steps=steps, width=side, height=side, batch_size=1)
+    scaled = estimate_from(shared, steps=steps, width=side, height=side, batch_size=1)
+    assert scaled == -(-one * contention // 100) >= one
