@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 from eventstore.contract import topic_for
 from eventstore.decoding import EVENTS_TABLE, decode, envelope_json, fetch_rows, newest_position
 from infra.errors import OPERATIONAL_ERRORS, Backoff
+from infra.loops import sleep_or_stop
 from infra.settings import Settings
 
 log = structlog.get_logger("relay")
@@ -113,7 +114,7 @@ class Relay:
                     if producer is not None:
                         await _quietly_stop(producer)
                         producer = None
-                    await _sleep_or_stop(stop, pause_s)
+                    await sleep_or_stop(stop, pause_s)
                     continue
                 if published < self.batch_size:
                     await self._wait_for_events(stop)
@@ -213,11 +214,6 @@ class Relay:
         )
         for w in waiters:
             w.cancel()
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def _quietly_stop(producer: AIOKafkaProducer) -> None:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -202,3 +202,12 @@ def manual_consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(*(settings.topic(t) for t in topics), **options)
+
+
+def rewind(consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Any]]) -> None:
+    """Back to the batch's first offsets, so the next poll retries it (a partition lost in a
+    rebalance meanwhile resumes from its committed offset on its new owner instead)."""
+    assigned = consumer.assignment()
+    for tp, messages in polled.items():
+        if tp in assigned:
+            consumer.seek(tp, messages[0].offset)

@@ -15,7 +15,6 @@ current one."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -26,6 +25,7 @@ from prometheus_client import Counter
 from domain.application import CommandResult, PinkseaApplication
 from domain.errors import DomainError
 from infra.errors import OPERATIONAL_ERRORS
+from infra.loops import sleep_or_stop
 
 log = structlog.get_logger("expiry")
 EXPIRED_ACCOUNTS = Counter("pinksea_expiry_accounts_total", "Accounts whose lots expired")
@@ -134,5 +134,4 @@ async def run_expiry(
                 log.info("due changes made", **changes)
         except OPERATIONAL_ERRORS as e:
             log.warning("expiry round failed, retrying", error=repr(e), retry_in_s=interval_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        await sleep_or_stop(stop, interval_s)

@@ -29,7 +29,6 @@ lost); a permanent one (address refused) is recorded as ``failed`` and the notif
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -38,13 +37,14 @@ from uuid import UUID
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from prometheus_client import Counter as MetricCounter
 from pydantic import ValidationError
 
 from eventstore.envelope import Envelope
 from infra.errors import OPERATIONAL_ERRORS
-from infra.kafka import manual_consumer
+from infra.kafka import manual_consumer, rewind
+from infra.loops import sleep_or_stop
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC
 from workflows.notifier.messages import LowBalance, low_balance_email
@@ -137,8 +137,8 @@ class Notifier:
                 except RETRYABLE as e:
                     RETRIES.inc()
                     log.warning("notifier retrying", error=repr(e), backoff_s=backoff)
-                    _rewind(consumer, polled)
-                    await _sleep_or_stop(stop, backoff)
+                    rewind(consumer, polled)
+                    await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
             await consumer.stop()
@@ -284,17 +284,3 @@ async def _owner(conn: asyncpg.Connection, account_id: UUID) -> tuple[str | None
             "SELECT user_id, deactivated FROM balances WHERE account_id = $1", account_id
         )
     return (row["user_id"], row["deactivated"]) if row is not None else (None, False)
-
-
-def _rewind(consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Any]]) -> None:
-    """Back to the batch's first offsets, so the next poll retries it (a partition lost in a
-    rebalance meanwhile resumes from its committed offset on its new owner instead)."""
-    assigned = consumer.assignment()
-    for tp, messages in polled.items():
-        if tp in assigned:
-            consumer.seek(tp, messages[0].offset)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

@@ -42,11 +42,11 @@ from pydantic import ValidationError
 from domain.ids import PINKSEA_NAMESPACE
 from eventstore.envelope import Envelope
 from infra.errors import OPERATIONAL_ERRORS
-from infra.kafka import manual_consumer
+from infra.kafka import manual_consumer, rewind
+from infra.loops import sleep_or_stop
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC, JOBS_TOPIC
 from read_models.webhooks import default_secret
-from workflows.notifier.service import _rewind, _sleep_or_stop
 from workflows.webhooks import urls
 from workflows.webhooks.events import (
     LOW_BALANCE_REACHED,
@@ -239,8 +239,8 @@ class WebhookService:
                 except OPERATIONAL_ERRORS as e:
                     RETRIES.inc()
                     log.warning("webhooks retrying a batch", error=repr(e), backoff_s=backoff)
-                    _rewind(consumer, polled)
-                    await _sleep_or_stop(stop, backoff)
+                    rewind(consumer, polled)
+                    await sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
             await consumer.stop()
@@ -336,7 +336,7 @@ class WebhookService:
                 backoff = BACKOFF_MIN_S
             except OPERATIONAL_ERRORS as e:
                 log.warning("webhooks cannot claim deliveries", error=repr(e), backoff_s=backoff)
-                await _sleep_or_stop(stop, backoff)
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             for row in claimed:
