@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -167,32 +166,30 @@ def throughput_and_meter(
 
 
 class _CancelAt:
-    """A channel whose cancel flag a timer sets: the run must stop at the next step end."""
+    """A channel whose cancel flag is set as step ``at`` ends, as a cancel request arriving
+    mid-run: the run must stop at the next step end (the flag is read there)."""
 
-    def __init__(self, after_s: float) -> None:
-        self.flag = threading.Event()
+    def __init__(self, at: int) -> None:
+        self.at = at
         self.set_at: float | None = None
-        self.timer = threading.Timer(after_s, self._set)
-
-    def _set(self) -> None:
-        self.set_at = time.perf_counter()
-        self.flag.set()
 
     def cancelled(self) -> bool:
         return False
 
     def step(self, step: int, total: int) -> bool:
-        return self.flag.is_set()
+        if self.set_at is not None:
+            return True
+        if step >= self.at:
+            self.set_at = time.perf_counter()
+        return False
 
 
 def stops(loaded: LoadedPipeline, device: torch.device, case: Case, step_ms: float) -> list[Check]:
     long = Case(case.family, case.side, case.steps * 2)
-    channel = _CancelAt(after_s=step_ms * case.steps / 1000)
+    channel = _CancelAt(at=case.steps)
     dispatch = dispatch_for(loaded.key, long.side, long.steps, 1)
-    channel.timer.start()
     result = run_dispatch(loaded, dispatch, device, channel)
     returned = time.perf_counter()
-    channel.timer.cancel()
     assert channel.set_at is not None and result.outcome is Outcome.CANCELLED, result.outcome
     latency_ms = (returned - channel.set_at) * 1000
     budget_ms = max(1, int(step_ms * case.steps))
