@@ -1,0 +1,150 @@
+"""PostgreSQL out of disk space (issue 17, part 4): the event store's whole data directory,
+WAL included, on a small tmpfs that the test fills with a ballast file.
+
+What must hold: a submission the database cannot store is answered 503 problem+json with
+Retry-After (never 500); nothing is half-written (every invariant of ``ledger verify`` holds
+over the event store and the read models projected from it, and only accepted jobs exist); and
+once space returns (the ballast removed) the next submission is accepted, without restarting
+the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.api.project_now import project_now
+from tests.faults.conftest import JOB, auth, fault_settings, in_process_api
+from tests.faults.private_pg import private_postgres, require_root_and_postgres, tmpfs
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+DISK_MIB = 96
+CHUNK = b"\0" * (1 << 20)
+MAX_SUBMISSIONS_FULL = 300  # bound on the tries to hit the full disk
+RECOVERY_S = 30  # how long the service may take to accept again once space returns
+
+
+def fill(path: Path) -> int:
+    """Write ``path`` until the file system is full; returns the bytes written."""
+    written = 0
+    with path.open("wb", buffering=0) as f:
+        for _ in range(DISK_MIB * 2):  # bounded: the disk holds at most DISK_MIB MiB
+            try:
+                written += f.write(CHUNK)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                break
+        # The last partial page: a tmpfs takes writes down to its last 4 KiB.
+        for _ in range(256):
+            try:
+                written += f.write(b"\0" * 4096)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                break
+    return written
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.json()["status"] == 503
+
+
+def accepted_job_ids(database_url: str, user: str) -> set[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("select job_id::text from jobs where user_id = %s", (user,)).fetchall()
+    return {r[0] for r in rows}
+
+
+async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
+    binaries = require_root_and_postgres()
+    with (
+        tmpfs(DISK_MIB) as disk,
+        private_postgres(binaries, disk / "data") as pg,
+    ):
+        settings = fault_settings(pg.url("pinksea"), tmp_path)
+        user = f"u-{uuid.uuid4().hex[:12]}"
+        ballast = disk / "ballast"
+        accepted: list[str] = []
+        refused: list[str] = []
+        async with in_process_api(settings) as (app, client):
+            application = app.state.services.application
+
+            async def submit(key: str) -> httpx.Response:
+                return await client.post(
+                    "/v1/jobs", json=JOB, headers=auth(settings, user, **{"Idempotency-Key": key})
+                )
+
+            first = await submit("before")
+            assert first.status_code == 202, first.text
+            accepted.append(first.json()["job_id"])
+
+            filled = fill(ballast)
+            assert filled > 0
+            answers: list[int] = []
+            for n in range(MAX_SUBMISSIONS_FULL):
+                r = await submit(f"full-{n}")
+                answers.append(r.status_code)
+                assert r.status_code != 500, r.text
+                if r.status_code == 202:
+                    accepted.append(r.json()["job_id"])
+                    continue
+                assert_unavailable(r)
+                refused.append(f"full-{n}")
+                if len(refused) >= 3:
+                    break
+            assert refused, f"{len(answers)} submissions on a full disk, none refused"
+            # A read that needs the database also answers, 2xx or 503, never 500.
+            read = await client.get("/v1/jobs", headers=auth(settings, user))
+            assert read.status_code in (200, 503), read.text
+
+            ballast.unlink()
+            deadline = time.monotonic() + RECOVERY_S
+            after: httpx.Response | None = None
+            while time.monotonic() < deadline:
+                after = await submit("after")
+                assert after.status_code != 500, after.text
+                if after.status_code == 202:
+                    break
+                assert_unavailable(after)
+                time.sleep(0.5)
+            assert after is not None and after.status_code == 202, (
+                f"not accepted {RECOVERY_S} s after space returned: {after and after.text}\n"
+                f"{pg.log_tail()}"
+            )
+            accepted.append(after.json()["job_id"])
+            await project_now(application, settings.database_url, start=1)
+
+        # Nothing half-written: only the accepted jobs exist, and the ledger's invariants (holds
+        # = accepted jobs' estimates, available + held = granted - charged) hold on a replay.
+        assert accepted_job_ids(settings.database_url, user) == set(accepted)
+        verify = subprocess.run(
+            [sys.executable, "-m", "cli", "ledger", "verify", "--database-url", pg.url("pinksea")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PINKSEA_")},
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        with contextlib.suppress(OSError):
+            ballast.unlink()
+        print(
+            f"disk full: {len(answers)} submissions on the full disk, {len(accepted) - 2} "
+            f"accepted before it ran out, {len(refused)} refused 503; accepted again after "
+            f"space returned"
+        )
