@@ -41,6 +41,18 @@ class ModelSpec:
     # channels): its jobs need an init image and a mask. The others run text-to-image, and
     # image-to-image from the same weights.
     inpainting: bool = False
+    # An upscaler (its scale factor, 2 or 4; 0: not one): its jobs take one input image and
+    # make it ``upscale`` times wider and taller in one pass. Its sizes are the output's.
+    upscale: int = 0
+
+
+# Upscalers are priced on the SD-1.5 calibration row at one step over their output pixels
+# until bench.calibrate measures a row of their own (README, "Billing"); their output sizes are
+# multiples of 8 x scale, so the input is a whole number of 8-pixel tiles.
+def _upscaler(key: str, scale: int, max_px: int) -> ModelSpec:
+    sizes = SizeRange(8 * scale, max_px, 8 * scale)
+    # Every plan may upscale (InvokeAI offers it on every plan): the lowest access class.
+    return ModelSpec(key, ModelFamily.SD15, ModelAccess.SD_ONLY, sizes, 1, upscale=scale)
 
 
 def _spec(
@@ -72,6 +84,11 @@ MODELS: dict[str, ModelSpec] = {
             SizeRange(32, 512, 8),
             inpainting=True,
         ),
+        # Real-ESRGAN's RRDBNet (x4: 23 blocks, 64 features; x2 unshuffles its input first).
+        _upscaler("realesrgan-x4", 4, 4096),
+        _upscaler("realesrgan-x2", 2, 4096),
+        # Its tiny local twin (random weights, built locally) for tests and the demo.
+        _upscaler("tiny-upscaler-x4", 4, 1024),
     )
 }
 

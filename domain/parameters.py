@@ -1,5 +1,5 @@
-"""The parameters of a generation job (text-to-image, image-to-image, inpainting): one
-definition for every layer.
+"""The parameters of a generation job (text-to-image, image-to-image, inpainting, upscaling):
+one definition for every layer.
 
 The API takes them as its request body, the domain checks them against the catalog and records
 them in ``GenerationJob.Submitted``, the scheduler sends them to a GPU worker inside its
@@ -42,8 +42,11 @@ ImageRef = Annotated[
 ]
 # Fields added after the first release: left out of the stored parameters when unset, so a
 # text-to-image job's parameters (and its fingerprint, the idempotency check) stay as before.
-_IMAGE_INPUT_FIELDS = ("init_image", "strength", "mask")
+_IMAGE_INPUT_FIELDS = ("init_image", "strength", "mask", "scale")
 DEFAULT_STRENGTH = 0.8  # diffusers' default for image-to-image
+# An upscale job's output (its width x height) is at most this many pixels (8 MP, 4096 x 2048):
+# a larger one is refused before admission. Its input is the output / scale on each side.
+UPSCALE_OUTPUT_PIXELS_MAX = 4096 * 2048
 
 
 def is_upload_ref(ref: str) -> bool:
@@ -82,6 +85,11 @@ class JobParameters(BaseModel):
     mask: ImageRef | None = Field(
         None, description="inpainting: an upload id (white is repainted); needs init_image"
     )
+    scale: Literal[2, 4] | None = Field(
+        None,
+        description="upscaling: the upscaler model's factor (2 or 4); width and height are the "
+        "output's, the init image is read at width/scale x height/scale",
+    )
 
     @property
     def effective_strength(self) -> float:
@@ -95,7 +103,10 @@ class JobParameters(BaseModel):
     @property
     def effective_steps(self) -> int:
         """The denoising steps the run takes: diffusers' img2img and inpainting pipelines skip
-        the first ``steps - int(steps x strength)`` (their ``get_timesteps``)."""
+        the first ``steps - int(steps x strength)`` (their ``get_timesteps``). An upscaler
+        makes one pass (``check`` holds its jobs to ``steps`` 1)."""
+        if self.scale is not None:
+            return 1
         return min(int(self.steps * self.effective_strength), self.steps)
 
     def check(self) -> None:
@@ -115,7 +126,12 @@ class JobParameters(BaseModel):
                         f"{name} must be a multiple of {r.multiple} between {r.min_px} and "
                         f"{r.max_px} for {self.model}"
                     )
-        problems += self._input_problems(spec is not None and spec.inpainting)
+        if spec is not None and spec.upscale:
+            problems += self._upscale_problems(spec.upscale)
+        else:
+            if self.scale is not None:
+                problems.append("scale needs an upscaler model (see GET /v1/models)")
+            problems += self._input_problems(spec is not None and spec.inpainting)
         if problems:
             raise InvalidParameters("; ".join(problems))
 
@@ -133,6 +149,26 @@ class JobParameters(BaseModel):
             problems.append(
                 f"int(steps x strength) = int({self.steps} x {self.effective_strength}) is 0: "
                 "raise steps or strength"
+            )
+        return problems
+
+    def _upscale_problems(self, factor: int) -> list[str]:
+        problems: list[str] = []
+        if self.init_image is None:
+            problems.append(f"{self.model} is an upscaler: send the init_image to upscale")
+        if self.scale != factor:
+            problems.append(f"{self.model} upscales x{factor}: send scale {factor}")
+        if self.strength is not None or self.mask is not None:
+            problems.append(f"{self.model} is an upscaler: it takes no strength or mask")
+        if self.steps != 1:
+            problems.append(f"{self.model} is an upscaler: it makes one pass, send steps 1")
+        if self.batch_size != 1:
+            problems.append(f"{self.model} is an upscaler: send batch_size 1")
+        pixels = self.width * self.height
+        if pixels > UPSCALE_OUTPUT_PIXELS_MAX:
+            problems.append(
+                f"the upscaled image would be {self.width} x {self.height} = {pixels} pixels; "
+                f"at most {UPSCALE_OUTPUT_PIXELS_MAX} (upscale a smaller image)"
             )
         return problems
 

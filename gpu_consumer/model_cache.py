@@ -233,6 +233,15 @@ def _warm_up(model: LoadedPipeline) -> None:
     which is never billed, not to the first user's job."""
     import torch
 
+    if model.upscale:  # an upscaler takes one image, nothing else
+        from PIL import Image
+
+        try:
+            with torch.inference_mode():
+                model.pipeline(Image.new("RGB", (16, 16)))
+        except Exception:
+            logging.getLogger(__name__).warning("warm-up of %s failed", model.key, exc_info=True)
+        return
     inputs: dict[str, Any] = {}
     if model.inpainting:  # an inpainting pipeline runs only on an image and its mask
         from PIL import Image

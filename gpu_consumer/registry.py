@@ -3,8 +3,8 @@
 A model key resolves to a local folder in diffusers' ``save_pretrained`` layout, found in this
 order:
 
-1. ``tiny-sd`` and ``tiny-sd-inpaint``: the random-weight tiny pipelines, built on first use
-   into the cache folder.
+1. ``tiny-sd``, ``tiny-sd-inpaint`` and ``tiny-upscaler-x4``: the random-weight tiny models,
+   built on first use into the cache folder.
 2. ``<models_dir>/<key>``: the shared model folder (EFS on AWS, mounted read-only).
 3. ``s3://<models_bucket>/<models_prefix><key>/``: downloaded once into ``<cache_dir>/<key>``.
    ``upload_model`` writes a manifest (path, size, sha256 per file) after the files; a
@@ -15,6 +15,8 @@ Every model loads the same way, tiny or real: ``AutoPipelineForText2Image.from_p
 on the local folder, offline (an inpainting model, whose folder says so in its
 ``model_index.json``, with ``AutoPipelineForInpainting``). Image-to-image runs on the loaded
 text-to-image pipeline's own modules (``AutoPipelineForImage2Image.from_pipe``: no second copy).
+An upscaler's folder names ``RRDBNet`` there instead: it loads as ``gpu_consumer/upscalers.py``'s
+plain-torch network.
 """
 
 from __future__ import annotations
@@ -39,11 +41,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded from 
 import torch
 
 from gpu_consumer.tiny_model import build_tiny_sd, build_tiny_sd_inpaint
+from gpu_consumer.upscalers import build_tiny_upscaler, is_upscaler, load_upscaler
 
 MANIFEST_NAME = "pinksea-manifest.json"
 TINY_MODEL = "tiny-sd"
 TINY_INPAINT_MODEL = "tiny-sd-inpaint"
-_TINY_BUILDERS = {TINY_MODEL: build_tiny_sd, TINY_INPAINT_MODEL: build_tiny_sd_inpaint}
+TINY_UPSCALER = "tiny-upscaler-x4"
+_TINY_BUILDERS = {
+    TINY_MODEL: build_tiny_sd,
+    TINY_INPAINT_MODEL: build_tiny_sd_inpaint,
+    TINY_UPSCALER: build_tiny_upscaler,
+}
 _CHUNK = 1 << 20
 
 _LOAD_LOCK = threading.Lock()
@@ -63,6 +71,10 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "flux-dev": ModelFamily.FLUX,
     TINY_MODEL: ModelFamily.SD15,
     TINY_INPAINT_MODEL: ModelFamily.SD15,
+    # Upscalers: SD-1.5's sizes and dtypes suit them (multiples of 8, fp16 on CUDA).
+    "realesrgan-x4": ModelFamily.SD15,
+    "realesrgan-x2": ModelFamily.SD15,
+    TINY_UPSCALER: ModelFamily.SD15,
 }
 
 
@@ -92,6 +104,7 @@ class LoadedPipeline:
     scheduler_class: type | None = field(default=None, repr=False)
     scheduler_config: Any = field(default=None, repr=False)
     inpainting: bool = False  # an inpainting pipeline: its runs need an image and a mask
+    upscale: int = 0  # an upscaler's factor (``pipeline`` is an upscalers.Upscaler); 0: none
 
 
 def dtype_for(family: ModelFamily, device: torch.device) -> torch.dtype:
@@ -155,6 +168,9 @@ class ModelRegistry:
         transformers.utils.logging.disable_progress_bar()
         family = self.family(key)
         folder = self.resolve(key)
+        if is_upscaler(folder):
+            upscaler = load_upscaler(folder, dtype_for(family, device))
+            return LoadedPipeline(key, family, upscaler, upscale=upscaler.scale)
         inpainting = is_inpainting(folder)
         auto = AutoPipelineForInpainting if inpainting else AutoPipelineForText2Image
         # from_pretrained builds modules on the "meta" device by patching torch globally

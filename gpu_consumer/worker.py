@@ -39,15 +39,18 @@ from gpu_consumer.config import GpuWorkerSettings
 from gpu_consumer.inputs import RunInputs, read_inputs
 from gpu_consumer.model_cache import ModelCache
 from gpu_consumer.outputs import ImageStore, s3_client
-from gpu_consumer.registry import ModelRegistry
+from gpu_consumer.registry import LoadedPipeline, ModelRegistry
 from gpu_consumer.run import (
     Failure,
+    InvalidJob,
+    JobChannel,
     RedisJobChannel,
     RunResult,
     classify,
     run_dispatch,
     validate,
 )
+from gpu_consumer.upscalers import Upscaler, run_upscale
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import Dispatch, Finished, FinishedImage, Heartbeat, Outcome, Started
 from infra.settings import Settings
@@ -332,7 +335,7 @@ class GpuWorker:
             try:
                 # Before the model: a job whose input is gone fails without a load. Not billed.
                 inputs = await asyncio.to_thread(
-                    read_inputs, self.images.client, self.images.bucket, dispatch
+                    read_inputs, self.images.client, self.images.bucket, _input_view(dispatch)
                 )
                 lease = await asyncio.to_thread(self.cache.acquire, dispatch.parameters.model)
             except Exception as e:
@@ -351,8 +354,9 @@ class GpuWorker:
                 self._publish(producer, started, str(dispatch.job_id))
             )
             try:
+                run = _upscale if lease.model.upscale else run_dispatch
                 result = await asyncio.to_thread(
-                    run_dispatch, lease.model, dispatch, self.device, channel, self._abort, inputs
+                    run, lease.model, dispatch, self.device, channel, self._abort, inputs
                 )
             finally:
                 self.cache.release(dispatch.parameters.model)
@@ -507,3 +511,39 @@ class GpuWorker:
     def _heartbeat_delivered(self, delivery: asyncio.Future[Any]) -> None:
         if not delivery.cancelled() and delivery.exception() is not None:
             self._log.warning("heartbeat not delivered", error=str(delivery.exception()))
+
+
+# ------------------------------------------------------------------------------ upscaling
+
+
+def _input_view(dispatch: Dispatch) -> Dispatch:
+    """The dispatch as its input is read: an upscale job's width and height are its output's,
+    so its init image is read (and resized) at width/scale x height/scale."""
+    params = dispatch.parameters
+    if params.scale is None:
+        return dispatch
+    assert params.width % params.scale == 0 and params.height % params.scale == 0
+    size = {"width": params.width // params.scale, "height": params.height // params.scale}
+    return dispatch.model_copy(update={"parameters": params.model_copy(update=size)})
+
+
+def _upscale(
+    model: LoadedPipeline,
+    dispatch: Dispatch,
+    device: torch.device,
+    channel: JobChannel,
+    abort: threading.Event | None,
+    inputs: RunInputs,
+) -> RunResult:
+    """``run_dispatch``'s counterpart for an upscaler: one metered pass, the same result (the
+    abort signal cannot stop one pass; the worker's grace covers it). Never raises."""
+    assert isinstance(model.pipeline, Upscaler)
+    try:
+        outcome, gpu_ms, cuda_ms, images, problem = run_upscale(
+            model.pipeline, dispatch, device, channel.cancelled(), inputs.image
+        )
+    except Exception as e:
+        return RunResult(Outcome.FAILED, failure=classify(e, "run"))
+    if problem is not None:
+        return RunResult(Outcome.FAILED, failure=classify(InvalidJob(problem), "run"))
+    return RunResult(outcome, gpu_ms, cuda_ms, images, 1 if images else 0)

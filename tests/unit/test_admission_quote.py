@@ -14,6 +14,7 @@ from domain.commands.admission import admit, quote
 from domain.credits import CreditAccount
 from domain.jobs import GenerationJob, JobParameters, JobStatus, RejectionReason
 from domain.lots import LotSource
+from domain.parameters import UPSCALE_OUTPUT_PIXELS_MAX
 from domain.subscription import Subscription
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -26,6 +27,13 @@ def job_parameters(draw: st.DrawFn) -> JobParameters:
     side = st.integers(r.min_px // r.multiple + 1, r.max_px // r.multiple).map(
         lambda n: n * r.multiple
     )
+    if spec.upscale:  # an upscaler: one pass on its input, the output under the pixel cap
+        width = draw(side)
+        height = draw(side.filter(lambda h: width * h <= UPSCALE_OUTPUT_PIXELS_MAX))
+        return JobParameters(
+            model=spec.key, prompt="sharper", steps=1, width=width, height=height,
+            init_image=str(UUID(int=1)), scale=spec.upscale,
+        )  # fmt: skip
     return JobParameters(
         model=spec.key,
         prompt="a lighthouse",
