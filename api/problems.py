@@ -256,6 +256,11 @@ _UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # SQLSTATE class 53 besides too many connections: disk full (53100), out of memory: the
+    # server refuses the write and rolls it back; it succeeds once an operator frees space
+    # (tests/faults/test_disk_full.py). The event store's psycopg errors of that class arrive
+    # as es_persistence.OperationalError.
+    asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.QueryCanceledError,
     es_persistence.OperationalError,
     es_persistence.InterfaceError,

@@ -23,6 +23,7 @@ import httpx
 import psycopg
 import pytest
 
+from api.auth import sign_dev_token
 from tests.api.project_now import project_now
 from tests.faults.conftest import JOB, auth, fault_settings, in_process_api
 from tests.faults.private_pg import private_postgres, require_root_and_postgres, tmpfs
@@ -92,6 +93,14 @@ async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
             first = await submit("before")
             assert first.status_code == 202, first.text
             accepted.append(first.json()["job_id"])
+            # API keys are written through asyncpg (not the event store's psycopg): a Pro plan
+            # may create them, and the user has none yet, so the first one extends a file.
+            plan = await client.put(
+                f"/v1/admin/users/{user}/plan",
+                json={"plan": "pro", "reason": "disk-full test"},
+                headers={"Authorization": f"Bearer {sign_dev_token(settings, 'root', admin=True)}"},
+            )
+            assert plan.status_code == 200, plan.text
 
             filled = fill(ballast)
             assert filled > 0
@@ -108,6 +117,12 @@ async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
                 if len(refused) >= 3:
                     break
             assert refused, f"{len(answers)} submissions on a full disk, none refused"
+            key = await client.post(
+                "/v1/api-keys", json={"name": "full"}, headers=auth(settings, user)
+            )
+            assert key.status_code != 500, key.text
+            if key.status_code != 201:
+                assert_unavailable(key)
             # A read that needs the database also answers, 2xx or 503, never 500.
             read = await client.get("/v1/jobs", headers=auth(settings, user))
             assert read.status_code in (200, 503), read.text
@@ -145,6 +160,6 @@ async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
             ballast.unlink()
         print(
             f"disk full: {len(answers)} submissions on the full disk, {len(accepted) - 2} "
-            f"accepted before it ran out, {len(refused)} refused 503; accepted again after "
-            f"space returned"
+            f"accepted before it ran out, {len(refused)} refused 503; api key "
+            f"{key.status_code}; accepted again after space returned"
         )
