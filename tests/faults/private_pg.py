@@ -111,11 +111,20 @@ class PrivatePostgres:
 
 @contextlib.contextmanager
 def private_postgres(
-    binaries: Path, data_dir: Path, *, host: str = "127.0.0.1", port: int | None = None
+    binaries: Path,
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    wrap: tuple[str, ...] = (),
 ) -> Iterator[PrivatePostgres]:
-    """initdb ``data_dir`` and run a server on ``host:port`` until the block ends. Trust
+    """initdb ``data_dir`` and run a server on ``host:port`` until the block ends, its command
+    prefixed by ``wrap`` (``ip netns exec NS``: the server inside a network namespace). Trust
     authentication: the server listens only on a loopback or veth address of this machine."""
-    port = port or free_port()
+    if port is None:
+        # A free port of this namespace; inside another one (``wrap``) its own ports are all
+        # free, so any fixed one does.
+        port = free_port(host) if not wrap else 15432
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     shutil.chown(data_dir.parent, OS_USER, OS_USER)
     # 1 MiB WAL segments: a fresh cluster fits a small tmpfs with room for the test's data.
@@ -146,23 +155,26 @@ def private_postgres(
     shutil.chown(log, OS_USER, OS_USER)
     out = log.open("ab")
     process = subprocess.Popen(
-        as_postgres(
-            str(binaries / "postgres"),
-            "-D",
-            str(data_dir),
-            "-p",
-            str(port),
-            "-c",
-            f"listen_addresses={host}",
-            "-c",
-            "unix_socket_directories=",
-            "-c",
-            "max_connections=100",
-            "-c",
-            "min_wal_size=2MB",
-            "-c",
-            "max_wal_size=16MB",
-        ),
+        [
+            *wrap,
+            *as_postgres(
+                str(binaries / "postgres"),
+                "-D",
+                str(data_dir),
+                "-p",
+                str(port),
+                "-c",
+                f"listen_addresses={host}",
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "max_connections=100",
+                "-c",
+                "min_wal_size=2MB",
+                "-c",
+                "max_wal_size=16MB",
+            ),
+        ],
         stdout=out,
         stderr=out,
         cwd="/",
