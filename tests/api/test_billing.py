@@ -197,6 +197,7 @@ async def test_a_month_on_a_controllable_clock(kit: Kit, user: str) -> None:
     assert available(start) == trial + starter
     # A job on the paid credit; spend order takes the trial credit (sooner expiry) first.
     job = app.submit_job(user, idempotency_key="m1", params=_tiny(), at=start)
+    assert job.job_id is not None, job
     app.record_dispatch(job.job_id, attempt=1, worker_id="w", at=start)
     app.record_start(job.job_id, attempt=1, worker_id="w", gpu="T4", at=start)
     app.complete_job(job.job_id, attempt=1, gpu_ms=800, cuda_ms=790, images=[], at=start)

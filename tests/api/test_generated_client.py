@@ -23,6 +23,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.schemas import JobRequest
+from domain.job_events import ImageRecord
 from gpu_consumer.outputs import image_key, thumbnail_key
 from tests.api.conftest import Kit
 
@@ -95,8 +96,15 @@ async def test_submit_poll_image_ledger_through_the_generated_client(
     png = b"\x89PNG generated client"
     kit.services.s3.put_object(Bucket=kit.settings.s3_bucket, Key=key, Body=png)
     kit.services.s3.put_object(Bucket=kit.settings.s3_bucket, Key=thumb, Body=b"RIFF webp")
-    image = {"name": name, "key": key, "thumbnail_key": thumb, "size_bytes": len(png)}
-    kit.run_job(job.job_id, gpu_ms=700, images=[{**image, "width": 64, "height": 64}])  # type: ignore[list-item]
+    image: ImageRecord = {
+        "name": name,
+        "key": key,
+        "thumbnail_key": thumb,
+        "size_bytes": len(png),
+        "width": 64,
+        "height": 64,
+    }
+    kit.run_job(job.job_id, gpu_ms=700, images=[image])
     await kit.project()
 
     # Poll with read-your-writes: the position travels as the string header it is typed as.

@@ -302,6 +302,7 @@ def test_credit_given_back_after_it_was_spent_is_owed_and_netted_from_the_next_g
     deliver(app, 1, "invoice.paid", invoice("in_1", [line("starter", 2500, *P1)]))
     at = T0 + timedelta(hours=1)
     job = app.submit_job(USER, idempotency_key="k", params=_tiny(), at=at)
+    assert job.job_id is not None, job
     app.record_dispatch(job.job_id, attempt=1, worker_id="w", at=at)
     app.record_start(job.job_id, attempt=1, worker_id="w", gpu="T4", at=at)
     app.complete_job(job.job_id, attempt=1, gpu_ms=job.budget_ms, cuda_ms=1, images=[], at=at)

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import pytest
 from eventsourcing.application import Application, ProcessingEvent
@@ -271,6 +272,13 @@ def test_a_finished_job_refuses_every_move() -> None:
         job.accept(hold_mc=10, estimate_ms=5, budget_ms=10, at=T0)
 
 
+def accepted(app: PinkseaApplication, user: str, key: str) -> UUID:
+    """The job of a submission that must be accepted (a refusal saves no job)."""
+    result = app.submit_job(user, idempotency_key=key, params=TINY, at=T0)
+    assert result.job_id is not None, result
+    return result.job_id
+
+
 def run(app: PinkseaApplication, job_id: Any, attempt: int, worker: str = "w") -> None:
     app.record_dispatch(job_id, attempt=attempt, worker_id=worker, at=T0)
     app.record_start(job_id, attempt=attempt, worker_id=worker, gpu="T4", at=T0)
@@ -279,7 +287,7 @@ def run(app: PinkseaApplication, job_id: Any, attempt: int, worker: str = "w") -
 def test_only_a_retryable_failure_of_the_last_attempt_is_dead_lettered(
     app: PinkseaApplication, user: str
 ) -> None:
-    job = app.submit_job(user, idempotency_key="k", params=TINY, at=T0).job_id
+    job = accepted(app, user, "k")
     failure: dict[str, Any] = {"reason": "oom", "fault": Fault.PLATFORM, "gpu_ms": 5, "at": T0}
     for attempt in range(1, MAX_ATTEMPTS):
         run(app, job, attempt)
@@ -291,7 +299,7 @@ def test_only_a_retryable_failure_of_the_last_attempt_is_dead_lettered(
     assert last.dead_letter == DeadLetterDecision(attempts=MAX_ATTEMPTS, reason="oom")
     assert app.fail_job(job, attempt=MAX_ATTEMPTS, retryable=True, **failure).dead_letter is None
 
-    other = app.submit_job(user, idempotency_key="k2", params=TINY, at=T0).job_id
+    other = accepted(app, user, "k2")
     run(app, other, 1)
     refused = app.fail_job(other, attempt=1, retryable=False, **failure)
     assert refused.job_status == "failed" and refused.dead_letter is None
@@ -300,7 +308,7 @@ def test_only_a_retryable_failure_of_the_last_attempt_is_dead_lettered(
 def test_a_worker_lost_on_the_last_attempt_is_abandoned_once(
     app: PinkseaApplication, user: str
 ) -> None:
-    job = app.submit_job(user, idempotency_key="k", params=TINY, at=T0).job_id
+    job = accepted(app, user, "k")
     run(app, job, 1)
     with pytest.raises(InvalidTransition, match="dispatch the next attempt"):
         app.abandon_job(job, attempt=1, at=T0)
@@ -319,7 +327,7 @@ def test_a_worker_lost_on_the_last_attempt_is_abandoned_once(
 
 
 def test_a_dispatch_says_whether_to_send_it(app: PinkseaApplication, user: str) -> None:
-    job = app.submit_job(user, idempotency_key="k", params=TINY, at=T0).job_id
+    job = accepted(app, user, "k")
     first = app.record_dispatch(job, attempt=1, worker_id="w1", at=T0)
     assert first.changed and first.send and first.dead_letter is None
     repeat = app.record_dispatch(job, attempt=1, worker_id="w1", at=T0)

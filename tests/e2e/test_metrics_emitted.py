@@ -171,7 +171,7 @@ async def test_every_metric_the_dashboard_rules_and_alarms_name_is_emitted(
             job = app.submit_job(
                 "mia", idempotency_key=f"m{attempt}", params=JOB, at=datetime.now(UTC)
             )
-            assert job.status == "accepted", job
+            assert job.status == "accepted" and job.job_id is not None, job
 
             async def ended(job_id: uuid.UUID = job.job_id) -> bool:
                 return (await asyncio.to_thread(app.job, job_id)).is_terminal

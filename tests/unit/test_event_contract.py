@@ -29,6 +29,7 @@ def test_every_stored_event_becomes_a_valid_envelope() -> None:
     app.register_user("u", at)
     params = JobParameters(model="tiny-sd", prompt="p", steps=4, width=64, height=64)
     job = app.submit_job("u", idempotency_key="k", params=params, at=at)
+    assert job.job_id is not None, job
     app.record_dispatch(job.job_id, attempt=1, worker_id="w", at=at)
     app.record_start(job.job_id, attempt=1, worker_id="w", gpu="T4", at=at)
     app.complete_job(job.job_id, attempt=1, gpu_ms=5, cuda_ms=None, images=[], at=at)

@@ -4,10 +4,11 @@ them (the worker's parameters and the idempotency fingerprint are what they were
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 from eventsourcing.application import Application
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import Mapper, StoredEvent
 from pydantic import ValidationError
 
 from domain.job_webhooks import JOB_WEBHOOK_EVENTS, JobSubmission
@@ -56,7 +57,9 @@ def test_malformed_webhooks_are_refused(extra: dict[str, object]) -> None:
 
 def test_a_submitted_event_stored_before_webhooks_replays_without_one() -> None:
     job = _job(JobParameters(**PARAMS))
-    mapper = Application(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}).mapper
+    mapper: Mapper[UUID] = Application[UUID](
+        env={"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    ).mapper
     stored = mapper.to_stored_event(job.collect_events()[0])
     state = mapper.transcoder.decode(stored.state)
     del state["webhook"]  # the shape of every Submitted recorded before the field existed
@@ -66,5 +69,7 @@ def test_a_submitted_event_stored_before_webhooks_replays_without_one() -> None:
         stored.topic,
         mapper.transcoder.encode(state),
     )
-    replayed = mapper.to_domain_event(old).mutate(None)
+    event = mapper.to_domain_event(old)
+    assert isinstance(event, GenerationJob.Submitted)
+    replayed = event.mutate(None)
     assert isinstance(replayed, GenerationJob) and replayed.webhook is None
