@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.app import create_app
@@ -52,8 +53,18 @@ def auth(settings: Settings, user: str, **headers: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def in_process_api(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The API in-process; its Redis keys (the settings' own prefix) deleted at the end."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
-            yield app, client
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as c:
+                yield app, c
+    finally:
+        redis = aioredis.from_url(settings.redis_url)
+        try:
+            keys = [k async for k in redis.scan_iter(match=f"{settings.redis_key_prefix}*")]
+            if keys:
+                await redis.delete(*keys)
+        finally:
+            await redis.aclose()

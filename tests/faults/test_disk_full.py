@@ -10,6 +10,7 @@ the API.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -136,7 +137,7 @@ async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
                 if after.status_code == 202:
                     break
                 assert_unavailable(after)
-                time.sleep(0.5)
+                await asyncio.sleep(0.5)
             assert after is not None and after.status_code == 202, (
                 f"not accepted {RECOVERY_S} s after space returned: {after and after.text}\n"
                 f"{pg.log_tail()}"
@@ -161,5 +162,5 @@ async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
         print(
             f"disk full: {len(answers)} submissions on the full disk, {len(accepted) - 2} "
             f"accepted before it ran out, {len(refused)} refused 503; api key "
-            f"{key.status_code}; accepted again after space returned"
+            f"{key.status_code}, read {read.status_code}; accepted again after space returned"
         )
