@@ -21,7 +21,19 @@ from api.problems import (
     install_problem_handlers,
     rewrite_problem_media_types,
 )
-from api.routers import admin, api_keys, events, images, jobs, me, models, ops, plans, uploads
+from api.routers import (
+    admin,
+    api_keys,
+    boards,
+    events,
+    images,
+    jobs,
+    me,
+    models,
+    ops,
+    plans,
+    uploads,
+)
 from api.services import start_services
 from infra.settings import Settings, get_settings
 
@@ -67,7 +79,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    for module in (jobs, events, images, uploads, me, models, plans, api_keys, admin, billing, ops):
+    for module in (
+        jobs,
+        events,
+        images,
+        uploads,
+        boards,
+        me,
+        models,
+        plans,
+        api_keys,
+        admin,
+        billing,
+        ops,
+    ):
         app.include_router(module.router)
     app.include_router(webhook_endpoints.router)
     app.include_router(webhook_endpoints.secret_router)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from eventsourcing.persistence import JSONTranscoder
 
 from domain.commands.accounts import AccountCommands
+from domain.commands.boards import BoardCommands
 from domain.commands.jobs import JobCommands
 from domain.commands.plans import PlanCommands
 from domain.commands.results import (
@@ -35,7 +36,7 @@ from domain.credits import CreditAccount, HoldAsDict, LotAsDict
 
 
 class PinkseaApplication(
-    JobCommands, AccountCommands, SubscriptionCommands, PlanCommands, UploadCommands
+    JobCommands, AccountCommands, SubscriptionCommands, PlanCommands, UploadCommands, BoardCommands
 ):
     name = "Pinksea"  # the event tables are pinksea_events and pinksea_snapshots
     snapshotting_intervals = {CreditAccount: 50}

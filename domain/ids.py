@@ -40,5 +40,9 @@ def contract_period_reference(subscription_id: UUID, period_start: datetime) -> 
     return f"{subscription_id}:{period_start.astimezone(UTC).isoformat()}"
 
 
+def board_id(user_id: str, request_key: str) -> UUID:
+    return _derive("board", user_id, request_key)
+
+
 def stripe_event_id(stripe_event_id: str) -> UUID:
     return _derive("stripe-event", stripe_event_id)

@@ -238,3 +238,16 @@ def image_deleted(
     self: GenerationJob, name: str, key: str, thumbnail_key: str, timestamp: datetime
 ) -> None:
     self.deleted_images[name] = timestamp
+
+
+class ImageFiled(Aggregate.Event):
+    """The owner put one of the job's images on a board (domain/boards.py): the job keeps the
+    board's id so that two boards never both take the image (each filing writes the job)."""
+
+    TOPIC = "pinksea:GenerationJob.ImageFiled"
+    name: str
+    board_id: str
+
+
+def image_filed(self: GenerationJob, name: str, board_id: str, timestamp: datetime) -> None:
+    self.image_boards[name] = board_id

@@ -124,6 +124,7 @@ class GenerationJob(Aggregate):
     Cancelled = events.Cancelled
     Refunded = events.Refunded
     ImageDeleted = events.ImageDeleted
+    ImageFiled = events.ImageFiled
 
     @staticmethod
     def create_id(user_id: str, idempotency_key: str) -> UUID:
@@ -164,6 +165,7 @@ class GenerationJob(Aggregate):
         self.refunded_mc = 0
         self.images: list[ImageRecord] = []  # as produced; deletions do not remove them
         self.deleted_images: dict[str, datetime] = {}  # image name -> when it was deleted
+        self.image_boards: dict[str, str] = {}  # image name -> the board it was last filed on
         self.failure: str | None = None
 
     @classmethod
@@ -376,6 +378,23 @@ class GenerationJob(Aggregate):
         )
         return True
 
+    def has_image(self, name: str, user_id: str) -> bool:
+        """Whether ``name`` is one of the job's images, the user's and not deleted."""
+        return (
+            user_id == self.user_id
+            and name not in self.deleted_images
+            and any(i["name"] == name for i in self.images)
+        )
+
+    def file_image(self, *, name: str, board_id: UUID, at: datetime) -> bool:
+        """Record the image's board; False when it was filed there already."""
+        require_aware(at)
+        assert name in {i["name"] for i in self.images}, "only a produced image is filed"
+        if self.image_boards.get(name) == str(board_id):
+            return False
+        self._image_filed(name=name, board_id=str(board_id), timestamp=at)
+        return True
+
     def _move(self, to: JobStatus) -> None:
         """The one check of the lifecycle table."""
         if to not in LIFECYCLE[JobStatus(self.status)]:
@@ -400,6 +419,7 @@ class GenerationJob(Aggregate):
     _cancelled = event(Cancelled)(events.cancelled)
     _refunded = event(Refunded)(events.refunded)
     _image_deleted = event(ImageDeleted)(events.image_deleted)
+    _image_filed = event(ImageFiled)(events.image_filed)
 
 
 __all__ = [

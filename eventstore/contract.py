@@ -17,6 +17,7 @@ from eventsourcing.domain import Aggregate, AggregateEvent, DomainEventProtocol
 from pydantic import BaseModel, create_model
 from pydantic_core import to_jsonable_python
 
+from domain.boards import Board
 from domain.credits import CreditAccount
 from domain.jobs import GenerationJob
 from domain.subscription import Subscription
@@ -31,6 +32,7 @@ AGGREGATE_TOPICS: dict[type[Aggregate], str] = {
     GenerationJob: JOBS_TOPIC,
     StripeEventRecord: SUBSCRIPTIONS_TOPIC,  # billing facts travel with the subscriptions
     Upload: JOBS_TOPIC,  # a job's input images travel with the jobs
+    Board: JOBS_TOPIC,  # boards file the jobs' images: one topic keeps their order
 }
 _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp"})
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "events"

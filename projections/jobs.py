@@ -109,6 +109,9 @@ SELECT read_model_check(
     'image ' || $4 || ' of job ' || $1::text || ' was deleted, but never produced'
 )
 """
+# Filing an image on a board is the boards projection's (projections/boards.py); the job only
+# records where its image went, so its row moves on to the event's position.
+_IMAGE_FILED = "UPDATE jobs SET updated_at = $2, position = $3 WHERE job_id = $1"
 _REFUNDED = _update(
     "refunded_mc = $4",
     "usage AS (UPDATE usage_records SET refunded_mc = $4 WHERE job_id = $1)",
@@ -204,6 +207,7 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
     "GenerationJob.Cancelled": (_CANCELLED, _cancelled),
     "GenerationJob.Refunded": (_REFUNDED, lambda ev: (ev.amount_mc,)),
     "GenerationJob.ImageDeleted": (_IMAGE_DELETED, lambda ev: (ev.name,)),
+    "GenerationJob.ImageFiled": (_IMAGE_FILED, lambda ev: ()),
 }
 
 

@@ -6,6 +6,7 @@ in few pipelined round trips (rebuild)."""
 from __future__ import annotations
 
 from projections.batching import StatementProjection
+from projections.boards import BoardsProjection
 from projections.hold_outcomes import HoldOutcomesProjection
 from projections.jobs import JobsProjection
 from projections.ledger import LedgerProjection
@@ -18,6 +19,7 @@ ALL_PROJECTIONS: tuple[StatementProjection, ...] = (
     SubscriptionsProjection(),
     UploadsProjection(),
     HoldOutcomesProjection(),
+    BoardsProjection(),
 )
 
 

@@ -15,6 +15,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 
 from domain import ids
+from domain.boards import Board
 from domain.commands.admission import Learned, Refusal, admit, quote
 from domain.commands.results import CommandResult, DispatchResult, SettlementResult, SubmitResult
 from domain.commands.store import CommandStore, command
@@ -303,7 +304,14 @@ class JobCommands(CommandStore):
         job = self.job(job_id)
         if not job.delete_image(name=name, user_id=user_id, at=at):
             return CommandResult(False)
-        self.save(job)
+        # A deleted image leaves its board (it would count against the board's bound).
+        pointer = job.image_boards.get(name)
+        board = self.find(UUID(pointer)) if pointer is not None else None
+        if isinstance(board, Board) and board.holds(name):
+            board.remove_image(name, at)
+            self.save(job, board)
+        else:
+            self.save(job)
         return CommandResult(True)
 
 

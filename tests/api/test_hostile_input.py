@@ -63,6 +63,7 @@ class Victim:
     ledger: list[dict[str, Any]]
     upload_id: str
     endpoint_id: str
+    board_id: str
 
     def markers(self) -> list[str]:
         """Strings that must never appear in an answer to someone else."""
@@ -74,6 +75,7 @@ class Victim:
             self.key_prefix,
             self.upload_id,
             self.endpoint_id,
+            self.board_id,
         ]
 
 
@@ -111,6 +113,11 @@ async def make_victim(kit: Kit) -> Victim:
     )
     assert r.status_code == 201, r.text
     endpoint_id = r.json()["id"]
+    r = await kit.client.post("/v1/boards", json={"name": "seas"}, headers=kit.auth(user))
+    assert r.status_code == 201, r.text
+    board_id = r.json()["board_id"]
+    r = await kit.client.put(f"/v1/boards/{board_id}/images/{name}", headers=kit.auth(user))
+    assert r.status_code == 204, r.text
     await kit.project()
     ledger = (await kit.client.get("/v1/me/ledger", headers=kit.auth(user))).json()["items"]
     assert ledger
@@ -125,6 +132,7 @@ async def make_victim(kit: Kit) -> Victim:
         ledger=ledger,
         upload_id=upload_id,
         endpoint_id=endpoint_id,
+        board_id=board_id,
     )
 
 
@@ -141,6 +149,8 @@ async def assert_untouched(kit: Kit, v: Victim) -> None:
     assert r.status_code == 200 and r.json()["user_id"] == v.user
     ledger = (await kit.client.get("/v1/me/ledger", headers=kit.auth(v.user))).json()["items"]
     assert ledger == v.ledger
+    r = await kit.client.get(f"/v1/boards/{v.board_id}", headers=kit.auth(v.user))
+    assert r.status_code == 200 and r.json()["image_count"] == 1, r.text
 
 
 @contextlib.asynccontextmanager
@@ -381,6 +391,7 @@ async def test_another_tenants_resources_are_404_everywhere(
         "key_id": v.key_id,
         "upload_id": v.upload_id,
         "endpoint_id": v.endpoint_id,
+        "board_id": v.board_id,
         # A's endpoint is not B's: any delivery id under it is a 404.
         "delivery_id": "whd_" + "0" * 32,
     }
@@ -400,7 +411,8 @@ async def test_another_tenants_resources_are_404_everywhere(
             url = fill(path, own)
             for creds in (kit.auth(other), {"X-API-Key": b_key}):
                 # Streamed, so that a stream wrongly opened would not hang the test.
-                body_json = {} if method == "patch" else None  # an update that changes nothing
+                # An update that changes nothing, for PATCH.
+                body_json: dict[str, object] | None = {} if method == "patch" else None
                 async with c.stream(method, url, headers=creds, json=body_json) as r:
                     body = (await asyncio.wait_for(r.aread(), 10)).decode()
                 allowed = {"404"} | ({"403"} if "X-API-Key" in creds else set())

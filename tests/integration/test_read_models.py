@@ -866,6 +866,7 @@ def test_registry() -> None:
         "subscriptions",
         "uploads",
         "hold_outcomes",
+        "boards",
     ]
     assert get_projection("jobs").tables == ("jobs", "images", "usage_records")
     with pytest.raises(KeyError, match="known projections"):

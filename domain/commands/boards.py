@@ -1,0 +1,126 @@
+"""The commands on boards (domain/boards.py): create, rename, delete, file and unfile images.
+
+Filing an image writes three aggregates in one transaction: the board it goes on, the board it
+leaves (when it was on another), and its job, which records the board. Every filing writes the
+job, so two concurrent filings of one image conflict and the second, retried, sees the first:
+an image is never on two boards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from domain import ids
+from domain.boards import Board
+from domain.commands.results import CommandResult, Result
+from domain.commands.store import CommandStore, command
+from domain.errors import IdempotencyConflict, NotFound
+from domain.jobs import GenerationJob
+
+JOB_ID_CHARS = 36  # an image's name is its job's id (a UUID's text), a dash, an index
+
+
+@dataclass(frozen=True)
+class BoardResult(Result):
+    board_id: UUID
+    name: str
+    changed: bool  # False: a repetition, nothing new recorded
+
+
+class BoardCommands(CommandStore):
+    @command
+    def create_board(
+        self, user_id: str, *, request_key: str, name: str, at: datetime
+    ) -> BoardResult:
+        """The same request key again finds the same board (a different name is a conflict)."""
+        existing = self.find(ids.board_id(user_id, request_key))
+        if existing is not None:
+            assert isinstance(existing, Board) and existing.user_id == user_id  # id has user
+            if existing.deleted:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key created a board that was deleted since; use a new key"
+                )
+            if existing.created_name != name.strip():
+                raise IdempotencyConflict(
+                    "this Idempotency-Key created a board of another name; use a new key"
+                )
+            return BoardResult(board_id=existing.id, name=existing.name, changed=False)
+        board = Board.create(user_id=user_id, request_key=request_key, name=name, at=at)
+        self.save(board)
+        return BoardResult(board_id=board.id, name=board.name, changed=True)
+
+    @command
+    def rename_board(
+        self, user_id: str, board_uuid: UUID, *, name: str, at: datetime
+    ) -> BoardResult:
+        board = self.board(user_id, board_uuid)
+        changed = board.rename(name, at)
+        self.save(board if changed else None)
+        return BoardResult(board_id=board.id, name=board.name, changed=changed)
+
+    @command
+    def delete_board(self, user_id: str, board_uuid: UUID, *, at: datetime) -> CommandResult:
+        """Its images stay, on no board. Deleting it again is NotFound."""
+        board = self.board(user_id, board_uuid)
+        board.delete(at)
+        self.save(board)
+        return CommandResult(True)
+
+    @command
+    def add_board_image(
+        self, user_id: str, board_uuid: UUID, *, image_name: str, at: datetime
+    ) -> CommandResult:
+        """Put one of the user's images on the board, taking it off the board it was on."""
+        board = self.board(user_id, board_uuid)
+        job = self.image_job(user_id, image_name)
+        previous = self.board_of(job, image_name)
+        if previous is not None and previous.id == board.id:
+            return CommandResult(False)
+        board.add_image(image_name, at)
+        if previous is not None:
+            previous.remove_image(image_name, at)
+        job.file_image(name=image_name, board_id=board.id, at=at)
+        self.save(board, job, *([previous] if previous is not None else []))
+        return CommandResult(True)
+
+    @command
+    def remove_board_image(
+        self, user_id: str, board_uuid: UUID, *, image_name: str, at: datetime
+    ) -> CommandResult:
+        """Take an image off the board (back to uncategorised); NotFound when it is not there.
+        The job's pointer stays: a board that does not list the image does not hold it."""
+        board = self.board(user_id, board_uuid)
+        board.remove_image(image_name, at)
+        self.save(board)
+        return CommandResult(True)
+
+    # ------------------------------------------------------------------------- reading
+
+    def board(self, user_id: str, board_uuid: UUID) -> Board:
+        """The user's board; another user's, a deleted one or none at all is NotFound."""
+        board = self.find(board_uuid)
+        if not isinstance(board, Board):
+            raise NotFound(f"no board {board_uuid}")
+        board.ensure_owner(user_id)
+        return board
+
+    def image_job(self, user_id: str, image_name: str) -> GenerationJob:
+        """The job of one of the user's images; another user's, deleted or unknown: NotFound."""
+        try:
+            job_uuid = UUID(image_name[:JOB_ID_CHARS])
+        except ValueError:
+            raise NotFound(f"you have no image {image_name!r}") from None
+        job = self.find(job_uuid)
+        if not isinstance(job, GenerationJob) or not job.has_image(image_name, user_id):
+            raise NotFound(f"you have no image {image_name!r}")
+        return job
+
+    def board_of(self, job: GenerationJob, image_name: str) -> Board | None:
+        """The board that holds the image now, if any (the job's pointer, checked)."""
+        pointer = job.image_boards.get(image_name)
+        if pointer is None:
+            return None
+        board = self.find(UUID(pointer))
+        return board if isinstance(board, Board) and board.holds(image_name) else None
