@@ -289,9 +289,18 @@ async def get_job(db: Db, user_id: str, job_id: UUID | str) -> Job | None:
 
 
 async def list_images(
-    db: Db, user_id: str, cursor: str | None = None, limit: int = DEFAULT_LIMIT
+    db: Db,
+    user_id: str,
+    cursor: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    *,
+    board_id: UUID | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> Page[Image]:
-    """The user's images (not deleted), newest first."""
+    """The user's images (not deleted), newest first; only those on ``board_id`` and created
+    in [created_after, created_before) when given. The filters narrow the same order, so a
+    cursor from a filtered page continues it (a page's cursor is for the same filters)."""
     limit = _check_limit(limit)
     position, index = (
         decode_cursor(cursor, "images", int, int) if cursor else (_AFTER_EVERYTHING, 0)
@@ -299,11 +308,18 @@ async def list_images(
     rows = await db.fetch(
         f"SELECT {_IMAGE_COLUMNS}, position FROM images"
         " WHERE user_id = $1 AND deleted_at IS NULL AND (position, idx) < ($2, $3)"
+        " AND ($5::uuid IS NULL OR EXISTS (SELECT 1 FROM board_images b"
+        "   WHERE b.board_id = $5 AND b.user_id = $1 AND b.image_name = images.name))"
+        " AND ($6::timestamptz IS NULL OR created_at >= $6)"
+        " AND ($7::timestamptz IS NULL OR created_at < $7)"
         " ORDER BY position DESC, idx DESC LIMIT $4",
         user_id,
         position,
         index,
         limit + 1,
+        board_id,
+        created_after,
+        created_before,
     )
     return _page(rows, limit, _image, lambda r: encode_cursor("images", r["position"], r["index"]))
 

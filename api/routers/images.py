@@ -8,7 +8,8 @@ from uuid import UUID
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
-from fastapi import APIRouter, BackgroundTasks, Depends, Path, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Response, status
+from pydantic import AwareDatetime
 
 from api import problems as p
 from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
@@ -49,10 +50,29 @@ def _not_found(name: str) -> ProblemError:
     responses=problem_responses(*ERRORS, 422),
     dependencies=[Depends(rate_limit("query")), Depends(consistent("jobs"))],
 )
-async def list_images(principal: CurrentUser, svc: ServicesDep, paging: Paging) -> Page[ImageView]:
+async def list_images(
+    principal: CurrentUser,
+    svc: ServicesDep,
+    paging: Paging,
+    board_id: Annotated[
+        UUID | None, Query(description="only the images on this board of yours")
+    ] = None,
+    created_after: Annotated[
+        AwareDatetime | None, Query(description="only images created at or after this")
+    ] = None,
+    created_before: Annotated[
+        AwareDatetime | None, Query(description="only images created before this")
+    ] = None,
+) -> Page[ImageView]:
     try:
         page = await queries.list_images(
-            svc.pool, principal.user_id, cursor=paging.cursor, limit=paging.limit
+            svc.pool,
+            principal.user_id,
+            cursor=paging.cursor,
+            limit=paging.limit,
+            board_id=board_id,
+            created_after=created_after,
+            created_before=created_before,
         )
     except ValueError as e:
         raise bad_query(e) from None

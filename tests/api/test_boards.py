@@ -101,3 +101,29 @@ async def test_another_users_board_and_image_are_404(kit: Kit, user: str, other:
         assert r.status_code == 404 and problem_type(r) == "not-found", (method, path, r.text)
     r = await kit.client.get(f"/v1/boards/{board}", headers=kit.auth(user))
     assert r.json()["name"] == "Mine"
+
+
+async def test_images_filter_by_board_and_creation_time_and_page(kit: Kit, user: str) -> None:
+    _, images = await _job_with_images(kit, user, count=3)
+    names = [i["name"] for i in images]
+    board = await _board(kit, user, "Filtered")
+    auth = kit.auth(user)
+    for name in names[:2]:
+        r = await kit.client.put(f"/v1/boards/{board}/images/{name}", headers=auth)
+        assert r.status_code == 204, r.text
+    await kit.project()
+    r = await kit.client.get(f"/v1/images?board_id={board}&limit=1", headers=auth)
+    assert r.status_code == 200, r.text
+    first = r.json()
+    r = await kit.client.get(
+        f"/v1/images?board_id={board}&limit=1&cursor={first['next_cursor']}", headers=auth
+    )
+    second = r.json()
+    assert {first["items"][0]["name"], second["items"][0]["name"]} == set(names[:2])
+    assert second["next_cursor"] is None
+    r = await kit.client.get("/v1/images?created_before=2000-01-01T00:00:00Z", headers=auth)
+    assert r.status_code == 200 and r.json()["items"] == []
+    r = await kit.client.get("/v1/images?created_after=2000-01-01T00:00:00Z", headers=auth)
+    assert {i["name"] for i in r.json()["items"]} >= set(names)
+    r = await kit.client.get("/v1/images?created_after=yesterday", headers=auth)
+    assert r.status_code == 422
