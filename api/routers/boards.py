@@ -20,7 +20,7 @@ from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import Page, Strict, View
 from api.services import now
-from domain.boards import BOARD_IMAGES_MAX, BOARD_NAME_CHARS_MAX
+from domain.boards import BOARD_IMAGES_MAX, BOARD_NAME_CHARS_MAX, Board
 from domain.errors import NotFound
 from read_models import boards as rm
 
@@ -130,13 +130,25 @@ async def list_boards(principal: CurrentUser, svc: ServicesDep, paging: Paging) 
     summary="One of your boards",
     description="Its images: GET /v1/images?board_id=...",
     responses=problem_responses(*ERRORS, 404, 422),
-    dependencies=[Depends(rate_limit("query")), Depends(consistent("boards"))],
+    dependencies=[Depends(rate_limit("query"))],
 )
 async def get_board(board_id: BoardId, principal: CurrentUser, svc: ServicesDep) -> BoardView:
-    board = await rm.get_board(svc.pool, principal.user_id, board_id)
-    if board is None:
-        raise _not_found(board_id)
-    return BoardView.model_validate(board)
+    # From the event store, not the read model: a board just deleted is gone at once.
+    try:
+        board = await svc.command(svc.application.board, principal.user_id, board_id)
+    except NotFound:
+        raise _not_found(board_id) from None
+    return _aggregate_view(board)
+
+
+def _aggregate_view(board: Board, position: int | None = None) -> BoardView:
+    return BoardView(
+        board_id=board.id,
+        name=board.name,
+        image_count=len(board.images),
+        created_at=board.created_at,
+        position=position,
+    )
 
 
 @router.patch(
@@ -160,13 +172,7 @@ async def rename_board(
         board = await svc.command(app.board, user, board_id)
     except NotFound:
         raise _not_found(board_id) from None
-    return BoardView(
-        board_id=board.id,
-        name=board.name,
-        image_count=len(board.images),
-        created_at=board.created_at,
-        position=position,
-    )
+    return _aggregate_view(board, position)
 
 
 @router.delete(

@@ -235,9 +235,7 @@ def test_stateful_sequences_honour_the_contract(
     # Not vacuous: jobs and keys were created, and their links led somewhere.
     followed = {(m, p) for m, p, status in seen if status < 300}
     assert ("POST", "/v1/jobs") in followed, sorted(seen)
-    linked = {
-        ("GET", "/v1/jobs/{job_id}"),
-        ("POST", "/v1/jobs/{job_id}/cancel"),
-        ("DELETE", "/v1/api-keys/{key_id}"),
-    }
-    assert linked & followed, sorted(seen)
+    # A link followed to a resource a scenario created (a job, key, upload, board, ...): with
+    # more resources the scenarios spread over them, so any one of them counts.
+    linked = {(m, p) for m, p in followed if "{" in p and not p.startswith("/v1/admin")}
+    assert linked, sorted(seen)
