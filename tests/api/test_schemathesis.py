@@ -222,6 +222,9 @@ def test_stateful_sequences_honour_the_contract(
                     stateful_step_count=STATEFUL_STEPS,
                     deadline=None,
                     database=None,
+                    # The same scenarios every run: with a dozen linked resources a random
+                    # draw of 25 scenarios sometimes never submits a job that is accepted.
+                    derandomize=True,
                     phases=[Phase.generate],
                     suppress_health_check=list(HealthCheck),
                 )
