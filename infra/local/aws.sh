@@ -18,9 +18,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 AWS_PORT=${AWS_PORT:-9100}
 AWS_VENV=$STACK_DIR/aws/venv
 
-# The real readiness check: moto's own API answers (its state dump, /moto-api/data.json).
+# The real readiness check: an AWS API answers (STS GetCallerIdentity, which needs no state).
+# Not moto's state dump (/moto-api/data.json): it raises once the tests have left an
+# autoscaling group with a launch template in moto's memory (a moto bug), so a server that
+# works would never be seen as ready again.
 aws_answers() {
-  curl -sf --max-time 3 "http://$HOST:$AWS_PORT/moto-api/data.json" 2>/dev/null | grep -q '^{'
+  curl -sf --max-time 3 -X POST "http://$HOST:$AWS_PORT/" \
+    -H 'Content-Type: application/x-www-form-urlencoded' \
+    -H 'Authorization: AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=local' \
+    -d 'Action=GetCallerIdentity&Version=2011-06-15' 2>/dev/null | grep -q '<GetCallerIdentityResponse'
 }
 
 start() {
