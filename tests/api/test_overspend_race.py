@@ -8,9 +8,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from domain.catalog import MODELS
-from domain.estimation import estimate_gpu_ms, hold_for_estimate
-from domain.plans import GpuTier, get_plan
+from domain.plans import get_plan
 from tests.api.conftest import TINY, Kit, api_process
 
 pytestmark = pytest.mark.integration
@@ -36,18 +34,11 @@ async def test_two_hundred_concurrent_submissions_accept_exactly_what_the_credit
             "storage_gb": 1,
         },
     )
-    hold = hold_for_estimate(
-        estimate_gpu_ms(
-            MODELS["tiny-sd"].family,
-            GpuTier.BASIC,
-            steps=TINY["steps"],
-            width=TINY["width"],
-            height=TINY["height"],
-            batch_size=1,
-            model="tiny-sd",
-        ),
-        GpuTier.BASIC,
-    )
+    # The hold the API will ask for, from its own quote: it may price tiny-sd by the rate
+    # learned from the session's settled jobs (read_models/gpu_rates.py), not the table.
+    quote = await kit.client.post("/v1/jobs/quote", json=TINY, headers=kit.auth(user))
+    assert quote.status_code == 200, quote.text
+    hold = quote.json()["hold_mc"]
     trial = get_plan("trial").credits_per_month_mc
     contract = 1000  # the contract's first month (1 credit), granted with the plan
     app.adjust_credits(

@@ -374,6 +374,9 @@ class Story:
             )  # fmt: skip
         flux_job = self.started("bob", "bob-flux", T0 + DAY, FLUX)
         self.complete(flux_job, 1500, T0 + DAY, images=1, size=5000)
+        # bob files the image on a board (Board events and the job's ImageFiled).
+        board = app.create_board("bob", request_key="bob-board", name="seas", at=T0 + DAY)
+        app.add_board_image("bob", board.board_id, image_name=f"{flux_job}-0", at=T0 + DAY)
         huge = FLUX.model_copy(update=dict(steps=150, width=2048, height=2048, batch_size=8))
         assert self.refuse("bob", "bob-too-big", T0 + DAY, huge) == "insufficient_credits"
         # A rejection saved as a job, as submissions did before refusals were answered
