@@ -191,6 +191,7 @@ async def sign_in(checks: Checks, ctx: Context) -> Users | None:
 
 async def stripe(checks: Checks, ctx: Context, users: Users, webhook_secret: str) -> None:
     auth = bearer(users.buyer.id_token)
+    customers: set[str] = set()  # the buyer's, as Checkout linked it
     async with checks.check("Stripe Checkout for each paid plan, with its configured price") as n:
         for plan in PAID_PLANS:
             before = len(ctx.recorder.requests)
@@ -204,6 +205,7 @@ async def stripe(checks: Checks, ctx: Context, users: Users, webhook_secret: str
             ]
             require(len(sessions) == 1, f"{plan}: {len(sessions)} Checkout Sessions created")
             form = sessions[0].form
+            customers.update(form.get("customer", []))
             price = form.get("line_items[0][price]", ["?"])[0]
             want = ctx.settings.stripe_price_ids[plan]
             require(price == want, f"{plan}: Checkout asked for {price}, configured {want}")
@@ -217,7 +219,11 @@ async def stripe(checks: Checks, ctx: Context, users: Users, webhook_secret: str
 
     async with checks.check("Stripe webhooks: signed purchase applied once, forgery refused") as n:
         price = ctx.settings.stripe_price_ids["starter"]
-        for event in plan_purchase(users.buyer_id, price, datetime.now(UTC)):
+        # Stripe's events of this purchase name the customer Checkout linked to the buyer
+        # (any other customer's would be quarantined, api/billing/stripe_events.py).
+        require(len(customers) == 1, f"Checkout used customers {sorted(customers)}")
+        purchase = plan_purchase(users.buyer_id, price, datetime.now(UTC), customer=min(customers))
+        for event in purchase:
             body, headers = signed_delivery(webhook_secret, event)
             r = await ctx.api.post("/v1/webhooks/stripe", content=body, headers=headers)
             require(

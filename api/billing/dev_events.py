@@ -22,14 +22,19 @@ def signed_delivery(secret: str, event: dict[str, Any]) -> tuple[bytes, dict[str
 
 
 def plan_purchase(
-    user: str, price: str, now: datetime, amount_cents: int = 7500
+    user: str,
+    price: str,
+    now: datetime,
+    amount_cents: int = 7500,
+    customer: str | None = None,
 ) -> list[dict[str, Any]]:
     """The events of a first purchase: ``checkout.session.completed`` (which links the user's
     customer, as the Checkout route would before: every later object's customer must be it),
-    ``customer.subscription.created``, ``invoice.paid``."""
+    ``customer.subscription.created``, ``invoice.paid``. ``customer``: the user's Stripe
+    customer when the Checkout route already linked one (its events must name that one)."""
     start, end = int(now.timestamp()), int((now + timedelta(days=30)).timestamp())
     meta = {"user_id": user}
-    subscription, customer = f"sub_dev_{user}", f"cus_dev_{user}"
+    subscription, customer = f"sub_dev_{user}", customer or f"cus_dev_{user}"
     objects = [
         (
             "checkout.session.completed",
