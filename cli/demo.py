@@ -39,12 +39,27 @@ LONG = {
 }
 
 
-def _buy_pro(client: httpx.Client, secret: str, user: str, price: str) -> None:
-    for event in plan_purchase(user, price, datetime.now(UTC)):
+def _buy_pro(client: httpx.Client, secret: str, user: str, price: str, customer: str) -> None:
+    for event in plan_purchase(user, price, datetime.now(UTC), customer=customer):
         body, headers = signed_delivery(secret, event)
         r = client.post("/v1/webhooks/stripe", content=body, headers=headers)
         r.raise_for_status()
         console.print(f"  Stripe {event['type']}: {r.json()['action']}")
+
+
+def _linked_customer(database_url: str, user: str) -> str:
+    """The Stripe customer Checkout created and linked for ``user``: the one Stripe's events of
+    the purchase name (Stripe knows its customer; the demo, playing Stripe, reads the link)."""
+    from domain.application import PinkseaApplication
+    from eventstore.persistence import event_store_env
+
+    app = PinkseaApplication(env=event_store_env(database_url, pool_size=1))
+    try:
+        customer = app.subscription(user).customer_id
+    finally:
+        app.close()
+    assert customer, f"Checkout linked no Stripe customer to {user}"
+    return str(customer)
 
 
 def _wait(
@@ -106,6 +121,7 @@ def demo(
         settings.stripe_webhook_secret.get_secret_value(),
         users["bob"],
         settings.stripe_price_ids["pro"],
+        _linked_customer(settings.database_url, users["bob"]),
     )
     console.rule("3. Jobs")
     submitted: dict[str, list[str]] = {"alice": [], "bob": []}
