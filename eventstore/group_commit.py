@@ -258,6 +258,10 @@ class GroupCommitter:
         return list(ids)
 
 
+# An arbitrary, fixed advisory lock key for "creating the event store's tables".
+CREATE_TABLES_LOCK_KEY = 0x70696E6B_74616273  # "pinktabs"
+
+
 class _GroupCommitting:
     """Inserts through a GroupCommitter; mixed in before one of the library's recorders."""
 
@@ -267,6 +271,13 @@ class _GroupCommitting:
         super().__init__(*args, **kwargs)
         assert isinstance(self, PostgresApplicationRecorder)
         self.committer = GroupCommitter(self)
+
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        # Processes starting together each create the tables (IF NOT EXISTS); concurrent DDL on
+        # the same catalog rows fails one of them with "tuple concurrently updated". One at a
+        # time, in the creating transaction (the lock ends with it).
+        curs.execute("SELECT pg_advisory_xact_lock(%s)", (CREATE_TABLES_LOCK_KEY,))
+        super()._create_table(curs)  # type: ignore[misc]
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
