@@ -13,6 +13,7 @@ import contextlib
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
+from infra.loops import sleep_or_stop
 from infra.settings import Settings
 from infra.topics import DLQ_TOPIC, DOMAIN_TOPICS, GPU_TIERS, REPORTS_TOPIC, dispatch_topic
 
@@ -211,3 +213,41 @@ def rewind(consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Any]]) 
     for tp, messages in polled.items():
         if tp in assigned:
             consumer.seek(tp, messages[0].offset)
+
+
+Polled = dict[TopicPartition, list[Any]]
+
+
+async def consume_committed(
+    consumer: AIOKafkaConsumer,
+    stop: asyncio.Event,
+    handle: Callable[[Polled], Awaitable[object]],
+    *,
+    max_records: int,
+    retryable: tuple[type[BaseException], ...],
+    on_retry: Callable[[BaseException, float], None],
+    poll_timeout_ms: int = 500,
+    backoff_min_s: float = 0.5,
+    backoff_max_s: float = 30.0,
+) -> None:
+    """Poll at most ``max_records``, ``handle`` them, then commit their offsets: at least once,
+    so ``handle`` must be idempotent. A ``retryable`` error rewinds to the batch's first offsets
+    and retries it after a doubling backoff (``on_retry`` logs it); anything else ends the
+    loop, and the process's supervisor restarts it at the last committed offsets."""
+    assert max_records > 0 and 0 < backoff_min_s <= backoff_max_s
+    backoff_s = backoff_min_s
+    while not stop.is_set():
+        polled: Polled = {}
+        try:
+            polled = await consumer.getmany(timeout_ms=poll_timeout_ms, max_records=max_records)
+            if not polled:
+                continue
+            await handle(polled)
+            # Only now: every event of the batch is recorded (or was before).
+            await consumer.commit({tp: m[-1].offset + 1 for tp, m in polled.items()})
+            backoff_s = backoff_min_s
+        except retryable as e:
+            on_retry(e, backoff_s)
+            rewind(consumer, polled)
+            await sleep_or_stop(stop, backoff_s)
+            backoff_s = min(backoff_s * 2, backoff_max_s)

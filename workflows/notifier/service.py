@@ -43,8 +43,7 @@ from pydantic import ValidationError
 
 from eventstore.envelope import Envelope
 from infra.errors import OPERATIONAL_ERRORS
-from infra.kafka import manual_consumer, rewind
-from infra.loops import sleep_or_stop
+from infra.kafka import consume_committed, manual_consumer
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC
 from workflows.notifier.messages import LowBalance, low_balance_email
@@ -95,6 +94,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _retrying(error: BaseException, backoff_s: float) -> None:
+    RETRIES.inc()
+    log.warning("notifier retrying", error=repr(error), backoff_s=backoff_s)
+
+
 class Notifier:
     def __init__(
         self,
@@ -120,26 +124,18 @@ class Notifier:
         consumer = manual_consumer(self.settings, GROUP, CREDITS_TOPIC)
         await consumer.start()
         log.info("notifier started", transport=self.transport.name)
-        backoff = BACKOFF_MIN_S
         try:
-            while not stop.is_set():
-                polled: dict[TopicPartition, list[Any]] = {}
-                try:
-                    polled = await consumer.getmany(
-                        timeout_ms=POLL_TIMEOUT_MS, max_records=self.batch
-                    )
-                    if not polled:
-                        continue
-                    await self.process(polled)
-                    # Only now: every event of the batch is recorded (or was before).
-                    await consumer.commit({tp: m[-1].offset + 1 for tp, m in polled.items()})
-                    backoff = BACKOFF_MIN_S
-                except RETRYABLE as e:
-                    RETRIES.inc()
-                    log.warning("notifier retrying", error=repr(e), backoff_s=backoff)
-                    rewind(consumer, polled)
-                    await sleep_or_stop(stop, backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await consume_committed(
+                consumer,
+                stop,
+                self.process,
+                max_records=self.batch,
+                retryable=RETRYABLE,
+                on_retry=_retrying,
+                poll_timeout_ms=POLL_TIMEOUT_MS,
+                backoff_min_s=BACKOFF_MIN_S,
+                backoff_max_s=BACKOFF_MAX_S,
+            )
         finally:
             await consumer.stop()
             log.info("notifier stopped", **dict(self.counts))

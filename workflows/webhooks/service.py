@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from domain.ids import PINKSEA_NAMESPACE
 from eventstore.envelope import Envelope
 from infra.errors import OPERATIONAL_ERRORS
-from infra.kafka import manual_consumer, rewind
+from infra.kafka import consume_committed, manual_consumer
 from infra.loops import sleep_or_stop
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC, JOBS_TOPIC
@@ -134,6 +134,11 @@ WHERE delivery_id = $1
 """
 
 
+def _batch_retrying(error: BaseException, backoff_s: float) -> None:
+    RETRIES.inc()
+    log.warning("webhooks retrying a batch", error=repr(error), backoff_s=backoff_s)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -222,26 +227,18 @@ class WebhookService:
     async def consume(self, stop: asyncio.Event) -> None:
         consumer = manual_consumer(self.settings, GROUP, JOBS_TOPIC, CREDITS_TOPIC)
         await consumer.start()
-        backoff = BACKOFF_MIN_S
         try:
-            while not stop.is_set():
-                polled: dict[TopicPartition, list[Any]] = {}
-                try:
-                    polled = await consumer.getmany(
-                        timeout_ms=POLL_TIMEOUT_MS, max_records=BATCH_MAX
-                    )
-                    if not polled:
-                        continue
-                    await self.record(polled)
-                    # Only now: every event of the batch is recorded (or was before).
-                    await consumer.commit({tp: m[-1].offset + 1 for tp, m in polled.items()})
-                    backoff = BACKOFF_MIN_S
-                except OPERATIONAL_ERRORS as e:
-                    RETRIES.inc()
-                    log.warning("webhooks retrying a batch", error=repr(e), backoff_s=backoff)
-                    rewind(consumer, polled)
-                    await sleep_or_stop(stop, backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await consume_committed(
+                consumer,
+                stop,
+                self.record,
+                max_records=BATCH_MAX,
+                retryable=OPERATIONAL_ERRORS,
+                on_retry=_batch_retrying,
+                poll_timeout_ms=POLL_TIMEOUT_MS,
+                backoff_min_s=BACKOFF_MIN_S,
+                backoff_max_s=BACKOFF_MAX_S,
+            )
         finally:
             await consumer.stop()
 
