@@ -21,7 +21,7 @@ runs of a run's time over its point's fastest, by which the estimate is scaled.
     ... --no-write                                             # print, leave the data alone
 
 Rows of other device classes and families are kept as they are. A CUDA card that is not one of
-the domain's device classes (T4, A10G, A100, H100) is measured and printed, not written,
+the domain's device classes (T4, A10G, A100, H100, H200) is measured and printed, not written,
 unless ``--device-class`` names the class it stands for.
 """
 

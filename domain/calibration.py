@@ -41,6 +41,7 @@ class DeviceClass(StrEnum):
     A10G = "a10g"
     A100 = "a100"
     H100 = "h100"
+    H200 = "h200"  # the card a lent device machine has (bench/gpu_check.sh measures it)
 
 
 # The card each tier's workers run on (domain/plans.py, README "Plans").
