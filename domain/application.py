@@ -32,11 +32,18 @@ from domain.commands.store import (
 )
 from domain.commands.subscriptions import TRIAL_GRANT_REFERENCE, BillingState, SubscriptionCommands
 from domain.commands.uploads import UploadCommands
+from domain.commands.user_models import UserModelCommands
 from domain.credits import CreditAccount, HoldAsDict, LotAsDict
 
 
 class PinkseaApplication(
-    JobCommands, AccountCommands, SubscriptionCommands, PlanCommands, UploadCommands, BoardCommands
+    JobCommands,
+    AccountCommands,
+    SubscriptionCommands,
+    PlanCommands,
+    UploadCommands,
+    BoardCommands,
+    UserModelCommands,
 ):
     name = "Pinksea"  # the event tables are pinksea_events and pinksea_snapshots
     snapshotting_intervals = {CreditAccount: 50}

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from typing import Annotated, Any, Literal, get_args
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +44,9 @@ ImageRef = Annotated[
 # Fields added after the first release: left out of the stored parameters when unset, so a
 # text-to-image job's parameters (and its fingerprint, the idempotency check) stay as before.
 _IMAGE_INPUT_FIELDS = ("init_image", "strength", "mask", "scale")
+# LoRAs (domain/user_models.py) a job applies: a later field too, absent unless it names some.
+LORAS_MAX = 4
+SHA256_HEX = r"^[0-9a-f]{64}$"
 DEFAULT_STRENGTH = 0.8  # diffusers' default for image-to-image
 # An upscale job's output (its width x height) is at most this many pixels (8 MP, 4096 x 2048):
 # a larger one is refused before admission. Its input is the output / scale on each side.
@@ -52,6 +56,21 @@ UPSCALE_OUTPUT_PIXELS_MAX = 4096 * 2048
 def is_upload_ref(ref: str) -> bool:
     """Whether ``ref`` names an upload (else one of the user's generated images)."""
     return re.fullmatch(UPLOAD_REF, ref) is not None
+
+
+class LoraRef(BaseModel):
+    """One of the user's verified LoRAs (GET /v1/models/mine) and the weight it is applied at."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: UUID = Field(description="the model_id of one of your verified LoRAs")
+    weight: float = Field(1.0, ge=-4, le=4, allow_inf_nan=False, examples=[0.8])
+    sha256: str | None = Field(
+        None,
+        pattern=SHA256_HEX,
+        description="the file's digest: set at submission from the verified upload (send it to "
+        "pin that file; another digest is refused); the worker loads only these bytes",
+    )
 
 
 class JobParameters(BaseModel):
@@ -89,6 +108,13 @@ class JobParameters(BaseModel):
         None,
         description="upscaling: the upscaler model's factor (2 or 4); width and height are the "
         "output's, the init image is read at width/scale x height/scale",
+    )
+
+    loras: tuple[LoraRef, ...] | None = Field(
+        None,
+        max_length=LORAS_MAX,
+        description=f"up to {LORAS_MAX} of your LoRAs, each with its weight; a plan with "
+        "lora_training only; each must be of the model's family",
     )
 
     @property
@@ -132,6 +158,8 @@ class JobParameters(BaseModel):
             if self.scale is not None:
                 problems.append("scale needs an upscaler model (see GET /v1/models)")
             problems += self._input_problems(spec is not None and spec.inpainting)
+        if self.loras:
+            problems += self._lora_problems(spec is not None and spec.upscale > 0)
         if problems:
             raise InvalidParameters("; ".join(problems))
 
@@ -150,6 +178,16 @@ class JobParameters(BaseModel):
                 f"int(steps x strength) = int({self.steps} x {self.effective_strength}) is 0: "
                 "raise steps or strength"
             )
+        return problems
+
+    def _lora_problems(self, upscaler: bool) -> list[str]:
+        assert self.loras is not None
+        problems = []
+        if upscaler:
+            problems.append(f"{self.model} is an upscaler: it takes no LoRAs")
+        ids = [lora.id for lora in self.loras]
+        if len(set(ids)) != len(ids):
+            problems.append("each LoRA may be named once")
         return problems
 
     def _upscale_problems(self, factor: int) -> list[str]:
@@ -184,6 +222,8 @@ class JobParameters(BaseModel):
         for name in _IMAGE_INPUT_FIELDS:
             if data[name] is None:
                 del data[name]
+        if not data["loras"]:  # a later field: absent unless the job names LoRAs
+            del data["loras"]
         return data
 
 

@@ -22,6 +22,7 @@ from domain.credits import CreditAccount
 from domain.jobs import GenerationJob
 from domain.subscription import Subscription
 from domain.uploads import Upload
+from domain.user_models import UserModel
 from domain.webhooks import StripeEventRecord
 from eventstore.envelope import Envelope
 from infra.topics import CREDITS_TOPIC, JOBS_TOPIC, SUBSCRIPTIONS_TOPIC
@@ -33,6 +34,7 @@ AGGREGATE_TOPICS: dict[type[Aggregate], str] = {
     StripeEventRecord: SUBSCRIPTIONS_TOPIC,  # billing facts travel with the subscriptions
     Upload: JOBS_TOPIC,  # a job's input images travel with the jobs
     Board: JOBS_TOPIC,  # boards file the jobs' images: one topic keeps their order
+    UserModel: JOBS_TOPIC,  # LoRAs travel with the jobs that name them, like uploads
 }
 _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp"})
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "events"

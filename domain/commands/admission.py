@@ -152,6 +152,12 @@ def entitlement_refusal(
     refusal = model_refusal(plan, params.model)
     if refusal is not None:
         return refusal
+    if params.loras and not plan.lora_training:
+        return (
+            RejectionReason.MODEL_NOT_IN_PLAN,
+            f"LoRAs need a plan with lora_training; your {plan.slug} plan has none: upgrade "
+            "to use them",
+        )
     if storage_used_bytes >= plan.storage_bytes:
         return (
             RejectionReason.STORAGE_QUOTA,
