@@ -3,8 +3,13 @@
 - Every worker reads its tier's whole dispatch topic in a consumer group of its own (so no
   rebalance ever pauses a running job) and runs the dispatches addressed to it; the others
   are committed past.
-- A job runs in a thread. Meanwhile the event loop pauses the partitions and keeps polling
-  (the consumer stays in its group however long the job takes) and keeps heartbeating.
+- A job runs in a thread. Meanwhile the event loop keeps polling (the consumer stays in its
+  group however long the job takes) and keeps heartbeating.
+- Prefetch: a dispatch addressed to this worker that arrives while a job runs is held queued
+  (not started; its heartbeats name it, so its lease covers it) and starts as soon as the
+  running job's ``Finished`` is acknowledged, with no round trip through the scheduler. Its
+  cancel flag is read before it starts, as any dispatch's: a cancelled one never runs. The
+  worker offers ``PREFETCH_SLOTS`` in its heartbeats; the scheduler fills them.
 - Reports: ``Started`` once the model is ready, ``Finished`` at the end, whatever happened:
   every exception of a job becomes a failed report with its fault and retryability, never a
   crash. The dispatch's offset is committed only after Kafka acknowledged its ``Finished``,
@@ -73,6 +78,10 @@ OVERHEAD_MS = Histogram(
 )
 
 _RECENTLY_FINISHED = 4096  # (job, attempt) keys remembered; older ones sit behind the offset
+PREFETCH_SLOTS = 1  # dispatches held queued behind the running job (offered in heartbeats)
+_READ_AHEAD_S = 0.1  # while a job runs, how often records read ahead are taken in
+_PENDING_MAX = 1000  # records read ahead while a job runs; past this the partitions pause
+Pending = tuple[ConsumerRecord, Dispatch | None]  # a record read, and its dispatch if ours
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,8 @@ class GpuWorker:
         self.ready = asyncio.Event()  # set once the consumer has its partitions
         self.history: deque[JobRecord] = deque(maxlen=256)
         self._busy: Dispatch | None = None
+        # Own dispatches received and not yet started (prefetched), with when they arrived.
+        self._queued: OrderedDict[str, tuple[Dispatch, datetime]] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._to_commit: dict[TopicPartition, int] = {}
         self._abort = threading.Event()  # asks the running job to stop (shutdown)
@@ -204,7 +215,7 @@ class GpuWorker:
             self._log.warning("warm-up failed", error=str(e))
 
     async def _consume(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        pending: deque[ConsumerRecord] = deque()
+        pending: deque[Pending] = deque()
         while not self._stop.is_set():
             if not pending:
                 await self._commit(consumer)
@@ -212,25 +223,39 @@ class GpuWorker:
                 if consumer.assignment():
                     self.ready.set()
                 for records in batch.values():
-                    pending.extend(records)
+                    self._receive(records, pending)
                 continue
-            record = pending.popleft()
-            await self._handle(record, consumer, producer, pending)
+            record, dispatch = pending.popleft()
+            await self._handle(record, dispatch, consumer, producer, pending)
+
+    def _receive(self, records: list[ConsumerRecord], pending: deque[Pending]) -> None:
+        """Read records into ``pending``, each parsed once; own unfinished dispatches are
+        noted as queued (with their arrival time) until they start."""
+        now = datetime.now(UTC)
+        for record in records:
+            try:
+                dispatch: Dispatch | None = Dispatch.model_validate_json(record.value)
+            except ValidationError as e:
+                self._log.error("unreadable dispatch skipped", offset=record.offset, error=str(e))
+                dispatch = None
+            if dispatch is not None and dispatch.worker_id != self.worker_id:
+                dispatch = None  # another worker's: only its offset matters here
+            if dispatch is not None and dispatch.key not in self._finished:
+                if self._busy is not None and not self._queued:
+                    self._beat_now.set()  # the scheduler learns at once that it arrived
+                self._queued.setdefault(dispatch.key, (dispatch, now))
+            pending.append((record, dispatch))
 
     async def _handle(
         self,
         record: ConsumerRecord,
+        dispatch: Dispatch | None,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        pending: deque[ConsumerRecord],
+        pending: deque[Pending],
     ) -> None:
         partition = TopicPartition(record.topic, record.partition)
-        try:
-            dispatch = Dispatch.model_validate_json(record.value)
-        except ValidationError as e:
-            self._log.error("unreadable dispatch skipped", offset=record.offset, error=str(e))
-            dispatch = None
-        if dispatch is not None and dispatch.worker_id == self.worker_id:
+        if dispatch is not None:  # addressed to this worker
             if dispatch.key in self._finished:
                 self._log.info("dispatch already finished here", job=dispatch.key)
             else:
@@ -257,24 +282,23 @@ class GpuWorker:
         dispatch: Dispatch,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        pending: deque[ConsumerRecord],
+        pending: deque[Pending],
     ) -> None:
         received = time.perf_counter_ns()
+        _, arrived_at = self._queued.pop(dispatch.key, (dispatch, datetime.now(UTC)))
         self._busy = dispatch
         self._beat_now.set()
         BUSY.set(1)
         job_log = self._log.bind(job_id=str(dispatch.job_id), attempt=dispatch.attempt)
         params = dispatch.parameters
         job_log.info("job received", model=params.model, steps=params.steps)
-        paused = consumer.assignment()
-        consumer.pause(*paused)
         try:
-            job = asyncio.create_task(self._execute(dispatch, producer, job_log))
+            job = asyncio.create_task(self._execute(dispatch, arrived_at, producer, job_log))
             await self._keep_polling(job, consumer, pending)
             finished, upload_ms, input_ms = job.result()
             await self._publish(producer, finished, str(dispatch.job_id))
         finally:
-            consumer.resume(*paused)
+            consumer.resume(*consumer.paused())
             self._busy = None
             self._abort.clear()
             self._beat_now.set()
@@ -295,10 +319,12 @@ class GpuWorker:
         gpu_metrics.observe_job(self.tier, dispatch.parameters.model, finished.gpu_ms)
 
     async def _keep_polling(
-        self, job: asyncio.Task[Any], consumer: AIOKafkaConsumer, pending: deque[ConsumerRecord]
+        self, job: asyncio.Task[Any], consumer: AIOKafkaConsumer, pending: deque[Pending]
     ) -> None:
-        """Wait for the job while polling the (paused) consumer, which keeps it in its group.
-        On stop, give the job ``stop_grace_s``, then ask it to abort."""
+        """Wait for the job while polling the consumer, which keeps it in its group and reads
+        ahead (a prefetched dispatch is queued, ready when the job ends; past _PENDING_MAX
+        records read ahead the partitions pause). On stop, give the job ``stop_grace_s``,
+        then ask it to abort."""
         abort_at: float | None = None
         loop = asyncio.get_running_loop()
         stopping = asyncio.create_task(self._stop.wait())
@@ -308,10 +334,14 @@ class GpuWorker:
                 # Wake as soon as the job ends (or a stop arrives, once), not at the timeout.
                 waiters = {job} if stopping.done() else {job, stopping}
                 await asyncio.wait(
-                    waiters, timeout=min(timeout, 1.0), return_when=asyncio.FIRST_COMPLETED
+                    waiters,
+                    timeout=min(timeout, _READ_AHEAD_S),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 for records in (await consumer.getmany(timeout_ms=0)).values():
-                    pending.extend(records)  # only from partitions assigned after the pause
+                    self._receive(records, pending)
+                if len(pending) >= _PENDING_MAX:
+                    consumer.pause(*consumer.assignment())  # resumed when the job is reported
                 if stopping.done() and abort_at is None:
                     abort_at = loop.time() + self.config.stop_grace_s
                 if abort_at is not None and loop.time() >= abort_at:
@@ -320,7 +350,7 @@ class GpuWorker:
             stopping.cancel()
 
     async def _execute(
-        self, dispatch: Dispatch, producer: AIOKafkaProducer, job_log: Any
+        self, dispatch: Dispatch, arrived_at: datetime, producer: AIOKafkaProducer, job_log: Any
     ) -> tuple[Finished, int, int]:
         """Everything a dispatch needs, as its ``Finished`` report (and the upload and input
         read times in ms). Never raises."""
@@ -329,7 +359,7 @@ class GpuWorker:
             channel = RedisJobChannel(
                 self.redis, self.settings.redis_key_prefix, dispatch.job_id, dispatch.attempt
             )
-            refusal = await self._refusal(dispatch, channel)
+            refusal = await self._refusal(dispatch, arrived_at, channel)
             if refusal is not None:
                 return refusal, 0, 0
             try:
@@ -372,11 +402,16 @@ class GpuWorker:
             failure = Failure("platform", True, f"worker error: {e!r}")
             return self._failed(dispatch, failure), 0, inputs.read_ms
 
-    async def _refusal(self, dispatch: Dispatch, channel: RedisJobChannel) -> Finished | None:
-        """A report for a dispatch that must not run, decided before a model is loaded."""
-        age_s = (datetime.now(UTC) - dispatch.dispatched_at).total_seconds()
+    async def _refusal(
+        self, dispatch: Dispatch, arrived_at: datetime, channel: RedisJobChannel
+    ) -> Finished | None:
+        """A report for a dispatch that must not run, decided before a model is loaded (a
+        prefetched one included: a cancel while it was queued is seen here)."""
+        age_s = (arrived_at - dispatch.dispatched_at).total_seconds()
         if age_s > self.config.max_dispatch_age_s:
-            # Its lease has long expired: the job was re-dispatched or will be.
+            # It reached this worker long after it was sent (a backlog read after a restart):
+            # its lease has long expired, the job was re-dispatched or will be. A prefetched
+            # one's age stops at its arrival: queued here, this worker's heartbeats held it.
             reason = f"stale dispatch: sent {age_s:.0f} s ago"
             return self._failed(dispatch, Failure("platform", True, reason))
         try:
@@ -482,6 +517,7 @@ class GpuWorker:
 
     def heartbeat(self) -> Heartbeat:
         busy = self._busy
+        queued = next((d for d, _ in self._queued.values()), None)
         return Heartbeat(
             worker_id=self.worker_id,
             tier=self.tier,
@@ -489,6 +525,9 @@ class GpuWorker:
             busy_attempt=busy.attempt if busy else None,
             models_loaded=self.cache.loaded(),
             at=datetime.now(UTC),
+            prefetch_slots=PREFETCH_SLOTS,
+            queued_job_id=queued.job_id if queued else None,
+            queued_attempt=queued.attempt if queued else None,
         )
 
     async def _heartbeats(self, producer: AIOKafkaProducer) -> None:

@@ -10,7 +10,8 @@ one definition of domain/parameters.py: pure data, which the API validates its b
   ``parameters`` are the job's, as domain/parameters.py defines them, the seed resolved.
 - ``Heartbeat``, ``Started`` and ``Finished`` on ``pinksea.gpu.reports.v1`` (key: worker id for
   heartbeats, job id otherwise). The scheduler tracks workers and leases from them; the
-  settler turns ``Started`` and ``Finished`` into commands on the event store.
+  settler turns ``Started`` and ``Finished`` into commands on the event store. A heartbeat
+  names the job running and the one prefetched (received, queued behind it, not started).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class Heartbeat(_Message):
     busy_attempt: int | None = None
     models_loaded: list[str] = Field(default_factory=list)
     at: datetime
+    # Prefetch (issue 18): dispatches a worker holds queued behind its running job, received
+    # and not started. 0 is a worker of the release before, which is sent work only when idle.
+    prefetch_slots: int = Field(default=0, ge=0)
+    queued_job_id: UUID | None = None
+    queued_attempt: int | None = None
 
 
 class Started(_Message):
