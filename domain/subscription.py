@@ -494,14 +494,19 @@ class Subscription(Aggregate):
         assert self.status == SubscriptionStatus.ENDED.value and self.cancel_at is None
         return True
 
-    def link_customer(self, customer_id: str, at: datetime) -> bool:
+    def link_customer(
+        self, customer_id: str, at: datetime, *, actor: str = "", reason: str = ""
+    ) -> bool:
+        """Link the user's one Stripe customer (``actor``: the operator who did, with their
+        ``reason``; none for Checkout and Stripe's events). False: linked already."""
         assert customer_id, "a Stripe customer needs its id"
+        assert bool(actor) == bool(reason), "an operator's link says why"
         require_aware(at)
         if self.customer_id == customer_id:
             return False
         if self.customer_id is not None:
             raise IdempotencyConflict("this user already has another Stripe customer")
-        self._customer_linked(customer_id=customer_id, timestamp=at)
+        self._customer_linked(customer_id=customer_id, timestamp=at, actor=actor, reason=reason)
         assert self.customer_id == customer_id
         return True
 

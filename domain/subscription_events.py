@@ -185,9 +185,15 @@ def payment_failed(self: Subscription, invoice_id: str, timestamp: datetime) -> 
 class CustomerLinked(Aggregate.Event):
     TOPIC = "pinksea:Subscription.CustomerLinked"
     customer_id: str  # the user's one Stripe customer
+    # Who linked it: "" for our Checkout and Stripe's own events (the first release's events
+    # read so), else the operator, with why (a quarantined event's customer, checked by hand).
+    actor: str = ""
+    reason: str = ""
 
 
-def customer_linked(self: Subscription, customer_id: str, timestamp: datetime) -> None:
+def customer_linked(
+    self: Subscription, customer_id: str, timestamp: datetime, actor: str = "", reason: str = ""
+) -> None:
     self.customer_id = customer_id
     self.assert_invariants()
 

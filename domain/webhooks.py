@@ -76,6 +76,29 @@ class StripeEventRecord(Aggregate):
         stripe_type: str
         reason: str
 
+    class Released(Aggregate.Event):
+        """A quarantined event delivered again (Stripe's resend) once an operator linked its
+        customer to the user: it took effect now, saved with its effect, and is applied."""
+
+        TOPIC = "pinksea:StripeEventRecord.Released"
+        stripe_event_id: str
+
+    @property
+    def held(self) -> bool:
+        """Whether this event waits for an operator (quarantined and not yet released)."""
+        return self.outcome == QUARANTINED
+
+    def release(self, at: datetime) -> StripeEventRecord:
+        """The record, released: to be saved with the effect of the event's redelivery."""
+        assert self.held, f"{self.stripe_event_id} is {self.outcome}, not held"
+        self._released(stripe_event_id=self.stripe_event_id, timestamp=at)
+        assert self.outcome == APPLIED
+        return self
+
+    @event(Released)
+    def _released(self, stripe_event_id: str, timestamp: datetime) -> None:
+        self.outcome = APPLIED
+
     @event(Quarantined)
     def _quarantined(
         self, stripe_event_id: str, stripe_type: str, user_id: str, customer_id: str, reason: str

@@ -107,6 +107,13 @@ VALUES ($1, $4, $5, $6, $7, $8, $9, $2, $3)
 ON CONFLICT (record_id) DO NOTHING
 """
 
+# Released (its redelivery applied once an operator linked the customer): no longer held.
+# ($2, the event's time, is every statement's second argument; a deletion has no use for it.)
+_STRIPE_EVENT_RELEASED = """
+DELETE FROM stripe_events_held
+WHERE record_id = $1 AND position < $3 AND $2::timestamptz IS NOT NULL
+"""
+
 _ACCOUNT_OPENED = """
 INSERT INTO credit_account_owners (account_id, user_id, opened_at, position)
 VALUES ($1, $4, $2, $3)
@@ -213,10 +220,14 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Envelope, Any], tuple[Any, ...]]]] =
         _STRIPE_EVENT_HELD,
         lambda env, ev: (ev.stripe_event_id, ev.stripe_type, "rejected", None, None, ev.reason),
     ),
+    "StripeEventRecord.Released": (_STRIPE_EVENT_RELEASED, lambda env, ev: ()),
     "CreditAccount.Opened": (_ACCOUNT_OPENED, lambda env, ev: (ev.user_id,)),
     # Only tester grants pass ``wants``.
     "CreditAccount.CreditsGranted": (_TESTER_CREDITS, _tester_credits),
 }
+
+
+_HELD_EVENTS = frozenset(t for t in _STATEMENTS if t.startswith("StripeEventRecord."))
 
 
 class SubscriptionsProjection(StatementProjection):
@@ -234,7 +245,7 @@ class SubscriptionsProjection(StatementProjection):
         if env.aggregate_type == "Subscription":
             return True
         if env.aggregate_type == "StripeEventRecord":
-            return env.type in ("StripeEventRecord.Quarantined", "StripeEventRecord.Rejected")
+            return env.type in _HELD_EVENTS
         if env.type == "CreditAccount.CreditsGranted":
             return env.data.get("source") == LotSource.TESTER.value
         return env.type == "CreditAccount.Opened"

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import stripe
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from api import problems as p
 from api.billing import idempotency
@@ -24,7 +24,10 @@ from api.deps import (
     rate_limit,
 )
 from api.problems import ProblemError, problem_responses
-from api.services import Services
+from api.schemas import USER_ID, Strict
+from api.services import Services, now
+from domain.application import CommandResult
+from domain.parameters import NO_NUL
 from infra.health import stripe_client
 
 router = APIRouter(tags=["billing"])
@@ -190,6 +193,63 @@ async def held_events(
         limit,
     )
     return [HeldStripeEvent.model_validate(dict(r)) for r in rows]
+
+
+class CustomerLinkRequest(Strict):
+    customer_id: str = Field(
+        pattern=r"^cus_[A-Za-z0-9_-]{1,64}$",
+        examples=["cus_R2d2C3po"],
+        description="the Stripe customer, checked by hand to be this user's",
+    )
+    reason: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
+
+
+class CustomerLinkResult(BaseModel):
+    user_id: str
+    customer_id: str
+    changed: bool  # False: this customer was linked already
+    position: int | None
+
+
+@router.put(
+    "/v1/admin/users/{user_id}/stripe-customer",
+    response_model=CustomerLinkResult,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
+    tags=["admin"],
+    dependencies=[Depends(rate_limit("admin"))],
+    summary="Link a user's Stripe customer (to release the events quarantined for want of it)",
+    description="For a user with no customer linked, whose Stripe events were quarantined "
+    "(GET /v1/admin/billing/held-events): after the link, resend those events from Stripe "
+    "(dashboard or `stripe events resend`) and they apply, once. A user linked to another "
+    "customer is a 409: one user, one customer. Repeating it changes nothing more.",
+)
+async def link_customer(
+    user_id: Annotated[str, Path(min_length=1, max_length=128, pattern=USER_ID)],
+    body: CustomerLinkRequest,
+    admin: AdminUser,
+    svc: ServicesDep,
+) -> CustomerLinkResult:
+    actor = f"admin:{admin.user_id}"
+
+    def run() -> CommandResult:
+        linked = svc.application.subscription(user_id).customer_id  # 404 for no such user
+        if linked not in (None, body.customer_id):
+            raise ProblemError(
+                p.INVALID_TRANSITION,
+                f"User {user_id!r} is linked to Stripe customer {linked}; a user has one "
+                "customer. Quarantined events of another customer stay held.",
+            )
+        return svc.application.link_stripe_customer(
+            user_id, body.customer_id, now(), actor=actor, reason=body.reason
+        )
+
+    result = await svc.command(run)
+    return CustomerLinkResult(
+        user_id=user_id,
+        customer_id=body.customer_id,
+        changed=result.changed,
+        position=result.position,
+    )
 
 
 @router.post(

@@ -10,7 +10,9 @@ half an effect. Deliveries in any order converge:
 - subscription snapshots (``customer.subscription.*``) older than the last applied are ignored.
 
 Every object's customer must be the one linked to the user (``Subscription.CustomerLinked``);
-one that is not is quarantined for an operator (recorded, no effect). A signed event that is
+one that is not is quarantined for an operator (recorded, no effect). Once the operator links
+the customer (``PUT /v1/admin/users/{id}/stripe-customer``), Stripe's redelivery of the event
+(its dashboard's or CLI's "resend") applies it, and its record is released. A signed event that is
 not what its type promises (a field missing or mistyped) is recorded as rejected, with its
 reason, and answered 2xx: Stripe would retry a 5xx for days and it would never get better.
 The answer's ``action`` says what the command did, from its result, never what it might do.
@@ -150,13 +152,14 @@ def _run(
     try:
         result = translation.command(app, stripe_event)
     except CustomerNotLinked as e:
-        app.quarantine_stripe_event(
+        held = app.quarantine_stripe_event(
             stripe_event,
             user_id=translation.user,
             customer_id=translation.customer,
             reason=e.detail,
         )
-        return StripeOutcome(False, f"quarantined for an operator: {e.detail}")
+        still = "" if held.changed else "still "
+        return StripeOutcome(False, f"{still}quarantined for an operator: {e.detail}")
     except DomainError as e:
         # Recorded as handled: retrying a delivery the ledger refuses would not help.
         app.record_stripe_event(stripe_event)

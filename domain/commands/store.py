@@ -176,7 +176,11 @@ class CommandStore(Application[UUID]):
         return job
 
     def stripe_event_seen(self, event_id: str) -> bool:
-        return self.find(ids.stripe_event_id(event_id)) is not None
+        """Whether a delivery of this event was handled: one held for an operator is not (a
+        redelivery is translated again, and applies once its customer is linked)."""
+        record = self.find(ids.stripe_event_id(event_id))
+        assert record is None or isinstance(record, StripeEventRecord)
+        return record is not None and not record.held
 
     # ------------------------------------------------------------- shared by the commands
 
@@ -186,9 +190,19 @@ class CommandStore(Application[UUID]):
         delivery took effect first, which is where a conflict's retry ends."""
         if stripe_event is None:
             return None
+        record = self.find(stripe_event.record_id)
+        if record is None:
+            return stripe_event.record()
+        assert isinstance(record, StripeEventRecord)
+        if record.held:  # quarantined before, and its effect is allowed now: released
+            return record.release(stripe_event.at)
+        raise StripeEventAlreadyApplied(stripe_event.event_id)
+
+    def first_delivery(self, stripe_event: StripeEvent) -> None:
+        """Refuse any delivery but the first of an event (for quarantine and rejection, which
+        record their own outcome): StripeEventAlreadyApplied, also for one held already."""
         if self.find(stripe_event.record_id) is not None:
             raise StripeEventAlreadyApplied(stripe_event.event_id)
-        return stripe_event.record()
 
     def account_or_open(self, user_id: str, at: datetime) -> CreditAccount:
         account = self.find(ids.account_id(user_id))

@@ -21,7 +21,7 @@ from domain.commands.store import CommandStore, command
 from domain.credits import NEVER, CreditAccount, LotSource
 from domain.invoices import InvoiceLine, MoneyReturned, line_credits_mc, period_line
 from domain.subscription import Subscription, SubscriptionStatus
-from domain.webhooks import CustomerNotLinked, StripeEvent
+from domain.webhooks import CustomerNotLinked, StripeEvent, StripeEventRecord
 
 TRIAL_GRANT_REFERENCE = "trial"
 
@@ -386,8 +386,12 @@ class SubscriptionCommands(CommandStore):
     def quarantine_stripe_event(
         self, stripe_event: StripeEvent, *, user_id: str, customer_id: str, reason: str
     ) -> CommandResult:
-        """Hold an event for an operator: recorded with its reason, no effect."""
-        self.stripe_receipt(stripe_event)  # refuses a second delivery (its record is unused)
+        """Hold an event for an operator: recorded with its reason, no effect. Unchanged
+        (False) for a redelivery of one held already."""
+        before = self.find(stripe_event.record_id)
+        if isinstance(before, StripeEventRecord) and before.held:
+            return CommandResult(False)
+        self.first_delivery(stripe_event)
         held = stripe_event.quarantined(user_id=user_id, customer_id=customer_id, reason=reason)
         self.save(held)
         return CommandResult(True)
@@ -395,7 +399,7 @@ class SubscriptionCommands(CommandStore):
     @command
     def reject_stripe_event(self, stripe_event: StripeEvent, reason: str) -> CommandResult:
         """Record a signed event that is not what its type promises, with the reason."""
-        self.stripe_receipt(stripe_event)  # refuses a second delivery (its record is unused)
+        self.first_delivery(stripe_event)
         self.save(stripe_event.rejected(reason))
         return CommandResult(True)
 
@@ -406,12 +410,18 @@ class SubscriptionCommands(CommandStore):
         customer_id: str,
         at: datetime,
         stripe_event: StripeEvent | None = None,
+        *,
+        actor: str = "",
+        reason: str = "",
     ) -> CommandResult:
+        """Link the user's Stripe customer: by our Checkout, by Stripe's event, or by an
+        operator (``actor`` and ``reason``) whose user's events were quarantined for want of
+        it; Stripe's redelivery of those events then applies them."""
         receipt = self.stripe_receipt(stripe_event)
         sub = self.subscription(user_id)
         if stripe_event is not None and sub.customer_id not in (None, customer_id):
             require_customer(sub, customer_id)  # another customer: held for an operator
-        changed = sub.link_customer(customer_id, at)
+        changed = sub.link_customer(customer_id, at, actor=actor, reason=reason)
         self.save(sub, receipt)
         return CommandResult(changed)
 

@@ -341,6 +341,45 @@ async def test_another_customers_invoice_is_quarantined_and_shown_to_admins(
     assert refused.status_code == 403
 
 
+async def test_an_admin_links_the_customer_and_stripes_resend_releases_the_held_event(
+    kit: Kit, user: str
+) -> None:
+    """A quarantined event had no way out: now the admin links the customer, Stripe resends
+    the event and it applies once; it leaves the held list."""
+    await kit.client.get("/v1/me", headers=kit.auth(user))  # no customer linked yet
+    now = datetime.now(UTC)
+    paid = event(
+        user, 1, "invoice.paid", invoice(user, f"in_{user}_q", "price_pro", now, 7500), now
+    )
+    first = await post_event(kit, paid)
+    assert first.json()["action"].startswith("quarantined for an operator"), first.text
+    admin = kit.auth("root", admin=True)
+    url = f"/v1/admin/users/{user}/stripe-customer"
+    link = {"customer_id": f"cus_{user}", "reason": "checked the invoice by hand, ticket 7"}
+    assert (await kit.client.put(url, json=link, headers=kit.auth(user))).status_code == 403
+    bad = await kit.client.put(url, json={**link, "customer_id": "nope"}, headers=admin)
+    assert bad.status_code == 422 and "customer_id" in bad.text
+    missing = await kit.client.put(
+        f"/v1/admin/users/{user}-nobody/stripe-customer", json=link, headers=admin
+    )
+    assert missing.status_code == 404, missing.text
+    linked = await kit.client.put(url, json=link, headers=admin)
+    assert linked.status_code == 200 and linked.json()["changed"] is True, linked.text
+    repeat = await kit.client.put(url, json=link, headers=admin)
+    assert repeat.status_code == 200 and repeat.json()["changed"] is False
+    other = await kit.client.put(url, json={**link, "customer_id": "cus_other"}, headers=admin)
+    assert problem_type(other) == "invalid-transition" and other.status_code == 409
+
+    resent = await post_event(kit, paid)
+    assert resent.json()["applied"] is True, resent.text
+    assert (await post_event(kit, paid)).json()["action"] == "duplicate: already applied"
+    sub = kit.app.subscription(user)
+    assert sub.plan_slug == "pro" and sub.customer_id == f"cus_{user}"
+    await kit.project()
+    held = await kit.client.get("/v1/admin/billing/held-events?limit=100", headers=admin)
+    assert not [h for h in held.json() if h["stripe_event_id"] == f"evt_{user}_1"]
+
+
 async def test_checkout_and_portal_honour_idempotency_keys(kit: Kit, user: str) -> None:
     def keyed(key: str) -> dict[str, str]:
         return {**kit.auth(user), "Idempotency-Key": key}

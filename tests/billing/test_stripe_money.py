@@ -196,14 +196,44 @@ def test_an_invoice_of_another_customer_is_quarantined_not_credited() -> None:
     assert not out.applied and out.action.startswith("quarantined for an operator")
     record = app.find(app_record_id("evt_1"))
     assert (record.outcome, "cus_someone_else" in record.reason) == ("quarantined", True)
-    again = deliver(app, 1, "invoice.paid", stolen)
-    assert again.action == "duplicate: already applied"
+    again = deliver(app, 1, "invoice.paid", stolen)  # held once, not recorded again
+    assert not again.applied and again.action.startswith("still quarantined")
+    assert subscription_credit_mc(app) == 0
 
 
 def test_an_invoice_for_a_user_with_no_linked_customer_is_quarantined() -> None:
     app = new_app(customer=None)
     out = deliver(app, 1, "invoice.paid", invoice("in_1", [line("starter", 2500, *P1)]))
     assert out.action.startswith("quarantined") and subscription_credit_mc(app) == 0
+
+
+def test_a_quarantined_invoice_applies_once_on_redelivery_after_an_operator_links_it() -> None:
+    """Quarantined events had no way out: the operator links the customer, Stripe resends."""
+    app = new_app(customer=None)
+    paid = invoice("in_1", [line("starter", 2500, *P1)])
+    assert deliver(app, 1, "invoice.paid", paid).action.startswith("quarantined")
+    still = deliver(app, 1, "invoice.paid", paid)  # resent before anyone looked
+    assert not still.applied and still.action.startswith("still quarantined")
+    assert subscription_credit_mc(app) == 0
+    app.link_stripe_customer(USER, CUSTOMER, T0, actor="admin:ops", reason="ticket 42")
+    released = deliver(app, 1, "invoice.paid", paid)
+    assert released.applied, released.action
+    assert subscription_credit_mc(app) == STARTER
+    record = app.find(app_record_id("evt_1"))
+    assert record.outcome == "applied" and not record.held
+    again = deliver(app, 1, "invoice.paid", paid)
+    assert again.action == "duplicate: already applied" and subscription_credit_mc(app) == STARTER
+    types = [type(e).__name__ for e in app.repository.event_store.get(record.id)]
+    assert types == ["Received", "Quarantined", "Released"]
+
+
+def test_an_operators_link_records_who_and_why() -> None:
+    app = new_app(customer=None)
+    app.link_stripe_customer(USER, CUSTOMER, T0, actor="admin:ops", reason="ticket 42")
+    linked = [e for e in app.repository.event_store.get(ids.subscription_id(USER))][-1]
+    assert (linked.customer_id, linked.actor, linked.reason) == (CUSTOMER, "admin:ops", "ticket 42")
+    with pytest.raises(AssertionError):  # an operator says why
+        app.link_stripe_customer(USER, "cus_x", T0, actor="admin:ops")
 
 
 def test_a_checkout_naming_another_customer_is_quarantined() -> None:
