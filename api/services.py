@@ -29,7 +29,7 @@ from domain.application import PinkseaApplication
 from eventstore.persistence import event_store_env
 from eventstore.tables import create_event_tables
 from infra import s3
-from infra.db import create_pool
+from infra.db import ConnectionBounds, create_pool
 from infra.settings import Settings
 from projections.consistency import wait_for_position
 from projections.registry import get_projection
@@ -177,7 +177,11 @@ async def start_services(settings: Settings) -> Services:
         await create_event_tables(conn, settings.database_url)
     application = await to_thread.run_sync(
         lambda: PinkseaApplication(
-            env=event_store_env(settings.database_url, pool_size=settings.db_pool_size)
+            env=event_store_env(
+                settings.database_url,
+                pool_size=settings.db_pool_size,
+                bounds=ConnectionBounds.from_settings(settings),
+            )
         )
     )
     # One quick retry at most: the default retries take seconds, and every Redis use here

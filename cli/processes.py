@@ -21,7 +21,7 @@ from cli.runtime import prepare, run_process
 from cli.topology import metrics_port as default_port
 from eventstore.persistence import event_store_env
 from infra import aws_lag_metric
-from infra.db import create_pool
+from infra.db import ConnectionBounds, create_pool
 from infra.settings import Settings, get_settings
 from infra.topics import GPU_TIERS
 
@@ -130,7 +130,11 @@ def scheduler(metrics_port: int = _metrics_port("scheduler")) -> None:
     async def main(settings: Settings, stop: asyncio.Event) -> None:
         await prepare(settings)
         pool = await create_pool(settings, max_size=4)
-        application = PinkseaApplication(env=event_store_env(settings.database_url, pool_size=4))
+        application = PinkseaApplication(
+            env=event_store_env(
+                settings.database_url, pool_size=4, bounds=ConnectionBounds.from_settings(settings)
+            )
+        )
         try:
             await Scheduler(settings, pool, application).run(stop)
         finally:
@@ -149,7 +153,9 @@ def settle(metrics_port: int = _metrics_port("settle")) -> None:
     async def main(settings: Settings, stop: asyncio.Event) -> None:
         await prepare(settings)
         application = TrackingPinkseaApplication(
-            env=event_store_env(settings.database_url, pool_size=4)
+            env=event_store_env(
+                settings.database_url, pool_size=4, bounds=ConnectionBounds.from_settings(settings)
+            )
         )
         try:
             await Settler(settings, application).run(stop)
@@ -171,7 +177,11 @@ def expire(
     async def main(settings: Settings, stop: asyncio.Event) -> None:
         await prepare(settings)
         pool = await create_pool(settings, max_size=2)
-        application = PinkseaApplication(env=event_store_env(settings.database_url, pool_size=2))
+        application = PinkseaApplication(
+            env=event_store_env(
+                settings.database_url, pool_size=2, bounds=ConnectionBounds.from_settings(settings)
+            )
+        )
         try:
             await run_expiry(pool, application, stop, interval)
         finally:

@@ -57,6 +57,26 @@ class Settings(BaseSettings):
     )
 
     # Kafka (MSK in production).
+    db_connect_timeout_s: float = Field(
+        5.0, ge=1, le=600, description="Longest wait for a new PostgreSQL connection."
+    )
+    db_tcp_user_timeout_s: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="A PostgreSQL connection whose sent data goes unacknowledged this long "
+        "(a network partition) is dropped, on both ends; idle ones are probed within it.",
+    )
+    db_pool_timeout_s: float = Field(
+        2.0,
+        ge=1,
+        le=600,
+        description="Longest wait for a pooled event-store connection, per attempt (the "
+        "event-store library makes up to 10).",
+    )
+    db_command_timeout_s: float = Field(
+        30.0, ge=1, description="Longest wait for the answer to a read-side SQL statement."
+    )
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_topic_prefix: str = Field(
         "", description="Prefix for every topic name (tests use a unique one)."
