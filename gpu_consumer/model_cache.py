@@ -109,6 +109,15 @@ class ModelCache:
         with self._lock:
             self._ready[key].pins -= 1
 
+    def discard(self, key: str) -> None:
+        """Drop an unpinned pipeline that must not run again as it is (one whose LoRAs could
+        not be removed, gpu_consumer/loras.py): the next job of ``key`` loads it afresh."""
+        with self._lock:
+            entry = self._ready.get(key)
+            if entry is not None and entry.pins == 0:
+                del self._ready[key]
+        _free_memory(self.device)
+
     def loaded(self) -> list[str]:
         """Keys ready on the device, most recently used last."""
         with self._lock:

@@ -42,7 +42,8 @@ from pydantic import ValidationError
 from gpu_consumer import metrics as gpu_metrics
 from gpu_consumer.config import GpuWorkerSettings
 from gpu_consumer.inputs import RunInputs, read_inputs
-from gpu_consumer.model_cache import ModelCache
+from gpu_consumer.loras import LoraStore
+from gpu_consumer.model_cache import Lease, ModelCache
 from gpu_consumer.outputs import ImageStore, s3_client
 from gpu_consumer.registry import LoadedPipeline, ModelRegistry
 from gpu_consumer.run import (
@@ -135,6 +136,7 @@ class GpuWorker:
             backoff_max_s=self.config.upload_backoff_max_s,
             thumbnail_max_px=self.config.thumbnail_max_px,
         )
+        self.loras = LoraStore(self.images.client, settings.s3_bucket)
         # Timeouts: the step callback talks to Redis, and a hung connection must not hang a job.
         self.redis = redis_client or redis.Redis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
@@ -370,12 +372,18 @@ class GpuWorker:
                 lease = await asyncio.to_thread(self.cache.acquire, dispatch.parameters.model)
             except Exception as e:
                 return self._failed(dispatch, classify(e, "load")), 0, inputs.read_ms
+            try:
+                lora_ms = await asyncio.to_thread(self.loras.apply, lease.model, dispatch)
+            except Exception as e:
+                await self._release(dispatch, lease)
+                return self._failed(dispatch, classify(e, "load")), 0, inputs.read_ms
+            load_ms = lease.load_ms + lora_ms  # making the model ready: never billed
             started = Started(
                 job_id=dispatch.job_id,
                 attempt=dispatch.attempt,
                 worker_id=self.worker_id,
                 gpu=self.gpu_name,
-                model_load_ms=lease.load_ms,
+                model_load_ms=load_ms,
                 at=datetime.now(UTC),
             )
             # Acknowledged while the pipeline runs, not before: the GPU does not wait on Kafka.
@@ -389,18 +397,29 @@ class GpuWorker:
                     run, lease.model, dispatch, self.device, channel, self._abort, inputs
                 )
             finally:
-                self.cache.release(dispatch.parameters.model)
+                await self._release(dispatch, lease)
                 await start_reported
             if result.failure is not None and result.failure.out_of_memory:
                 evicted = self.cache.evict_idle()
                 job_log.warning("out of memory: idle models dropped", evicted=evicted)
             if result.outcome is not Outcome.COMPLETED:
-                return self._report(dispatch, result, lease.load_ms), 0, inputs.read_ms
-            return (*await self._upload(dispatch, result, lease.load_ms), inputs.read_ms)
+                return self._report(dispatch, result, load_ms), 0, inputs.read_ms
+            return (*await self._upload(dispatch, result, load_ms), inputs.read_ms)
         except Exception as e:  # a bug or an unforeseen failure: report it, keep serving
             job_log.exception("job crashed")
             failure = Failure("platform", True, f"worker error: {e!r}")
             return self._failed(dispatch, failure), 0, inputs.read_ms
+
+    async def _release(self, dispatch: Dispatch, lease: Lease) -> None:
+        """Unpin the job's model, its LoRAs removed first so the next job runs on the clean
+        base; a pipeline they could not be removed from is dropped from the cache."""
+        key = dispatch.parameters.model
+        clean = True
+        if dispatch.parameters.loras:
+            clean = await asyncio.to_thread(self.loras.remove, lease.model)
+        self.cache.release(key)
+        if not clean:
+            self.cache.discard(key)
 
     async def _refusal(
         self, dispatch: Dispatch, arrived_at: datetime, channel: RedisJobChannel
