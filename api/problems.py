@@ -7,8 +7,10 @@ that says what to do next.
 
 from __future__ import annotations
 
+import errno
 import re
 import secrets
+import socket
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -271,6 +273,14 @@ _UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     ClientError,
     ConnectionError,
     TimeoutError,
+    socket.gaierror,  # a database or broker host name that does not resolve
+)
+# The other OSErrors of a connection to an address that cannot be reached (a network partition
+# answers a new connection with "No route to host" once the neighbour's address goes stale):
+# 503 like ConnectionError's refusals and resets; any other OSError is a crash
+# (tests/faults/test_partition.py).
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.ETIMEDOUT}
 )
 
 _HTTP_KINDS: dict[int, tuple[ProblemType, str]] = {
@@ -372,6 +382,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         app.add_exception_handler(exc_type, _bad_value)
     for exc_type in _UNAVAILABLE_ERRORS:
         app.add_exception_handler(exc_type, _unavailable)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in _UNREACHABLE_ERRNOS:
+            return await _unavailable(request, exc)
+        raise exc  # not a network error: the crash handler's 500
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

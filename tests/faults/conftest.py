@@ -5,18 +5,24 @@ the shared local stack's, under prefixes of the test's own."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.app import create_app
 from api.auth import sign_dev_token
 from infra.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 # A small, valid submission (tests/api/conftest.py's TINY) with a long prompt: every accepted
 # job writes a few KiB of events, so a full disk is reached in few requests.
@@ -68,3 +74,31 @@ async def in_process_api(settings: Settings) -> AsyncIterator[tuple[FastAPI, htt
                 await redis.delete(*keys)
         finally:
             await redis.aclose()
+
+
+def assert_unavailable(response: httpx.Response) -> None:
+    """A 503 problem+json that says when to retry."""
+    assert response.status_code == 503, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.json()["status"] == 503
+
+
+def accepted_job_ids(database_url: str, user: str) -> set[str]:
+    """The user's jobs in the jobs read model."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("select job_id::text from jobs where user_id = %s", (user,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def ledger_verify(database_url: str) -> subprocess.CompletedProcess[str]:
+    """``pinksea ledger verify`` over ``database_url``: every event replayed, the read models
+    recomputed and compared, the ledger's invariants checked."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "ledger", "verify", "--database-url", database_url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PINKSEA_")},
+    )

@@ -1,14 +1,19 @@
 """The connection bounds every PostgreSQL client of a process keeps (infra/db.py): their
 defaults are the settings', and both clients are given them (libpq parameters it accepts, the
-server's settings, asyncpg's socket options), checked against the local PostgreSQL."""
+server's settings, asyncpg's socket options), checked against the local PostgreSQL; and what
+the API answers when an address cannot be reached."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from api.problems import install_problem_handlers
 from domain.application import PinkseaApplication
 from eventstore.persistence import event_store_env
 from infra.db import ConnectionBounds, create_pool
@@ -71,3 +76,33 @@ async def test_the_asyncpg_connections_keep_the_bounds_on_both_ends(database_url
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (OSError(errno.EHOSTUNREACH, "Connect call failed ('10.213.0.2', 15432)"), 503),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), 503),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), 503),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory"), 500),
+    ],
+)
+async def test_an_unreachable_database_address_is_503_other_os_errors_500(
+    error: OSError, status: int
+) -> None:
+    # A new connection across a partition fails with "No route to host" once the address's
+    # neighbour entry is stale: a plain OSError, not a ConnectionError (it was a 500).
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.get("/fails")
+    async def fails() -> None:
+        raise error
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        answer = await client.get("/fails")
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    if status == 503:
+        assert int(answer.headers["retry-after"]) >= 1

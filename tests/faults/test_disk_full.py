@@ -13,24 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from api.auth import sign_dev_token
 from tests.api.project_now import project_now
-from tests.faults.conftest import JOB, auth, fault_settings, in_process_api
+from tests.faults.conftest import (
+    JOB,
+    accepted_job_ids,
+    assert_unavailable,
+    auth,
+    fault_settings,
+    in_process_api,
+    ledger_verify,
+)
 from tests.faults.private_pg import private_postgres, require_root_and_postgres, tmpfs
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 DISK_MIB = 96
 CHUNK = b"\0" * (1 << 20)
 MAX_SUBMISSIONS_FULL = 300  # bound on the tries to hit the full disk
@@ -57,19 +60,6 @@ def fill(path: Path) -> int:
                     raise
                 break
     return written
-
-
-def assert_unavailable(response: httpx.Response) -> None:
-    assert response.status_code == 503, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert int(response.headers["retry-after"]) >= 1
-    assert response.json()["status"] == 503
-
-
-def accepted_job_ids(database_url: str, user: str) -> set[str]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("select job_id::text from jobs where user_id = %s", (user,)).fetchall()
-    return {r[0] for r in rows}
 
 
 async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
@@ -148,14 +138,7 @@ async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
         # Nothing half-written: only the accepted jobs exist, and the ledger's invariants (holds
         # = accepted jobs' estimates, available + held = granted - charged) hold on a replay.
         assert accepted_job_ids(settings.database_url, user) == set(accepted)
-        verify = subprocess.run(
-            [sys.executable, "-m", "cli", "ledger", "verify", "--database-url", pg.url("pinksea")],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={k: v for k, v in os.environ.items() if not k.startswith("PINKSEA_")},
-        )
+        verify = ledger_verify(pg.url("pinksea"))
         assert verify.returncode == 0, verify.stdout + verify.stderr
         with contextlib.suppress(OSError):
             ballast.unlink()
