@@ -45,48 +45,76 @@ def _ip(*argv: str) -> None:
 
 
 @dataclass(frozen=True)
-class Namespace:
-    name: str
-    host_link: str  # the host's end of the veth pair
+class Link:
+    """One veth pair between the host's namespace and the test's."""
+
+    host_link: str  # the host's end
     inner_link: str  # the namespace's end
     host_address: str  # the host's address on the pair
     inner_address: str  # the namespace's address on the pair
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    links: tuple[Link, ...]
+
+    @property
+    def host_address(self) -> str:
+        return self.links[0].host_address
+
+    @property
+    def inner_address(self) -> str:
+        return self.links[0].inner_address
 
     @property
     def exec_prefix(self) -> tuple[str, ...]:
         """Prefix of a command that runs inside the namespace."""
         return ("ip", "netns", "exec", self.name)
 
-    def partition(self) -> None:
-        """Drop every packet between the namespace and the host, silently."""
-        _ip("-n", self.name, "link", "set", self.inner_link, "down")
+    def partition(self, link: int = 0) -> None:
+        """Drop every packet between the namespace and the host on ``link``, silently."""
+        _ip("-n", self.name, "link", "set", self.links[link].inner_link, "down")
 
-    def heal(self) -> None:
-        _ip("-n", self.name, "link", "set", self.inner_link, "up")
+    def heal(self, link: int = 0) -> None:
+        _ip("-n", self.name, "link", "set", self.links[link].inner_link, "up")
 
 
 @contextlib.contextmanager
-def network_namespace() -> Iterator[Namespace]:
-    """A fresh namespace joined to the host's by a veth pair, removed (with the pair) at the
+def network_namespace(links: int = 1) -> Iterator[Namespace]:
+    """A fresh namespace joined to the host's by ``links`` veth pairs (each on a /30 of its
+    own, so that one can be partitioned and the others not), removed with its pairs at the
     end. Its processes must be stopped by then: ``ip netns del`` does not kill them."""
     require_namespaces()
+    assert 1 <= links <= 4, links
     tag = uuid.uuid4().hex[:8]
-    subnet = int(tag[:4], 16) % 16384  # a /30 per namespace: 16384 of them in the /16
-    base = subnet * 4
-    host_address = f"10.213.{base // 256}.{base % 256 + 1}"
-    inner_address = f"10.213.{base // 256}.{base % 256 + 2}"
-    ns = Namespace(f"pinksea-{tag}", f"pkh{tag}", f"pkn{tag}", host_address, inner_address)
+    first = int(tag[:4], 16) % (16384 - links)  # /30s in the /16: 16384 of them
+    pairs = []
+    for n in range(links):
+        base = (first + n) * 4
+        prefix = f"10.213.{base // 256}"
+        pairs.append(
+            Link(
+                f"pkh{tag}{n}",
+                f"pkn{tag}{n}",
+                f"{prefix}.{base % 256 + 1}",
+                f"{prefix}.{base % 256 + 2}",
+            )
+        )
+    ns = Namespace(f"pinksea-{tag}", tuple(pairs))
     _ip("netns", "add", ns.name)
     try:
-        _ip("link", "add", ns.host_link, "type", "veth", "peer", "name", ns.inner_link)
-        _ip("link", "set", ns.inner_link, "netns", ns.name)
-        _ip("addr", "add", f"{host_address}/30", "dev", ns.host_link)
-        _ip("link", "set", ns.host_link, "up")
-        _ip("-n", ns.name, "addr", "add", f"{inner_address}/30", "dev", ns.inner_link)
-        _ip("-n", ns.name, "link", "set", ns.inner_link, "up")
         _ip("-n", ns.name, "link", "set", "lo", "up")
+        for link in ns.links:
+            _ip("link", "add", link.host_link, "type", "veth", "peer", "name", link.inner_link)
+            _ip("link", "set", link.inner_link, "netns", ns.name)
+            _ip("addr", "add", f"{link.host_address}/30", "dev", link.host_link)
+            _ip("link", "set", link.host_link, "up")
+            _ip("-n", ns.name, "addr", "add", f"{link.inner_address}/30", "dev", link.inner_link)
+            _ip("-n", ns.name, "link", "set", link.inner_link, "up")
         yield ns
     finally:
-        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            _ip("link", "del", ns.host_link)  # takes its peer with it
+        for link in ns.links:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                _ip("link", "del", link.host_link)  # takes its peer with it
         _ip("netns", "del", ns.name)

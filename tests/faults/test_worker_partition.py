@@ -1,0 +1,193 @@
+"""A network partition between a GPU worker and Kafka (issue 17, part 4), mid-run.
+
+The worker runs as its own process inside a network namespace (tests/faults/netns.py) and
+reaches the stack through two veth pairs, one for Kafka and one for Redis and S3, each carried
+by a relay at both ends (tests/faults/relay.py: the stack listens on loopback only). Once the
+worker is running a job, the Kafka pair is taken down: its heartbeats and its report stop
+there, Redis and S3 still answer. The rest of the platform runs in this process (the e2e
+harness): its scheduler sees the heartbeats stop, the lease expires, the job is dispatched
+again and a second worker runs it. Then the partition heals and the first worker's late report
+of its attempt, if it gets through, arrives stale.
+
+What must hold: the job ends once, completed, settled once at the gpu_ms of the attempt that
+counted; nothing held afterwards; ``ledger verify`` and ``ledger reconcile`` pass; and after
+the heal a new job is run and billed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import pytest
+
+from domain.credits import CreditAccount
+from infra.settings import Settings
+from tests.e2e.test_generation_flow import (  # noqa: F401 (fixtures)
+    LONG,
+    REPO,
+    TINY,
+    Platform,
+    finished_reports,
+    models_cache,
+    platform,
+    stack,
+    submit,
+)
+from tests.faults.netns import Namespace, network_namespace
+from tests.integration.streaming_kit import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+KAFKA_LINK, OTHER_LINK = 0, 1
+LEASE_S = 3.0
+READY_TIMEOUT_S = 30
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+@contextlib.contextmanager
+def relays(ns: Namespace, settings: Settings) -> Iterator[None]:
+    """The worker's loopback ports of Kafka, Redis and S3 inside ``ns``, relayed over the
+    veth pairs (Kafka on its own) to the stack's, which listen on the host's loopback."""
+    kafka = _host_port(settings.kafka_bootstrap_servers.split(",")[0], 9092)
+    others = [_host_port(settings.redis_url, 6379)]
+    if settings.s3_endpoint_url:
+        others.append(_host_port(settings.s3_endpoint_url, 80))
+    kafka_link, other_link = ns.links[KAFKA_LINK], ns.links[OTHER_LINK]
+    outside = [f"{kafka_link.host_address}:{kafka[1]}={kafka[0]}:{kafka[1]}"]
+    inside = [f"{kafka[0]}:{kafka[1]}={kafka_link.host_address}:{kafka[1]}"]
+    for host, port in others:
+        outside.append(f"{other_link.host_address}:{port}={host}:{port}")
+        inside.append(f"{host}:{port}={other_link.host_address}:{port}")
+    started = []
+    try:
+        for prefix, mappings in (((), outside), (ns.exec_prefix, inside)):
+            relay = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "tests.faults.relay", *mappings],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            started.append(relay)
+            assert relay.stdout is not None
+            assert relay.stdout.readline().strip() == "ready", f"relay {mappings} did not start"
+        yield
+    finally:
+        for relay in started:
+            relay.kill()
+            relay.wait(timeout=READY_TIMEOUT_S)
+
+
+def worker_in(ns: Namespace, harness: Platform, worker_id: str) -> subprocess.Popen[bytes]:
+    """``pinksea gpu-worker`` inside ``ns``, with the harness's settings."""
+    settings = harness.settings
+    env = {
+        **os.environ,
+        "PINKSEA_DATABASE_URL": settings.database_url,
+        "PINKSEA_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+        "PINKSEA_REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "PINKSEA_S3_BUCKET": settings.s3_bucket,
+        "PINKSEA_MODELS_DIR": "",
+        "PINKSEA_MODELS_CACHE_DIR": str(harness.models_cache),
+        "PINKSEA_HEARTBEAT_INTERVAL_S": "0.5",
+    }
+    return subprocess.Popen(
+        [
+            *ns.exec_prefix,
+            sys.executable,
+            "-m",
+            "cli",
+            "gpu-worker",
+            "--tier",
+            "basic",
+            "--device",
+            "cpu",
+            "--worker-id",
+            worker_id,
+            "--metrics-port",
+            "0",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_worker_partitioned_from_kafka_mid_run_loses_the_job_once_and_it_is_billed_once(
+    platform: Platform,  # noqa: F811 (the e2e fixture)
+) -> None:
+    await platform.start(workers=0, lease_s=LEASE_S)
+    app, settings = platform.app, platform.settings
+    with network_namespace(links=2) as ns, relays(ns, settings):
+        island = worker_in(ns, platform, "island")
+        try:
+            app.register_user("pat", datetime.now(UTC))
+            job = submit(app, "pat", "partitioned", LONG)
+
+            async def running_on_island() -> bool:
+                j = await asyncio.to_thread(app.job, job.job_id)
+                return j.status == "running" and j.worker_id == "island"
+
+            await wait_until(running_on_island, timeout=120, interval=0.1)
+            ns.partition(KAFKA_LINK)
+            try:
+                await platform.start_worker("rescuer")
+                await platform.until_terminal(job.job_id, timeout=180)
+            finally:
+                ns.heal(KAFKA_LINK)
+            done = app.job(job.job_id)
+            assert island.poll() is None, "the partitioned worker exited"
+
+            # After the heal the platform runs new work, whichever worker takes it.
+            after = submit(app, "pat", "after the heal", TINY)
+            await platform.until_terminal(after.job_id, timeout=120)
+            assert app.job(after.job_id).status == "completed"
+        finally:
+            island.terminate()
+            try:
+                island.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                island.kill()
+                island.wait(timeout=30)
+
+    # Ended once, completed by the attempt that held the lease, settled once.
+    assert done.status == "completed" and done.worker_id == "rescuer" and done.attempt >= 2
+    account = app.account("pat")
+    settlements = [
+        e for e in app.events.get(account.id) if isinstance(e, CreditAccount.HoldSettled)
+    ]
+    by_job: dict[object, int] = {}
+    for s in settlements:
+        by_job[s.job_id] = by_job.get(s.job_id, 0) + 1
+    assert by_job == {str(job.job_id): 1, str(after.job_id): 1}, by_job
+    [settled] = [s for s in settlements if s.job_id == str(job.job_id)]
+    assert settled.charged_mc == done.charged_mc
+    assert account.held_mc == 0
+    reports = [r for r in await finished_reports(settings) if r.job_id == job.job_id]
+    late = [r for r in reports if r.worker_id == "island"]
+    env = {**os.environ, "PINKSEA_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix}
+    for tool in ("verify", "reconcile"):
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", "ledger", tool, "--database-url", settings.database_url],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    print(
+        f"worker partition: attempt {done.attempt} on {done.worker_id} completed and settled "
+        f"once ({done.charged_mc} mc); the partitioned worker's late reports: "
+        f"{[(r.attempt, r.outcome) for r in late]}"
+    )
