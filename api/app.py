@@ -33,6 +33,7 @@ from api.routers import (
     ops,
     plans,
     uploads,
+    user_models,
 )
 from api.services import start_services
 from infra.settings import Settings, get_settings
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         boards,
         me,
         models,
+        user_models,
         plans,
         api_keys,
         admin,

@@ -12,6 +12,7 @@ from projections.jobs import JobsProjection
 from projections.ledger import LedgerProjection
 from projections.subscriptions import SubscriptionsProjection
 from projections.uploads import UploadsProjection
+from projections.user_models import UserModelsProjection
 
 ALL_PROJECTIONS: tuple[StatementProjection, ...] = (
     LedgerProjection(),
@@ -20,6 +21,7 @@ ALL_PROJECTIONS: tuple[StatementProjection, ...] = (
     UploadsProjection(),
     HoldOutcomesProjection(),
     BoardsProjection(),
+    UserModelsProjection(),
 )
 
 

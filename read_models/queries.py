@@ -344,13 +344,15 @@ async def image_job_id(db: Db, user_id: str, name: str) -> UUID | None:
 
 
 async def storage_used_bytes(db: Db, user_id: str) -> int:
-    """Bytes of the user's images and completed uploads that are not deleted (the plan's
-    storage quota)."""
+    """Bytes of the user's images, completed uploads and verified models that are not deleted
+    (the plan's storage quota)."""
     used = await db.fetchval(
         "SELECT (SELECT coalesce(sum(size_bytes), 0) FROM images"
         "        WHERE user_id = $1 AND deleted_at IS NULL)"
         " + (SELECT coalesce(sum(size_bytes), 0) FROM uploads"
-        "    WHERE user_id = $1 AND status = 'completed' AND deleted_at IS NULL)",
+        "    WHERE user_id = $1 AND status = 'completed' AND deleted_at IS NULL)"
+        " + (SELECT coalesce(sum(size_bytes), 0) FROM user_models"
+        "    WHERE user_id = $1 AND status = 'verified' AND deleted_at IS NULL)",
         user_id,
     )
     return int(used)

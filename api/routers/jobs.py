@@ -65,6 +65,8 @@ async def submit_job(
         await check_webhook_url(svc, body.webhook)  # SSRF: before anything is recorded
     if body.init_image is not None:  # its input images must be the user's (a mask needs one)
         await svc.command(svc.application.check_job_inputs, user, body)
+    if body.loras:  # each one of the user's verified LoRAs, pinned to its file's sha256
+        body = await svc.command(svc.application.pin_job_loras, user, body)
     storage = await svc.storage_used(user)
     learned = await gpu_rates.learned_rates(svc.pool, body.model, body.width, body.height)
     result = await svc.command(
@@ -116,6 +118,8 @@ async def quote_job(body: JobRequest, principal: CurrentUser, svc: ServicesDep) 
     user = principal.user_id
     if body.init_image is not None:  # its input images must be the user's (a mask needs one)
         await svc.command(svc.application.check_job_inputs, user, body)
+    if body.loras:  # each one of the user's verified LoRAs, pinned to its file's sha256
+        body = await svc.command(svc.application.pin_job_loras, user, body)
     storage = await svc.storage_used(user)
     learned = await gpu_rates.learned_rates(svc.pool, body.model, body.width, body.height)
     verdict = await svc.command(_quote, svc, user, body, storage, learned)

@@ -64,6 +64,7 @@ class Victim:
     upload_id: str
     endpoint_id: str
     board_id: str
+    model_id: str
 
     def markers(self) -> list[str]:
         """Strings that must never appear in an answer to someone else."""
@@ -76,12 +77,21 @@ class Victim:
             self.upload_id,
             self.endpoint_id,
             self.board_id,
+            self.model_id,
         ]
 
 
 async def make_victim(kit: Kit) -> Victim:
     user = f"victim-{uuid.uuid4().hex[:10]}"
     await kit.client.get("/v1/me", headers=kit.auth(user))
+    # A LoRA uploaded on a contract with lora_training (still pending: A's all the same).
+    terms = {"credits_per_month": 100, "tier": "basic", "concurrent_jobs": 1, "storage_gb": 1}
+    await kit.set_plan(user, "enterprise", custom_terms=terms)
+    r = await kit.client.post(
+        "/v1/models/mine", json={"name": "pink", "family": "sd1.5"}, headers=kit.auth(user)
+    )
+    assert r.status_code == 201, r.text
+    model_id = r.json()["model_id"]
     await kit.set_plan(user, "pro")
     done = (await kit.submit(user)).json()["job_id"]
     name = f"{done}-0"
@@ -133,6 +143,7 @@ async def make_victim(kit: Kit) -> Victim:
         upload_id=upload_id,
         endpoint_id=endpoint_id,
         board_id=board_id,
+        model_id=model_id,
     )
 
 
@@ -151,6 +162,8 @@ async def assert_untouched(kit: Kit, v: Victim) -> None:
     assert ledger == v.ledger
     r = await kit.client.get(f"/v1/boards/{v.board_id}", headers=kit.auth(v.user))
     assert r.status_code == 200 and r.json()["image_count"] == 1, r.text
+    r = await kit.client.get(f"/v1/models/mine/{v.model_id}", headers=kit.auth(v.user))
+    assert r.status_code == 200 and r.json()["status"] == "pending", r.text
 
 
 @contextlib.asynccontextmanager
@@ -392,6 +405,7 @@ async def test_another_tenants_resources_are_404_everywhere(
         "upload_id": v.upload_id,
         "endpoint_id": v.endpoint_id,
         "board_id": v.board_id,
+        "model_id": v.model_id,
         # A's endpoint is not B's: any delivery id under it is a 404.
         "delivery_id": "whd_" + "0" * 32,
     }
