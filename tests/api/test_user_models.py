@@ -178,7 +178,9 @@ async def test_the_post_policy_and_the_check_bound_the_size(
     assert not _exists(kit, ticket["key"])
 
 
-async def test_lora_training_gates_uploading_and_using_loras(kit: Kit, user: str) -> None:
+async def test_uploading_and_using_loras_is_refused_without_lora_training(
+    kit: Kit, user: str
+) -> None:
     r = await kit.client.post(
         "/v1/models/mine", json={"name": "x", "family": "sd1.5"}, headers=kit.auth(user)
     )

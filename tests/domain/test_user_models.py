@@ -190,7 +190,7 @@ def test_job_parameters_bound_the_loras_and_keep_old_fingerprints() -> None:
         _job(loras=[{"id": ids[0], "weight": float("nan")}])
 
 
-def test_a_plan_without_lora_training_refuses_a_job_with_loras(app: PinkseaApplication) -> None:
+def test_a_job_with_loras_is_refused_without_lora_training(app: PinkseaApplication) -> None:
     ann = _user(app)
     model_id = _model(app, ann)
     params = app.pin_job_loras(ann, _job(loras=[{"id": str(model_id)}]))
