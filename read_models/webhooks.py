@@ -21,7 +21,10 @@ from read_models.queries import Db, _check_limit, _page, decode_cursor, encode_c
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 
-ENDPOINT_COLUMNS = "endpoint_id, url, description, enabled_events, disabled, created_at, updated_at"
+ENDPOINT_COLUMNS = (
+    "endpoint_id, url, description, enabled_events, disabled, created_at, updated_at,"
+    " previous_secret_expires_at"
+)
 DELIVERY_COLUMNS = (
     "delivery_id, endpoint_id, event_id, event_type, status, attempts, next_attempt_at,"
     " last_attempt_at, last_status_code, last_error, delivered_at, occurred_at, created_at"

@@ -38,6 +38,10 @@ secret_router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 MAX_ENDPOINTS = 16  # per user: each event is sent to every matching one
 DESCRIPTION_CHARS_MAX = 500
+# A rotated secret keeps signing beside the new one this long unless the rotation says (as
+# Stripe's "roll secret" offers up to a week, default a day).
+ROLLOVER_DEFAULT_S = 24 * 3600
+ROLLOVER_MAX_S = 7 * 24 * 3600
 ERRORS = (401, 403, 429, 503)
 EndpointId = Annotated[str, Path(pattern=r"^we_[0-9a-f]{32}$")]
 DeliveryId = Annotated[str, Path(pattern=r"^whd_[0-9a-f]{32}$")]
@@ -77,6 +81,9 @@ class EndpointView(View):
     status: Literal["enabled", "disabled"]
     created_at: datetime
     updated_at: datetime
+    previous_secret_expires_at: datetime | None = Field(
+        description="until then, attempts are also signed with the secret a rotation replaced"
+    )
 
 
 class EndpointWithSecret(EndpointView):
@@ -263,24 +270,47 @@ async def update(
     return _view(row)
 
 
+class SecretRotation(Strict):
+    expires_in_s: int = Field(
+        ROLLOVER_DEFAULT_S,
+        ge=0,
+        le=ROLLOVER_MAX_S,
+        description="how long the replaced secret keeps signing beside the new one (0: not at "
+        "all; default 24 hours, at most 7 days)",
+    )
+
+
 @router.post(
     "/{endpoint_id}/rotate-secret",
     response_model=EndpointWithSecret,
-    summary="Replace an endpoint's signing secret",
-    description="Every attempt from now on is signed with the new secret, shown here only.",
+    summary="Replace an endpoint's signing secret, the old one still signing for a while",
+    description="The new secret is shown here only. Until `previous_secret_expires_at`, every "
+    "attempt is signed with both secrets (two signatures in `webhook-signature`), so the "
+    "receiver can switch at its own pace; a rotation during that window drops the oldest. "
+    "No body: the old secret lasts 24 hours.",
     responses=problem_responses(*ERRORS, 404, 422),
     dependencies=[Depends(rate_limit("command"))],
 )
 async def rotate_secret(
-    endpoint_id: EndpointId, principal: CurrentUser, svc: ServicesDep
+    endpoint_id: EndpointId,
+    principal: CurrentUser,
+    svc: ServicesDep,
+    body: SecretRotation | None = None,
 ) -> EndpointView:
+    at = now()
+    expires_in_s = (body or SecretRotation()).expires_in_s
     row = await svc.pool.fetchrow(
-        "UPDATE webhook_endpoints SET secret = $3, updated_at = $4"
+        "UPDATE webhook_endpoints SET"
+        " previous_secret = CASE WHEN $5::int > 0 THEN secret END,"
+        " previous_secret_expires_at ="
+        "   CASE WHEN $5::int > 0 THEN $4::timestamptz + $5::int * interval '1 second' END,"
+        " secret = $3, updated_at = $4"
         f" WHERE user_id = $1 AND endpoint_id = $2 RETURNING {q.ENDPOINT_COLUMNS}, secret",
         principal.user_id,
         endpoint_id,
         q.new_secret(),
-        now(),
+        at,
+        expires_in_s,
     )
     if row is None:
         raise _not_found()

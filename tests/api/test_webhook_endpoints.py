@@ -3,6 +3,8 @@ problem+json, the cap, per-user isolation, and a job's own webhook checked at su
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from api.routers.webhook_endpoints import MAX_ENDPOINTS
@@ -43,6 +45,27 @@ async def test_create_read_update_rotate_delete(kit: Kit, user: str, other: str)
     ).status_code == 204
     r = await kit.client.delete(f"{BASE}/{endpoint}", headers=kit.auth(user))
     assert r.status_code == 404
+
+
+async def test_a_rotation_keeps_the_old_secret_signing_for_the_window_it_chose(
+    kit: Kit, user: str
+) -> None:
+    """A rotation used to cut the receiver off at once: now the old secret lasts a day, or what
+    the rotation says (0: not at all; at most a week)."""
+    endpoint = str((await _create(kit, user))["id"])
+    rotate = f"{BASE}/{endpoint}/rotate-secret"
+    r = await kit.client.post(rotate, headers=kit.auth(user))
+    assert r.status_code == 200, r.text
+    window_s = (
+        datetime.fromisoformat(r.json()["previous_secret_expires_at"]) - datetime.now(UTC)
+    ).total_seconds()
+    assert 23 * 3600 < window_s <= 24 * 3600
+    one = (await kit.client.get(f"{BASE}/{endpoint}", headers=kit.auth(user))).json()
+    assert one["previous_secret_expires_at"] == r.json()["previous_secret_expires_at"]
+    r = await kit.client.post(rotate, json={"expires_in_s": 0}, headers=kit.auth(user))
+    assert r.status_code == 200 and r.json()["previous_secret_expires_at"] is None
+    r = await kit.client.post(rotate, json={"expires_in_s": 8 * 86400}, headers=kit.auth(user))
+    assert r.status_code == 422 and "expires_in_s" in r.text
 
 
 async def test_a_replayed_creation_returns_the_same_endpoint_and_secret(

@@ -191,6 +191,34 @@ async def test_a_completed_job_is_delivered_signed_and_recorded_once(
     assert count == 1
 
 
+@pytest.mark.parametrize("window_s", [3600, -1])
+async def test_a_rotated_endpoint_is_signed_with_both_secrets_until_the_old_one_expires(
+    hooks_settings: Settings, pool: asyncpg.Pool, window_s: int
+) -> None:
+    job = uuid.uuid4()
+    with serve(Receiver()) as receiver:
+        endpoint = await add_endpoint(pool, receiver.url, ["job.completed"])
+        old = await secret_of(pool, endpoint)
+        await pool.execute(
+            "UPDATE webhook_endpoints SET previous_secret = secret, secret = $2,"
+            " previous_secret_expires_at = now() + make_interval(secs => $3)"
+            " WHERE endpoint_id = $1",
+            endpoint, new_secret(), window_s,
+        )  # fmt: skip
+        svc = service(hooks_settings, pool)
+        assert await svc.record(batch(submitted(job), completed(job))) == 1
+        async with delivering(svc):
+            await until(lambda: _delivered(pool, endpoint))
+        ((headers, body),) = receiver.received
+    assert Webhook(await secret_of(pool, endpoint)).verify(body, headers)["type"] == "job.completed"
+    if window_s > 0:
+        assert Webhook(old).verify(body, headers)["type"] == "job.completed"
+        assert len(headers["webhook-signature"].split(" ")) == 2
+    else:  # expired: the old secret no longer verifies
+        with pytest.raises(Exception, match="signature"):
+            Webhook(old).verify(body, headers)
+
+
 async def _delivered(pool: asyncpg.Pool, target: str) -> bool:
     row = await delivery(pool, target)
     return row is not None and row["status"] == "delivered"

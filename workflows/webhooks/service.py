@@ -420,12 +420,12 @@ class WebhookService:
         destination = await self._destination(row)
         if destination is None:
             return Outcome(None, "the endpoint is gone")
-        url, secret = destination
+        url, secrets = destination
         try:
             target = await urls.resolve(url, allow_loopback=self.allow_loopback)
         except urls.UnsafeWebhookUrl as e:
             return Outcome(None, f"refused: {e}"[:ERROR_CHARS_MAX])
-        headers = signed_headers(secret, row.event_id, self.clock(), row.body)
+        headers = signed_headers(secrets, row.event_id, self.clock(), row.body)
         headers["host"] = target.host_header
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         try:
@@ -448,14 +448,22 @@ class WebhookService:
             return Outcome(code, None)
         return Outcome(code, f"the receiver answered {code}")
 
-    async def _destination(self, row: Claimed) -> tuple[str, str] | None:
-        """The URL and secret the attempt uses now (an endpoint's may have changed)."""
+    async def _destination(self, row: Claimed) -> tuple[str, list[str]] | None:
+        """The URL and secrets the attempt uses now (an endpoint's may have changed): the
+        current one, and the one a rotation replaced until it expires."""
         if row.endpoint_id is None:
-            return row.url, await default_secret(self.pool, row.user_id, self.clock())
+            return row.url, [await default_secret(self.pool, row.user_id, self.clock())]
         found = await self.pool.fetchrow(
-            "SELECT url, secret FROM webhook_endpoints WHERE endpoint_id = $1", row.endpoint_id
+            "SELECT url, secret, CASE WHEN previous_secret_expires_at > $2"
+            " THEN previous_secret END AS previous_secret"
+            " FROM webhook_endpoints WHERE endpoint_id = $1",
+            row.endpoint_id,
+            self.clock(),
         )
-        return None if found is None else (found["url"], found["secret"])
+        if found is None:
+            return None
+        previous = found["previous_secret"]
+        return found["url"], [found["secret"], *([previous] if previous else [])]
 
 
 async def _job_owner(
