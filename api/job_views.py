@@ -4,18 +4,25 @@ and, once completed, its images' signed URLs, fresh on every read (api/image_url
 
 A finished job's row never changes again, so its view is cached (``job_cache``) without URLs
 (they expire), together with its images' keys, and signed again on each read.
+
+Its prompts are personal data, sealed under the user's data key (domain/personal_data.py):
+the read model and the cache keep them sealed, and each read opens them with the key as it is
+then, so a view read after the user's erasure says "[erased]", cached or not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
 from api.image_urls import signed_urls
 from api.schemas import JobView, QueueBasis, QueueView
 from api.services import Services, now
+from domain import personal_data
 from domain.jobs import TERMINAL, JobStatus
 from read_models import queries
+from read_models.models import Job
 from read_models.queue import QueuePlace, queue_places
 
 
@@ -26,20 +33,47 @@ async def job_view(svc: Services, user_id: str, job_id: UUID, *, cached: bool) -
     if cached:
         hit = await svc.job_cache.get(key)
         if hit is not None and hit.get("user_id") == user_id and "image_keys" in hit:
-            return with_urls(svc, hit["view"], hit["image_keys"])
+            return with_urls(svc, await opened_view(svc, user_id, hit["view"]), hit["image_keys"])
     job = await queries.get_job(svc.pool, user_id, job_id)
     if job is None:
         return None
-    view = JobView.model_validate(job)
+    view = sealed_view(job)
     image_keys = {i.name: [i.key, i.thumbnail_key] for i in job.images}
     if job.status in TERMINAL:
         dumped = view.model_dump(mode="json")
         entry = {"user_id": user_id, "view": dumped, "image_keys": image_keys}
         await svc.job_cache.set(key, entry)
-        return with_urls(svc, dumped, image_keys)
+        return with_urls(svc, await opened_view(svc, user_id, dumped), image_keys)
     if job.status == JobStatus.ACCEPTED.value:
         view.queue = await queue_view(svc, job_id)
-    return view.model_dump(mode="json")
+    return await opened_view(svc, user_id, view.model_dump(mode="json"))
+
+
+def sealed_view(job: Job) -> JobView:
+    """The job's view with its prompts as stored (sealed, or plaintext from before sealing)."""
+    view = JobView.model_validate(job)
+    for name, value in job.sealed.items():  # its personal fields only: the prompts
+        setattr(view, name, value)
+    return view
+
+
+async def opened_view(svc: Services, user_id: str, view: dict[str, Any]) -> dict[str, Any]:
+    """A view's JSON with its sealed prompts opened by the user's key as it is now."""
+    if not personal_data.is_sealed_parameters(view):
+        return view
+    return personal_data.opened(view, await svc.personal_keys.opener(user_id))
+
+
+async def opened_views(svc: Services, user_id: str, jobs: Sequence[Job]) -> list[JobView]:
+    """The views of a page of the user's jobs, their prompts opened (one key read)."""
+    views = [sealed_view(job) for job in jobs]
+    if not any(job.sealed for job in jobs):
+        return views
+    opener = await svc.personal_keys.opener(user_id)
+    for view, job in zip(views, jobs, strict=True):
+        for name, value in personal_data.opened(dict(job.sealed), opener).items():
+            setattr(view, name, value)
+    return views
 
 
 def with_urls(svc: Services, view: dict[str, Any], image_keys: dict[str, list[str]]) -> Any:

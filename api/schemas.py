@@ -544,6 +544,22 @@ class AccountStatusResult(BaseModel):
     position: int
 
 
+class ErasureView(View):
+    """What an erasure of personal data did (DELETE /v1/me; the admin's route)."""
+
+    user_id: str
+    changed: bool = Field(description="false: nothing was left to erase (a repeat)")
+    key_destroyed: bool = Field(
+        description="the data key that sealed your prompts was destroyed now: they read "
+        '"[erased]" everywhere from now on (false: none was left)'
+    )
+    cancelled_jobs: int = Field(description="unfinished jobs cancelled (their holds voided)")
+    images_deleted: int
+    uploads_deleted: int
+    objects_deleted: int = Field(description="files removed from storage")
+    position: int
+
+
 # ---------------------------------------------------------------------- models and quotes
 
 

@@ -30,6 +30,7 @@ from eventstore.persistence import event_store_env
 from eventstore.tables import create_event_tables
 from infra import s3
 from infra.db import ConnectionBounds, create_pool
+from infra.personal_keys import PersonalKeys, parse_kek
 from infra.settings import Settings
 from projections.consistency import wait_for_position
 from projections.registry import get_projection
@@ -90,6 +91,7 @@ class Services:
     stream_slots: StreamSlots  # open event streams per user (api/live.py)
     image_urls: ImageUrls  # signs every image URL handed out (CloudFront, or S3 presigned)
     deactivations: AccountFlags  # checked on every authenticated request (api/deps.py)
+    personal_keys: PersonalKeys  # the users' data keys: open and seal prompts, erase them
     registered: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
     plans: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, PLAN_CACHE_S))
     storage: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, STORAGE_CACHE_S))
@@ -215,7 +217,11 @@ async def start_services(settings: Settings) -> Services:
         ),
         # "jobview", not "jobcache": views cached before failure reasons were made public
         # (api/failures.py) are never read again; they lapse within a day.
-        job_cache=JsonCache(client, settings.redis_key_prefix, "jobview", settings.job_cache_ttl_s),
+        # "jobsealed": the views keep their prompts sealed (api/job_views.py); the "jobview"
+        # entries before them (plain prompts) are never read again and lapse within a day.
+        job_cache=JsonCache(
+            client, settings.redis_key_prefix, "jobsealed", settings.job_cache_ttl_s
+        ),
         watcher=watcher,
         stream_slots=StreamSlots(
             client,
@@ -232,4 +238,5 @@ async def start_services(settings: Settings) -> Services:
             limiter,
             breaker=rate_limiter.breaker,  # one Redis, one verdict: a request waits out one timeout
         ),
+        personal_keys=PersonalKeys(pool, parse_kek(settings.personal_data_kek.get_secret_value())),
     )

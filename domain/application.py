@@ -17,6 +17,7 @@ from eventsourcing.persistence import JSONTranscoder
 from domain.commands.accounts import AccountCommands
 from domain.commands.boards import BoardCommands
 from domain.commands.jobs import JobCommands
+from domain.commands.personal_data import PersonalDataCommands
 from domain.commands.plans import PlanCommands
 from domain.commands.results import (
     AccountStatusResult,
@@ -44,6 +45,7 @@ class PinkseaApplication(
     UploadCommands,
     BoardCommands,
     UserModelCommands,
+    PersonalDataCommands,
 ):
     name = "Pinksea"  # the event tables are pinksea_events and pinksea_snapshots
     snapshotting_intervals = {CreditAccount: 50}

@@ -30,12 +30,13 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain import ids
+from domain import ids, personal_data
 from domain import job_events as events
 from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
 from domain.job_events import ImageRecord, JobStatus, WebhookTarget
 from domain.job_webhooks import JobSubmission
 from domain.parameters import MAX_SEED, JobParameters
+from domain.personal_data import Sealer
 from domain.units import require_aware
 
 _S = JobStatus
@@ -178,24 +179,28 @@ class GenerationJob(Aggregate):
         tier: str,
         at: datetime,
         use: int = 0,
+        sealer: Sealer | None = None,
     ) -> GenerationJob:
         """A new job for ``idempotency_key``'s ``use``-th job (0: the key's first; a later use
-        follows the expiry of the one before, ``answers_key``)."""
+        follows the expiry of the one before, ``answers_key``). ``sealer``: the user's data
+        key, which seals the prompts the event records (domain/personal_data.py); None only
+        for tools and tests that keep plaintext."""
         require_aware(at)
         assert 0 <= use < MAX_KEY_USES
         params.check()
         job_uuid = ids.job_id(user_id, idempotency_key, use)
         # Only a submission (the API's body) carries a webhook; other callers pass parameters.
         webhook = params.webhook_target() if isinstance(params, JobSubmission) else None
+        data = params.as_event_data()
         # The library's constructor for a given id: create_id knows only a key's first use.
         return cls._create(
             cls.Submitted,
             id=job_uuid,
             user_id=user_id,
             idempotency_key=idempotency_key,
-            parameters=params.as_event_data(),
+            parameters=data if sealer is None else personal_data.sealed(data, sealer),
             seed=seed_for(job_uuid, params.seed),
-            fingerprint=params.fingerprint(),
+            fingerprint=params.fingerprint(sealer),
             tier=tier,
             timestamp=at,
             webhook=webhook,
@@ -224,8 +229,11 @@ class GenerationJob(Aggregate):
             IDEMPOTENCY_KEY_TTL
         )
 
-    def ensure_same_request(self, params: JobParameters) -> None:
-        if params.fingerprint() != self.fingerprint:
+    def ensure_same_request(self, params: JobParameters, sealer: Sealer | None = None) -> None:
+        """Raise IdempotencyConflict unless ``params`` are this job's. A sealed job's
+        fingerprint is keyed (``sealer``: the user's key); one submitted before sealing is not."""
+        keyed = sealer if personal_data.is_sealed_parameters(self.parameters) else None
+        if params.fingerprint(keyed) != self.fingerprint:
             raise IdempotencyConflict(
                 "this Idempotency-Key was used for a different request; use a new key"
             )

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from domain.catalog import MODELS, get_model
 from domain.errors import InvalidParameters
+from domain.personal_data import Sealer, blinded
 
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**32 - 1
@@ -210,9 +211,14 @@ class JobParameters(BaseModel):
             )
         return problems
 
-    def fingerprint(self) -> str:
-        """Digest of the parameters: one Idempotency-Key with other parameters is a conflict."""
-        canonical = json.dumps(self.as_event_data(), sort_keys=True, separators=(",", ":"))
+    def fingerprint(self, sealer: Sealer | None = None) -> str:
+        """Digest of the parameters: one Idempotency-Key with other parameters is a conflict.
+        With the user's ``sealer`` (a sealed job's): over the prompts' keyed digests, so it
+        says nothing of them without the key (domain/personal_data.py)."""
+        data = self.as_event_data()
+        if sealer is not None:
+            data = blinded(data, sealer)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def as_event_data(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pydantic_core import to_jsonable_python
 from domain.boards import Board
 from domain.credits import CreditAccount
 from domain.jobs import GenerationJob
+from domain.personal_data import PersonalData
 from domain.subscription import Subscription
 from domain.uploads import Upload
 from domain.user_models import UserModel
@@ -34,6 +35,7 @@ AGGREGATE_TOPICS: dict[type[Aggregate], str] = {
     StripeEventRecord: SUBSCRIPTIONS_TOPIC,  # billing facts travel with the subscriptions
     Upload: JOBS_TOPIC,  # a job's input images travel with the jobs
     Board: JOBS_TOPIC,  # boards file the jobs' images: one topic keeps their order
+    PersonalData: SUBSCRIPTIONS_TOPIC,  # erasures of personal data: facts of the account
     UserModel: JOBS_TOPIC,  # LoRAs travel with the jobs that name them, like uploads
 }
 _BASE_FIELDS = frozenset({"originator_id", "originator_version", "timestamp"})

@@ -139,10 +139,14 @@ class TopicSpec:
         }
 
 
-# Domain topics keep everything: they can rebuild any consumer. Work topics keep a week.
+# Domain topics keep everything: they can rebuild any consumer (and hold no plaintext prompt:
+# domain/personal_data.py). Work topics keep a week, but a dispatch carries its job's prompts
+# opened for the worker: a day, far past any dispatch's use (a worker refuses one older than
+# its max_dispatch_age_s), so an erased prompt is gone from the broker within a day.
+DISPATCH_RETENTION_MS = 24 * 3600 * 1000
 TOPICS: tuple[TopicSpec, ...] = (
     *(TopicSpec(t, 6, -1) for t in DOMAIN_TOPICS),
-    *(TopicSpec(dispatch_topic(tier), 3, WEEK_MS) for tier in GPU_TIERS),
+    *(TopicSpec(dispatch_topic(tier), 3, DISPATCH_RETENTION_MS) for tier in GPU_TIERS),
     TopicSpec(REPORTS_TOPIC, 6, WEEK_MS),
     TopicSpec(DLQ_TOPIC, 1, 4 * WEEK_MS),
 )

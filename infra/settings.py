@@ -32,6 +32,8 @@ NON_SETTING_NAMES = frozenset(
 )
 
 Environment = Literal["local", "staging", "production"]
+# The local stack's key-encryption key of the users' data keys (known to all: local use only).
+LOCAL_PERSONAL_DATA_KEK = "cGlua3NlYS1sb2NhbC1kZXYta2VrLW5vdC1zZWNyZXQ="
 
 
 class Settings(BaseSettings):
@@ -209,6 +211,14 @@ class Settings(BaseSettings):
         "(`pinksea ledger keygen` makes one; publish its .pub for auditors).",
     )
 
+    # Personal data (infra/personal_keys.py): the key that wraps every user's data key.
+    personal_data_kek: SecretStr = Field(
+        SecretStr(LOCAL_PERSONAL_DATA_KEK),
+        description="Base64 of 32 random bytes: the key-encryption key of the users' data keys, "
+        "which seal their prompts in the event store (`openssl rand -base64 32`; production: "
+        "from the secret store, never the local default; losing it erases every prompt).",
+    )
+
     # Notifier: low-balance e-mails
     # (`pinksea notify`, workflows/notifier/; the e-mails link to checkout_cancel_url, the
     # billing page).
@@ -270,6 +280,14 @@ class Settings(BaseSettings):
         "tests: `pinksea up`); private, link-local and metadata addresses stay refused. "
         "Refused outside local.",
     )
+
+    @field_validator("personal_data_kek")
+    @classmethod
+    def _kek_is_a_key(cls, value: SecretStr) -> SecretStr:
+        from infra.personal_keys import parse_kek
+
+        parse_kek(value.get_secret_value())  # ValueError: the setting names what is wrong
+        return value
 
     @field_validator("forwarded_allow_ips")
     @classmethod

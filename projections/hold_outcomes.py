@@ -18,6 +18,7 @@ from typing import Any
 from domain.calibration import NS_PER_MS, size_bucket
 from domain.jobs import Fault
 from domain.parameters import JobParameters
+from domain.personal_data import withheld
 from eventstore.decoding import domain_event
 from eventstore.envelope import Envelope
 from infra.topics import JOBS_TOPIC
@@ -71,7 +72,7 @@ _CANCELLED = _settle("outcome = 'cancelled', billed = $6")
 
 
 def _submitted(ev: Any) -> tuple[Any, ...]:
-    params = JobParameters.model_validate(ev.parameters)
+    params = JobParameters.model_validate(withheld(ev.parameters))  # the prompts: not needed
     return (
         params.model,
         ev.tier,

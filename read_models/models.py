@@ -6,9 +6,11 @@ Money is integer millicredits (``*_mc``), USD a Decimal, times timezone-aware da
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -125,6 +127,8 @@ class Job:
     finished_at: datetime | None
     updated_at: datetime
     images: tuple[Image, ...] = ()  # filled by get_job only
+    # Its personal fields as stored, sealed (domain/personal_data.py); the API opens them.
+    sealed: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
@@ -27,6 +28,7 @@ import asyncpg
 from domain.credits import PROMOTIONAL_SOURCES
 from domain.jobs import JobStatus
 from domain.parameters import JobParameters
+from domain.personal_data import PERSONAL_FIELDS, is_sealed, withheld
 from read_models.models import (
     Balance,
     CreditLot,
@@ -227,8 +229,11 @@ _JOB_STATUSES = frozenset(s.value for s in JobStatus)
 def _job(row: asyncpg.Record, images: tuple[Image, ...] = ()) -> Job:
     fields = dict(row)
     fields.pop("submitted_position", None)  # a sort key, not part of the job
-    fields["parameters"] = JobParameters.model_validate_json(fields["parameters"])
-    return Job(**fields, images=images)
+    # Sealed prompts (domain/personal_data.py) stay sealed here: the API opens them.
+    stored = json.loads(fields["parameters"])
+    fields["parameters"] = JobParameters.model_validate(withheld(stored))
+    sealed = {k: v for k, v in stored.items() if k in PERSONAL_FIELDS and is_sealed(v)}
+    return Job(**fields, images=images, sealed=MappingProxyType(sealed))
 
 
 def _image(row: asyncpg.Record) -> Image:

@@ -5,6 +5,7 @@ reactivating an account; and two lookups."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -13,6 +14,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, status
 
 from api import problems as p
 from api.deps import AdminUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
+from api.erasure import erase_personal_data
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.routers.me import ledger_page
@@ -22,6 +24,7 @@ from api.schemas import (
     AccountStatusResult,
     AdjustmentRequest,
     AdjustmentResult,
+    ErasureView,
     GrantRequest,
     GrantResult,
     LedgerLine,
@@ -300,6 +303,22 @@ async def reactivate(
     await _enforce(svc, user_id, result)
     await _changed(svc, user_id)
     return _status(user_id, result)
+
+
+@router.delete(
+    "/users/{user_id}/personal-data",
+    response_model=ErasureView,
+    summary="Erase a user's personal data (their prompts, images and uploads)",
+    description="As the user's own DELETE /v1/me: unfinished jobs cancelled, images and "
+    "uploads deleted, the data key that sealed their prompts destroyed (the prompts read "
+    '"[erased]" everywhere); their ledger stays exact. Recorded as PersonalData.Erased with '
+    "you as the actor. Repeating it changes nothing more.",
+    responses=problem_responses(*ERRORS, 404, 422),
+)
+async def erase_user(user_id: UserId, admin: AdminUser, svc: ServicesDep) -> ErasureView:
+    await svc.command(_require_user, svc, user_id)
+    erasure = await erase_personal_data(svc, user_id, actor=_actor(admin))
+    return ErasureView.model_validate({"user_id": user_id, **asdict(erasure)})
 
 
 async def _enforce(svc: Services, user_id: str, result: StatusOutcome) -> None:

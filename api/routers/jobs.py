@@ -18,7 +18,7 @@ from api.deps import (
     consistent,
     rate_limit,
 )
-from api.job_views import job_view
+from api.job_views import job_view, opened_views
 from api.problems import ProblemError, problem_responses
 from api.routers.webhook_endpoints import check_webhook_url
 from api.schemas import CancelAccepted, JobAccepted, JobQuote, JobRequest, JobView, Page
@@ -69,6 +69,7 @@ async def submit_job(
         body = await svc.command(svc.application.pin_job_loras, user, body)
     storage = await svc.storage_used(user)
     learned = await gpu_rates.learned_rates(svc.pool, body.model, body.width, body.height)
+    sealer = await svc.personal_keys.key_for(user)  # the event records the prompts sealed
     result = await svc.command(
         svc.application.submit_job,
         user,
@@ -77,6 +78,7 @@ async def submit_job(
         at=now(),
         storage_used_bytes=storage,
         learned=learned,
+        sealer=sealer,
     )
     if result.job_id is None:  # refused: nothing was saved, so no job and no Location
         reason = result.rejection or ""
@@ -174,7 +176,8 @@ async def list_jobs(
         )
     except ValueError as e:
         raise bad_query(e) from None
-    return Page[JobView].model_validate(page)
+    views = await opened_views(svc, principal.user_id, page.items)
+    return Page[JobView](items=views, next_cursor=page.next_cursor)
 
 
 @router.get(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -11,11 +12,13 @@ from fastapi import APIRouter, Depends, Query
 
 from api import problems as p
 from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
+from api.erasure import erase_personal_data
 from api.failures import public_ledger_description
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import (
     BalanceView,
+    ErasureView,
     LedgerLine,
     MeUpdate,
     MeView,
@@ -99,6 +102,23 @@ async def update_me(body: MeUpdate, principal: CurrentUser, svc: ServicesDep) ->
         )
     await set_low_balance_emails(svc.pool, principal.user_id, body.low_balance_emails, now())
     return await me(principal, svc)
+
+
+@router.delete(
+    "",
+    response_model=ErasureView,
+    summary="Erase your personal data: your prompts, images and uploads",
+    description="Your unfinished jobs are cancelled (holds voided), your images and uploads "
+    "deleted, and the key that sealed your prompts destroyed: every prompt you wrote reads "
+    '"[erased]" from now on, in every view, export and rebuild. Your account, credits, '
+    "statement and invoices stay exact (they never held what you wrote); a new submission "
+    "starts with a new key. Repeating it changes nothing more.",
+    responses=problem_responses(*ERRORS, 422),
+    dependencies=[Depends(rate_limit("command"))],
+)
+async def erase_me(principal: CurrentUser, svc: ServicesDep) -> ErasureView:
+    erasure = await erase_personal_data(svc, principal.user_id, actor="self")
+    return ErasureView.model_validate({"user_id": principal.user_id, **asdict(erasure)})
 
 
 @router.get(

@@ -33,6 +33,7 @@ from domain.jobs import (
     JobStatus,
     has_attempts_left,
 )
+from domain.personal_data import Sealer
 from domain.plans import RATE_MC_PER_GPU_MS, GpuTier
 
 
@@ -47,9 +48,12 @@ class JobCommands(CommandStore):
         at: datetime,
         storage_used_bytes: int = 0,
         learned: Learned | None = None,
+        sealer: Sealer | None = None,
     ) -> SubmitResult:
         """Create the job and hold its credits in one save, or answer why not, saving nothing.
         ``learned``: what settled jobs like this one cost per tier, for the estimate.
+        ``sealer``: the user's data key; the job's event records its prompts sealed with it
+        and a keyed fingerprint (domain/personal_data.py). The API always passes it.
 
         As Stripe keeps a key's result only once work started, a key stores only an accepted
         job: a refused submission (credit, plan, queue limit) leaves no job and no result, so
@@ -59,7 +63,14 @@ class JobCommands(CommandStore):
         IdempotencyConflict; neither records anything.
         """
         refusal, job, account = self._admission(
-            user_id, idempotency_key, params, at, storage_used_bytes, use=0, learned=learned
+            user_id,
+            idempotency_key,
+            params,
+            at,
+            storage_used_bytes,
+            use=0,
+            learned=learned,
+            sealer=sealer,
         )
         conflict = None
         if job is not None:
@@ -72,13 +83,20 @@ class JobCommands(CommandStore):
                 conflict = e  # the key was used before, or the account changed under us
         existing, use = self._key_use(user_id, idempotency_key, at)
         if existing is not None:
-            existing.ensure_same_request(params)
+            existing.ensure_same_request(params, sealer)
             return _submitted(existing, created=False)
         if conflict is not None and use == 0:
             raise conflict  # the account changed: @command reads it again and decides again
         if conflict is not None:  # the key's job before expired: a new one, its next use
             refusal, job, account = self._admission(
-                user_id, idempotency_key, params, at, storage_used_bytes, use=use, learned=learned
+                user_id,
+                idempotency_key,
+                params,
+                at,
+                storage_used_bytes,
+                use=use,
+                learned=learned,
+                sealer=sealer,
             )
             if job is not None:
                 self.save(job, account)  # a conflict here: @command decides again
@@ -96,6 +114,7 @@ class JobCommands(CommandStore):
         *,
         use: int,
         learned: Learned | None = None,
+        sealer: Sealer | None = None,
     ) -> tuple[Refusal | None, GenerationJob | None, CreditAccount]:
         """The job of ``idempotency_key``'s ``use``, accepted with its hold on the account (both
         unsaved), or the refusal and no job. The quote's own checks decide (admission.quote):
@@ -112,6 +131,7 @@ class JobCommands(CommandStore):
             tier=verdict.tier.value,
             at=at,
             use=use,
+            sealer=sealer,
         )
         refusal = admit(job, account, verdict, at)
         if refusal is not None:

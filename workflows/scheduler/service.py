@@ -27,6 +27,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import Counter, Gauge, Histogram
 
+from domain import personal_data
 from domain.application import PinkseaApplication
 from domain.jobs import DeadLetterDecision, has_attempts_left
 from domain.parameters import RunParameters
@@ -34,6 +35,7 @@ from infra.errors import OPERATIONAL_ERRORS, Backoff
 from infra.kafka import connection_kwargs, idempotent_producer
 from infra.messages import DeadLetter, Dispatch, Finished, Heartbeat, Started, parse_report
 from infra.observability.instrument import track_event_store
+from infra.personal_keys import PersonalKeys, parse_kek
 from infra.settings import Settings
 from infra.topics import DLQ_TOPIC, REPORTS_TOPIC, dispatch_topic
 from projections.runner import LiveProjectionRunner
@@ -90,6 +92,12 @@ class Scheduler:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _limits: dict[str, tuple[float, int]] = field(default_factory=dict)
     producer: AIOKafkaProducer | None = None
+    # The users' data keys, which open the prompts a dispatch carries (infra/personal_keys.py).
+    personal_keys: PersonalKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        kek = parse_kek(self.settings.personal_data_kek.get_secret_value())
+        self.personal_keys = PersonalKeys(self.pool, kek)
 
     # --------------------------------------------------------------------------- running
 
@@ -240,8 +248,11 @@ class Scheduler:
             return
         if not result.send:
             return  # another dispatch of this job won, or it is finished; nothing to send
-        # As submitted, the seed resolved (the requested one, or the one the job id gives).
-        submitted = json.loads(row["parameters"])
+        # As submitted, the seed resolved (the requested one, or the one the job id gives),
+        # the prompts opened: the worker runs the plaintext, which the dispatch topic keeps
+        # only for its short retention (infra/kafka.py), never the event store.
+        opener = await self.personal_keys.opener(row["user_id"])
+        submitted = personal_data.opened(json.loads(row["parameters"]), opener)
         params = RunParameters.model_validate({**submitted, "seed": row["seed"]})
         message = Dispatch(
             job_id=job_id,

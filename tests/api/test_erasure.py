@@ -1,0 +1,212 @@
+"""Erasure that keeps the ledger exact (issue 17, part 5): prompts are sealed under a per-user
+key outside the event store; DELETE /v1/me (and the admin's route) destroys the key and the
+user's images and uploads, and everything else still replays and verifies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from api.services import now
+from audit.receipts import issue_receipt, verify_receipt
+from audit.seals import seal
+from audit.store import stream_aggregates
+from audit.verify import verify
+from domain.personal_data import ERASED, PersonalData, is_sealed, personal_data_id
+from eventstore.contract import envelope_for
+from gpu_consumer.outputs import image_key, thumbnail_key
+from tests.api.conftest import Kit, problem_type
+from tests.api.project_now import project_now
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "my neighbour's red door at dusk, 42 Elm Street"
+NEGATIVE = "my ex's face"
+
+
+async def _completed_job(kit: Kit, user: str, *, prompt: str = PROMPT) -> tuple[str, list[Any]]:
+    r = await kit.submit(user, prompt=prompt, negative_prompt=NEGATIVE)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    s3, bucket = kit.services.s3, kit.settings.s3_bucket
+    name = f"{job_id}-0"
+    png = b"\x89PNG fake " + name.encode()
+    s3.put_object(Bucket=bucket, Key=image_key(user, name), Body=png)
+    s3.put_object(Bucket=bucket, Key=thumbnail_key(user, name), Body=b"RIFF webp")
+    image = {
+        "name": name,
+        "key": image_key(user, name),
+        "thumbnail_key": thumbnail_key(user, name),
+        "size_bytes": len(png),
+        "width": 64,
+        "height": 64,
+    }
+    kit.run_job(job_id, images=[image])  # type: ignore[list-item]
+    await kit.project()
+    return job_id, [image]
+
+
+async def _stored_submissions(kit: Kit, job_id: str) -> list[str]:
+    """The raw stored rows of the job's events and their public envelopes, as text."""
+    conn = await asyncpg.connect(kit.settings.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT state FROM pinksea_events WHERE originator_id = $1", UUID(job_id)
+        )
+    finally:
+        await conn.close()
+    texts = [bytes(r["state"]).decode(errors="replace") for r in rows]
+    app = kit.app
+    for n in app.recorder.select_notifications(start=1, limit=100_000):
+        if n.originator_id == UUID(job_id):
+            env = envelope_for(app.mapper.to_domain_event(n), n.id)
+            texts.append(env.to_bytes().decode())
+    return texts
+
+
+async def _ledger_ok(kit: Kit) -> None:
+    await kit.project()
+    pool = await asyncpg.create_pool(kit.settings.database_url, min_size=2, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            report = await verify(pool, stream_aggregates(conn))
+    finally:
+        await pool.close()
+    assert report.ok, [(f.check, f.detail) for f in report.findings]
+
+
+async def test_prompts_are_sealed_in_the_store_and_open_in_the_api(kit: Kit, user: str) -> None:
+    job_id, _ = await _completed_job(kit, user)
+    texts = await _stored_submissions(kit, job_id)
+    assert texts and not any(PROMPT in t or NEGATIVE in t for t in texts)
+    stored = kit.app.job(UUID(job_id)).parameters
+    assert is_sealed(stored["prompt"]) and is_sealed(stored["negative_prompt"])
+    row = await kit.services.pool.fetchval(
+        "SELECT parameters FROM jobs WHERE job_id = $1", UUID(job_id)
+    )
+    assert PROMPT not in row and is_sealed(json.loads(row)["prompt"])
+    view = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
+    assert (view["prompt"], view["negative_prompt"]) == (PROMPT, NEGATIVE)
+    listed = (await kit.client.get("/v1/jobs", headers=kit.auth(user))).json()["items"]
+    assert [j["prompt"] for j in listed if j["job_id"] == job_id] == [PROMPT]
+
+
+async def test_a_replayed_submission_is_the_same_job_and_another_body_conflicts(
+    kit: Kit, user: str
+) -> None:
+    first = await kit.submit(user, "k1", prompt=PROMPT)
+    again = await kit.submit(user, "k1", prompt=PROMPT)
+    assert first.status_code == 202 and again.status_code == 202, again.text
+    assert again.json()["job_id"] == first.json()["job_id"] and again.json()["replayed"]
+    other = await kit.submit(user, "k1", prompt=PROMPT + "!")
+    assert other.status_code == 409, other.text
+    stored = kit.app.job(UUID(first.json()["job_id"]))
+    assert PROMPT not in stored.fingerprint  # a keyed digest, not the text's
+
+
+async def test_erasure_shreds_prompts_and_files_and_the_ledger_still_verifies(
+    kit: Kit, user: str, other: str
+) -> None:
+    job_id, images = await _completed_job(kit, user)
+    other_job, other_images = await _completed_job(kit, other, prompt="someone else's words")
+    queued = (await kit.submit(user, prompt=PROMPT)).json()["job_id"]  # never runs now
+    await kit.project()
+    await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))  # cached, sealed
+    signed_in = {"Authorization": f"Bearer {kit.token(user, email='eve@example.com')}"}
+    assert (await kit.client.get("/v1/me", headers=signed_in)).json()["notification_email"]
+    signing_key = Ed25519PrivateKey.generate()
+    async with kit.services.pool.acquire() as conn:
+        assert await seal(conn, signing_key, now()) is not None
+        receipt = await issue_receipt(conn, UUID(job_id), signing_key, now())
+    balance_before = (await kit.client.get("/v1/me/balance", headers=kit.auth(user))).json()
+    account_before = kit.app.account(user)
+
+    r = await kit.client.delete("/v1/me", headers=signed_in)
+    assert r.status_code == 200, r.text
+    erasure = r.json()
+    assert erasure["changed"] and erasure["key_destroyed"]
+    assert erasure["images_deleted"] == 1 and erasure["cancelled_jobs"] == 1
+    assert erasure["objects_deleted"] == 2
+    await kit.project()
+
+    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{queued}"):
+        view = (await kit.client.get(path, headers=kit.auth(user))).json()
+        assert view["prompt"] == ERASED, view
+    assert (await kit.client.get(f"/v1/jobs/{queued}", headers=kit.auth(user))).json()[
+        "status"
+    ] == "cancelled"
+    listed = (await kit.client.get("/v1/jobs", headers=kit.auth(user))).json()["items"]
+    assert listed and {j["prompt"] for j in listed} == {ERASED}
+    for key in (images[0]["key"], images[0]["thumbnail_key"]):
+        with pytest.raises(ClientError):
+            kit.services.s3.head_object(Bucket=kit.settings.s3_bucket, Key=key)
+    assert kit.app.job(UUID(job_id)).deleted_images.keys() == {images[0]["name"]}
+
+    # The ledger: the settled charge stays, only the cancelled job's hold came back.
+    account = kit.app.account(user)
+    assert account.version > account_before.version
+    balance = (await kit.client.get("/v1/me/balance", headers=kit.auth(user))).json()
+    assert balance["available_mc"] + balance["held_mc"] == (
+        balance_before["available_mc"] + balance_before["held_mc"]
+    )
+    assert balance["held_mc"] == 0
+    await _ledger_ok(kit)
+    # The receipt hashes the parameters as stored (sealed): issued again, it is the same.
+    async with kit.services.pool.acquire() as conn:
+        again = await issue_receipt(conn, UUID(job_id), signing_key, now())
+    assert again["parameters_sha256"] == receipt["parameters_sha256"]
+    assert verify_receipt(again, signing_key.public_key()) == []
+    # The sign-in address is forgotten (the erasing request's own included).
+    assert (
+        await kit.services.pool.fetchval(
+            "SELECT email FROM notification_preferences WHERE user_id = $1", user
+        )
+        is None
+    )
+
+    # Another user's data is untouched.
+    theirs = (await kit.client.get(f"/v1/jobs/{other_job}", headers=kit.auth(other))).json()
+    assert theirs["prompt"] == "someone else's words"
+    kit.services.s3.head_object(Bucket=kit.settings.s3_bucket, Key=other_images[0]["key"])
+
+    # The read models rebuilt from the event store still read as erased.
+    async with kit.services.pool.acquire() as conn, conn.transaction():
+        await conn.execute("TRUNCATE jobs, images, usage_records")
+        await conn.execute("DELETE FROM projection_versions WHERE projection = 'jobs'")
+    await project_now(kit.app, kit.settings.database_url, start=1)
+    await kit.services.job_cache.delete(job_id)  # read the rebuilt row, not the cache
+    view = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
+    assert view["prompt"] == ERASED and view["charged_mc"] == kit.app.job(UUID(job_id)).charged_mc
+
+    # A repeat changes nothing; the erasure is on record, without the prompt.
+    repeat = await kit.client.delete("/v1/me", headers=kit.auth(user))
+    assert repeat.status_code == 200 and not repeat.json()["changed"], repeat.text
+    record = kit.app.find(personal_data_id(user))
+    assert isinstance(record, PersonalData) and record.erasures == 1
+
+
+async def test_admin_erasure_needs_an_admin_and_a_user(kit: Kit, user: str) -> None:
+    job_id, _ = await _completed_job(kit, user)
+    path = f"/v1/admin/users/{user}/personal-data"
+    r = await kit.client.delete(path, headers=kit.auth("someone"))
+    assert r.status_code == 403, r.text
+    missing = await kit.client.delete(
+        "/v1/admin/users/nobody-here/personal-data", headers=kit.auth("root", admin=True)
+    )
+    assert missing.status_code == 404 and problem_type(missing).endswith("not-found")
+    r = await kit.client.delete(path, headers=kit.auth("root", admin=True))
+    assert r.status_code == 200 and r.json()["key_destroyed"], r.text
+    view = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
+    assert view["prompt"] == ERASED
+    # The user goes on: a new submission is sealed under a new key and reads back.
+    r = await kit.submit(user, prompt="a fresh start")
+    assert r.status_code == 202, r.text
+    await kit.project()
+    view = (await kit.client.get(f"/v1/jobs/{r.json()['job_id']}", headers=kit.auth(user))).json()
+    assert view["prompt"] == "a fresh start"
