@@ -66,13 +66,3 @@ async def list_user_models(
     return _page(
         rows, limit, _user_model, lambda r: encode_cursor("user_models", r["requested_position"])
     )
-
-
-async def get_user_model(db: Db, user_id: str, model_id: UUID) -> UserModel | None:
-    row = await db.fetchrow(
-        f"SELECT {_COLUMNS} FROM user_models"
-        " WHERE user_id = $1 AND model_id = $2 AND deleted_at IS NULL",
-        user_id,
-        model_id,
-    )
-    return None if row is None else _user_model(row)

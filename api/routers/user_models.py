@@ -96,7 +96,8 @@ def _view(model: rm.UserModel | UserModel) -> UserModelView:
     "then call POST /v1/models/mine/{model_id}/complete. Needs a plan with `lora_training` "
     "(else 403 model-not-in-plan); refused (403 storage-quota) when your images, uploads and "
     "models use your plan's storage already.",
-    responses=problem_responses(*ERRORS, 409, 422),
+    # 404: the Idempotency-Key's model was deleted (its replay finds no model of yours).
+    responses=problem_responses(*ERRORS, 404, 409, 422),
     dependencies=[Depends(rate_limit("command"))],
 )
 async def request_user_model(
@@ -256,15 +257,13 @@ async def list_user_models(
     response_model=UserModelView,
     summary="One of your models",
     responses=problem_responses(*ERRORS, 404, 422),
-    dependencies=[Depends(rate_limit("query")), Depends(consistent("user_models"))],
+    dependencies=[Depends(rate_limit("query"))],
 )
 async def get_user_model(
     model_id: ModelId, principal: CurrentUser, svc: ServicesDep
 ) -> UserModelView:
-    model = await rm.get_user_model(svc.pool, principal.user_id, model_id)
-    if model is None:
-        raise _not_found(model_id)
-    return _view(model)
+    # From the event store, not the read model: a model just deleted is gone at once.
+    return _view(await svc.command(_owned, svc, principal.user_id, model_id))
 
 
 @router.delete(
