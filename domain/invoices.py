@@ -12,7 +12,7 @@ the credit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from typing_extensions import TypedDict  # pydantic reads these (event JSON Schemas)
@@ -107,3 +107,37 @@ class InvoiceMoney:
             return 0
         returned = returned_cents(self.notes, self.charges)
         return effective_credits_mc(self.credits_mc, self.money_cents, returned)
+
+    def paid_delta_mc(self, lines: list[InvoiceLine]) -> int | None:
+        """The credit (mc, signed) paying with ``lines`` moves now: their worth less the money
+        given back already (a refund may arrive first) and less what moved before. None: this
+        invoice was paid before."""
+        if self.paid:
+            return None
+        paid = replace(
+            self,
+            paid=True,
+            money_cents=lines_money_cents(lines),
+            credits_mc=lines_credits_mc(lines),
+        )
+        return paid.effective_mc - self.applied_mc
+
+    def returned_delta_mc(
+        self, source_id: str, *, by_charge: bool, returned: MoneyReturned
+    ) -> int | None:
+        """The credit (mc, <= 0) that money given back by ``source_id`` (a credit note, or a
+        charge's refunds so far) takes back. None: this credit note was applied before, or
+        this charge's refund did not grow."""
+        assert source_id and min(returned["kept_cents"], returned["refund_cents"]) >= 0
+        sources = self.charges if by_charge else self.notes
+        before = sources.get(source_id)
+        if before is not None and (
+            not by_charge or before["refund_cents"] >= returned["refund_cents"]
+        ):
+            return None
+        after = replace(
+            self, **{"charges" if by_charge else "notes": {**sources, source_id: returned}}
+        )
+        delta_mc = after.effective_mc - self.applied_mc
+        assert delta_mc <= 0, f"money given back by {source_id} grants {delta_mc} mc"
+        return delta_mc

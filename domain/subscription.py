@@ -14,7 +14,6 @@ Two admin plans run on the service's own clock (the expiry loop asks, the aggreg
 
 from __future__ import annotations
 
-import calendar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, TypeAlias
 from uuid import UUID
@@ -31,6 +30,7 @@ from domain.invoices import (
     lines_credits_mc,
     lines_money_cents,
 )
+from domain.periods import contract_period
 from domain.plans import GpuTier, Plan, PlanType, get_plan
 from domain.subscription_events import (
     ENTERPRISE,
@@ -48,32 +48,9 @@ __all__ = [
     "CustomTerms",
     "Subscription",
     "SubscriptionStatus",
-    "add_months",
-    "contract_period",
 ]
 
 TRIAL_PERIOD = timedelta(days=30)
-
-
-def add_months(anchor: datetime, months: int) -> datetime:
-    """``anchor`` moved by whole calendar months, its day clamped to the month's last day
-    (Jan 31 + 1 month = Feb 28 or 29; + 2 months = Mar 31: always counted from the anchor)."""
-    index = anchor.year * 12 + anchor.month - 1 + months
-    year, month0 = divmod(index, 12)
-    day = min(anchor.day, calendar.monthrange(year, month0 + 1)[1])
-    return anchor.replace(year=year, month=month0 + 1, day=day)
-
-
-def contract_period(anchor: datetime, at: datetime) -> tuple[datetime, datetime]:
-    """The monthly period, counted from ``anchor``, that contains ``at`` (>= anchor)."""
-    assert at >= anchor, "a contract period is asked for before the contract began"
-    local = at.astimezone(anchor.tzinfo)
-    months = (local.year - anchor.year) * 12 + (local.month - anchor.month)
-    if add_months(anchor, months) > at:
-        months -= 1
-    start, end = add_months(anchor, months), add_months(anchor, months + 1)
-    assert start <= at < end
-    return start, end
 
 
 class Subscription(Aggregate):
@@ -283,22 +260,11 @@ class Subscription(Aggregate):
         return credits_mc
 
     def credit_invoice(self, *, invoice_id: str, lines: list[InvoiceLine]) -> int | None:
-        """The credit (mc, signed) a paid invoice's lines move now: their worth less the money
-        given back already (a refund may arrive first) and less what moved before. None when
-        this invoice was credited before. The caller moves it and records it with
+        """The credit (mc, signed) a paid invoice's lines move now (``InvoiceMoney``); None
+        when it was credited before. The caller moves it and records it with
         ``record_invoice_credited``."""
         assert invoice_id, "an invoice needs its id"
-        money = self.invoice_money(invoice_id)
-        if money.paid:
-            return None
-        paid = InvoiceMoney(
-            paid=True,
-            money_cents=lines_money_cents(lines),
-            credits_mc=lines_credits_mc(lines),
-            notes=money.notes,
-            charges=money.charges,
-        )
-        return paid.effective_mc - money.applied_mc
+        return self.invoice_money(invoice_id).paid_delta_mc(lines)
 
     def record_invoice_credited(
         self,
@@ -328,27 +294,11 @@ class Subscription(Aggregate):
     def return_invoice_money(
         self, *, invoice_id: str, source_id: str, by_charge: bool, returned: MoneyReturned
     ) -> int | None:
-        """The credit (mc, <= 0) that money given back of an invoice takes back. None when
-        this credit note was applied before, or this charge's refund did not grow."""
-        assert invoice_id and source_id
-        assert min(returned["kept_cents"], returned["refund_cents"]) >= 0, returned
+        """The credit (mc, <= 0) that money given back of an invoice takes back; None when it
+        was taken before (``InvoiceMoney.returned_delta_mc``)."""
+        assert invoice_id, "an invoice needs its id"
         money = self.invoice_money(invoice_id)
-        sources = money.charges if by_charge else money.notes
-        before = sources.get(source_id)
-        if before is not None and (
-            not by_charge or before["refund_cents"] >= returned["refund_cents"]
-        ):
-            return None
-        after = InvoiceMoney(
-            paid=money.paid,
-            money_cents=money.money_cents,
-            credits_mc=money.credits_mc,
-            notes=money.notes if by_charge else {**money.notes, source_id: returned},
-            charges={**money.charges, source_id: returned} if by_charge else money.charges,
-        )
-        delta_mc = after.effective_mc - money.applied_mc
-        assert delta_mc <= 0, f"money given back of {invoice_id} grants {delta_mc} mc"
-        return delta_mc
+        return money.returned_delta_mc(source_id, by_charge=by_charge, returned=returned)
 
     def record_invoice_money_returned(
         self,

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import pytest
 
-from domain.subscription import add_months
+from domain.periods import add_months
 from tests.api.conftest import TINY, Kit, problem_type
 from workflows.expiry import end_tester_plans, start_contract_periods, tick
 

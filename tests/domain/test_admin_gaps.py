@@ -17,8 +17,9 @@ from domain.application import PinkseaApplication
 from domain.credits import CreditAccount, LotSource
 from domain.errors import AccountDeactivated, InvalidParameters, NotFound
 from domain.jobs import JobParameters, JobStatus
+from domain.periods import add_months, contract_period
 from domain.plans import get_plan
-from domain.subscription import CustomTerms, Subscription, add_months, contract_period
+from domain.subscription import CustomTerms, Subscription
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 DAY = timedelta(days=1)

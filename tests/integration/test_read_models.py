@@ -27,9 +27,10 @@ from domain.errors import DomainError
 from domain.invoices import InvoiceLine, MoneyReturned
 from domain.jobs import Fault, GenerationJob, ImageRecord, JobParameters
 from domain.ledger_changes import LineKind
+from domain.periods import add_months
 from domain.plans import PLANS
 from domain.postings import available, held
-from domain.subscription import CustomTerms, add_months
+from domain.subscription import CustomTerms
 from eventstore.contract import envelope_for, event_classes, topic_for
 from eventstore.decoding import decode
 from eventstore.envelope import Envelope
