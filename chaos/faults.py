@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from chaos.partition import PARTITIONED, ChaosPartitions
 from chaos.processes import Supervisor
 from chaos.stack import ChaosStack
 
@@ -18,7 +19,7 @@ from chaos.stack import ChaosStack
 @dataclass(frozen=True)
 class Fault:
     at_s: float  # offset from the start of the load
-    kind: str  # kill_process, or one of DEPENDENCY_FAULTS
+    kind: str  # kill_process, or one of DEPENDENCY_FAULTS or PARTITION_FAULTS
     target: str  # process name, or the dependency
     duration_s: float  # down time (kill: until the supervisor restarts it anyway)
 
@@ -38,13 +39,25 @@ DEPENDENCY_FAULTS = {
     "restart_s3": "s3",
     "pause_s3": "s3",
 }
+#: Each network partition (chaos/partition.py) and the dependency it cuts one process off
+#: from, for 5-20 s: on both sides of the lease (10 s) of a partitioned GPU worker, which then
+#: either reports after the heal or loses its job to another worker. One outage of that
+#: dependency at a time, as above.
+PARTITION_FAULTS = {kind: dependency for kind, (_, dependency) in PARTITIONED.items()}
 
 
 def plan_faults(
-    seed: int, processes: list[str], window_s: float, rounds: int, start_s: float = 5.0
+    seed: int,
+    processes: list[str],
+    window_s: float,
+    rounds: int,
+    start_s: float = 5.0,
+    partitions: bool = False,
 ) -> list[Fault]:
     """``rounds`` rounds; each kills every process once and fails every dependency once, in a
-    shuffled order at random offsets inside ``[start_s, window_s)``."""
+    shuffled order at random offsets inside ``[start_s, window_s)``; with ``partitions``, each
+    round also makes each of PARTITION_FAULTS once (drawn apart: a seed's other faults are the
+    same with or without them)."""
     rng = random.Random(seed)
     faults: list[Fault] = []
     for _ in range(rounds):
@@ -62,15 +75,19 @@ def plan_faults(
     # S3's kill -9 in the window's second half, so that images stored before it exist and the
     # verdict shows they survived it (chaos/images.py); the order stays by offset.
     late_s = max(start_s, window_s / 2)
-    return sorted(
-        (
-            Fault(round(rng.uniform(late_s, window_s), 1), f.kind, f.target, f.duration_s)
-            if f.kind == "restart_s3" and f.at_s < late_s
-            else f
-            for f in planned
-        ),
-        key=lambda f: f.at_s,
-    )
+    planned = [
+        Fault(round(rng.uniform(late_s, window_s), 1), f.kind, f.target, f.duration_s)
+        if f.kind == "restart_s3" and f.at_s < late_s
+        else f
+        for f in planned
+    ]
+    if partitions:
+        apart = random.Random(f"{seed}-partitions")
+        for _ in range(rounds):
+            for kind, dependency in PARTITION_FAULTS.items():
+                at_s = round(apart.uniform(start_s, window_s), 1)
+                planned.append(Fault(at_s, kind, dependency, round(apart.uniform(5, 20), 1)))
+    return sorted(planned, key=lambda f: f.at_s)
 
 
 @dataclass
@@ -78,6 +95,7 @@ class Injector:
     stack: ChaosStack
     supervisor: Supervisor
     plan: list[Fault]
+    partitions: ChaosPartitions | None = None  # where the plan has partitions
     injected: Counter[str] = field(default_factory=Counter)
     log: list[str] = field(default_factory=list)
     injected_at: list[tuple[Fault, datetime]] = field(default_factory=list)  # wall clock
@@ -110,5 +128,12 @@ class Injector:
             await self.stack.restart_s3(fault.duration_s)
         elif fault.kind.startswith("pause_") and fault.kind in DEPENDENCY_FAULTS:
             await self.stack.pause(fault.target, fault.duration_s)
+        elif fault.kind in PARTITION_FAULTS:
+            assert self.partitions is not None, "a partition planned without namespaces"
+            await asyncio.to_thread(self.partitions.partition, fault.kind)
+            try:
+                await asyncio.sleep(fault.duration_s)
+            finally:
+                await asyncio.to_thread(self.partitions.heal, fault.kind)
         else:
             raise ValueError(f"unknown fault kind {fault.kind!r}")

@@ -29,6 +29,7 @@ class Child:
     started_at: float = 0.0
     killed: bool = False  # by the injector: its exit is expected, not a crash
     env: dict[str, str] | None = None  # its own environment (default: the supervisor's)
+    wrap: tuple[str, ...] = ()  # its command's prefix (a network namespace's: chaos/partition.py)
 
     @property
     def alive(self) -> bool:
@@ -90,6 +91,7 @@ class Supervisor:
             log.write(f"\n===== {time.strftime('%H:%M:%S')} start\n".encode())
             log.flush()
             child.process = await asyncio.create_subprocess_exec(
+                *child.wrap,
                 sys.executable,
                 "-m",
                 "cli",

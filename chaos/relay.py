@@ -1,14 +1,14 @@
-"""A TCP relay between network namespaces: ``python -m tests.faults.relay LISTEN=TARGET ...``
-listens on each ``host:port`` LISTEN and joins every connection it accepts to a new one to
-TARGET, bytes unchanged in both directions. Prints ``ready`` once every address listens.
+"""A TCP relay between network namespaces: ``python -m chaos.relay LISTEN=TARGET ...`` listens
+on each ``host:port`` LISTEN and joins every connection it accepts to a new one to TARGET,
+bytes unchanged in both directions. Prints ``ready`` once every address listens.
 
-The worker-Kafka partition test (tests/faults/test_worker_partition.py) runs one inside the
-worker's namespace (its loopback ports, where the worker and Kafka's advertised address expect
-the local stack) and one outside (on the veth addresses, to the stack's loopback ports): the
-stack listens on 127.0.0.1 only, which another namespace cannot reach. The relays never drop
-anything themselves; the partition is the kernel's, on the veth pair between them. When a new
-upstream connection cannot be made (the pair is down) the accepted one is left open and
-unanswered until its client gives up, as a connection into a partition stays silent.
+The stack listens on 127.0.0.1 only, which another network namespace cannot reach: the
+partitions (chaos/partition.py) carry its ports over veth pairs with a relay at each end. The
+relays never drop anything themselves; the partition is the kernel's, on the veth pair between
+them. When a new upstream connection is refused (the service is down) the accepted one is
+reset, as the service would; when it cannot be made at all (the pair is down) the accepted one
+is left open and unanswered until its client gives up, as a connection into a partition stays
+silent.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 
 CHUNK = 1 << 16
 CONNECT_TIMEOUT_S = 60.0
@@ -44,12 +45,17 @@ async def _drain_until_closed(reader: asyncio.StreamReader) -> None:
             pass
 
 
-def _handler(target: tuple[str, int]):  # type: ignore[no-untyped-def]
+def _handler(
+    target: tuple[str, int],
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(*target), CONNECT_TIMEOUT_S
             )
+        except ConnectionRefusedError:
+            writer.transport.abort()  # refused: a reset, as the service's own refusal
+            return
         except (OSError, TimeoutError):
             await _drain_until_closed(reader)  # silent, as across a partition
             writer.close()

@@ -28,6 +28,7 @@ from chaos.faults import Injector, plan_faults
 from chaos.images import check_images
 from chaos.load import LoadConfig, LoadGenerator
 from chaos.outcome import judge, wait_for_quiescence
+from chaos.partition import ChaosPartitions, start_partitions, unsupported
 from chaos.processes import Supervisor, chaos_processes
 from chaos.stack import ChaosStack
 from infra.health import ensure_bucket, s3_client
@@ -90,11 +91,25 @@ async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool
     await asyncio.to_thread(ensure_bucket, s3, settings.s3_bucket, settings.s3_region)
     supervisor = Supervisor(chaos_processes(API_PORTS, WORKER_TIERS), env, out_dir / "logs")
     urls = [f"http://127.0.0.1:{p}" for p in API_PORTS]
+    # Network partitions where namespaces can be made (root); the plan says when they cannot.
+    no_partitions = unsupported()
+    partitions: ChaosPartitions | None = None
+    if no_partitions is None:
+        partitions = await asyncio.to_thread(start_partitions, stack, supervisor)
+    else:
+        console.print(f"no network partitions in this run: {no_partitions}")
     plan = plan_faults(
-        seed, [c.name for c in supervisor.children], profile.load.duration_s, profile.fault_rounds
+        seed,
+        [c.name for c in supervisor.children],
+        profile.load.duration_s,
+        profile.fault_rounds,
+        partitions=partitions is not None,
     )
-    (out_dir / "fault-plan.txt").write_text("\n".join(f.describe() for f in plan) + "\n")
-    injector = Injector(stack, supervisor, plan)
+    described = [f.describe() for f in plan]
+    if no_partitions is not None:
+        described.append(f"(no network partitions: {no_partitions})")
+    (out_dir / "fault-plan.txt").write_text("\n".join(described) + "\n")
+    injector = Injector(stack, supervisor, plan, partitions)
     pool: asyncpg.Pool | None = None
     try:
         await supervisor.start()
@@ -119,6 +134,8 @@ async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool
         if pool is not None:
             await pool.close()
         await supervisor.stop()
+        if partitions is not None:
+            await asyncio.to_thread(partitions.close)  # after the processes inside have stopped
         if not keep_stack:
             await stack.stop()
     summary = {

@@ -2,7 +2,7 @@
 
 The worker runs as its own process inside a network namespace (tests/faults/netns.py) and
 reaches the stack through two veth pairs, one for Kafka and one for Redis and S3, each carried
-by a relay at both ends (tests/faults/relay.py: the stack listens on loopback only). Once the
+by a relay at both ends (chaos/relay.py: the stack listens on loopback only). Once the
 worker is running a job, the Kafka pair is taken down: its heartbeats and its report stop
 there, Redis and S3 still answer. The rest of the platform runs in this process (the e2e
 harness): its scheduler sees the heartbeats stop, the lease expires, the job is dispatched
@@ -40,13 +40,12 @@ from tests.e2e.test_generation_flow import (  # noqa: F401 (fixtures)
     stack,
     submit,
 )
-from tests.faults.netns import Namespace, network_namespace
+from tests.faults.netns import Namespace, carry, network_namespace
 from tests.integration.streaming_kit import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 KAFKA_LINK, OTHER_LINK = 0, 1
 LEASE_S = 3.0
-READY_TIMEOUT_S = 30
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -58,33 +57,12 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
 def relays(ns: Namespace, settings: Settings) -> Iterator[None]:
     """The worker's loopback ports of Kafka, Redis and S3 inside ``ns``, relayed over the
     veth pairs (Kafka on its own) to the stack's, which listen on the host's loopback."""
-    kafka = _host_port(settings.kafka_bootstrap_servers.split(",")[0], 9092)
     others = [_host_port(settings.redis_url, 6379)]
     if settings.s3_endpoint_url:
         others.append(_host_port(settings.s3_endpoint_url, 80))
-    kafka_link, other_link = ns.links[KAFKA_LINK], ns.links[OTHER_LINK]
-    outside = [f"{kafka_link.host_address}:{kafka[1]}={kafka[0]}:{kafka[1]}"]
-    inside = [f"{kafka[0]}:{kafka[1]}={kafka_link.host_address}:{kafka[1]}"]
-    for host, port in others:
-        outside.append(f"{other_link.host_address}:{port}={host}:{port}")
-        inside.append(f"{host}:{port}={other_link.host_address}:{port}")
-    started = []
-    try:
-        for prefix, mappings in (((), outside), (ns.exec_prefix, inside)):
-            relay = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "tests.faults.relay", *mappings],
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            started.append(relay)
-            assert relay.stdout is not None
-            assert relay.stdout.readline().strip() == "ready", f"relay {mappings} did not start"
+    kafka = _host_port(settings.kafka_bootstrap_servers.split(",")[0], 9092)
+    with carry(ns, {KAFKA_LINK: [kafka], OTHER_LINK: others}):
         yield
-    finally:
-        for relay in started:
-            relay.kill()
-            relay.wait(timeout=READY_TIMEOUT_S)
 
 
 def worker_in(ns: Namespace, harness: Platform, worker_id: str) -> subprocess.Popen[bytes]:
