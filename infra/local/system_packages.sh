@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the local stack and the virtualenv need, when missing:
-# PostgreSQL, Redis, Java 17 and Maven (Kafka's jars), curl, python3 with venv.
+# PostgreSQL, Redis, Java 17 and Maven (Kafka's jars), curl, python3 with venv, iproute2 (the
+# network partitions of the fault tests and the chaos run: chaos/partition.py).
 # Used by .ci/run and by `make venv` / `make services`, so a fresh clone needs no other step.
 # A no-op (one line) when everything is present.
 set -euo pipefail
@@ -17,6 +18,7 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v ip >/dev/null || missing+=(iproute2)
 if ((${#missing[@]} == 0)); then
   echo "system packages: all present"
   exit 0
