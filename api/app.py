@@ -32,6 +32,7 @@ from api.routers import (
     models,
     ops,
     plans,
+    presets,
     uploads,
     user_models,
 )
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         user_models,
         plans,
+        presets,
         api_keys,
         admin,
         billing,

@@ -194,6 +194,12 @@ class JobView(View):
     seed: int = Field(description="the seed the job runs with (the requested one, or derived)")
     guidance_scale: float | None = _parameter("guidance_scale")
     scheduler: SchedulerName | None = _parameter("scheduler")
+    style_preset: str | None = Field(
+        None,
+        validation_alias=AliasChoices("style_preset", AliasPath("parameters", "style_preset")),
+        description="the style preset the job named; prompt and negative_prompt are as its "
+        "templates made them",
+    )
     attempt: int
     cancel_requested: bool
     hold_mc: int
@@ -589,6 +595,28 @@ class TierCost(BaseModel):
     estimate_ms: int = Field(description="expected GPU time of the default parameters")
     hold_mc: int = Field(description="held at submission, and the most such a job can cost")
     hold_credits: ClassVar[Credits] = credits_of("hold_mc")
+
+
+# ---------------------------------------------------------------------------- style presets
+
+
+class PresetDataView(View):
+    positive_prompt: str = Field(
+        description="the prompt's template: `{prompt}` is replaced by your prompt (without "
+        "one, the template is appended to it after a space)"
+    )
+    negative_prompt: str = Field(
+        description="the negative prompt's template, applied to your negative_prompt the same way"
+    )
+
+
+class StylePresetView(View):
+    """A system style preset (InvokeAI's fields); name its id as a job's `style_preset`."""
+
+    id: str
+    name: str
+    type: Literal["default"] = Field(description="InvokeAI's type: default (a system preset)")
+    preset_data: PresetDataView
 
 
 class ModelView(BaseModel):

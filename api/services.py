@@ -24,8 +24,10 @@ from api.cache import JsonCache
 from api.deactivation import AccountFlags
 from api.image_urls import ImageUrls, image_urls
 from api.live import JobWatcher, StreamSlots
+from api.presets import PresetCache
 from api.ratelimit import RateLimiter
 from domain.application import PinkseaApplication
+from domain.presets import PresetList
 from eventstore.persistence import event_store_env
 from eventstore.tables import create_event_tables
 from infra import s3
@@ -97,6 +99,7 @@ class Services:
     storage: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE, STORAGE_CACHE_S))
     # user -> the sign-in e-mail this process recorded for notifications (api/deps.py)
     addresses: _Lru = field(default_factory=lambda: _Lru(REGISTERED_CACHE))
+    style_presets: PresetCache = field(default_factory=PresetCache)  # the S3 index, a minute
 
     async def command(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a synchronous Application call on a worker thread. The limiter holds the
@@ -108,6 +111,10 @@ class Services:
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Other blocking calls (S3) on the default thread pool."""
         return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    async def presets(self) -> PresetList:
+        """The system style presets (api/presets.py: read from S3 at most once a minute)."""
+        return await self.style_presets.get(self.s3, self.settings.s3_bucket)
 
     async def ensure_registered(self, user_id: str) -> None:
         """A user's first authenticated request signs them up (trial); idempotent."""

@@ -9,6 +9,7 @@ that module's commands. Where a command lives:
 - ``cli/up.py``: ``pinksea up``, all of the processes in the foreground for local use;
 - ``cli/ops.py``: operator tools (doctor, db, kafka, projections, events, dev-token);
 - ``cli/ledger.py``: ``pinksea ledger ...``, the auditor's tools;
+- ``cli/presets.py``: ``pinksea presets sync | show``, the system style presets in S3;
 - ``cli/demo.py``: ``pinksea demo``, the whole flow against ``pinksea up``.
 """
 
@@ -20,6 +21,7 @@ import cli.processes
 import cli.up
 import cli.ops
 import cli.ledger
+import cli.presets
 import cli.demo  # noqa: F401
 
 # isort: on

@@ -135,9 +135,8 @@ class InvoiceMoney:
             not by_charge or before["refund_cents"] >= returned["refund_cents"]
         ):
             return None
-        after = replace(
-            self, **{"charges" if by_charge else "notes": {**sources, source_id: returned}}
-        )
+        grown = {**sources, source_id: returned}
+        after = replace(self, charges=grown) if by_charge else replace(self, notes=grown)
         delta_mc = after.effective_mc - self.applied_mc
         assert delta_mc <= 0, f"money given back by {source_id} grants {delta_mc} mc"
         return delta_mc

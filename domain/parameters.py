@@ -45,6 +45,10 @@ ImageRef = Annotated[
 # Fields added after the first release: left out of the stored parameters when unset, so a
 # text-to-image job's parameters (and its fingerprint, the idempotency check) stay as before.
 _IMAGE_INPUT_FIELDS = ("init_image", "strength", "mask", "scale")
+# A style preset's id (GET /v1/presets; domain/presets.py): recorded when the job named one,
+# its templates already applied to prompt and negative_prompt (a later field, like the above).
+STYLE_PRESET_ID = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+_PRESET_FIELDS = ("style_preset",)
 # LoRAs (domain/user_models.py) a job applies: a later field too, absent unless it names some.
 LORAS_MAX = 4
 SHA256_HEX = r"^[0-9a-f]{64}$"
@@ -109,6 +113,15 @@ class JobParameters(BaseModel):
         None,
         description="upscaling: the upscaler model's factor (2 or 4); width and height are the "
         "output's, the init image is read at width/scale x height/scale",
+    )
+    style_preset: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=STYLE_PRESET_ID,
+        examples=["photography-general"],
+        description="a style preset's id (GET /v1/presets): its templates are applied to prompt "
+        "and negative_prompt at submission; the job records the expanded prompts and this id",
     )
 
     loras: tuple[LoraRef, ...] | None = Field(
@@ -223,9 +236,9 @@ class JobParameters(BaseModel):
 
     def as_event_data(self) -> dict[str, Any]:
         """The fields as ``GenerationJob.Submitted`` records them (JSON types); the image
-        inputs only when set."""
+        inputs and the style preset only when set."""
         data = self.model_dump(mode="json")
-        for name in _IMAGE_INPUT_FIELDS:
+        for name in (*_IMAGE_INPUT_FIELDS, *_PRESET_FIELDS):
             if data[name] is None:
                 del data[name]
         if not data["loras"]:  # a later field: absent unless the job names LoRAs

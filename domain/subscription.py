@@ -76,6 +76,7 @@ class Subscription(Aggregate):
         ContractPeriodStarted: TypeAlias = events.ContractPeriodStarted
         InvoiceCredited: TypeAlias = events.InvoiceCredited
         InvoiceMoneyReturned: TypeAlias = events.InvoiceMoneyReturned
+        InvoiceCreditNoteVoided: TypeAlias = events.InvoiceCreditNoteVoided
     else:
         Created = events.Created
         TrialStarted = events.TrialStarted
@@ -93,6 +94,7 @@ class Subscription(Aggregate):
         ContractPeriodStarted = events.ContractPeriodStarted
         InvoiceCredited = events.InvoiceCredited
         InvoiceMoneyReturned = events.InvoiceMoneyReturned
+        InvoiceCreditNoteVoided = events.InvoiceCreditNoteVoided
 
     # Defaults for the state the events introduced after the first (so every replay has them).
     tester_until: datetime | None = None
@@ -324,6 +326,22 @@ class Subscription(Aggregate):
             timestamp=at,
         )
 
+    def void_credit_note(self, *, invoice_id: str, note_id: str, at: datetime) -> bool:
+        """Forget what a credit note of an unpaid invoice would give back. False: voided
+        before. InvalidTransition for a paid invoice's (Stripe voids those of open ones only)."""
+        assert invoice_id and note_id
+        require_aware(at)
+        money = self.invoice_money(invoice_id)
+        if money.notes.get(note_id) == events.VOIDED_NOTE:
+            return False
+        if money.paid:
+            raise InvalidTransition(
+                f"invoice {invoice_id} is paid: Stripe voids credit notes of open invoices only"
+            )
+        self._credit_note_voided(invoice_id=invoice_id, note_id=note_id, timestamp=at)
+        assert self.invoice_money(invoice_id).notes[note_id] == events.VOIDED_NOTE
+        return True
+
     def owed_to_net(self, delta_mc: int) -> int:
         """How much of a grant of ``delta_mc`` the owed balance absorbs."""
         return min(max(delta_mc, 0), self.credit_owed_mc)
@@ -486,3 +504,4 @@ class Subscription(Aggregate):
     _contract_period_started = event(ContractPeriodStarted)(events.contract_period_started)
     _invoice_credited = event(InvoiceCredited)(events.invoice_credited)
     _invoice_money_returned = event(InvoiceMoneyReturned)(events.invoice_money_returned)
+    _credit_note_voided = event(InvoiceCreditNoteVoided)(events.invoice_credit_note_voided)

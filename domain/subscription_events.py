@@ -380,3 +380,27 @@ def invoice_money_returned(
     money.applied_mc += delta_mc
     self.billed = {**(self.billed or {}), invoice_id: money}
     self.assert_invariants()
+
+
+class InvoiceCreditNoteVoided(Aggregate.Event):
+    """A credit note of an unpaid invoice was voided (Stripe voids only those of open
+    invoices): the money it would give back is not given back, so the invoice, once paid, is
+    worth its lines again. It moves no credit now (an unpaid invoice is worth nothing yet), and
+    a late delivery of the note's creation finds it voided."""
+
+    TOPIC = "pinksea:Subscription.InvoiceCreditNoteVoided"
+    invoice_id: str
+    note_id: str
+
+
+VOIDED_NOTE = MoneyReturned(kept_cents=0, refund_cents=0)
+
+
+def invoice_credit_note_voided(
+    self: Subscription, invoice_id: str, note_id: str, timestamp: datetime
+) -> None:
+    money = self.invoice_money(invoice_id)
+    assert not money.paid, f"a credit note of paid invoice {invoice_id} voided"
+    money.notes[note_id] = VOIDED_NOTE
+    self.billed = {**(self.billed or {}), invoice_id: money}
+    self.assert_invariants()

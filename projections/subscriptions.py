@@ -227,6 +227,9 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Envelope, Any], tuple[Any, ...]]]] =
 }
 
 
+# Subscription events that change no column here (a voided note of an unpaid invoice moves no
+# credit and owes nothing); any other this projection does not know stops it (UnknownEventType).
+_NO_COLUMN = frozenset({"Subscription.InvoiceCreditNoteVoided"})
 _HELD_EVENTS = frozenset(t for t in _STATEMENTS if t.startswith("StripeEventRecord."))
 
 
@@ -243,7 +246,7 @@ class SubscriptionsProjection(StatementProjection):
 
     def wants(self, env: Envelope) -> bool:
         if env.aggregate_type == "Subscription":
-            return True
+            return env.type not in _NO_COLUMN
         if env.aggregate_type == "StripeEventRecord":
             return env.type in _HELD_EVENTS
         if env.type == "CreditAccount.CreditsGranted":

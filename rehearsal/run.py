@@ -227,6 +227,15 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
             settings = Settings(_env_file=None)
         s3 = _s3(settings)
         await asyncio.to_thread(_ensure_bucket, s3, settings.s3_bucket, settings.s3_region)
+        async with checks.check("system data: style presets synced (pinksea presets sync)") as n:
+            code = await _run_cli(
+                ["presets", "sync"],
+                {**container_base_env(out_dir), **swapped["api"]},
+                out_dir / "logs" / "presets-sync.log",
+                60,
+            )
+            c.require(code == 0, f"pinksea presets sync exited {code} (see presets-sync.log)")
+            n.append(f"s3://{settings.s3_bucket}/system/style_presets/index.json")
         notifier = _notifier_settings(tasks, swapped)
         if notifier is not None:
             # What Terraform's SES identity is in production: the sender's domain, verified.

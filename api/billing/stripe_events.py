@@ -6,7 +6,8 @@ half an effect. Deliveries in any order converge:
   our plans by its amount net of discounts, proration or not; a line paying a period records
   the period), keyed by invoice id;
 - ``credit_note.created`` and ``charge.refunded`` give money of an invoice back: the same share
-  of its credit is taken back (README, "Billing policy");
+  of its credit is taken back (README, "Billing policy"); ``credit_note.voided`` (of an open
+  invoice, the only kind Stripe voids) takes the note out of the invoice's payment;
 - subscription snapshots (``customer.subscription.*``) older than the last applied are ignored.
 
 Every object's customer must be the one linked to the user (``Subscription.CustomerLinked``);
@@ -49,6 +50,7 @@ HANDLED = frozenset(
         "invoice.paid",
         "invoice.payment_failed",
         "credit_note.created",
+        "credit_note.voided",
         "charge.refunded",
     }
 )
@@ -211,6 +213,21 @@ def translate(
         )
     if kind == "credit_note.created":
         return _credit_note(user, customer, obj, at)
+    if kind == "credit_note.voided":
+        note_id, invoice_id = _field(obj, "id", str), _expandable_id(obj, "invoice")
+        return Translation(
+            f"credit note {note_id} of invoice {invoice_id} voided",
+            lambda app, e: app.void_credit_note(
+                user,
+                invoice_id=invoice_id,
+                note_id=note_id,
+                at=at,
+                stripe_event=e,
+                customer_id=customer,
+            ),
+            user,
+            customer,
+        )
     if kind == "charge.refunded":
         return _charge_refunded(user, customer, obj, at)
     return Translation("ignored")

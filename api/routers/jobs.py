@@ -20,6 +20,7 @@ from api.deps import (
 )
 from api.job_views import job_view, opened_views
 from api.problems import ProblemError, problem_responses
+from api.routers.presets import with_preset
 from api.routers.webhook_endpoints import check_webhook_url
 from api.schemas import CancelAccepted, JobAccepted, JobQuote, JobRequest, JobView, Page
 from api.services import Services, now
@@ -49,7 +50,8 @@ JobStatusName = Annotated[JobStatus | None, Query(description="only jobs in this
     "nowhere: no job, nothing stored under the Idempotency-Key, so a retry with the same key "
     "(after a top-up, an upgrade, or when the queue drained) is decided again. An accepted "
     "job is its key's answer for 24 hours (Idempotent-Replayed: true on a replay).",
-    # 404: the init_image or mask names no upload or image of yours.
+    # 404: the init_image or mask names no upload or image of yours. 422 also: an unknown
+    # style_preset (naming the valid ids), or a prompt too long once its template is applied.
     responses=problem_responses(401, 402, 403, 404, 409, 413, 422, 429, 503),
     dependencies=[Depends(rate_limit("submit"))],
 )
@@ -61,6 +63,7 @@ async def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     user = principal.user_id
+    body = await with_preset(svc, body)  # the job records the expanded prompts and the id
     if body.webhook is not None:
         await check_webhook_url(svc, body.webhook)  # SSRF: before anything is recorded
     if body.init_image is not None:  # its input images must be the user's (a mask needs one)
@@ -118,6 +121,7 @@ async def submit_job(
 )
 async def quote_job(body: JobRequest, principal: CurrentUser, svc: ServicesDep) -> JobQuote:
     user = principal.user_id
+    body = await with_preset(svc, body)  # a too-long expanded prompt is the same 422 here
     if body.init_image is not None:  # its input images must be the user's (a mask needs one)
         await svc.command(svc.application.check_job_inputs, user, body)
     if body.loras:  # each one of the user's verified LoRAs, pinned to its file's sha256

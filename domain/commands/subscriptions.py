@@ -444,6 +444,26 @@ class SubscriptionCommands(CommandStore):
         return CommandResult(changed)
 
     @command
+    def void_credit_note(
+        self,
+        user_id: str,
+        *,
+        invoice_id: str,
+        note_id: str,
+        at: datetime,
+        stripe_event: StripeEvent | None = None,
+        customer_id: str | None = None,
+    ) -> CommandResult:
+        """A credit note of an unpaid invoice voided: its payment counts the note no more."""
+        receipt = self.stripe_receipt(stripe_event)
+        sub = self.subscription(user_id)
+        if customer_id is not None:
+            require_customer(sub, customer_id)
+        changed = sub.void_credit_note(invoice_id=invoice_id, note_id=note_id, at=at)
+        self.save(sub, receipt)
+        return CommandResult(changed)
+
+    @command
     def record_stripe_event(self, stripe_event: StripeEvent) -> CommandResult:
         """A Stripe event with no effect of its own (ignored, or refused by the ledger): its
         record alone, so a repeat delivery is known as one."""

@@ -9,6 +9,7 @@ pinksea() { "$PY" -m cli "$@"; }
 pinksea db migrate
 pinksea kafka init
 pinksea doctor
+pinksea presets sync # system data: the style presets GET /v1/presets lists
 mkdir -p .demo
 "$PY" -m cli up --api-port "${DEMO_API_PORT:-8000}" >.demo/up.log 2>&1 &
 up_pid=$!

@@ -33,6 +33,8 @@ from tests.api.conftest import Kit, problem_type
 pytestmark = pytest.mark.integration
 
 DOC = create_app(Settings(dev_jwt_enabled=False)).openapi()
+# Routes with a path parameter that name no tenant's resource: the same for every user.
+SYSTEM_DATA = {"/v1/presets/{preset_id}"}
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
@@ -412,7 +414,7 @@ async def test_another_tenants_resources_are_404_everywhere(
     parametrised = {
         (method, path)
         for method, path, op in operations()
-        if "{" in path and not path.startswith("/v1/admin")
+        if "{" in path and not path.startswith("/v1/admin") and path not in SYSTEM_DATA
     }
     swept: set[tuple[str, str]] = set()
     async with client_from(api_app, fresh_address()) as c:

@@ -236,6 +236,39 @@ def test_an_operators_link_records_who_and_why() -> None:
         app.link_stripe_customer(USER, "cus_x", T0, actor="admin:ops")
 
 
+def test_a_voided_credit_note_of_an_open_invoice_no_longer_lowers_its_payment() -> None:
+    """credit_note.voided was not handled: the note kept lowering the invoice's worth."""
+    app = new_app()
+    unpaid = invoice("in_1", [line("starter", 2500, *P1)])
+    deliver(app, 1, "credit_note.created", credit_note("cn_1", "in_1", total=1250))
+    voided = deliver(
+        app, 2, "credit_note.voided", {**credit_note("cn_1", "in_1", 1250), "status": "void"}
+    )
+    assert voided.applied and voided.action == "credit note cn_1 of invoice in_1 voided"
+    assert subscription_credit_mc(app) == 0  # unpaid: nothing moves yet
+    assert deliver(app, 3, "invoice.paid", unpaid).applied
+    assert subscription_credit_mc(app) == STARTER  # the whole payment, no note
+
+
+def test_a_void_delivered_before_its_note_makes_the_late_note_change_nothing() -> None:
+    app = new_app()
+    deliver(app, 1, "credit_note.voided", {**credit_note("cn_1", "in_1", 1250), "status": "void"})
+    late = deliver(app, 2, "credit_note.created", credit_note("cn_1", "in_1", total=1250))
+    assert "nothing changed" in late.action, late.action
+    deliver(app, 3, "invoice.paid", invoice("in_1", [line("starter", 2500, *P1)]))
+    assert subscription_credit_mc(app) == STARTER
+
+
+def test_a_void_of_a_paid_invoices_note_is_refused_and_moves_nothing() -> None:
+    app = new_app()
+    deliver(app, 1, "invoice.paid", invoice("in_1", [line("starter", 2500, *P1)]))
+    deliver(app, 2, "credit_note.created", credit_note("cn_1", "in_1", total=1250))
+    assert subscription_credit_mc(app) == STARTER // 2
+    out = deliver(app, 3, "credit_note.voided", credit_note("cn_1", "in_1", total=1250))
+    assert out.action.startswith("refused: invoice in_1 is paid"), out.action
+    assert subscription_credit_mc(app) == STARTER // 2
+
+
 def test_a_checkout_naming_another_customer_is_quarantined() -> None:
     app = new_app()
     session = {"client_reference_id": USER, "customer": "cus_other"}

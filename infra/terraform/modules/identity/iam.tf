@@ -170,6 +170,13 @@ data "aws_iam_policy_document" "api" {
     resources = ["${var.images_bucket_arn}/users/*"]
   }
 
+  # The system style presets (GET /v1/presets), written by `pinksea presets sync`.
+  statement {
+    sid       = "ReadStylePresets"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.images_bucket_arn}/system/style_presets/*"]
+  }
+
   statement {
     sid       = "UserImagesKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
