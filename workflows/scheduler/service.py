@@ -11,6 +11,18 @@ instead (a command). The scheduler decides no job's fate: it sends a Dispatch wh
 dispatch command says ``send`` and publishes the dead letter a command returns, nothing else
 (the lifecycle is domain/jobs.py's). One scheduler is active at a time (an advisory lock); a
 second one waits as a standby.
+
+Prefetch (issue 18): a worker whose heartbeats offer a prefetch slot is sent one more dispatch
+while it runs a job, once no idle worker of its tier is left (busy workers soonest-free first,
+by their running job's expected time). It holds that dispatch queued: not started, not billed,
+the job still ``dispatched``; a cancel voids the hold at once and the worker, which reads the
+cancel flag before it starts anything, never runs it. It starts it as soon as its running job's
+``Finished`` is acknowledged, with no round trip through the scheduler. The worker's lease
+covers both: a worker that goes silent loses each to a new attempt, as any dispatched job. That
+new attempt counts against the cap even though the lost one never started: attempts number
+dispatches (a report names its attempt, so a lost one can never be billed), and the cap is what
+bounds a job that kills its worker before it starts (during its model load, before
+``Started``). A user's limit counts a prefetched job as a running one.
 """
 
 from __future__ import annotations
@@ -18,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
@@ -29,6 +43,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from domain import personal_data
 from domain.application import PinkseaApplication
+from domain.estimation import HOLD_FACTOR_DEN, HOLD_FACTOR_NUM, HOLD_MARGIN_MS
 from domain.jobs import DeadLetterDecision, has_attempts_left
 from domain.parameters import RunParameters
 from infra.errors import OPERATIONAL_ERRORS, Backoff
@@ -41,7 +56,7 @@ from infra.topics import DLQ_TOPIC, REPORTS_TOPIC, dispatch_topic
 from projections.runner import LiveProjectionRunner
 from projections.scheduler_queue import QueueStatus, SchedulerQueue
 from workflows.metrics import dead_letters
-from workflows.scheduler.policy import IdleWorker, QueuedJob, Turns, assign
+from workflows.scheduler.policy import IdleWorker, PrefetchSlot, QueuedJob, Turns, assign
 
 log = structlog.get_logger("scheduler")
 
@@ -59,6 +74,9 @@ REDISPATCHED = Counter(
 )
 QUEUE_DEPTH = Gauge("pinksea_queue_depth", "Jobs waiting for a worker", ["tier"])
 IDLE_WORKERS = Gauge("pinksea_idle_workers", "Live idle workers", ["tier"])
+PREFETCHED = Counter(
+    "pinksea_scheduler_prefetched_total", "Attempts sent to a busy worker's prefetch slot", ["tier"]
+)
 WAIT_SECONDS = Histogram(
     "pinksea_dispatch_wait_seconds",
     "Accepted to dispatched",
@@ -72,6 +90,13 @@ class WorkerState:
     seen: float  # monotonic time of the last heartbeat or report
     busy_job: UUID | None = None
     models: frozenset[str] = frozenset()
+    queued_job: UUID | None = None  # prefetched: held by the worker behind busy_job
+    prefetch_slots: int = 0  # 0: a worker of the release before (sent work only when idle)
+    busy_since: float = 0.0  # monotonic time busy_job was first seen
+
+    def promote(self, now: float) -> None:
+        """The running job ended: the queued one (if any) runs now."""
+        self.busy_job, self.queued_job, self.busy_since = self.queued_job, None, now
 
 
 @dataclass
@@ -88,6 +113,7 @@ class Scheduler:
     turns: Turns = field(default_factory=Turns)
     lease_s: float = HEARTBEAT_STALE_S
     delivery_timeout_s: float = DELIVERY_TIMEOUT_S
+    prefetch: bool = True  # fill busy workers' prefetch slots (off: the baseline of bench.dispatch)
     started_at: float = field(default_factory=time.monotonic)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _limits: dict[str, tuple[float, int]] = field(default_factory=dict)
@@ -170,20 +196,33 @@ class Scheduler:
         now = time.monotonic()
         worker = self.workers.get(report.worker_id)
         if isinstance(report, Heartbeat):
+            same_job = worker is not None and worker.busy_job == report.busy_job_id
             self.workers[report.worker_id] = WorkerState(
                 tier=report.tier,
                 seen=now,
                 busy_job=report.busy_job_id,
                 models=frozenset(report.models_loaded),
+                queued_job=report.queued_job_id,
+                prefetch_slots=report.prefetch_slots,
+                busy_since=worker.busy_since if worker is not None and same_job else now,
             )
         elif worker is not None:
             worker.seen = now
             if isinstance(report, Started):
+                if worker.busy_job != report.job_id:
+                    worker.busy_since = now
+                if worker.queued_job == report.job_id:
+                    worker.queued_job = None
                 worker.busy_job = report.job_id
+                if self.prefetch and worker.prefetch_slots:
+                    self.wake()  # it runs a job: its prefetch slot can be filled
             else:
-                worker.busy_job = None
+                if worker.queued_job == report.job_id:  # refused before it started
+                    worker.queued_job = None
+                else:
+                    worker.promote(now)  # a prefetched job starts at once on the worker
                 self.finished[report.job_id] = report.attempt
-                self.wake()  # a worker just became free: work-conserving
+                self.wake()  # a worker or a prefetch slot just became free: work-conserving
 
     # -------------------------------------------------------------------------- dispatch
 
@@ -203,38 +242,78 @@ class Scheduler:
             if row is None or row["attempt"] >= attempt:
                 del self.in_flight[job_id]
         queue: list[QueuedJob] = []
+        # Per user, every job dispatched, running or prefetched: all count against the limit.
         running: dict[str, int] = {}
-        occupied: set[str] = set()
         for r in rows:
             if r["job_id"] in self.finished:
                 continue
-            if r["job_id"] in self.in_flight:
+            if r["job_id"] in self.in_flight or r["status"] in (
+                QueueStatus.DISPATCHED,
+                QueueStatus.RUNNING,
+            ):
                 running[r["user_id"]] = running.get(r["user_id"], 0) + 1
-                occupied.add(self.in_flight[r["job_id"]][0])
             elif r["status"] == QueueStatus.QUEUED:
                 queue.append(
                     QueuedJob(r["job_id"], r["user_id"], r["tier"], r["model"], r["queue_position"])
                 )
-            elif r["status"] in (QueueStatus.DISPATCHED, QueueStatus.RUNNING):
-                running[r["user_id"]] = running.get(r["user_id"], 0) + 1
-                occupied.add(r["worker_id"])
-        idle = self.idle_workers(occupied)
+        idle, slots = self.free_workers(rows)
         for tier in {q.tier for q in queue} | {w.tier for w in idle}:
             QUEUE_DEPTH.labels(tier).set(sum(q.tier == tier for q in queue))
             IDLE_WORKERS.labels(tier).set(sum(w.tier == tier for w in idle))
-        if not queue or not idle:
+        if not queue or not (idle or slots):
             return
         limits = {u: await self.concurrency_limit(u) for u in {q.user_id for q in queue}}
-        for a in assign(queue, idle, running, limits, self.turns):
-            await self.dispatch(by_id[a.job.job_id], a.worker_id)
+        assignments = assign(queue, idle, running, limits, self.turns, slots)
+        # Together: the commands of one round share a commit (the event store's group commit),
+        # so a round's last dispatch does not wait for all the others' writes one by one.
+        sent = await asyncio.gather(
+            *(self.dispatch(by_id[a.job.job_id], a.worker_id) for a in assignments),
+            return_exceptions=True,
+        )
+        for failure in (r for r in sent if isinstance(r, BaseException)):
+            raise failure  # every other dispatch of the round has finished, sent or not
 
-    def idle_workers(self, occupied: set[str]) -> list[IdleWorker]:
+    def worker_load(self, rows: Sequence[asyncpg.Record]) -> dict[str, set[UUID]]:
+        """The unfinished jobs each worker holds (running or queued there), as far as the
+        scheduler knows: its attempts in flight, the table's dispatched and running rows, and
+        the worker's own reports."""
+        load: dict[str, set[UUID]] = defaultdict(set)
+        for job_id, (worker_id, _) in self.in_flight.items():
+            load[worker_id].add(job_id)
+        for r in rows:
+            job_id = r["job_id"]
+            if job_id in self.finished or job_id in self.in_flight or r["worker_id"] is None:
+                continue
+            if r["status"] in (QueueStatus.DISPATCHED, QueueStatus.RUNNING):
+                load[r["worker_id"]].add(job_id)
+        for worker_id, w in self.workers.items():
+            for held in (w.busy_job, w.queued_job):
+                if held is not None and held not in self.finished:
+                    load[worker_id].add(held)
+        return load
+
+    def free_workers(
+        self, rows: Sequence[asyncpg.Record]
+    ) -> tuple[list[IdleWorker], list[PrefetchSlot]]:
+        """Live workers holding no job, and live busy workers with a prefetch slot free."""
         now = time.monotonic()
-        return [
-            IdleWorker(worker_id, w.tier, w.models)
-            for worker_id, w in self.workers.items()
-            if now - w.seen < self.lease_s and w.busy_job is None and worker_id not in occupied
-        ]
+        load = self.worker_load(rows)
+        budgets = {r["job_id"]: r["budget_ms"] or 0 for r in rows}
+        idle: list[IdleWorker] = []
+        slots: list[PrefetchSlot] = []
+        for worker_id, w in self.workers.items():
+            if now - w.seen >= self.lease_s:
+                continue
+            held = load.get(worker_id, set())
+            if not held:
+                idle.append(IdleWorker(worker_id, w.tier, w.models))
+            elif self.prefetch and len(held) <= w.prefetch_slots:
+                running = w.busy_job if w.busy_job in held else next(iter(held))
+                since = w.busy_since if running == w.busy_job else now
+                ends_at = since + expected_ms(budgets.get(running, 0)) / 1000
+                frees_in_ms = max(0, round((ends_at - now) * 1000))
+                slots.append(PrefetchSlot(worker_id, w.tier, w.models, frees_in_ms))
+        return idle, slots
 
     async def dispatch(self, row: asyncpg.Record, worker_id: str) -> None:
         job_id, attempt = row["job_id"], row["attempt"] + 1
@@ -272,8 +351,12 @@ class Scheduler:
         )
         self.in_flight[job_id] = (worker_id, attempt)
         worker = self.workers.get(worker_id)
-        if worker is not None:
-            worker.busy_job = job_id  # until its next heartbeat says otherwise
+        if worker is not None:  # until its next heartbeat says otherwise
+            if worker.busy_job is None or worker.busy_job in self.finished:
+                worker.busy_job, worker.busy_since = job_id, time.monotonic()
+            else:  # a busy worker's prefetch slot
+                worker.queued_job = job_id
+                PREFETCHED.labels(row["tier"]).inc()
         DISPATCHED.labels(row["tier"]).inc()
         WAIT_SECONDS.observe(max(0.0, (now - row["queued_at"]).total_seconds()))
 
@@ -306,7 +389,7 @@ class Scheduler:
             undelivered = (
                 r["status"] == QueueStatus.DISPATCHED
                 and worker is not None
-                and worker.busy_job != r["job_id"]
+                and r["job_id"] not in (worker.busy_job, worker.queued_job)
                 and (datetime.now(UTC) - r["dispatched_at"]).total_seconds()
                 > self.delivery_timeout_s
             )
@@ -327,11 +410,17 @@ class Scheduler:
                     await self._dead_letter(r["job_id"], given_up.dead_letter)
                 self.finished[r["job_id"]] = r["attempt"]  # until the table has caught up
                 continue
-            idle = self.idle_workers({i[0] for i in self.in_flight.values()})
-            candidates = [w for w in idle if w.tier == r["tier"]]
-            if candidates:
-                target = next((w for w in candidates if r["model"] in w.models), candidates[0])
-                await self.dispatch(r, target.worker_id)
+            # To an idle worker, else to a prefetch slot (a lost job need not wait for the
+            # queue to drain); the worker load is recomputed after each re-dispatch.
+            idle, slots = self.free_workers(rows)
+            for candidates in (
+                [w for w in idle if w.tier == r["tier"]],
+                sorted((s for s in slots if s.tier == r["tier"]), key=lambda s: s.frees_in_ms),
+            ):
+                if candidates:
+                    target = next((w for w in candidates if r["model"] in w.models), candidates[0])
+                    await self.dispatch(r, target.worker_id)
+                    break
 
     async def _dead_letter(self, job_id: UUID, decision: DeadLetterDecision) -> None:
         """Publish the dead letter a command decided on (the scheduler decides none)."""
@@ -346,3 +435,9 @@ class Scheduler:
             self.settings.topic(DLQ_TOPIC), letter.to_bytes(), key=str(job_id).encode()
         )
         dead_letters("scheduler").inc()
+
+
+def expected_ms(budget_ms: int) -> int:
+    """A job's expected GPU time from its hold's time budget (the inverse of the hold's
+    sizing in domain/estimation.py): how the prefetch slots are ordered."""
+    return max(0, budget_ms - HOLD_MARGIN_MS) * HOLD_FACTOR_DEN // HOLD_FACTOR_NUM
