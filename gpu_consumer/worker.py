@@ -153,6 +153,8 @@ class GpuWorker:
         self._queued: OrderedDict[str, tuple[Dispatch, datetime]] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._to_commit: dict[TopicPartition, int] = {}
+        self._committing = asyncio.Lock()  # one offset commit at a time, in the order asked
+        self._commits: set[asyncio.Task[None]] = set()  # commits running in the background
         self._abort = threading.Event()  # asks the running job to stop (shutdown)
         self._beat_now = asyncio.Event()
         self._stop = asyncio.Event()
@@ -201,6 +203,7 @@ class GpuWorker:
                 heartbeats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeats
+            await asyncio.gather(*self._commits, return_exceptions=True)
             with contextlib.suppress(KafkaError):
                 await self._commit(consumer)
             await consumer.stop()
@@ -261,21 +264,31 @@ class GpuWorker:
             if dispatch.key in self._finished:
                 self._log.info("dispatch already finished here", job=dispatch.key)
             else:
-                await self._commit(consumer)  # what was skipped before it
+                # In the background, so a queued dispatch starts without waiting on the broker.
+                self._commit_soon(consumer)  # what was skipped before it
                 await self._run(dispatch, consumer, producer, pending)
                 self._to_commit[partition] = record.offset + 1
-                await self._commit(consumer)  # its Finished is acknowledged: never run again
+                self._commit_soon(consumer)  # its Finished is acknowledged: never run again
                 return
         self._to_commit[partition] = record.offset + 1
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        async with self._committing:  # after the commits asked for before (offsets only grow)
+            if not self._to_commit:
+                return
+            offsets, self._to_commit = self._to_commit, {}
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as e:  # at-least-once: the worst case is a re-read, then a skip
+                self._log.warning("commit failed", error=str(e))
+
+    def _commit_soon(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit what is due without waiting for it (an awaited ``_commit`` waits for it)."""
         if not self._to_commit:
             return
-        offsets, self._to_commit = self._to_commit, {}
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as e:  # at-least-once: the worst case is a re-read, then a skip
-            self._log.warning("commit failed", error=str(e))
+        task = asyncio.create_task(self._commit(consumer))
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
 
     # -------------------------------------------------------------------------- one job
 
