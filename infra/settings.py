@@ -442,6 +442,7 @@ MUST_DIFFER_FROM_LOCAL_DEFAULT = (
     "stripe_price_ids",
     "checkout_success_url",
     "checkout_cancel_url",
+    "personal_data_kek",
 )
 
 

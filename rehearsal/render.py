@@ -134,6 +134,7 @@ def rehearsal_vars(oidc_issuer: str, client_id: str = "pinksea-rehearsal-web") -
         "redis_secret_arn": f"{arn}/redis-Ef34Gh",
         "stripe_secret_arn": f"{arn}/stripe-Ij56Kl",
         "cloudfront_signing_secret": f"{arn}/cloudfront-signing-Mn78Op",
+        "personal_data_secret_arn": f"{arn}/personal-data-Qr90St",
         # The user pool: the local OpenID Connect provider stands in for Cognito.
         "cognito_issuer": oidc_issuer,
         "cognito_client_id": client_id,

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import shutil
@@ -150,6 +151,7 @@ async def run_rehearsal(out_dir: Path, keep_stack: bool) -> dict[str, Any]:
         "PINKSEA_REDIS_URL": f"redis://127.0.0.1:{stack.redis_port}/0",
         "PINKSEA_STRIPE_API_KEY": stripe_key,
         "PINKSEA_STRIPE_WEBHOOK_SECRET": webhook_secret,
+        "PINKSEA_PERSONAL_DATA_KEK": base64.b64encode(secrets.token_bytes(32)).decode(),
         "PINKSEA_CLOUDFRONT_PRIVATE_KEY": signing_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,

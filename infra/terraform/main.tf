@@ -158,6 +158,7 @@ module "compute" {
   redis_secret_arn           = module.data.redis_secret_arn
   stripe_secret_arn          = module.identity.stripe_secret_arn
   cloudfront_signing_secret  = module.identity.cloudfront_signing_secret_arn
+  personal_data_secret_arn   = module.identity.personal_data_secret_arn
   cognito_issuer             = module.identity.cognito_issuer
   cognito_client_id          = module.identity.cognito_web_client_id
   execution_role_arns        = module.identity.execution_role_arns

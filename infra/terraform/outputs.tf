@@ -48,6 +48,11 @@ output "stripe_secret_arn" {
   value       = module.identity.stripe_secret_arn
 }
 
+output "personal_data_secret_arn" {
+  description = "Put the key-encryption key of the users' data keys here (docs/DEPLOY.md, step 8)."
+  value       = module.identity.personal_data_secret_arn
+}
+
 output "cloudfront_signing_secret_arn" {
   description = "Put the image URL signing key here (docs/DEPLOY.md, step 6)."
   value       = module.identity.cloudfront_signing_secret_arn

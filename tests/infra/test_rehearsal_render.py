@@ -33,6 +33,7 @@ SECRETS = {
     "PINKSEA_STRIPE_API_KEY": "sk_live_rehearsal",
     "PINKSEA_STRIPE_WEBHOOK_SECRET": "whsec_rehearsal",
     "PINKSEA_CLOUDFRONT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\n...",
+    "PINKSEA_PERSONAL_DATA_KEK": "cmVoZWFyc2FsLWtlay0zMi1ieXRlcy1sb25nLW9rISE=",
 }
 LOCAL = LocalStack(
     kafka_bootstrap="127.0.0.1:30094",
@@ -81,6 +82,9 @@ def test_every_service_and_worker_is_rendered(tasks: list[Task]) -> None:
     assert set(worker.secrets) == {"PINKSEA_REDIS_URL"}  # the user data fetches only Redis's
     sidecar = next(t for t in tasks if t.name == "lag-metric")
     assert sidecar.sidecar_of == "scheduler" and not sidecar.secrets
+    # The users' data keys open in the API and the scheduler only (docs/ARCHITECTURE.md).
+    opens = {t.name for t in tasks if "PINKSEA_PERSONAL_DATA_KEK" in t.secrets}
+    assert opens == {"api", "scheduler"}
 
 
 def test_production_environments_pass_every_process_check(tasks: list[Task]) -> None:

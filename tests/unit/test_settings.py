@@ -33,6 +33,7 @@ DEPLOYED = dict(
     stripe_price_ids={"starter": "price_1", "pro": "price_2", "studio": "price_3"},
     checkout_success_url="https://pinksea.example.com/billing/success",
     checkout_cancel_url="https://pinksea.example.com/billing",
+    personal_data_kek=SecretStr("ZGVwbG95ZWQta2VrLW9mLTMyLWJ5dGVzLWxvbmctb2s="),
 )
 
 
@@ -82,6 +83,7 @@ def test_local_needs_nothing_but_production_needs_every_deployment_setting() -> 
         "PINKSEA_STRIPE_WEBHOOK_SECRET is still the local default",
         "PINKSEA_STRIPE_PRICE_IDS is still the local default",
         "PINKSEA_CHECKOUT_SUCCESS_URL must be an https:// URL",
+        "PINKSEA_PERSONAL_DATA_KEK is still the local default",
     ):
         assert name in problems
     assert Settings(_env_file=None, **DEPLOYED).deployment_problems() == []  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ locals {
     stripe_key     = "${var.stripe_secret_arn}:api_key::"
     stripe_webhook = "${var.stripe_secret_arn}:webhook_secret::"
     cdn_signer     = "${var.cloudfront_signing_secret}:private_key::"
+    personal_data  = "${var.personal_data_secret_arn}:kek::"
   }
   secret_env = {
     database       = "PINKSEA_DATABASE_URL"
@@ -48,6 +49,7 @@ locals {
     stripe_key     = "PINKSEA_STRIPE_API_KEY"
     stripe_webhook = "PINKSEA_STRIPE_WEBHOOK_SECRET"
     cdn_signer     = "PINKSEA_CLOUDFRONT_PRIVATE_KEY"
+    personal_data  = "PINKSEA_PERSONAL_DATA_KEK"
   }
 
   # The sidecar of the scheduler task (cli/processes.py, infra/aws_lag_metric.py).
@@ -85,7 +87,7 @@ locals {
     api = {
       # /metrics on 9100, a port the load balancer does not forward (127.0.0.1 only).
       command = ["pinksea", "api", "--host", "0.0.0.0", "--port", "8080", "--metrics-port", "9100"]
-      secrets = ["database", "redis", "stripe_key", "stripe_webhook", "cdn_signer"]
+      secrets = ["database", "redis", "stripe_key", "stripe_webhook", "cdn_signer", "personal_data"]
       cpu     = var.api_cpu
       memory  = var.api_memory
       # What the API refuses to start without outside local (Settings.deployment_problems).
@@ -119,7 +121,7 @@ locals {
     }
     scheduler = {
       command           = ["pinksea", "scheduler"]
-      secrets           = ["database", "redis"]
+      secrets           = ["database", "redis", "personal_data"]
       cpu               = var.pipeline_cpu
       memory            = var.pipeline_memory
       extra_environment = {}

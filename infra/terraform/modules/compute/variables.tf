@@ -139,6 +139,11 @@ variable "stripe_secret_arn" {
   type        = string
 }
 
+variable "personal_data_secret_arn" {
+  description = "Secret holding the key-encryption key of the users' data keys."
+  type        = string
+}
+
 variable "cloudfront_signing_secret" {
   description = "Secret holding the private key that signs image URLs."
   type        = string

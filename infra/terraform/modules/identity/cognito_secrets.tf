@@ -116,6 +116,16 @@ resource "aws_secretsmanager_secret" "stripe" {
   tags = var.tags
 }
 
+resource "aws_secretsmanager_secret" "personal_data" {
+  # checkov:skip=CKV2_AWS_57:The key-encryption key wraps every user's data key; rotating it means re-wrapping them all (infra/personal_keys.py), a runbook step, not a Lambda's.
+  name                    = "${var.name}/personal-data"
+  description             = "Key-encryption key of the users' data keys (sealed prompts): {kek}, base64 of 32 random bytes; value put in by the operator"
+  kms_key_id              = var.kms_key_arn
+  recovery_window_in_days = 30
+
+  tags = var.tags
+}
+
 resource "aws_secretsmanager_secret" "cloudfront_signing" {
   # checkov:skip=CKV2_AWS_57:Rotating the signing key means adding a second public key to the key group first; manual runbook step.
   name                    = "${var.name}/cloudfront-signing"

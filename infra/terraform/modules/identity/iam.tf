@@ -20,10 +20,10 @@ locals {
 
   # service => secrets its containers receive (see modules/compute)
   service_secrets = {
-    api         = [var.database_secret_arn, var.redis_secret_arn, aws_secretsmanager_secret.stripe.arn, aws_secretsmanager_secret.cloudfront_signing.arn]
+    api         = [var.database_secret_arn, var.redis_secret_arn, aws_secretsmanager_secret.stripe.arn, aws_secretsmanager_secret.cloudfront_signing.arn, aws_secretsmanager_secret.personal_data.arn]
     relay       = [var.database_secret_arn]
     projections = [var.database_secret_arn, var.redis_secret_arn]
-    scheduler   = [var.database_secret_arn, var.redis_secret_arn]
+    scheduler   = [var.database_secret_arn, var.redis_secret_arn, aws_secretsmanager_secret.personal_data.arn]
     settler     = [var.database_secret_arn]
     expiry      = [var.database_secret_arn]
     notifier    = [var.database_secret_arn]

@@ -23,6 +23,11 @@ output "cognito_secret_arn" {
   value       = aws_secretsmanager_secret.cognito.arn
 }
 
+output "personal_data_secret_arn" {
+  description = "Secret of the key-encryption key of the users' data keys."
+  value       = aws_secretsmanager_secret.personal_data.arn
+}
+
 output "cloudfront_signing_secret_arn" {
   description = "Secret of the CloudFront URL signing key."
   value       = aws_secretsmanager_secret.cloudfront_signing.arn
