@@ -44,11 +44,17 @@ MAX_LINKS = 4
 
 
 def unsupported() -> str | None:
-    """Why partitions cannot be made here, or None."""
+    """Why partitions cannot be made here, or None: tried with a namespace and a veth pair
+    (root alone is not enough in a container without CAP_NET_ADMIN or the veth driver)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
     if shutil.which("ip") is None:
         return "ip (iproute2) is missing"
+    try:
+        with network_namespace(links=1):
+            pass
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        return f"cannot make a namespace and a veth pair ({e})"
     return None
 
 
