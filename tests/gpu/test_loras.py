@@ -205,6 +205,9 @@ async def test_lora_job_end_to_end_is_billed_exactly(platform: Platform, lora_by
     ]
     [report] = [r for r in await finished_reports(settings) if r.job_id == job.job_id]
     assert report.gpu_ms == done.gpu_ms and done.charged_mc == min(report.gpu_ms, job.budget_ms)
+    [image] = done.images
+    assert image["key"] == f"users/{user}/images/{job.job_id}-0.png"
+    s3_client(settings).head_object(Bucket=settings.s3_bucket, Key=image["key"])  # in S3
     account = app.account(user)
     assert account.held_mc == 0
     assert account.available_mc(datetime.now(UTC)) == before - done.charged_mc  # exactly once
