@@ -871,6 +871,7 @@ def test_registry() -> None:
         "uploads",
         "hold_outcomes",
         "boards",
+        "user_models",
     ]
     assert get_projection("jobs").tables == ("jobs", "images", "usage_records")
     with pytest.raises(KeyError, match="known projections"):
