@@ -34,7 +34,7 @@ from domain.jobs import Fault, RejectionReason
 from domain.ledger_changes import LineKind
 from domain.lots import LotSource
 from domain.parameters import NO_NUL, SchedulerName
-from domain.plans import PLANS, GpuTier, ModelAccess, PlanType
+from domain.plans import PLAN_FLAGS, PLANS, FlagStatus, GpuTier, ModelAccess, PlanType
 from domain.subscription_events import SubscriptionStatus
 from domain.units import MC_PER_CREDIT, format_credits
 
@@ -351,6 +351,16 @@ def _usd(amount: Decimal | str | None) -> str | None:
     return None if amount is None else f"{Decimal(amount):.2f}"
 
 
+class PlanFlagView(BaseModel):
+    flag: str = Field(description="the plan's boolean field of the same name")
+    enabled: bool = Field(description="this plan's value")
+    status: FlagStatus = Field(
+        description="gates: the feature is offered and refused without the flag; not_offered: "
+        "the feature is not offered yet, so the flag gates nothing today"
+    )
+    meaning: str
+
+
 class PlanView(View):
     # Read from a domain Plan (the one whose terms apply to you) or a row of the plan table.
     slug: PlanSlug
@@ -380,6 +390,16 @@ class PlanView(View):
     def models(self) -> list[str]:
         access = ModelAccess(self.model_access)
         return [key for key, model in MODELS.items() if access.allows(model.access)]
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="every boolean entitlement above, what it gates or that it is not offered yet"
+    )
+    @property
+    def flags(self) -> list[PlanFlagView]:
+        return [
+            PlanFlagView(flag=name, enabled=getattr(self, name), status=f.status, meaning=f.meaning)
+            for name, f in PLAN_FLAGS.items()
+        ]
 
 
 class SubscriptionView(View):

@@ -162,3 +162,43 @@ def get_plan(slug: str) -> Plan:
         return PLANS[slug]
     except KeyError:
         raise ValueError(f"unknown plan {slug!r}; known plans: {', '.join(PLANS)}") from None
+
+
+class FlagStatus(StrEnum):
+    GATES = "gates"  # a feature this service offers: refused, with its problem type, without it
+    NOT_OFFERED = "not_offered"  # the feature is not offered yet: the flag promises, gates nothing
+
+
+@dataclass(frozen=True)
+class PlanFlag:
+    status: FlagStatus
+    meaning: str  # what the flag gates, or what it will mean once offered (README, "Plan flags")
+
+
+# Every boolean entitlement of ``Plan`` and what it means here, the one statement of it: GET
+# /v1/plans and /v1/me show it beside each plan's values, the README's "Plan flags" table says
+# the same, and tests/unit/test_plan_flags.py fails on a flag without an entry or a gating flag
+# without a test of its refusal.
+PLAN_FLAGS: dict[str, PlanFlag] = {
+    "api_access": PlanFlag(
+        FlagStatus.GATES,
+        "API keys: creating one (POST /v1/api-keys) and signing in with one; refused as "
+        "no-api-access",
+    ),
+    "lora_training": PlanFlag(FlagStatus.GATES, "LoRA uploads and LoRA use in jobs"),
+    "third_party_api": PlanFlag(
+        FlagStatus.NOT_OFFERED,
+        "jobs run on external image-model APIs, billed at the provider's reported cost times "
+        "a markup (domain/providers.py); not offered yet: no provider is reachable from here",
+    ),
+    "collaboration": PlanFlag(
+        FlagStatus.NOT_OFFERED,
+        "shared boards (other users seeing or adding to a board); not offered yet: a board is "
+        "its owner's alone",
+    ),
+    "node_editor": PlanFlag(
+        FlagStatus.NOT_OFFERED,
+        "InvokeAI's node editor (workflows as graphs of nodes); not offered yet: jobs run the "
+        "fixed pipelines of POST /v1/jobs",
+    ),
+}
