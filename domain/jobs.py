@@ -74,7 +74,10 @@ MAX_KEY_USES = 1000
 
 
 def has_attempts_left(attempt: int) -> bool:
-    """Whether a job whose attempt ``attempt`` was lost or failed may run another one."""
+    """Whether a job whose attempt ``attempt`` was lost or failed may run another one.
+    Attempts number dispatches: a lost one counts even if it never started (one prefetched to
+    a worker that died with it, issue 18), as the cap is what bounds a job that kills its
+    worker before it starts (in its model load, before ``Started``)."""
     return attempt < MAX_ATTEMPTS
 
 
