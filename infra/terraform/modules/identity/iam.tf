@@ -170,6 +170,14 @@ data "aws_iam_policy_document" "api" {
     resources = ["${var.images_bucket_arn}/users/*"]
   }
 
+  # Users' LoRAs (POST /v1/models/mine): the presigned POST is signed with this role, so it
+  # needs PutObject; completion reads the file back, a rejection or a deletion removes it.
+  statement {
+    sid       = "UserModels"
+    actions   = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
+    resources = ["${var.images_bucket_arn}/models/users/*"]
+  }
+
   # The system style presets (GET /v1/presets), written by `pinksea presets sync`.
   statement {
     sid       = "ReadStylePresets"
@@ -481,6 +489,13 @@ data "aws_iam_policy_document" "gpu" {
     sid       = "UploadUserImages"
     actions   = ["s3:PutObject"]
     resources = ["${var.images_bucket_arn}/users/*"]
+  }
+
+  # A job's LoRAs, read under the job's own user (gpu_consumer/loras.py builds the key).
+  statement {
+    sid       = "ReadUserModels"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.images_bucket_arn}/models/users/*"]
   }
 
   statement {
