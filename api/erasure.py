@@ -5,10 +5,10 @@ deleted. What a person wrote was never stored there in plaintext: the prompts ar
 the user's data key (domain/personal_data.py, infra/personal_keys.py). Erasing is therefore:
 
 1. every unfinished job of theirs cancelled (none runs on a prompt that reads as erased);
-2. each of their images and uploads deleted as their own deletes would (``ImageDeleted``,
-   ``Upload.Deleted``: the storage quota and the read models follow), and every object under
-   their images, thumbnails and uploads in S3 removed (also one whose deletion is not yet
-   projected);
+2. each of their images, uploads and LoRAs deleted as their own deletes would
+   (``ImageDeleted``, ``Upload.Deleted``, ``UserModel.Deleted``: the storage quota and the read
+   models follow), and every object under their images, thumbnails, uploads and models in S3
+   removed (also one whose deletion is not yet projected);
 3. the e-mail address of their sign-ins forgotten (it is no event: notification_preferences);
 4. their data key destroyed: from then on every sealed prompt of theirs reads "[erased]", in
    the API, the read models (also rebuilt), the exports and every replay;
@@ -32,12 +32,11 @@ from api import problems as p
 from api.problems import ProblemError
 from api.services import Services, now
 from domain.errors import NotFound
+from domain.user_models import user_models_prefix
 from infra import redis_keys
 
 log = structlog.get_logger("api.erasure")
 
-# The user's own objects in the bucket (gpu_consumer/outputs.py, domain/uploads.py).
-PREFIXES = ("images", "thumbnails", "uploads")
 S3_PAGE = 1000  # DeleteObjects takes at most 1000 keys; ListObjectsV2 answers as many
 MAX_PAGES = 10_000  # ten million objects: far past any quota, a bound on the loop
 
@@ -49,6 +48,7 @@ class Erasure:
     cancelled_jobs: int
     images_deleted: int
     uploads_deleted: int
+    models_deleted: int
     objects_deleted: int
     position: int
 
@@ -69,6 +69,7 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
         )
     images = await _delete_images(svc, user_id)
     uploads = await _delete_uploads(svc, user_id)
+    models = await _delete_models(svc, user_id)
     objects = await _delete_objects(svc, user_id)
     await _forget_addresses(svc, user_id)
     destroyed = await svc.personal_keys.erase(user_id)
@@ -79,6 +80,7 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
         key_destroyed=destroyed,
         images=images,
         uploads=uploads,
+        models=models,
         at=at,
     )
     svc.storage.drop(user_id)
@@ -92,6 +94,7 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
         key_destroyed=destroyed,
         images=images,
         uploads=uploads,
+        models=models,
         objects=objects,
     )
     return Erasure(
@@ -100,6 +103,7 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
         cancelled_jobs=len(jobs),
         images_deleted=images,
         uploads_deleted=uploads,
+        models_deleted=models,
         objects_deleted=objects,
         position=recorded.position,
     )
@@ -140,6 +144,23 @@ async def _delete_uploads(svc: Services, user_id: str) -> int:
     return deleted
 
 
+async def _delete_models(svc: Services, user_id: str) -> int:
+    rows = await svc.pool.fetch(
+        "SELECT model_id FROM user_models WHERE user_id = $1 AND deleted_at IS NULL", user_id
+    )
+    deleted = 0
+    for row in rows:  # the user's LoRAs: bounded by their storage quota
+        model_id: UUID = row["model_id"]
+        try:
+            result = await svc.command(
+                svc.application.delete_user_model, user_id, model_id, at=now()
+            )
+        except NotFound:
+            continue  # deleted meanwhile
+        deleted += result.changed
+    return deleted
+
+
 async def _forget_addresses(svc: Services, user_id: str) -> None:
     """The e-mail address of their sign-ins, and where each notification went: gone (the
     notifier's log keeps its rows, which make a redelivered event send nothing). A later
@@ -152,18 +173,30 @@ async def _forget_addresses(svc: Services, user_id: str) -> None:
     svc.addresses.drop(user_id)
 
 
+def _prefixes(user_id: str) -> tuple[str, ...]:
+    """The user's own objects in the bucket: images and thumbnails (gpu_consumer/outputs.py),
+    uploads (domain/uploads.py) and LoRAs (domain/user_models.py)."""
+    users = f"users/{user_id}/"
+    return (
+        f"{users}images/",
+        f"{users}thumbnails/",
+        f"{users}uploads/",
+        user_models_prefix(user_id),
+    )
+
+
 async def _delete_objects(svc: Services, user_id: str) -> int:
     """Every object under the user's prefixes, deleted; a failure is a 503 (the erasure is
     repeated, and its key stays until the objects are gone)."""
     bucket = svc.settings.s3_bucket
     deleted = 0
     try:
-        for prefix in PREFIXES:
+        for prefix in _prefixes(user_id):
             for _ in range(MAX_PAGES):
                 listed: dict[str, Any] = await svc.blocking(
                     svc.s3.list_objects_v2,
                     Bucket=bucket,
-                    Prefix=f"users/{user_id}/{prefix}/",
+                    Prefix=prefix,
                     MaxKeys=S3_PAGE,
                 )
                 keys = [o["Key"] for o in listed.get("Contents", [])]
@@ -183,7 +216,7 @@ async def _delete_objects(svc: Services, user_id: str) -> int:
                     )
                 deleted += len(keys)
             else:
-                raise AssertionError(f"more than {MAX_PAGES} pages under users/{user_id}/")
+                raise AssertionError(f"more than {MAX_PAGES} pages under {prefix}")
     except (BotoCoreError, ClientError) as e:
         log.warning("erasure: objects not deleted", user=user_id, error=repr(e))
         raise ProblemError(

@@ -582,6 +582,7 @@ class ErasureView(View):
     cancelled_jobs: int = Field(description="unfinished jobs cancelled (their holds voided)")
     images_deleted: int
     uploads_deleted: int
+    models_deleted: int = Field(description="your LoRAs deleted")
     objects_deleted: int = Field(description="files removed from storage")
     position: int
 

@@ -126,13 +126,14 @@ class PersonalData(Aggregate):
 
     class Erased(Aggregate.Event):
         """The user's data key was destroyed: every prompt sealed under it reads as erased.
-        ``images`` and ``uploads``: how many were deleted with it; ``actor``: the user
-        themself (``self``) or the admin who erased it."""
+        ``images``, ``uploads`` and ``models`` (LoRAs): how many were deleted with it;
+        ``actor``: the user themself (``self``) or the admin who erased it."""
 
         TOPIC = "pinksea:PersonalData.Erased"
         actor: str
         images: int
         uploads: int
+        models: int = 0  # added with LoRA erasure: 0 in the erasures recorded before
 
     @staticmethod
     def create_id(user_id: str) -> UUID:
@@ -143,11 +144,13 @@ class PersonalData(Aggregate):
         self.user_id = user_id
         self.erasures = 0
 
-    def erase(self, *, actor: str, images: int, uploads: int, at: datetime) -> None:
+    def erase(self, *, actor: str, images: int, uploads: int, models: int, at: datetime) -> None:
         require_aware(at)
-        assert images >= 0 and uploads >= 0
-        self._erased(actor=actor, images=images, uploads=uploads, timestamp=at)
+        assert images >= 0 and uploads >= 0 and models >= 0
+        self._erased(actor=actor, images=images, uploads=uploads, models=models, timestamp=at)
 
     @event(Erased)
-    def _erased(self, actor: str, images: int, uploads: int, timestamp: datetime) -> None:
+    def _erased(
+        self, actor: str, images: int, uploads: int, models: int, timestamp: datetime
+    ) -> None:
         self.erasures += 1

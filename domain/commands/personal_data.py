@@ -52,17 +52,18 @@ class PersonalDataCommands(CommandStore):
         key_destroyed: bool,
         images: int,
         uploads: int,
+        models: int,
         at: datetime,
     ) -> CommandResult:
         """Record an erasure of ``user_id``'s personal data. A repetition that found nothing
-        left to erase (no key, no image, no upload) records nothing: erasing is idempotent."""
+        left to erase (no key, no image, upload or model) records nothing: it is idempotent."""
         record = self.find(personal_data_id(user_id))
-        erased_something = key_destroyed or images > 0 or uploads > 0
+        erased_something = key_destroyed or images > 0 or uploads > 0 or models > 0
         if isinstance(record, PersonalData) and not erased_something:
             return CommandResult(False)
         if record is None:
             record = PersonalData(user_id=user_id, timestamp=at)
         assert isinstance(record, PersonalData)
-        record.erase(actor=actor, images=images, uploads=uploads, at=at)
+        record.erase(actor=actor, images=images, uploads=uploads, models=models, at=at)
         self.save(record)
         return CommandResult(True)

@@ -19,8 +19,12 @@ from audit.seals import seal
 from audit.store import stream_aggregates
 from audit.verify import verify
 from domain.personal_data import ERASED, PersonalData, is_sealed, personal_data_id
+from domain.uploads import upload_key
+from domain.user_models import user_model_key
 from eventstore.contract import envelope_for
 from gpu_consumer.outputs import image_key, thumbnail_key
+from tests.api import test_uploads as uploads_test
+from tests.api import test_user_models as user_models_test
 from tests.api.conftest import Kit, problem_type
 from tests.api.project_now import project_now
 
@@ -210,3 +214,27 @@ async def test_admin_erasure_needs_an_admin_and_a_user(kit: Kit, user: str) -> N
     await kit.project()
     view = (await kit.client.get(f"/v1/jobs/{r.json()['job_id']}", headers=kit.auth(user))).json()
     assert view["prompt"] == "a fresh start"
+
+
+async def test_erasure_deletes_uploads_and_loras_with_their_objects(kit: Kit, user: str) -> None:
+    await user_models_test._on_lora_plan(kit, user)
+    model = await user_models_test._uploaded(kit, user)
+    upload = await uploads_test._uploaded(kit, user)
+    await kit.project()
+    keys = [
+        user_model_key(user, UUID(model["model_id"])),
+        upload_key(user, UUID(upload["upload_id"]), "image/png"),
+    ]
+    assert all(uploads_test._exists(kit, k) for k in keys)
+    r = await kit.client.delete("/v1/me", headers=kit.auth(user))
+    assert r.status_code == 200, r.text
+    assert (r.json()["uploads_deleted"], r.json()["models_deleted"]) == (1, 1)
+    assert not any(uploads_test._exists(kit, k) for k in keys)
+    await kit.project()
+    gone = [
+        await kit.client.get(f"/v1/uploads/{upload['upload_id']}", headers=kit.auth(user)),
+        await kit.client.get(f"/v1/models/mine/{model['model_id']}", headers=kit.auth(user)),
+    ]
+    assert [g.status_code for g in gone] == [404, 404]
+    record = kit.app.find(personal_data_id(user))
+    assert isinstance(record, PersonalData) and record.erasures == 1
