@@ -5,8 +5,9 @@ costs speed: every error is swallowed and the caller reads the database.
   user. The ledger projection runs in another process and does not delete it (yet), so a
   change made elsewhere (a renewal, a settled job) shows after at most the TTL. A query with
   ``X-Min-Position`` always reads the database, so read-your-writes holds regardless.
-- Job views (``jobview:<job>``): only finished jobs, whose view no longer changes except by
-  an admin refund or an image deletion, both run here and delete the entry; 24 hours.
+- Job views (``jobsealed:<job>``): only finished jobs, whose view no longer changes except by
+  an admin refund or an image deletion, both run here and delete the entry; 24 hours. Their
+  prompts are kept sealed and opened on each read (api/job_views.py).
 """
 
 from __future__ import annotations

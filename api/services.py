@@ -222,10 +222,9 @@ async def start_services(settings: Settings) -> Services:
         balance_cache=JsonCache(
             client, settings.redis_key_prefix, "balance", settings.balance_cache_ttl_s
         ),
-        # "jobview", not "jobcache": views cached before failure reasons were made public
-        # (api/failures.py) are never read again; they lapse within a day.
-        # "jobsealed": the views keep their prompts sealed (api/job_views.py); the "jobview"
-        # entries before them (plain prompts) are never read again and lapse within a day.
+        # "jobsealed": views with their prompts sealed (api/job_views.py). The entries under
+        # the names before ("jobcache": private failure reasons, "jobview": plain prompts) are
+        # never read again; they lapse within a day.
         job_cache=JsonCache(
             client, settings.redis_key_prefix, "jobsealed", settings.job_cache_ttl_s
         ),
