@@ -18,6 +18,7 @@ from audit.receipts import issue_receipt, verify_receipt
 from audit.seals import seal
 from audit.store import stream_aggregates
 from audit.verify import verify
+from domain.jobs import JobParameters
 from domain.personal_data import ERASED, PersonalData, is_sealed, personal_data_id
 from domain.uploads import upload_key
 from domain.user_models import user_model_key
@@ -238,3 +239,19 @@ async def test_erasure_deletes_uploads_and_loras_with_their_objects(kit: Kit, us
     assert [g.status_code for g in gone] == [404, 404]
     record = kit.app.find(personal_data_id(user))
     assert isinstance(record, PersonalData) and record.erasures == 1
+
+
+async def test_a_job_from_before_sealing_reads_as_it_was_stored(kit: Kit, user: str) -> None:
+    """Events recorded before sealing hold their prompts in plaintext: they read as before
+    (and erasure cannot reach them: README, "Personal data and erasure")."""
+    await kit.client.get("/v1/me", headers=kit.auth(user))
+    params = JobParameters(model="tiny-sd", prompt="an old prompt", steps=4, width=64, height=64)
+    result = kit.app.submit_job(user, idempotency_key="old", params=params, at=now())
+    assert result.job_id is not None
+    assert kit.app.job(result.job_id).parameters["prompt"] == "an old prompt"  # no sealer
+    await kit.project()
+    view = (await kit.client.get(f"/v1/jobs/{result.job_id}", headers=kit.auth(user))).json()
+    assert view["prompt"] == "an old prompt"
+    # Its key's replay through the API is the same job (its fingerprint is the plain one).
+    replay = await kit.submit(user, "old", prompt="an old prompt")
+    assert replay.status_code == 202 and replay.json()["job_id"] == str(result.job_id)
