@@ -21,8 +21,10 @@ repeated until it answers, and a repeat after a complete erasure changes nothing
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
@@ -31,12 +33,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from api import problems as p
 from api.problems import ProblemError
 from api.services import Services, now
+from domain.commands.results import CommandResult
 from domain.errors import NotFound
 from domain.user_models import user_models_prefix
 from infra import redis_keys
 
 log = structlog.get_logger("api.erasure")
+T = TypeVar("T")
 
+CONCURRENT_DELETES = 8  # deletion commands at once (each on a command thread of the API)
 S3_PAGE = 1000  # DeleteObjects takes at most 1000 keys; ListObjectsV2 answers as many
 MAX_PAGES = 10_000  # ten million objects: far past any quota, a bound on the loop
 
@@ -113,52 +118,60 @@ async def _delete_images(svc: Services, user_id: str) -> int:
     rows = await svc.pool.fetch(
         "SELECT job_id, name FROM images WHERE user_id = $1 AND deleted_at IS NULL", user_id
     )
-    deleted = 0
+    by_job: dict[UUID, list[str]] = {}
     for row in rows:  # the user's images: bounded by their storage quota
-        try:
-            result = await svc.command(
-                svc.application.delete_image,
-                row["job_id"],
-                user_id=user_id,
-                name=row["name"],
-                at=now(),
-            )
-        except NotFound:
-            continue  # deleted meanwhile
-        deleted += result.changed
-    return deleted
+        by_job.setdefault(row["job_id"], []).append(row["name"])
+
+    def delete(job_id: UUID) -> int:
+        # One job's images one after the other (each writes the job): no conflicts between them.
+        deleted = 0
+        for name in by_job[job_id]:  # a job's batch: at most its batch size
+            try:
+                result = svc.application.delete_image(job_id, user_id=user_id, name=name, at=now())
+            except NotFound:
+                continue  # deleted meanwhile
+            deleted += result.changed
+        return deleted
+
+    return await _each(svc, list(by_job), delete)
 
 
 async def _delete_uploads(svc: Services, user_id: str) -> int:
     rows = await svc.pool.fetch(
         "SELECT upload_id FROM uploads WHERE user_id = $1 AND deleted_at IS NULL", user_id
     )
-    deleted = 0
-    for row in rows:  # the user's uploads: bounded by their storage quota
-        upload_id: UUID = row["upload_id"]
-        try:
-            result = await svc.command(svc.application.delete_upload, user_id, upload_id, at=now())
-        except NotFound:
-            continue  # deleted meanwhile
-        deleted += result.changed
-    return deleted
+    app = svc.application
+    ids = [r["upload_id"] for r in rows]  # the user's uploads: bounded by their storage quota
+    return await _each(svc, ids, lambda i: _changed(app.delete_upload, user_id, i, at=now()))
 
 
 async def _delete_models(svc: Services, user_id: str) -> int:
     rows = await svc.pool.fetch(
         "SELECT model_id FROM user_models WHERE user_id = $1 AND deleted_at IS NULL", user_id
     )
-    deleted = 0
-    for row in rows:  # the user's LoRAs: bounded by their storage quota
-        model_id: UUID = row["model_id"]
-        try:
-            result = await svc.command(
-                svc.application.delete_user_model, user_id, model_id, at=now()
-            )
-        except NotFound:
-            continue  # deleted meanwhile
-        deleted += result.changed
-    return deleted
+    app = svc.application
+    ids = [r["model_id"] for r in rows]  # the user's LoRAs: bounded by their storage quota
+    return await _each(svc, ids, lambda i: _changed(app.delete_user_model, user_id, i, at=now()))
+
+
+def _changed(command: Callable[..., CommandResult], *args: Any, **kwargs: Any) -> int:
+    """1 when the deletion was recorded now; 0 when it was deleted before or meanwhile."""
+    try:
+        return int(command(*args, **kwargs).changed)
+    except NotFound:
+        return 0
+
+
+async def _each(svc: Services, items: list[T], delete: Callable[[T], int]) -> int:
+    """``delete`` (commands, on command threads) for every item, a few at once: they share
+    the event store's group commits. Returns the sum of what each deleted."""
+    gate = asyncio.Semaphore(CONCURRENT_DELETES)
+
+    async def one(item: T) -> int:
+        async with gate:
+            return await svc.command(delete, item)
+
+    return sum(await asyncio.gather(*(one(i) for i in items)))
 
 
 async def _forget_addresses(svc: Services, user_id: str) -> None:

@@ -35,26 +35,33 @@ PROMPT = "my neighbour's red door at dusk, 42 Elm Street"
 NEGATIVE = "my ex's face"
 
 
-async def _completed_job(kit: Kit, user: str, *, prompt: str = PROMPT) -> tuple[str, list[Any]]:
-    r = await kit.submit(user, prompt=prompt, negative_prompt=NEGATIVE)
+async def _completed_job(
+    kit: Kit, user: str, *, prompt: str = PROMPT, count: int = 1
+) -> tuple[str, list[Any]]:
+    """A completed job of ``count`` images whose objects are in S3, as a worker leaves them."""
+    r = await kit.submit(user, prompt=prompt, negative_prompt=NEGATIVE, batch_size=count)
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     s3, bucket = kit.services.s3, kit.settings.s3_bucket
-    name = f"{job_id}-0"
-    png = b"\x89PNG fake " + name.encode()
-    s3.put_object(Bucket=bucket, Key=image_key(user, name), Body=png)
-    s3.put_object(Bucket=bucket, Key=thumbnail_key(user, name), Body=b"RIFF webp")
-    image = {
-        "name": name,
-        "key": image_key(user, name),
-        "thumbnail_key": thumbnail_key(user, name),
-        "size_bytes": len(png),
-        "width": 64,
-        "height": 64,
-    }
-    kit.run_job(job_id, images=[image])  # type: ignore[list-item]
+    images = []
+    for i in range(count):
+        name = f"{job_id}-{i}"
+        png = b"\x89PNG fake " + name.encode()
+        s3.put_object(Bucket=bucket, Key=image_key(user, name), Body=png)
+        s3.put_object(Bucket=bucket, Key=thumbnail_key(user, name), Body=b"RIFF webp")
+        images.append(
+            {
+                "name": name,
+                "key": image_key(user, name),
+                "thumbnail_key": thumbnail_key(user, name),
+                "size_bytes": len(png),
+                "width": 64,
+                "height": 64,
+            }
+        )
+    kit.run_job(job_id, images=images)  # type: ignore[arg-type]
     await kit.project()
-    return job_id, [image]
+    return job_id, images
 
 
 async def _stored_submissions(kit: Kit, job_id: str) -> list[str]:
@@ -118,7 +125,8 @@ async def test_a_replayed_submission_is_the_same_job_and_another_body_conflicts(
 async def test_erasure_shreds_prompts_and_files_and_the_ledger_still_verifies(
     kit: Kit, user: str, other: str
 ) -> None:
-    job_id, images = await _completed_job(kit, user)
+    job_id, images = await _completed_job(kit, user, count=2)
+    second, _ = await _completed_job(kit, user, count=3)  # deleted beside the first
     other_job, other_images = await _completed_job(kit, other, prompt="someone else's words")
     queued = (await kit.submit(user, prompt=PROMPT)).json()["job_id"]  # never runs now
     await kit.project()
@@ -136,8 +144,8 @@ async def test_erasure_shreds_prompts_and_files_and_the_ledger_still_verifies(
     assert r.status_code == 200, r.text
     erasure = r.json()
     assert erasure["changed"] and erasure["key_destroyed"]
-    assert erasure["images_deleted"] == 1 and erasure["cancelled_jobs"] == 1
-    assert erasure["objects_deleted"] == 2
+    assert erasure["images_deleted"] == 5 and erasure["cancelled_jobs"] == 1
+    assert erasure["objects_deleted"] == 10
     await kit.project()
 
     for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{queued}"):
@@ -148,10 +156,11 @@ async def test_erasure_shreds_prompts_and_files_and_the_ledger_still_verifies(
     ] == "cancelled"
     listed = (await kit.client.get("/v1/jobs", headers=kit.auth(user))).json()["items"]
     assert listed and {j["prompt"] for j in listed} == {ERASED}
-    for key in (images[0]["key"], images[0]["thumbnail_key"]):
+    for key in (k for i in images for k in (i["key"], i["thumbnail_key"])):
         with pytest.raises(ClientError):
             kit.services.s3.head_object(Bucket=kit.settings.s3_bucket, Key=key)
-    assert kit.app.job(UUID(job_id)).deleted_images.keys() == {images[0]["name"]}
+    assert kit.app.job(UUID(job_id)).deleted_images.keys() == {i["name"] for i in images}
+    assert len(kit.app.job(UUID(second)).deleted_images) == 3
 
     # The ledger: the settled charge stays, only the cancelled job's hold came back.
     account = kit.app.account(user)
