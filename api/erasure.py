@@ -4,7 +4,8 @@ The event store is immutable history and the ledger is replayed from it, so noth
 deleted. What a person wrote was never stored there in plaintext: the prompts are sealed under
 the user's data key (domain/personal_data.py, infra/personal_keys.py). Erasing is therefore:
 
-1. every unfinished job of theirs cancelled (none runs on a prompt that reads as erased);
+1. every unfinished job of theirs cancelled (none runs on a prompt that reads as erased;
+   again once the key is gone, for a job submitted meanwhile);
 2. each of their images, uploads and LoRAs deleted as their own deletes would
    (``ImageDeleted``, ``Upload.Deleted``, ``UserModel.Deleted``: the storage quota and the read
    models follow), and every object under their images, thumbnails, uploads and models in S3
@@ -61,23 +62,16 @@ class Erasure:
 async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Erasure:
     app = svc.application
     at = now()
-    try:
-        stopped = await svc.command(app.stop_jobs_for_erasure, user_id, at=at)
-    except NotFound:  # no credit account: the user never signed in, nothing of theirs ran
-        stopped = None
-    jobs = () if stopped is None else (*stopped.cancelled, *stopped.stopping)
-    for job_id in jobs:  # the worker checks this flag every step
-        await svc.redis.set(
-            redis_keys.cancel_flag(svc.settings.redis_key_prefix, job_id),
-            "1",
-            ex=redis_keys.CANCEL_FLAG_TTL_S,
-        )
+    jobs = await _stop_jobs(svc, user_id)
     images = await _delete_images(svc, user_id)
     uploads = await _delete_uploads(svc, user_id)
     models = await _delete_models(svc, user_id)
     objects = await _delete_objects(svc, user_id)
     await _forget_addresses(svc, user_id)
     destroyed = await svc.personal_keys.erase(user_id)
+    # A job submitted while this ran was sealed under the key just destroyed: stopped too, so
+    # that none runs on a prompt that reads "[erased]".
+    jobs += await _stop_jobs(svc, user_id)
     recorded = await svc.command(
         app.record_erasure,
         user_id,
@@ -112,6 +106,22 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
         objects_deleted=objects,
         position=recorded.position,
     )
+
+
+async def _stop_jobs(svc: Services, user_id: str) -> tuple[UUID, ...]:
+    """Every unfinished job of the user cancelled as their own cancel would; the ids."""
+    try:
+        stopped = await svc.command(svc.application.stop_jobs_for_erasure, user_id, at=now())
+    except NotFound:  # no credit account: the user never signed in, nothing of theirs ran
+        return ()
+    jobs = (*stopped.cancelled, *stopped.stopping)
+    for job_id in jobs:  # the worker checks this flag every step
+        await svc.redis.set(
+            redis_keys.cancel_flag(svc.settings.redis_key_prefix, job_id),
+            "1",
+            ex=redis_keys.CANCEL_FLAG_TTL_S,
+        )
+    return jobs
 
 
 async def _delete_images(svc: Services, user_id: str) -> int:
