@@ -185,7 +185,11 @@ PLAN_FLAGS: dict[str, PlanFlag] = {
         "API keys: creating one (POST /v1/api-keys) and signing in with one; refused as "
         "no-api-access",
     ),
-    "lora_training": PlanFlag(FlagStatus.GATES, "LoRA uploads and LoRA use in jobs"),
+    "lora_training": PlanFlag(
+        FlagStatus.GATES,
+        "LoRAs: uploading one (POST /v1/models/mine) and naming any in a job or quote (loras); "
+        "refused as model-not-in-plan",
+    ),
     "third_party_api": PlanFlag(
         FlagStatus.NOT_OFFERED,
         "jobs run on external image-model APIs, billed at the provider's reported cost times "
