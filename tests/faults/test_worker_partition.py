@@ -21,14 +21,16 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from domain.credits import CreditAccount
 from infra.settings import Settings
+from tests.conftest import _delete_kafka_topics
 from tests.e2e.test_generation_flow import (  # noqa: F401 (fixtures)
     LONG,
     REPO,
@@ -36,7 +38,6 @@ from tests.e2e.test_generation_flow import (  # noqa: F401 (fixtures)
     Platform,
     finished_reports,
     models_cache,
-    platform,
     stack,
     submit,
 )
@@ -101,9 +102,22 @@ def worker_in(ns: Namespace, harness: Platform, worker_id: str) -> subprocess.Po
     )
 
 
+@pytest.fixture
+async def harness(stack: Settings, models_cache: Path) -> AsyncIterator[Platform]:  # noqa: F811
+    """The e2e platform; its topics deleted at the end (a shared broker holds every
+    session's)."""
+    platform = Platform(stack, models_cache)
+    try:
+        yield platform
+    finally:
+        await platform.close()
+        await _delete_kafka_topics(stack.kafka_bootstrap_servers, stack.kafka_topic_prefix)
+
+
 async def test_worker_partitioned_from_kafka_mid_run_loses_the_job_once_and_it_is_billed_once(
-    platform: Platform,  # noqa: F811 (the e2e fixture)
+    harness: Platform,
 ) -> None:
+    platform = harness
     await platform.start(workers=0, lease_s=LEASE_S)
     app, settings = platform.app, platform.settings
     with network_namespace(links=2) as ns, relays(ns, settings):
