@@ -30,7 +30,11 @@ ERRORS = (401, 403, 429, 503)
 POSITION_HEADER = "X-Position"
 BoardId = Annotated[UUID, Path(description="the board_id POST /v1/boards answered")]
 ImageName = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
-BoardName = Annotated[str, Field(min_length=1, max_length=BOARD_NAME_CHARS_MAX, pattern=r"\S")]
+# Not blank, and no NUL (PostgreSQL text cannot hold it: the projection could not store it).
+BoardName = Annotated[
+    str,
+    Field(min_length=1, max_length=BOARD_NAME_CHARS_MAX, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$"),
+]
 
 
 class BoardRequest(Strict):

@@ -28,7 +28,14 @@ async def test_create_is_idempotent_and_lists_page(kit: Kit, user: str) -> None:
     assert again.json()["board_id"] == first.json()["board_id"]
     other = await kit.client.post("/v1/boards", json={"name": "Skies"}, headers=headers)
     assert other.status_code == 409 and problem_type(other) == "idempotency-conflict"
-    for bad in ({"name": ""}, {"name": "   "}, {"name": "x" * 301}, {}, {"name": "a", "x": 1}):
+    for bad in (
+        {"name": ""},
+        {"name": "   "},
+        {"name": "a\x00b"},  # NUL: no PostgreSQL text holds it
+        {"name": "x" * 301},
+        {},
+        {"name": "a", "x": 1},
+    ):
         r = await kit.client.post("/v1/boards", json=bad, headers=kit.auth(user))
         assert r.status_code == 422, (bad, r.text)
     second = await _board(kit, user, "Skies")
