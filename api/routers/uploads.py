@@ -104,7 +104,8 @@ def _view(svc: Services, upload: rm.Upload | Upload) -> UploadView:
     "then call POST /v1/uploads/{upload_id}/complete. The policy fixes the key and content "
     "type and caps the size at your plan's `size_bytes_max`. Refused (403 storage-quota) when "
     "your images and uploads use your plan's storage already.",
-    responses=problem_responses(*ERRORS, 409, 422),
+    # 404: the Idempotency-Key's upload was deleted (its replay finds no upload of yours).
+    responses=problem_responses(*ERRORS, 404, 409, 422),
     dependencies=[Depends(rate_limit("command"))],
 )
 async def request_upload(
