@@ -34,6 +34,7 @@ import asyncpg
 from audit.store import StoredDomainEvent
 from domain.credits import CreditAccount
 from domain.holds import HoldStatus
+from domain.job_events import PRODUCED_IMAGE_CATEGORY, PRODUCED_IMAGE_ORIGIN
 from domain.jobs import TERMINAL, GenerationJob, JobStatus
 from domain.postings import postings_for
 from domain.subscription import Subscription
@@ -76,10 +77,12 @@ TABLE_QUERIES: dict[str, tuple[int, str]] = {  # table -> (key column count, que
         "SELECT job_id, user_id, status, charged_mc, attempt, refunded_mc FROM jobs "
         "ORDER BY job_id",
     ),
-    # Every image a job produced, and whether (and when) its owner deleted it.
+    # Every image a job produced, whether (and when) its owner deleted it, what it is and
+    # where it came from, and its owner's flags.
     "images": (
         2,
-        "SELECT job_id, name, user_id, size_bytes, deleted_at FROM images "
+        "SELECT job_id, name, user_id, size_bytes, deleted_at, image_category, image_origin, "
+        "starred, is_intermediate FROM images "
         'ORDER BY job_id, name COLLATE "C"',
     ),
     # With the expiry loop's work lists: when a tester plan reverts, the last contract period.
@@ -327,8 +330,18 @@ async def _job_finished(run: _Run, j: GenerationJob) -> None:
     )
     images = run.tables["images"]
     for i in sorted(j.images, key=lambda i: str(i["name"])):
+        name = i["name"]
         await images.expect(
-            (j.id, i["name"]), (j.user_id, i["size_bytes"], j.deleted_images.get(i["name"]))
+            (j.id, name),
+            (
+                j.user_id,
+                i["size_bytes"],
+                j.deleted_images.get(name),
+                PRODUCED_IMAGE_CATEGORY.value,
+                PRODUCED_IMAGE_ORIGIN.value,
+                name in j.starred_images,
+                name in j.intermediate_images,
+            ),
         )
 
 

@@ -48,6 +48,30 @@ class ImageRecord(TypedDict):
     sha256: NotRequired[str | None]  # of the PNG, as the worker uploaded it (receipts)
 
 
+class ImageCategory(StrEnum):
+    """What an image is for (InvokeAI's ``ImageCategory``, the same values): every image a job
+    produces is ``general`` (an output); the others are the categories of input images."""
+
+    GENERAL = "general"  # an output, or an init image: no specialised purpose
+    MASK = "mask"  # an inpainting mask
+    CONTROL = "control"  # a ControlNet control image
+    USER = "user"  # an image a user provided (an upload)
+    OTHER = "other"
+
+
+class ImageOrigin(StrEnum):
+    """Where an image came from (InvokeAI's ``ResourceOrigin``, the same values)."""
+
+    INTERNAL = "internal"  # made by the service: a job produced it
+    EXTERNAL = "external"  # not made here: an upload
+
+
+# Every image a job produces, as ``Completed`` records it: an output made here. The projection
+# writes these, and ``ledger verify`` expects them, from this one definition.
+PRODUCED_IMAGE_CATEGORY = ImageCategory.GENERAL
+PRODUCED_IMAGE_ORIGIN = ImageOrigin.INTERNAL
+
+
 class WebhookTarget(TypedDict):
     """A submission's own webhook (domain/job_webhooks.py): its URL and the events it wants."""
 
@@ -251,3 +275,48 @@ class ImageFiled(Aggregate.Event):
 
 def image_filed(self: GenerationJob, name: str, board_id: str, timestamp: datetime) -> None:
     self.image_boards[name] = board_id
+
+
+class ImageStarred(Aggregate.Event):
+    """The owner starred one of the job's images (InvokeAI's ``starred``)."""
+
+    TOPIC = "pinksea:GenerationJob.ImageStarred"
+    name: str
+
+
+def image_starred(self: GenerationJob, name: str, timestamp: datetime) -> None:
+    self.starred_images.add(name)
+
+
+class ImageUnstarred(Aggregate.Event):
+    """The owner took the star off one of the job's images."""
+
+    TOPIC = "pinksea:GenerationJob.ImageUnstarred"
+    name: str
+
+
+def image_unstarred(self: GenerationJob, name: str, timestamp: datetime) -> None:
+    self.starred_images.discard(name)
+
+
+class ImageMarkedIntermediate(Aggregate.Event):
+    """The owner marked one of the job's images intermediate (a step on the way, not a
+    result): image lists leave it out unless asked for intermediates, as InvokeAI's do."""
+
+    TOPIC = "pinksea:GenerationJob.ImageMarkedIntermediate"
+    name: str
+
+
+def image_marked_intermediate(self: GenerationJob, name: str, timestamp: datetime) -> None:
+    self.intermediate_images.add(name)
+
+
+class ImageUnmarkedIntermediate(Aggregate.Event):
+    """The owner made an intermediate image of the job a result again."""
+
+    TOPIC = "pinksea:GenerationJob.ImageUnmarkedIntermediate"
+    name: str
+
+
+def image_unmarked_intermediate(self: GenerationJob, name: str, timestamp: datetime) -> None:
+    self.intermediate_images.discard(name)

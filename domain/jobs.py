@@ -129,6 +129,10 @@ class GenerationJob(Aggregate):
     Refunded = events.Refunded
     ImageDeleted = events.ImageDeleted
     ImageFiled = events.ImageFiled
+    ImageStarred = events.ImageStarred
+    ImageUnstarred = events.ImageUnstarred
+    ImageMarkedIntermediate = events.ImageMarkedIntermediate
+    ImageUnmarkedIntermediate = events.ImageUnmarkedIntermediate
 
     @staticmethod
     def create_id(user_id: str, idempotency_key: str) -> UUID:
@@ -170,6 +174,8 @@ class GenerationJob(Aggregate):
         self.images: list[ImageRecord] = []  # as produced; deletions do not remove them
         self.deleted_images: dict[str, datetime] = {}  # image name -> when it was deleted
         self.image_boards: dict[str, str] = {}  # image name -> the board it was last filed on
+        self.starred_images: set[str] = set()  # names of the images starred now
+        self.intermediate_images: set[str] = set()  # names of the images marked intermediate
         self.failure: str | None = None
 
     @classmethod
@@ -406,6 +412,34 @@ class GenerationJob(Aggregate):
         self._image_filed(name=name, board_id=str(board_id), timestamp=at)
         return True
 
+    def flag_image(
+        self,
+        *,
+        name: str,
+        user_id: str,
+        starred: bool | None = None,
+        is_intermediate: bool | None = None,
+        at: datetime,
+    ) -> bool:
+        """The owner stars or unstars an image, or marks it intermediate or not (None: that
+        flag stays). Each change is its own event; False when both flags were as asked. A
+        deleted image, another user's or an unknown one is NotFound."""
+        require_aware(at)
+        if not self.has_image(name, user_id):
+            raise NotFound(f"the job has no image {name!r}")
+        changed = False
+        if starred is not None and starred != (name in self.starred_images):
+            star = self._image_starred if starred else self._image_unstarred
+            star(name=name, timestamp=at)
+            changed = True
+        if is_intermediate is not None and is_intermediate != (name in self.intermediate_images):
+            mark = self._image_marked_intermediate if is_intermediate else self._image_unmarked
+            mark(name=name, timestamp=at)
+            changed = True
+        assert starred is None or starred == (name in self.starred_images)
+        assert is_intermediate is None or is_intermediate == (name in self.intermediate_images)
+        return changed
+
     def _move(self, to: JobStatus) -> None:
         """The one check of the lifecycle table."""
         if to not in LIFECYCLE[JobStatus(self.status)]:
@@ -431,6 +465,10 @@ class GenerationJob(Aggregate):
     _refunded = event(Refunded)(events.refunded)
     _image_deleted = event(ImageDeleted)(events.image_deleted)
     _image_filed = event(ImageFiled)(events.image_filed)
+    _image_starred = event(ImageStarred)(events.image_starred)
+    _image_unstarred = event(ImageUnstarred)(events.image_unstarred)
+    _image_marked_intermediate = event(ImageMarkedIntermediate)(events.image_marked_intermediate)
+    _image_unmarked = event(ImageUnmarkedIntermediate)(events.image_unmarked_intermediate)
 
 
 __all__ = [

@@ -5,7 +5,9 @@ Job events after ``Submitted`` carry only the job id; the user comes from the jo
 updates the job and writes its images and usage record together.
 
 Deleting an image (``ImageDeleted``) marks its row ``deleted_at``: the storage quota counts
-only images that are not deleted, and the queries list only those.
+only images that are not deleted, and the queries list only those. An image's category and
+origin are written with it (what a job produces, domain/job_events.py); its owner's flags
+(``starred``, ``is_intermediate``) follow their events.
 
 Usage: one record per job whose hold was settled, i.e. that ran and was billed (completed,
 failed through the user's fault, cancelled after it started), even at 0 mc. Platform failures
@@ -18,6 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from domain.job_events import PRODUCED_IMAGE_CATEGORY, PRODUCED_IMAGE_ORIGIN
 from domain.jobs import Fault, JobStatus
 from eventstore.decoding import UnknownEventType, domain_event
 from eventstore.envelope import Envelope
@@ -65,10 +68,10 @@ def _usage_if(condition: str) -> str:
 _IMAGES = """images AS (
     INSERT INTO images (
         user_id, name, job_id, idx, key, thumbnail_key, size_bytes, width, height,
-        created_at, position
+        created_at, position, image_category, image_origin, starred, is_intermediate
     )
     SELECT job.user_id, i.name, job.job_id, i.idx - 1, i.key, i.thumbnail_key, i.size_bytes,
-        i.width, i.height, $2, $3
+        i.width, i.height, $2, $3, $14, $15, false, false
     FROM job, unnest($8::text[], $9::text[], $10::text[], $11::bigint[], $12::int[], $13::int[])
         WITH ORDINALITY AS i(name, key, thumbnail_key, size_bytes, width, height, idx)
 )"""
@@ -109,6 +112,20 @@ SELECT read_model_check(
     'image ' || $4 || ' of job ' || $1::text || ' was deleted, but never produced'
 )
 """
+# The owner's flags on an image ($4 its name, $5 the flag's new value): each event sets one.
+_IMAGE_FLAG = """
+WITH job AS (
+    UPDATE jobs SET updated_at = $2, position = $3 WHERE job_id = $1
+), image AS (
+    UPDATE images SET {flag} = $5 WHERE job_id = $1 AND name = $4 RETURNING 1
+)
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM image),
+    'image ' || $4 || ' of job ' || $1::text || ' was flagged, but never produced'
+)
+"""
+_IMAGE_STARRED = _IMAGE_FLAG.format(flag="starred")
+_IMAGE_INTERMEDIATE = _IMAGE_FLAG.format(flag="is_intermediate")
 # Filing an image on a board is the boards projection's (projections/boards.py); the job only
 # records where its image went, so its row moves on to the event's position.
 _IMAGE_FILED = "UPDATE jobs SET updated_at = $2, position = $3 WHERE job_id = $1"
@@ -148,6 +165,8 @@ def _completed(ev: Any) -> tuple[Any, ...]:
         [i["size_bytes"] for i in images],
         [i["width"] for i in images],
         [i["height"] for i in images],
+        PRODUCED_IMAGE_CATEGORY.value,
+        PRODUCED_IMAGE_ORIGIN.value,
     )
 
 
@@ -208,6 +227,13 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
     "GenerationJob.Refunded": (_REFUNDED, lambda ev: (ev.amount_mc,)),
     "GenerationJob.ImageDeleted": (_IMAGE_DELETED, lambda ev: (ev.name,)),
     "GenerationJob.ImageFiled": (_IMAGE_FILED, lambda ev: ()),
+    "GenerationJob.ImageStarred": (_IMAGE_STARRED, lambda ev: (ev.name, True)),
+    "GenerationJob.ImageUnstarred": (_IMAGE_STARRED, lambda ev: (ev.name, False)),
+    "GenerationJob.ImageMarkedIntermediate": (_IMAGE_INTERMEDIATE, lambda ev: (ev.name, True)),
+    "GenerationJob.ImageUnmarkedIntermediate": (
+        _IMAGE_INTERMEDIATE,
+        lambda ev: (ev.name, False),
+    ),
 }
 
 

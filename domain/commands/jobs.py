@@ -334,6 +334,28 @@ class JobCommands(CommandStore):
             self.save(job)
         return CommandResult(True)
 
+    @command
+    def flag_image(
+        self,
+        job_id: UUID,
+        *,
+        user_id: str,
+        name: str,
+        starred: bool | None = None,
+        is_intermediate: bool | None = None,
+        at: datetime,
+    ) -> CommandResult:
+        """The owner stars an image or marks it intermediate (None: that flag stays); asking
+        for the flags it has changes nothing. An unknown job or image, a deleted one or
+        another user's, is NotFound."""
+        job = self.job(job_id)
+        changed = job.flag_image(
+            name=name, user_id=user_id, starred=starred, is_intermediate=is_intermediate, at=at
+        )
+        if changed:
+            self.save(job)
+        return CommandResult(changed)
+
 
 def stop(job: GenerationJob, account: CreditAccount, *, reason: str, at: datetime) -> bool:
     """Cancel an unfinished job. Before it runs: cancelled now, its hold voided. Running: the

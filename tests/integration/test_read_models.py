@@ -378,6 +378,16 @@ class Story:
         # bob files the image on a board (Board events and the job's ImageFiled).
         board = app.create_board("bob", request_key="bob-board", name="seas", at=T0 + DAY)
         app.add_board_image("bob", board.board_id, image_name=f"{flux_job}-0", at=T0 + DAY)
+        # bob stars it and marks it intermediate, makes it a result again, takes the star off
+        # and puts it back (GenerationJob.ImageStarred, ImageUnstarred, ImageMarkedIntermediate,
+        # ImageUnmarkedIntermediate).
+        for flags in (
+            {"starred": True, "is_intermediate": True},
+            {"is_intermediate": False},
+            {"starred": False},
+            {"starred": True},
+        ):
+            app.flag_image(flux_job, user_id="bob", name=f"{flux_job}-0", at=T0 + DAY, **flags)
         huge = FLUX.model_copy(update=dict(steps=150, width=2048, height=2048, batch_size=8))
         assert self.refuse("bob", "bob-too-big", T0 + DAY, huge) == "insufficient_credits"
         # A rejection saved as a job, as submissions did before refusals were answered
@@ -543,6 +553,13 @@ async def test_read_models_equal_the_aggregates(db: asyncpg.Connection, story: S
     capped_job = story.jobs["over-budget"]
     assert [(r["name"], r["deleted_at"]) for r in deleted] == [
         (f"{capped_job}-0", story.app.job(capped_job).deleted_images[f"{capped_job}-0"])
+    ]
+    flagged = await db.fetch(
+        "SELECT name, starred, is_intermediate, image_category, image_origin FROM images"
+        " WHERE starred OR is_intermediate"
+    )
+    assert [tuple(r) for r in flagged] == [
+        (f"{story.jobs['bob-flux']}-0", True, False, "general", "internal")
     ]
     statuses = await db.fetch("SELECT job_id, status FROM jobs WHERE user_id = 'alice'")
     assert {r["status"] for r in statuses} == {"completed", "cancelled", "failed", "accepted"}
