@@ -8,6 +8,9 @@ A finished job's row never changes again, so its view is cached (``job_cache``) 
 Its prompts are personal data, sealed under the user's data key (domain/personal_data.py):
 the read model and the cache keep them sealed, and each read opens them with the key as it is
 then, so a view read after the user's erasure says "[erased]", cached or not.
+
+``recall_parameters`` is where a job's stored parameters become what its owner reads back (an
+image's generation metadata) and resubmits (a remix), its prompts opened the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from api.schemas import JobView, QueueBasis, QueueView
 from api.services import Services, now
 from domain import personal_data
 from domain.jobs import TERMINAL, JobStatus
+from domain.parameters import RunParameters
 from read_models import queries
-from read_models.models import Job
+from read_models.models import ImageDetail, Job
 from read_models.queue import QueuePlace, queue_places
 
 
@@ -74,6 +78,23 @@ async def opened_views(svc: Services, user_id: str, jobs: Sequence[Job]) -> list
         for name, value in personal_data.opened(dict(job.sealed), opener).items():
             setattr(view, name, value)
     return views
+
+
+async def recall_parameters(
+    svc: Services, user_id: str, images: Sequence[ImageDetail]
+) -> list[RunParameters]:
+    """Each of the user's images' generation metadata: its job's stored parameters as their
+    owner reads them back, the prompts opened (one key read for them all), with the seed the
+    job ran with. The one place the API turns a job's stored parameters into what it shows
+    for an image or submits again (a remix)."""
+    opener = await svc.personal_keys.opener(user_id) if any(i.sealed for i in images) else None
+    recalled = []
+    for image in images:  # a page: at most MAX_LIMIT
+        data = image.parameters.model_dump()
+        if opener is not None:
+            data |= personal_data.opened(dict(image.sealed), opener)
+        recalled.append(RunParameters.model_validate({**data, "seed": image.seed}))
+    return recalled
 
 
 def with_urls(svc: Services, view: dict[str, Any], image_keys: dict[str, list[str]]) -> Any:

@@ -25,15 +25,16 @@ from pydantic import (
     computed_field,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from api.failures import public_failure_reason
 from domain.catalog import MODELS, ModelFamily
-from domain.job_events import JobStatus
+from domain.job_events import ImageCategory, ImageOrigin, JobStatus
 from domain.job_webhooks import JobSubmission
 from domain.jobs import Fault, RejectionReason
 from domain.ledger_changes import LineKind
 from domain.lots import LotSource
-from domain.parameters import NO_NUL, SchedulerName
+from domain.parameters import NO_NUL, JobParameters, LoraRef, SchedulerName, Seed
 from domain.plans import PLAN_FLAGS, PLANS, FlagStatus, GpuTier, ModelAccess, PlanType
 from domain.subscription_events import SubscriptionStatus
 from domain.units import MC_PER_CREDIT, format_credits
@@ -239,6 +240,32 @@ class JobView(View):
 # --------------------------------------------------------------------------------- images
 
 
+class ImageMetadata(View):
+    """What made the image (InvokeAI's recall parameters), read from its job's parameters with
+    the seed it ran with: send them to POST /v1/jobs, or remix the image, to make it again."""
+
+    model: str
+    prompt: str
+    negative_prompt: str
+    seed: int = Field(description="the seed the job ran with (the requested one, or derived)")
+    steps: int
+    scheduler: SchedulerName | None = Field(description="null: the model's default scheduler")
+    guidance_scale: float
+    width: int
+    height: int
+    init_image: str | None = Field(
+        description="image-to-image: the upload or image it started from"
+    )
+    strength: float | None
+    mask: str | None = Field(description="inpainting: the upload that masked the init image")
+    scale: int | None = Field(description="upscaling: the factor")
+    loras: list[LoraRef] | None = Field(description="the LoRAs applied, with their weights")
+    style_preset: str | None = Field(
+        description="the style preset the job named (prompt and negative_prompt are as its "
+        "templates made them)"
+    )
+
+
 class ImageView(View):
     name: str
     job_id: UUID
@@ -247,9 +274,49 @@ class ImageView(View):
     width: int
     height: int
     created_at: datetime
+    image_category: ImageCategory = Field(
+        description="what the image is for (InvokeAI's categories): a job's output is general"
+    )
+    image_origin: ImageOrigin = Field(
+        description="internal: made here by a job; external: uploaded"
+    )
+    starred: bool
+    is_intermediate: bool = Field(
+        description="a step on the way, not a result: GET /v1/images leaves it out by default"
+    )
+    metadata: ImageMetadata
     url: str = Field(description="signed URL of the PNG (CloudFront; S3 presigned without a CDN)")
     thumbnail_url: str = Field(description="signed URL of the WebP thumbnail")
     urls_expire_at: datetime
+
+
+class ImageUpdate(Strict):
+    """The flags to change; a flag left out (or null) stays as it is."""
+
+    starred: StrictBool | None = None
+    is_intermediate: StrictBool | None = None
+
+
+def _override(name: str) -> Any:
+    """A remix override: the job parameter ``name``'s own bounds and description
+    (domain/parameters.py), optional (absent or null: the image's own)."""
+    return FieldInfo.merge_field_infos(JobParameters.model_fields[name], default=None)
+
+
+class RemixRequest(Strict):
+    """A new job from an image's parameters: each field sent replaces the image's; ``seed`` left
+    out is a fresh one (send the image's ``metadata.seed`` to keep it)."""
+
+    prompt: str | None = _override("prompt")
+    negative_prompt: str | None = _override("negative_prompt")
+    seed: Seed | None = None
+    steps: int | None = _override("steps")
+    guidance_scale: float | None = _override("guidance_scale")
+    scheduler: SchedulerName | None = None
+    width: int | None = _override("width")
+    height: int | None = _override("height")
+    batch_size: int | None = _override("batch_size")
+    strength: float | None = _override("strength")
 
 
 # ------------------------------------------------------------------------ credits and usage

@@ -101,6 +101,21 @@ class Image:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageDetail(Image):
+    """One of a user's images as GET /v1/images shows it: what it is, where it came from, its
+    owner's flags, and the parameters of the job that made it (its generation metadata)."""
+
+    image_category: str
+    image_origin: str
+    starred: bool
+    is_intermediate: bool
+    parameters: JobParameters  # the job's, as submitted (seed: the requested one, if any)
+    seed: int  # the seed the job ran with
+    # The job's personal fields as stored, sealed (domain/personal_data.py); the API opens them.
+    sealed: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     job_id: UUID
     status: str

@@ -16,7 +16,7 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -26,6 +26,7 @@ from uuid import UUID
 import asyncpg
 
 from domain.credits import PROMOTIONAL_SOURCES
+from domain.job_events import ImageCategory, ImageOrigin
 from domain.jobs import JobStatus
 from domain.parameters import JobParameters
 from domain.personal_data import PERSONAL_FIELDS, is_sealed, withheld
@@ -33,6 +34,7 @@ from read_models.models import (
     Balance,
     CreditLot,
     Image,
+    ImageDetail,
     Job,
     LedgerEntry,
     Page,
@@ -224,22 +226,43 @@ _IMAGE_COLUMNS = """
     name, job_id, idx AS index, key, thumbnail_key, size_bytes, width, height, created_at
 """
 _JOB_STATUSES = frozenset(s.value for s in JobStatus)
+# An image with its flags and its job's parameters (the job's row: one per image, by its key).
+_IMAGE_DETAIL = """
+    SELECT i.name, i.job_id, i.idx AS index, i.key, i.thumbnail_key, i.size_bytes, i.width,
+        i.height, i.created_at, i.image_category, i.image_origin, i.starred, i.is_intermediate,
+        j.parameters, j.seed, i.position
+    FROM images i JOIN jobs j ON j.job_id = i.job_id
+"""
+_IMAGE_CATEGORIES = frozenset(c.value for c in ImageCategory)
+_IMAGE_ORIGINS = frozenset(o.value for o in ImageOrigin)
 
 
 def _job(row: asyncpg.Record, images: tuple[Image, ...] = ()) -> Job:
     fields = dict(row)
     fields.pop("submitted_position", None)  # a sort key, not part of the job
-    # Sealed prompts (domain/personal_data.py) stay sealed here: the API opens them.
-    stored = json.loads(fields["parameters"])
-    fields["parameters"] = JobParameters.model_validate(withheld(stored))
+    fields["parameters"], fields["sealed"] = _stored_parameters(fields["parameters"])
+    return Job(**fields, images=images)
+
+
+def _stored_parameters(stored_json: str) -> tuple[JobParameters, Mapping[str, str]]:
+    """A job's stored parameters, and their sealed personal fields apart: sealed prompts
+    (domain/personal_data.py) stay sealed here, the API opens them."""
+    stored = json.loads(stored_json)
     sealed = {k: v for k, v in stored.items() if k in PERSONAL_FIELDS and is_sealed(v)}
-    return Job(**fields, images=images, sealed=MappingProxyType(sealed))
+    return JobParameters.model_validate(withheld(stored)), MappingProxyType(sealed)
 
 
 def _image(row: asyncpg.Record) -> Image:
     fields = dict(row)
     fields.pop("position", None)  # a sort key, not part of the image
     return Image(**fields)
+
+
+def _image_detail(row: asyncpg.Record) -> ImageDetail:
+    fields = dict(row)
+    fields.pop("position", None)  # a sort key, not part of the image
+    fields["parameters"], fields["sealed"] = _stored_parameters(fields["parameters"])
+    return ImageDetail(**fields)
 
 
 async def list_jobs(
@@ -302,22 +325,36 @@ async def list_images(
     board_id: UUID | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
-) -> Page[Image]:
-    """The user's images (not deleted), newest first; only those on ``board_id`` and created
-    in [created_after, created_before) when given. The filters narrow the same order, so a
-    cursor from a filtered page continues it (a page's cursor is for the same filters)."""
+    starred: bool | None = None,
+    category: str | None = None,
+    origin: str | None = None,
+    is_intermediate: bool | None = False,
+) -> Page[ImageDetail]:
+    """The user's images (not deleted), newest first; only those on ``board_id``, created in
+    [created_after, created_before), starred or not, of one category or origin, intermediate
+    or not, when given (None: either). By default intermediates are left out, as InvokeAI's
+    lists do. The filters narrow the same order, so a cursor from a filtered page continues it
+    (a page's cursor is for the same filters)."""
     limit = _check_limit(limit)
+    if category is not None and category not in _IMAGE_CATEGORIES:
+        raise ValueError(f"category must be one of {', '.join(sorted(_IMAGE_CATEGORIES))}")
+    if origin is not None and origin not in _IMAGE_ORIGINS:
+        raise ValueError(f"origin must be one of {', '.join(sorted(_IMAGE_ORIGINS))}")
     position, index = (
         decode_cursor(cursor, "images", int, int) if cursor else (_AFTER_EVERYTHING, 0)
     )
     rows = await db.fetch(
-        f"SELECT {_IMAGE_COLUMNS}, position FROM images"
-        " WHERE user_id = $1 AND deleted_at IS NULL AND (position, idx) < ($2, $3)"
+        f"{_IMAGE_DETAIL}"
+        " WHERE i.user_id = $1 AND i.deleted_at IS NULL AND (i.position, i.idx) < ($2, $3)"
         " AND ($5::uuid IS NULL OR EXISTS (SELECT 1 FROM board_images b"
-        "   WHERE b.board_id = $5 AND b.user_id = $1 AND b.image_name = images.name))"
-        " AND ($6::timestamptz IS NULL OR created_at >= $6)"
-        " AND ($7::timestamptz IS NULL OR created_at < $7)"
-        " ORDER BY position DESC, idx DESC LIMIT $4",
+        "   WHERE b.board_id = $5 AND b.user_id = $1 AND b.image_name = i.name))"
+        " AND ($6::timestamptz IS NULL OR i.created_at >= $6)"
+        " AND ($7::timestamptz IS NULL OR i.created_at < $7)"
+        " AND ($8::boolean IS NULL OR i.starred = $8)"
+        " AND ($9::text IS NULL OR i.image_category = $9)"
+        " AND ($10::text IS NULL OR i.image_origin = $10)"
+        " AND ($11::boolean IS NULL OR i.is_intermediate = $11)"
+        " ORDER BY i.position DESC, i.idx DESC LIMIT $4",
         user_id,
         position,
         index,
@@ -325,18 +362,24 @@ async def list_images(
         board_id,
         created_after,
         created_before,
+        starred,
+        category,
+        origin,
+        is_intermediate,
     )
-    return _page(rows, limit, _image, lambda r: encode_cursor("images", r["position"], r["index"]))
+    return _page(
+        rows, limit, _image_detail, lambda r: encode_cursor("images", r["position"], r["index"])
+    )
 
 
-async def get_image(db: Db, user_id: str, name: str) -> Image | None:
+async def get_image(db: Db, user_id: str, name: str) -> ImageDetail | None:
+    """One of the user's images (not deleted, intermediate or not); None: no such image."""
     row = await db.fetchrow(
-        f"SELECT {_IMAGE_COLUMNS} FROM images"
-        " WHERE user_id = $1 AND name = $2 AND deleted_at IS NULL",
+        f"{_IMAGE_DETAIL} WHERE i.user_id = $1 AND i.name = $2 AND i.deleted_at IS NULL",
         user_id,
         name,
     )
-    return None if row is None else _image(row)
+    return None if row is None else _image_detail(row)
 
 
 async def image_job_id(db: Db, user_id: str, name: str) -> UUID | None:

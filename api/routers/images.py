@@ -1,26 +1,34 @@
-"""Images: list, read (with signed URLs, api/image_urls.py), delete (frees storage quota)."""
+"""Images: list and filter, read (with signed URLs, api/image_urls.py, and the generation
+metadata of the job that made each), star or mark intermediate, remix (a new job from an
+image's parameters, through the submission path of POST /v1/jobs), delete (frees storage
+quota)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import fields
 from typing import Annotated
 from uuid import UUID
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
-from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Response, status
-from pydantic import AwareDatetime
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Path, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime, ValidationError
 
 from api import problems as p
-from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
+from api.deps import CurrentUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
 from api.image_urls import signed_urls
+from api.job_views import recall_parameters
 from api.problems import ProblemError, problem_responses
-from api.routers.jobs import bad_query
-from api.schemas import ImageView, Page
+from api.routers.jobs import bad_query, submit
+from api.schemas import ImageUpdate, ImageView, JobAccepted, JobRequest, Page, RemixRequest
 from api.services import Services, now
 from domain.application import CommandResult
 from domain.errors import NotFound
+from domain.job_events import ImageCategory, ImageOrigin
 from domain.jobs import ImageRecord
+from domain.parameters import RunParameters
 from read_models import models as rm
 from read_models import queries
 
@@ -31,10 +39,20 @@ ImageName = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z
 ERRORS = (401, 403, 429, 503)
 
 
-def _view(svc: Services, image: rm.Image) -> ImageView:
+def _view(
+    svc: Services, image: rm.ImageDetail, metadata: RunParameters, **flags: bool
+) -> ImageView:
+    """The image with its URLs signed now and its ``metadata`` (recall_parameters); ``flags``:
+    the owner's flags as the event store has them, when they may be newer than the row."""
     # Signed for CloudFront, or presigned for S3 without a CDN: local either way (no request).
     signed = signed_urls(svc.image_urls, image.key, image.thumbnail_key, now())
-    return ImageView.model_validate(asdict(image) | signed)
+    row = {f.name: getattr(image, f.name) for f in fields(image)}  # shallow: a view reads it
+    return ImageView.model_validate(row | signed | flags | {"metadata": metadata})
+
+
+async def _views(svc: Services, user_id: str, images: Sequence[rm.ImageDetail]) -> list[ImageView]:
+    recalled = await recall_parameters(svc, user_id, images)
+    return [_view(svc, i, m) for i, m in zip(images, recalled, strict=True)]
 
 
 def _not_found(name: str) -> ProblemError:
@@ -63,6 +81,16 @@ async def list_images(
     created_before: Annotated[
         AwareDatetime | None, Query(description="only images created before this")
     ] = None,
+    starred: Annotated[
+        bool | None, Query(description="true: only starred images; false: only the others")
+    ] = None,
+    category: Annotated[
+        ImageCategory | None, Query(description="only images of this category")
+    ] = None,
+    origin: Annotated[ImageOrigin | None, Query(description="only images of this origin")] = None,
+    is_intermediate: Annotated[
+        bool, Query(description="true: only intermediate images (left out by default)")
+    ] = False,
 ) -> Page[ImageView]:
     try:
         page = await queries.list_images(
@@ -73,10 +101,15 @@ async def list_images(
             board_id=board_id,
             created_after=created_after,
             created_before=created_before,
+            starred=starred,
+            category=None if category is None else category.value,
+            origin=None if origin is None else origin.value,
+            is_intermediate=is_intermediate,
         )
     except ValueError as e:
         raise bad_query(e) from None
-    return Page[ImageView](items=[_view(svc, i) for i in page.items], next_cursor=page.next_cursor)
+    items = await _views(svc, principal.user_id, page.items)
+    return Page[ImageView](items=items, next_cursor=page.next_cursor)
 
 
 @router.get(
@@ -90,10 +123,113 @@ async def get_image(image_name: ImageName, principal: CurrentUser, svc: Services
     image = await queries.get_image(svc.pool, principal.user_id, image_name)
     if image is None:
         raise _not_found(image_name)
-    return _view(svc, image)
+    (view,) = await _views(svc, principal.user_id, [image])
+    return view
 
 
 POSITION_HEADER = "X-Position"
+POSITION_HEADERS = {
+    POSITION_HEADER: {
+        "description": "store position of the change, for X-Min-Position",
+        "schema": {"type": "integer"},
+    }
+}
+
+
+@router.patch(
+    "/{image_name}",
+    response_model=ImageView,
+    summary="Star one of your images, or mark it intermediate",
+    description="Each flag sent changes, each change recorded as an event of the image's job "
+    "(`GenerationJob.ImageStarred` / `ImageUnstarred`, `ImageMarkedIntermediate` / "
+    "`ImageUnmarkedIntermediate`); a flag left out stays. Answers the image with its flags as "
+    f"recorded; the `{POSITION_HEADER}` header is the change's position (send it as "
+    "`X-Min-Position` to list your images with it). Intermediate images are left out of "
+    "GET /v1/images unless it asks for `is_intermediate=true`.",
+    responses={
+        200: {"description": "The image, with its flags", "headers": POSITION_HEADERS},
+        **problem_responses(*ERRORS, 404, 422),
+    },
+    dependencies=[Depends(rate_limit("command"))],
+)
+async def update_image(
+    image_name: ImageName,
+    body: ImageUpdate,
+    principal: CurrentUser,
+    svc: ServicesDep,
+    response: Response,
+) -> ImageView:
+    user = principal.user_id
+    job_id = await queries.image_job_id(svc.pool, user, image_name)
+    if job_id is None:
+        raise _not_found(image_name)
+    result, flags = await svc.command(_flag, svc, user, job_id, image_name, body)
+    image = await queries.get_image(svc.pool, user, image_name)
+    if image is None:  # deleted meanwhile (or its deletion not projected yet)
+        raise _not_found(image_name)
+    response.headers[POSITION_HEADER] = str(result.position)
+    (metadata,) = await recall_parameters(svc, user, [image])
+    return _view(svc, image, metadata, **flags)
+
+
+def _flag(
+    svc: Services, user_id: str, job_id: UUID, name: str, body: ImageUpdate
+) -> tuple[CommandResult, dict[str, bool]]:
+    """On a command thread: the flags' changes, then the image's flags as the job has them."""
+    app = svc.application
+    try:
+        result = app.flag_image(
+            job_id,
+            user_id=user_id,
+            name=name,
+            starred=body.starred,
+            is_intermediate=body.is_intermediate,
+            at=now(),
+        )
+    except NotFound:
+        raise _not_found(name) from None
+    job = app.job(job_id)
+    flags = {
+        "starred": name in job.starred_images,
+        "is_intermediate": name in job.intermediate_images,
+    }
+    return result, flags
+
+
+@router.post(
+    "/{image_name}/remix",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    summary="Submit a new job from one of your images' parameters",
+    description="Its generation metadata (model, prompts, sizes, steps, scheduler, guidance, "
+    "init image, strength, mask, scale) with the overrides the body sends; a fresh seed "
+    "unless the body sends one (send the image's `metadata.seed` to keep it). Submitted as "
+    "POST /v1/jobs submits: the same admission, hold, problems and Idempotency-Key (an "
+    "accepted job is its key's answer for 24 hours, Idempotent-Replayed: true on a replay).",
+    # 404: no such image of yours, or its init_image or mask is gone.
+    responses=problem_responses(401, 402, 403, 404, 409, 413, 422, 429, 503),
+    dependencies=[Depends(rate_limit("submit"))],
+)
+async def remix_image(
+    image_name: ImageName,
+    principal: CurrentUser,
+    svc: ServicesDep,
+    response: Response,
+    body: Annotated[RemixRequest | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    user = principal.user_id
+    image = await queries.get_image(svc.pool, user, image_name)
+    if image is None:
+        raise _not_found(image_name)
+    (metadata,) = await recall_parameters(svc, user, [image])  # its prompts opened
+    recalled = metadata.model_dump(exclude={"seed"})
+    overrides = {} if body is None else body.model_dump(exclude_none=True)
+    try:
+        request = JobRequest.model_validate(recalled | overrides)
+    except ValidationError as e:  # the fields are each valid; together they may not be
+        raise RequestValidationError(e.errors()) from None
+    return await submit(svc, user, request, idempotency_key, response)
 
 
 @router.delete(

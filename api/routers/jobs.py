@@ -62,8 +62,16 @@ async def submit_job(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
-    user = principal.user_id
     body = await with_preset(svc, body)  # the job records the expanded prompts and the id
+    return await submit(svc, principal.user_id, body, idempotency_key, response)
+
+
+async def submit(
+    svc: Services, user: str, body: JobRequest, idempotency_key: str | None, response: Response
+) -> JobAccepted:
+    """The one submission path (POST /v1/jobs, and a remix of an image): the inputs checked,
+    the prompts sealed, admission and the hold in the domain's command, a refusal answered as
+    its problem, an accepted job with its Location (and Idempotent-Replayed on a replay)."""
     if body.webhook is not None:
         await check_webhook_url(svc, body.webhook)  # SSRF: before anything is recorded
     if body.init_image is not None:  # its input images must be the user's (a mask needs one)
