@@ -17,11 +17,16 @@ measured below includes a model load.
    durations in submission order on 3 machines from time 0 (what an ideal dispatcher with zero
    hand-over cost achieves). Target: makespan <= 1.1x greedy.
 2. Idle while waiting: for each worker, the time it held no job (between Finished acknowledged
-   and the next dispatch received, from its JobRecords) while some accepted job had not been
-   received by any worker yet; summed over the workers. Target: about 0.
+   and the next dispatch taken up, from its JobRecords; a prefetched dispatch is taken up when
+   the worker starts it, not when it arrives) while some accepted job had not been taken up by
+   any worker yet; summed over the workers, and per job. Target (issue 18): < 5 ms per job.
 3. Submit -> start latency: jobs submitted while workers are idle (rounds of 1, 2 and 3 jobs,
    each round after the previous one finished); submit call -> Started (worker-reported),
-   minus the model load (0 after the warm-up). Target: p99 < 100 ms.
+   minus the model load (0 after the warm-up). Target (issue 18): p99 < 50 ms.
+
+Everything runs twice in one invocation, each on a stack of its own: the scheduler's prefetch
+off (the baseline: a worker is sent a job only when idle) and on (issue 18, part 3: a busy
+worker holds one more dispatch queued behind its running job); the last table compares them.
 
     python -m bench.dispatch [--quick]
 """
@@ -65,7 +70,8 @@ from workflows.tracking import TrackingPinkseaApplication
 WORKERS = 3
 USERS = 4
 TARGET_MAKESPAN_RATIO = 1.1
-TARGET_LATENCY_P99_MS = 100.0
+TARGET_LATENCY_P99_MS = 50.0
+TARGET_IDLE_PER_JOB_MS = 5.0
 SMALL = JobParameters(model="tiny-sd", prompt="warm up", steps=4, width=64, height=64)
 
 
@@ -89,8 +95,9 @@ class Done:
 class Platform:
     """Every process of the backend in this event loop (after tests/e2e's Platform)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, prefetch: bool) -> None:
         self.settings = settings
+        self.prefetch = prefetch
         self.app = PinkseaApplication(env=event_store_env(settings.database_url, pool_size=8))
         self.settler_app = TrackingPinkseaApplication(
             env=event_store_env(settings.database_url, pool_size=4)
@@ -112,7 +119,7 @@ class Platform:
         self._spawn(Relay(self.settings, self.pool).run)
         for p in ALL_PROJECTIONS:
             self._spawn(LiveProjectionRunner(self.settings, self.pool, p).run)
-        self.scheduler = Scheduler(self.settings, self.pool, self.app)
+        self.scheduler = Scheduler(self.settings, self.pool, self.app, prefetch=self.prefetch)
         self._spawn(self.scheduler.run)
         self._spawn(Settler(self.settings, self.settler_app).run)
         for i in range(workers):
@@ -265,10 +272,13 @@ def greedy_makespan(durations: Sequence[float], machines: int) -> float:
 
 
 def idle_while_waiting(
-    busy: dict[str, list[tuple[float, float]]], waiting: list[tuple[float, float]], end: float
+    busy: dict[str, list[tuple[float, float]]],
+    waiting: list[tuple[float, float]],
+    end: float,
+    since: dict[str, float] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Seconds each worker was idle while at least one job waited (accepted, not yet received
-    by a worker), up to ``end``; and the total."""
+    by a worker), up to ``end`` (and from ``since[worker]`` on, when given); and the total."""
     cuts = sorted(
         {t for a, b in waiting for t in (a, b)}
         | {t for s in busy.values() for a, b in s for t in (a, b)}
@@ -280,6 +290,8 @@ def idle_while_waiting(
         if not any(s <= mid < e for s, e in waiting):
             continue
         for w, spans in busy.items():
+            if since is not None and mid < since.get(w, end):
+                continue
             if not any(s <= mid < e for s, e in spans):
                 per_worker[w] += b - a
     return sum(per_worker.values()), per_worker
@@ -287,12 +299,14 @@ def idle_while_waiting(
 
 @dataclass
 class Results:
+    prefetch: bool
     jobs: int
     makespan: float
     greedy: float
     greedy_occupancy: float
     lower_bound: float
     idle_total: float
+    idle_after_first: float
     idle_per_worker: dict[str, float]
     idle_gaps_ms: list[float]
     queue_wait_ms: list[float]
@@ -302,6 +316,28 @@ class Results:
     mean_duration: float
     per_worker_jobs: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    prefetched: int = 0  # mixed-run jobs dispatched while their worker ran another one
+    prefetched_gaps_ms: list[float] = field(default_factory=list)
+
+    @property
+    def idle_per_job_ms(self) -> float:
+        return self.idle_total * 1000 / self.jobs
+
+    @property
+    def idle_after_first_per_job_ms(self) -> float:
+        return self.idle_after_first * 1000 / self.jobs
+
+    @property
+    def makespan_ratio(self) -> float:
+        return self.makespan / self.greedy
+
+    @property
+    def latency_p50_ms(self) -> float:
+        return percentile(self.latency_ms, 0.5)
+
+    @property
+    def latency_p99_ms(self) -> float:
+        return percentile(self.latency_ms, 0.99)
 
 
 async def warm_up(platform: Platform, users: list[str]) -> None:
@@ -327,8 +363,10 @@ async def latency_rounds(platform: Platform, users: list[str], rounds: int) -> l
     return measured
 
 
-async def measure(settings: Settings, n_jobs: int, max_steps: int, rounds: int) -> Results:
-    platform = Platform(settings)
+async def measure(
+    settings: Settings, n_jobs: int, max_steps: int, rounds: int, *, prefetch: bool
+) -> Results:
+    platform = Platform(settings, prefetch=prefetch)
     try:
         await platform.start(WORKERS)
         users = prepare_users(platform.app, uuid.uuid4().hex[:6])
@@ -361,12 +399,33 @@ async def measure(settings: Settings, n_jobs: int, max_steps: int, rounds: int) 
         busy[d.worker_id].append((d.received, d.at))
     waiting = [(j.accepted, j.received) for j in jobs if j.received]
     idle_total, idle_per_worker = idle_while_waiting(busy, waiting, end)
+    # The same from each worker's first job of the run on: the hand-overs, not the first
+    # dispatch after the burst of submissions (which is submit -> start latency).
+    first_taken = {w: min((s for s, _ in spans), default=end) for w, spans in busy.items()}
+    idle_after_first, _ = idle_while_waiting(busy, waiting, end, first_taken)
     last_receipt = max((j.received for j in jobs), default=end)
     gaps = []  # per worker: Finished acked -> next dispatch received, while jobs remained
     for spans in busy.values():
         spans.sort()
         gaps += [(b[0] - a[1]) * 1000 for a, b in itertools.pairwise(spans) if b[0] <= last_receipt]
+    # The hand-overs where the next job was already queued on the worker (dispatched before
+    # the one before it ended): the worker's own share of the gap.
+    dispatched_at = {j.job_id: j.dispatched for j in jobs}
+    prefetched_gaps = []
+    for worker_id in busy:
+        runs = sorted((d.received, d.at, d.job_id) for d in mix_done if d.worker_id == worker_id)
+        prefetched_gaps += [
+            (b[0] - a[1]) * 1000
+            for a, b in itertools.pairwise(runs)
+            if dispatched_at.get(b[2], b[0]) < a[1]
+        ]
+    # Prefetched: dispatched while its worker was still busy with an earlier job.
+    prefetched = sum(
+        any(s < j.dispatched < e for s, e in busy.get(j.worker_id, [])) for j in jobs if j.received
+    )
     return Results(
+        prefetch=prefetch,
+        prefetched=prefetched,
         jobs=len(jobs),
         makespan=end - t0,
         greedy=greedy_makespan(durations, WORKERS),
@@ -375,8 +434,10 @@ async def measure(settings: Settings, n_jobs: int, max_steps: int, rounds: int) 
         ),
         lower_bound=max(sum(durations) / WORKERS, max(durations)),
         idle_total=idle_total,
+        idle_after_first=idle_after_first,
         idle_per_worker=idle_per_worker,
         idle_gaps_ms=gaps,
+        prefetched_gaps_ms=prefetched_gaps,
         queue_wait_ms=[(j.started - j.submitted) * 1000 for j in jobs],
         latency_ms=[(j.started - j.submitted) * 1000 - j.load_ms for j in latency_jobs],
         latency_parts_ms=[
@@ -397,7 +458,10 @@ async def measure(settings: Settings, n_jobs: int, max_steps: int, rounds: int) 
 def report(r: Results) -> None:
     for p in r.problems:
         print(f"PROBLEM: {p}")
-    table = Table(title=f"bench.dispatch: {WORKERS} CPU workers (tiny-sd), {r.jobs} mixed jobs")
+    mode = "prefetch on" if r.prefetch else "prefetch off (baseline)"
+    table = Table(
+        title=f"bench.dispatch, {mode}: {WORKERS} CPU workers (tiny-sd), {r.jobs} mixed jobs"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     ratio = r.makespan / r.greedy
@@ -413,8 +477,20 @@ def report(r: Results) -> None:
     table.add_row(
         "jobs per worker", ", ".join(f"{w}: {n}" for w, n in sorted(r.per_worker_jobs.items()))
     )
+    table.add_row("worker idle while a job waited, total", f"{r.idle_total * 1000:.0f} ms")
     table.add_row(
-        "worker idle while a job waited, total", f"{r.idle_total * 1000:.0f} ms (target ~0)"
+        "  per job",
+        f"{r.idle_per_job_ms:.1f} ms (target < {TARGET_IDLE_PER_JOB_MS:.0f} ms)",
+    )
+    table.add_row(
+        "  of which after each worker's first job, per job",
+        f"{r.idle_after_first_per_job_ms:.1f} ms",
+    )
+    table.add_row("jobs dispatched to a busy worker (prefetched)", f"{r.prefetched} of {r.jobs}")
+    queued_gaps = r.prefetched_gaps_ms
+    table.add_row(
+        f"  hand-over gap when the next was queued there, p50 / max ({len(queued_gaps)})",
+        f"{percentile(queued_gaps, 0.5):.1f} / {max(queued_gaps, default=0):.1f} ms",
     )
     table.add_row(
         "  per worker",
@@ -447,18 +523,51 @@ def report(r: Results) -> None:
     Console().print(table)
 
 
+def compare(off: Results, on: Results) -> None:
+    table = Table(title="bench.dispatch: prefetch on vs off (same run)")
+    table.add_column("measure")
+    table.add_column("off (baseline)", justify="right")
+    table.add_column("on", justify="right")
+    table.add_column("on / off", justify="right")
+    table.add_column("target", justify="right")
+    rows = (
+        ("idle while a job waited, per job (ms)", "idle_per_job_ms", TARGET_IDLE_PER_JOB_MS),
+        ("  of which after each worker's first job (ms)", "idle_after_first_per_job_ms", None),
+        ("submit -> start, idle worker, p50 (ms)", "latency_p50_ms", None),
+        ("submit -> start, idle worker, p99 (ms)", "latency_p99_ms", TARGET_LATENCY_P99_MS),
+        ("makespan / greedy of the measured durations", "makespan_ratio", None),
+    )
+    for label, name, target in rows:
+        a, b = getattr(off, name), getattr(on, name)
+        ratio = f"{b / a:.2f}" if a else "-"
+        goal = "-" if target is None else f"< {target:.0f}: {'met' if b < target else 'not met'}"
+        table.add_row(label, f"{a:.3g}", f"{b:.3g}", ratio, goal)
+    a, b = percentile(off.idle_gaps_ms, 0.5), percentile(on.idle_gaps_ms, 0.5)
+    ratio = f"{b / a:.2f}" if a else "-"
+    table.add_row("hand-over gap p50 (ms)", f"{a:.1f}", f"{b:.1f}", ratio, "-")
+    Console().print(table)
+
+
 async def run(quick: bool) -> None:
     quiet_logs()
     n_jobs, max_steps, rounds = (24, 16, 6) if quick else (60, 30, 24)
     retries = relay_retries()
-    async with gpu_stack("bench_dispatch") as settings:
-        r = await measure(settings, n_jobs, max_steps, rounds)
-    report(r)
+    results: dict[bool, Results] = {}
+    for prefetch in (False, True):  # the baseline first; each on a stack of its own
+        async with gpu_stack("bench_dispatch") as settings:
+            results[prefetch] = await measure(
+                settings, n_jobs, max_steps, rounds, prefetch=prefetch
+            )
+        report(results[prefetch])
+    off, r = results[False], results[True]
+    compare(off, r)
     warn_if_disturbed(relay_retries() - retries)
-    latency_ok = percentile(r.latency_ms, 0.99) < TARGET_LATENCY_P99_MS
+    latency_ok = r.latency_p99_ms < TARGET_LATENCY_P99_MS
+    idle_ok = r.idle_per_job_ms < TARGET_IDLE_PER_JOB_MS
     print(
-        f"latency p99 {'meets' if latency_ok else 'misses'} its target; "
-        f"idle while waiting {r.idle_total * 1000:.0f} ms"
+        f"prefetch on: latency p99 {'meets' if latency_ok else 'misses'} its target; "
+        f"idle while waiting {r.idle_per_job_ms:.1f} ms per job "
+        f"({'meets' if idle_ok else 'misses'} its target; {off.idle_per_job_ms:.1f} ms off)"
     )
     summary(
         "dispatch",
