@@ -331,6 +331,11 @@ class Story:
             "alice", invoice_id="in_alice_up", customer_id="cus_alice", source_id="cn_alice",
             by_charge=False, returned=MoneyReturned(kept_cents=250, refund_cents=0), at=T0,
         )  # fmt: skip
+        # A credit note of an invoice not paid yet, voided: nothing moves.
+        app.void_credit_note(
+            "alice", invoice_id="in_alice_open", note_id="cn_alice_void", at=T0,
+            customer_id="cus_alice",
+        )  # fmt: skip
         app.grant_credits(
             "alice", grant_id="pack-1", source=LotSource.PURCHASE, amount_mc=20_000,
             valid_from=T0, valid_until=None, actor="stripe", reason="credit pack", at=T0,
