@@ -170,6 +170,14 @@ data "aws_iam_policy_document" "api" {
     resources = ["${var.images_bucket_arn}/users/*"]
   }
 
+  # Users' uploads (POST /v1/uploads): the presigned POST is signed with this role, so the
+  # upload is allowed only if the role may put the object itself.
+  statement {
+    sid       = "UserUploads"
+    actions   = ["s3:PutObject"]
+    resources = ["${var.images_bucket_arn}/users/*/uploads/*"]
+  }
+
   # Users' LoRAs (POST /v1/models/mine): the presigned POST is signed with this role, so it
   # needs PutObject; completion reads the file back, a rejection or a deletion removes it.
   statement {
@@ -489,6 +497,26 @@ data "aws_iam_policy_document" "gpu" {
     sid       = "UploadUserImages"
     actions   = ["s3:PutObject"]
     resources = ["${var.images_bucket_arn}/users/*"]
+  }
+
+  # A job's input images (init image, mask: an upload or one of the user's images), read under
+  # the job's own user (gpu_consumer/inputs.py); an upload's extension is found by a listing.
+  statement {
+    sid       = "ReadUserImages"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.images_bucket_arn}/users/*"]
+  }
+
+  statement {
+    sid       = "ListUserUploads"
+    actions   = ["s3:ListBucket"]
+    resources = [var.images_bucket_arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["users/*/uploads/*"]
+    }
   }
 
   # A job's LoRAs, read under the job's own user (gpu_consumer/loras.py builds the key).
