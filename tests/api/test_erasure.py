@@ -264,3 +264,19 @@ async def test_a_job_from_before_sealing_reads_as_it_was_stored(kit: Kit, user: 
     # Its key's replay through the API is the same job (its fingerprint is the plain one).
     replay = await kit.submit(user, "old", prompt="an old prompt")
     assert replay.status_code == 202 and replay.json()["job_id"] == str(result.job_id)
+
+
+async def test_image_metadata_and_remix_open_the_sealed_prompt(kit: Kit, user: str) -> None:
+    _, images = await _completed_job(kit, user)
+    name = images[0]["name"]
+    one = (await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))).json()
+    assert (one["metadata"]["prompt"], one["metadata"]["negative_prompt"]) == (PROMPT, NEGATIVE)
+    listed = (await kit.client.get("/v1/images", headers=kit.auth(user))).json()["items"]
+    assert [i["metadata"]["prompt"] for i in listed if i["name"] == name] == [PROMPT]
+    r = await kit.client.post(f"/v1/images/{name}/remix", json={}, headers=kit.auth(user))
+    assert r.status_code == 202, r.text
+    remixed = kit.app.job(UUID(r.json()["job_id"])).parameters
+    assert is_sealed(remixed["prompt"])  # sealed again, under the same key
+    await kit.project()
+    view = (await kit.client.get(f"/v1/jobs/{r.json()['job_id']}", headers=kit.auth(user))).json()
+    assert view["prompt"] == PROMPT
