@@ -124,9 +124,10 @@ def test_invariants_with_prefetch(queued, n_idle, slot_frees_ms, limits, running
         for i, ms in enumerate(slot_frees_ms)
     ]
     out = assign(queue, idle, running, limits, Turns(), slots)
+    everyone: list[IdleWorker | PrefetchSlot] = [*idle, *slots]
     assert len({a.worker_id for a in out}) == len(out)  # one job per worker or slot
     assert len({a.job.job_id for a in out}) == len(out)  # a job goes out once
-    tier_of = {w.worker_id: w.tier for w in [*idle, *slots]}
+    tier_of = {w.worker_id: w.tier for w in everyone}
     assert all(tier_of[a.worker_id] == a.job.tier for a in out)
     # Bounded: prefetched jobs count against a user's limit like running ones.
     after = Counter(running) + Counter(a.job.user_id for a in out)
@@ -148,7 +149,7 @@ def test_invariants_with_prefetch(queued, n_idle, slot_frees_ms, limits, running
     # Work-conserving over both: a worker or slot is left only if no job of its tier is
     # eligible.
     assigned = {a.job.job_id for a in out}
-    for w in [*idle, *slots]:
+    for w in everyone:
         if w.worker_id in used:
             continue
         for j in queue:
