@@ -18,7 +18,7 @@
 # an authenticated user may do whatever the processes do (create topics, idempotent produce,
 # consumer groups), which on MSK the IAM policy grants.
 #
-# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP (512m),
+# Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP (1g),
 # KAFKA_AUTO_CREATE_TOPICS (true), KAFKA_NUM_PARTITIONS (3), JAVA (java), PINKSEA_STACK_DIR,
 # KAFKA_SASL_SSL_PORT (unset: no SASL_SSL listener), KAFKA_SCRAM_USER (pinksea),
 # KAFKA_SCRAM_PASSWORD (pinksea-scram-secret).
@@ -27,7 +27,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
-KAFKA_HEAP=${KAFKA_HEAP:-512m}
+KAFKA_HEAP=${KAFKA_HEAP:-1g}
 KAFKA_AUTO_CREATE_TOPICS=${KAFKA_AUTO_CREATE_TOPICS:-true}
 KAFKA_NUM_PARTITIONS=${KAFKA_NUM_PARTITIONS:-3}
 KAFKA_SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-}

@@ -58,7 +58,10 @@ def stack(settings: Settings) -> Iterator[Settings]:
     """The session's Redis prefix and bucket; a database and topics of this test's own."""
     with fresh_database(settings.database_url) as url:
         yield settings.model_copy(
-            update={"database_url": url, "kafka_topic_prefix": f"e{uuid.uuid4().hex[:8]}."}
+            update={
+                "database_url": url,
+                "kafka_topic_prefix": f"{settings.kafka_topic_prefix}e{uuid.uuid4().hex[:8]}.",
+            }
         )
 
 
