@@ -57,8 +57,6 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         10, description="Connections per process (also bounds the API's command threads)."
     )
-
-    # Kafka (MSK in production).
     db_connect_timeout_s: float = Field(
         5.0, ge=1, le=600, description="Longest wait for a new PostgreSQL connection."
     )
@@ -79,6 +77,8 @@ class Settings(BaseSettings):
     db_command_timeout_s: float = Field(
         30.0, ge=1, description="Longest wait for the answer to a read-side SQL statement."
     )
+
+    # Kafka (MSK in production).
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_topic_prefix: str = Field(
         "", description="Prefix for every topic name (tests use a unique one)."
