@@ -20,6 +20,7 @@ from domain import ids
 from domain.application import PinkseaApplication
 from domain.credits import LotSource
 from domain.plans import get_plan
+from domain.subscription import Subscription
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 PRICES = {"price_starter": "starter", "price_pro": "pro", "price_studio": "studio"}
@@ -230,7 +231,8 @@ def test_a_quarantined_invoice_applies_once_on_redelivery_after_an_operator_link
 def test_an_operators_link_records_who_and_why() -> None:
     app = new_app(customer=None)
     app.link_stripe_customer(USER, CUSTOMER, T0, actor="admin:ops", reason="ticket 42")
-    linked = [e for e in app.repository.event_store.get(ids.subscription_id(USER))][-1]
+    *_, linked = app.repository.event_store.get(ids.subscription_id(USER))
+    assert isinstance(linked, Subscription.CustomerLinked)
     assert (linked.customer_id, linked.actor, linked.reason) == (CUSTOMER, "admin:ops", "ticket 42")
     with pytest.raises(AssertionError):  # an operator says why
         app.link_stripe_customer(USER, "cus_x", T0, actor="admin:ops")
