@@ -16,6 +16,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 from anyio import CapacityLimiter, to_thread
+from botocore.exceptions import BotoCoreError, ClientError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -45,6 +46,7 @@ log = structlog.get_logger("api.services")
 PLAN_CACHE_S = 30.0  # how stale a user's plan may be for rate limits and API-key access
 STORAGE_CACHE_S = 5.0  # how stale the storage used may be when a job is submitted
 REGISTERED_CACHE = 100_000  # users known to be registered, per process
+S3_DELETE_KEYS_MAX = 1000  # S3's own limit on one DeleteObjects
 
 
 class _Lru:
@@ -111,6 +113,25 @@ class Services:
     async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Other blocking calls (S3) on the default thread pool."""
         return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    async def forget_objects(self, *keys: str) -> None:
+        """Delete these objects of the bucket after the event that deleted them, best effort:
+        the event is the truth and S3 deletes are idempotent, so a failure is only logged
+        (with the keys; the event names them too, for a sweeper) and a repeat tries again."""
+        assert 0 < len(keys) <= S3_DELETE_KEYS_MAX, len(keys)
+        try:
+            answer = await self.blocking(
+                self.s3.delete_objects,
+                Bucket=self.settings.s3_bucket,
+                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
+            )
+        except (BotoCoreError, ClientError) as e:
+            log.warning("objects not deleted", keys=keys, error=repr(e))
+            return
+        # DeleteObjects answers 200 and lists the keys it could not delete.
+        errors = answer.get("Errors") if isinstance(answer, dict) else None
+        if errors:
+            log.warning("objects not deleted", keys=keys, errors=errors)
 
     async def presets(self) -> PresetList:
         """The system style presets (api/presets.py: read from S3 at most once a minute)."""

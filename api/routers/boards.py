@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, Field
 
 from api import problems as p
 from api.deps import CurrentUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
+from api.positions import no_content, no_content_response
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import Page, Strict, View
@@ -27,7 +28,6 @@ from read_models import boards as rm
 router = APIRouter(prefix="/v1/boards", tags=["boards"])
 
 ERRORS = (401, 403, 429, 503)
-POSITION_HEADER = "X-Position"
 BoardId = Annotated[UUID, Path(description="the board_id POST /v1/boards answered")]
 ImageName = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
 # Not blank, and no NUL (PostgreSQL text cannot hold it: the projection could not store it).
@@ -54,26 +54,9 @@ class BoardView(View):
     position: int | None = Field(None, description="store position of the command, if any")
 
 
-_POSITION_RESPONSE = {
-    "description": "Done",
-    "headers": {
-        POSITION_HEADER: {
-            "description": "store position of the change, for X-Min-Position",
-            "schema": {"type": "integer"},
-        }
-    },
-}
-
-
 def _not_found(board_id: UUID) -> ProblemError:
     return ProblemError(
         p.NOT_FOUND, f"You have no board {board_id}; list your boards with GET /v1/boards."
-    )
-
-
-def _done(position: int) -> Response:
-    return Response(
-        status_code=status.HTTP_204_NO_CONTENT, headers={POSITION_HEADER: str(position)}
     )
 
 
@@ -185,7 +168,7 @@ async def rename_board(
     response_class=Response,
     summary="Delete one of your boards (its images stay, on no board)",
     description="Recorded as `Board.Deleted`; deleting it again is a 404.",
-    responses={204: _POSITION_RESPONSE, **problem_responses(*ERRORS, 404, 422)},
+    responses={**no_content_response("Done"), **problem_responses(*ERRORS, 404, 422)},
     dependencies=[Depends(rate_limit("command"))],
 )
 async def delete_board(board_id: BoardId, principal: CurrentUser, svc: ServicesDep) -> Response:
@@ -195,7 +178,7 @@ async def delete_board(board_id: BoardId, principal: CurrentUser, svc: ServicesD
         )
     except NotFound:
         raise _not_found(board_id) from None
-    return _done(result.position)
+    return no_content(result.position)
 
 
 @router.put(
@@ -205,7 +188,7 @@ async def delete_board(board_id: BoardId, principal: CurrentUser, svc: ServicesD
     summary="Put one of your images on the board (moving it off any other board)",
     description=f"A board holds at most {BOARD_IMAGES_MAX} images (409 when full). Putting it "
     "there again changes nothing. Another user's image, a deleted or unknown one: 404.",
-    responses={204: _POSITION_RESPONSE, **problem_responses(*ERRORS, 404, 409, 422)},
+    responses={**no_content_response("Done"), **problem_responses(*ERRORS, 404, 409, 422)},
     dependencies=[Depends(rate_limit("command"))],
 )
 async def add_image(
@@ -218,7 +201,7 @@ async def add_image(
         image_name=image_name,
         at=now(),
     )
-    return _done(result.position)
+    return no_content(result.position)
 
 
 @router.delete(
@@ -227,7 +210,7 @@ async def add_image(
     response_class=Response,
     summary="Take an image off the board (it stays, on no board)",
     description="404 when the image is not on this board.",
-    responses={204: _POSITION_RESPONSE, **problem_responses(*ERRORS, 404, 422)},
+    responses={**no_content_response("Done"), **problem_responses(*ERRORS, 404, 422)},
     dependencies=[Depends(rate_limit("command"))],
 )
 async def remove_image(
@@ -240,4 +223,4 @@ async def remove_image(
         image_name=image_name,
         at=now(),
     )
-    return _done(result.position)
+    return no_content(result.position)

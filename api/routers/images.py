@@ -10,8 +10,6 @@ from dataclasses import fields
 from typing import Annotated
 from uuid import UUID
 
-import structlog
-from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import APIRouter, BackgroundTasks, Body, Depends, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, ValidationError
@@ -20,6 +18,7 @@ from api import problems as p
 from api.deps import CurrentUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
 from api.image_urls import signed_urls
 from api.job_views import recall_parameters
+from api.positions import POSITION_HEADER, POSITION_HEADERS, no_content, no_content_response
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query, submit
 from api.schemas import ImageUpdate, ImageView, JobAccepted, JobRequest, Page, RemixRequest
@@ -33,7 +32,6 @@ from read_models import models as rm
 from read_models import queries
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
-log = structlog.get_logger("api.images")
 
 ImageName = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
 ERRORS = (401, 403, 429, 503)
@@ -125,15 +123,6 @@ async def get_image(image_name: ImageName, principal: CurrentUser, svc: Services
         raise _not_found(image_name)
     (view,) = await _views(svc, principal.user_id, [image])
     return view
-
-
-POSITION_HEADER = "X-Position"
-POSITION_HEADERS = {
-    POSITION_HEADER: {
-        "description": "store position of the change, for X-Min-Position",
-        "schema": {"type": "integer"},
-    }
-}
 
 
 @router.patch(
@@ -240,18 +229,7 @@ async def remix_image(
     description="Recorded as the event `GenerationJob.ImageDeleted`; the response's "
     f"`{POSITION_HEADER}` header is its position: send it as `X-Min-Position` to read your "
     "images (and storage used) without it. Deleting it again is a 404.",
-    responses={
-        204: {
-            "description": "Deleted",
-            "headers": {
-                POSITION_HEADER: {
-                    "description": "store position of the deletion, for X-Min-Position",
-                    "schema": {"type": "integer"},
-                }
-            },
-        },
-        **problem_responses(*ERRORS, 404, 422),
-    },
+    responses={**no_content_response("Deleted"), **problem_responses(*ERRORS, 404, 422)},
     dependencies=[Depends(rate_limit("command"))],
 )
 async def delete_image(
@@ -267,15 +245,13 @@ async def delete_image(
     # it so). Its objects go after it, best effort: S3 deletes are idempotent, so a failure here
     # is only logged (with the keys; the event names them too, for a sweeper) and a repeated
     # DELETE, answered 404 like any deleted image, tries the objects again.
-    await _delete_objects(svc, image)
+    await svc.forget_objects(image["key"], image["thumbnail_key"])
     if not result.changed:
         raise _not_found(image_name)
     await svc.job_cache.delete(str(job_id))
     svc.storage.drop(user)
     background.add_task(svc.forget_job_view_once_projected, job_id, result.position)
-    return Response(
-        status_code=status.HTTP_204_NO_CONTENT, headers={POSITION_HEADER: str(result.position)}
-    )
+    return no_content(result.position)
 
 
 def _delete(
@@ -289,20 +265,3 @@ def _delete(
         raise _not_found(name) from None
     image = next(i for i in app.job(job_id).images if i["name"] == name)
     return result, image
-
-
-async def _delete_objects(svc: Services, image: ImageRecord) -> None:
-    keys = [image["key"], image["thumbnail_key"]]
-    try:
-        answer = await svc.blocking(
-            svc.s3.delete_objects,
-            Bucket=svc.settings.s3_bucket,
-            Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
-        )
-    except (BotoCoreError, ClientError) as e:
-        log.warning("image objects not deleted", image=image["name"], keys=keys, error=repr(e))
-        return
-    # DeleteObjects answers 200 and lists the keys it could not delete.
-    errors = answer.get("Errors") if isinstance(answer, dict) else None
-    if errors:
-        log.warning("image objects not deleted", image=image["name"], keys=keys, errors=errors)

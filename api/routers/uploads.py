@@ -15,8 +15,7 @@ from datetime import timedelta
 from typing import Annotated, Literal
 from uuid import UUID
 
-import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from fastapi import APIRouter, Depends, Response, status
 from pydantic import AwareDatetime, Field
 
@@ -24,6 +23,7 @@ from api import problems as p
 from api.deps import CurrentUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
 from api.image_check import inspect_image
 from api.image_urls import expiry
+from api.positions import no_content, no_content_response
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import Page, Strict, View
@@ -34,10 +34,8 @@ from domain.uploads import CONTENT_TYPES, ImageFacts, Upload, UploadStatus
 from read_models import uploads as rm
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
-log = structlog.get_logger("api.uploads")
 
 ERRORS = (401, 403, 429, 503)
-POSITION_HEADER = "X-Position"
 UPLOAD_URL_TTL_S = 15 * 60  # the presigned POST's lifetime
 ContentType = Literal["image/png", "image/jpeg", "image/webp"]
 assert set(ContentType.__args__) == set(CONTENT_TYPES)  # type: ignore[attr-defined]
@@ -188,7 +186,7 @@ async def complete_upload(
     if upload.status == UploadStatus.REJECTED.value:
         # The verdict is recorded first; the object goes after it (idempotent: a repeat tries
         # again, and the event names the key for a sweeper).
-        await _delete_object(svc, upload.key)
+        await svc.forget_objects(upload.key)
         raise ProblemError(
             p.UPLOAD_REJECTED,
             p.sentence(f"The upload was rejected: {upload.rejection}; start a new upload"),
@@ -227,13 +225,6 @@ async def _facts(svc: Services, upload: Upload) -> ImageFacts:
     finally:
         body.close()
     return await svc.blocking(inspect_image, data)
-
-
-async def _delete_object(svc: Services, key: str) -> None:
-    try:
-        await svc.blocking(svc.s3.delete_object, Bucket=svc.settings.s3_bucket, Key=key)
-    except (BotoCoreError, ClientError) as e:
-        log.warning("upload object not deleted", key=key, error=repr(e))
 
 
 @router.get(
@@ -275,18 +266,7 @@ async def get_upload(upload_id: UploadId, principal: CurrentUser, svc: ServicesD
     summary="Delete one of your uploads (frees storage quota)",
     description="Recorded as `Upload.Deleted`; the response's `X-Position` is its position. "
     "Deleting it again is a 404. Jobs already accepted with it as an input may fail.",
-    responses={
-        204: {
-            "description": "Deleted",
-            "headers": {
-                POSITION_HEADER: {
-                    "description": "store position of the deletion, for X-Min-Position",
-                    "schema": {"type": "integer"},
-                }
-            },
-        },
-        **problem_responses(*ERRORS, 404, 422),
-    },
+    responses={**no_content_response("Deleted"), **problem_responses(*ERRORS, 404, 422)},
     dependencies=[Depends(rate_limit("command"))],
 )
 async def delete_upload(upload_id: UploadId, principal: CurrentUser, svc: ServicesDep) -> Response:
@@ -296,8 +276,6 @@ async def delete_upload(upload_id: UploadId, principal: CurrentUser, svc: Servic
         result = await svc.command(svc.application.delete_upload, user, upload_id, at=now())
     except NotFound:
         raise _not_found(upload_id) from None
-    await _delete_object(svc, upload.key)
+    await svc.forget_objects(upload.key)
     svc.storage.drop(user)
-    return Response(
-        status_code=status.HTTP_204_NO_CONTENT, headers={POSITION_HEADER: str(result.position)}
-    )
+    return no_content(result.position)

@@ -17,14 +17,14 @@ from datetime import timedelta
 from typing import Annotated
 from uuid import UUID
 
-import structlog
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from fastapi import APIRouter, Depends, Response, status
 from pydantic import AwareDatetime, Field
 
 from api import problems as p
 from api.deps import CurrentUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
 from api.model_check import inspect_lora
+from api.positions import no_content, no_content_response
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import Page, Strict, View
@@ -36,10 +36,8 @@ from domain.user_models import NAME_CHARS_MAX, LoraFacts, UserModel, UserModelSt
 from read_models import user_models as rm
 
 router = APIRouter(prefix="/v1/models/mine", tags=["models"])
-log = structlog.get_logger("api.user_models")
 
 ERRORS = (401, 403, 429, 503)
-POSITION_HEADER = "X-Position"
 UPLOAD_URL_TTL_S = 15 * 60  # the presigned POST's lifetime
 
 
@@ -187,7 +185,7 @@ async def complete_user_model(
     if model.status == UserModelStatus.REJECTED.value:
         # The verdict is recorded first; the object goes after it (idempotent: a repeat tries
         # again, and the event names the key for a sweeper).
-        await _delete_object(svc, model.key)
+        await svc.forget_objects(model.key)
         raise ProblemError(
             p.UPLOAD_REJECTED,
             p.sentence(f"The model was rejected: {model.rejection}; start a new upload"),
@@ -224,13 +222,6 @@ async def _facts(svc: Services, model: UserModel) -> LoraFacts:
         return await svc.blocking(inspect_lora, body, model.size_bytes_max)
     finally:
         body.close()
-
-
-async def _delete_object(svc: Services, key: str) -> None:
-    try:
-        await svc.blocking(svc.s3.delete_object, Bucket=svc.settings.s3_bucket, Key=key)
-    except (BotoCoreError, ClientError) as e:
-        log.warning("model object not deleted", key=key, error=repr(e))
 
 
 @router.get(
@@ -274,18 +265,7 @@ async def get_user_model(
     description="Recorded as `UserModel.Deleted`; the response's `X-Position` is its "
     "position. Deleting it again is a 404. Jobs already accepted with it fail (the worker "
     "finds no file).",
-    responses={
-        204: {
-            "description": "Deleted",
-            "headers": {
-                POSITION_HEADER: {
-                    "description": "store position of the deletion, for X-Min-Position",
-                    "schema": {"type": "integer"},
-                }
-            },
-        },
-        **problem_responses(*ERRORS, 404, 422),
-    },
+    responses={**no_content_response("Deleted"), **problem_responses(*ERRORS, 404, 422)},
     dependencies=[Depends(rate_limit("command"))],
 )
 async def delete_user_model(
@@ -297,8 +277,6 @@ async def delete_user_model(
         result = await svc.command(svc.application.delete_user_model, user, model_id, at=now())
     except NotFound:
         raise _not_found(model_id) from None
-    await _delete_object(svc, model.key)
+    await svc.forget_objects(model.key)
     svc.storage.drop(user)
-    return Response(
-        status_code=status.HTTP_204_NO_CONTENT, headers={POSITION_HEADER: str(result.position)}
-    )
+    return no_content(result.position)
