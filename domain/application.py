@@ -16,6 +16,7 @@ from eventsourcing.persistence import JSONTranscoder
 
 from domain.commands.accounts import AccountCommands
 from domain.commands.boards import BoardCommands
+from domain.commands.invoices import InvoiceCommands
 from domain.commands.jobs import JobCommands
 from domain.commands.personal_data import PersonalDataCommands
 from domain.commands.plans import PlanCommands
@@ -41,6 +42,7 @@ class PinkseaApplication(
     JobCommands,
     AccountCommands,
     SubscriptionCommands,
+    InvoiceCommands,
     PlanCommands,
     UploadCommands,
     BoardCommands,

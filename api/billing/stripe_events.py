@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.application import BillingState, PinkseaApplication, StripeEventAlreadyApplied
-from domain.commands.subscriptions import BillingResult
+from domain.commands.invoices import BillingResult
 from domain.errors import DomainError
 from domain.invoices import InvoiceLine, MoneyReturned
 from domain.units import MC_PER_CREDIT
