@@ -10,7 +10,9 @@ billed figure); the model load (first job only) is excluded:
 
 Three job sizes are run, and the smallest again with a LoRA (the tiny peft LoRA of
 gpu_consumer/tiny_lora.py, read from S3, checked, applied before the run and removed after it:
-its apply time is in ``load_ms``, not billed; its removal is in the overhead). The summary line
+its apply time is in ``load_ms``, not billed; its removal is in the overhead) and as
+image-to-image (8 steps at strength 0.5: the same 4 denoising steps, from an upload read from S3
+before the run: its read is in the overhead, not billed). The summary line
 is the smallest plain job, the demo's job (64 px, 4 steps), where the ratio is highest:
 value = median overhead ms, baseline = median pipeline ms of the same jobs, ratio = overhead /
 pipeline (target <= 1.0: the worker's own work costs no more than the pipeline it wraps).
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import io
 import statistics
 import tempfile
 import time
@@ -32,6 +35,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -54,7 +58,9 @@ TARGET_RATIO = 1.0
 # (steps, side in px); the first is the headline (the demo's and the tests' job).
 SIZES = ((4, 64), (10, 128), (20, 256))
 LORA_SIZE = SIZES[0]  # the headline job again, with one LoRA
+IMG2IMG_STEPS, IMG2IMG_STRENGTH = 8, 0.5  # int(8 x 0.5) = 4 steps, as the headline job
 BENCH_USER = "bench-user"
+PLAIN, LORA, IMG2IMG = "plain", "lora", "img2img"  # the variants of a job
 
 
 @contextlib.asynccontextmanager
@@ -131,7 +137,12 @@ async def running(name: str, run: object) -> AsyncIterator[asyncio.Task[None]]:
 
 
 def dispatch_for(
-    worker_id: str, steps: int, side: int, index: int, lora: LoraRef | None = None
+    worker_id: str,
+    steps: int,
+    side: int,
+    index: int,
+    lora: LoraRef | None = None,
+    init_image: str | None = None,
 ) -> Dispatch:
     return Dispatch(
         job_id=uuid.uuid4(),
@@ -147,6 +158,8 @@ def dispatch_for(
             height=side,
             seed=index,
             loras=None if lora is None else (lora,),
+            init_image=init_image,
+            strength=None if init_image is None else IMG2IMG_STRENGTH,
         ),
         budget_ms=600_000,
         dispatched_at=datetime.now(UTC),
@@ -159,18 +172,21 @@ class Case:
     side: int
     records: list[JobRecord]
     delivery_ms: list[float]  # Dispatch acknowledged by Kafka -> received by the worker
-    lora: bool = False
+    variant: str = PLAIN
 
     @property
     def label(self) -> str:
-        return f"{self.side}px, {self.steps} steps" + (" + LoRA" if self.lora else "")
+        size = f"{self.side}px, {self.steps} steps"
+        if self.variant == IMG2IMG:
+            return f"{size} img2img x{IMG2IMG_STRENGTH}"
+        return size + (" + LoRA" if self.variant == LORA else "")
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.records)
 
     @property
     def other_ms(self) -> float:
-        return statistics.median(r.overhead_ms - r.upload_ms for r in self.records)
+        return statistics.median(r.overhead_ms - r.upload_ms - r.input_ms for r in self.records)
 
     @property
     def ratio(self) -> float:
@@ -189,14 +205,20 @@ async def measure(settings: Settings, jobs_per_size: int) -> list[Case]:
         async with running("worker", worker.run):
             await asyncio.wait_for(worker.ready.wait(), 120)
             lora = await asyncio.to_thread(_stored_lora, settings, worker)
+            upload = await asyncio.to_thread(_stored_upload, settings, LORA_SIZE[1])
             index = 0
 
-            async def one(
-                steps: int, side: int, with_lora: bool = False
-            ) -> tuple[JobRecord, float]:
+            async def one(steps: int, side: int, variant: str) -> tuple[JobRecord, float]:
                 nonlocal index
                 index += 1
-                d = dispatch_for(worker.worker_id, steps, side, index, lora if with_lora else None)
+                d = dispatch_for(
+                    worker.worker_id,
+                    steps,
+                    side,
+                    index,
+                    lora if variant == LORA else None,
+                    upload if variant == IMG2IMG else None,
+                )
                 await producer.send_and_wait(topic, d.to_bytes(), key=str(d.job_id).encode())
                 sent = time.perf_counter_ns()
                 record, ended = await asyncio.wait_for(done.get(), 300)
@@ -205,13 +227,14 @@ async def measure(settings: Settings, jobs_per_size: int) -> list[Case]:
                 received = ended - record.total_ms * 1_000_000
                 return record, (received - sent) / 1e6
 
-            runs = [(steps, side, False) for steps, side in SIZES] + [(*LORA_SIZE, True)]
-            for steps, side, with_lora in runs:  # warm-up: the model load, first-call costs
-                await one(steps, side, with_lora)
-            for steps, side, with_lora in runs:
-                case = Case(steps, side, [], [], with_lora)
+            runs = [(steps, side, PLAIN) for steps, side in SIZES]
+            runs += [(*LORA_SIZE, LORA), (IMG2IMG_STEPS, LORA_SIZE[1], IMG2IMG)]
+            for steps, side, variant in runs:  # warm-up: the model load, first-call costs
+                await one(steps, side, variant)
+            for steps, side, variant in runs:
+                case = Case(steps, side, [], [], variant)
                 for _ in range(jobs_per_size):
-                    record, delivery = await one(steps, side, with_lora)
+                    record, delivery = await one(steps, side, variant)
                     case.records.append(record)
                     case.delivery_ms.append(delivery)
                 cases.append(case)
@@ -231,6 +254,16 @@ def _stored_lora(settings: Settings, worker: GpuWorker) -> LoraRef:
     return LoraRef(id=model_id, weight=0.8, sha256=hashlib.sha256(data).hexdigest())
 
 
+def _stored_upload(settings: Settings, side: int) -> str:
+    """A PNG stored as the bench user's upload (as POST /v1/uploads leaves one); its id."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (230, 120, 160)).save(buffer, format="PNG")
+    upload_id = str(uuid.uuid4())
+    key = f"users/{BENCH_USER}/uploads/{upload_id}.png"
+    s3_client(settings).put_object(Bucket=settings.s3_bucket, Key=key, Body=buffer.getvalue())
+    return upload_id
+
+
 def report(cases: list[Case], jobs_per_size: int) -> None:
     table = Table(
         title=f"bench.consumer_overhead: one CPU worker, tiny-sd, {jobs_per_size} jobs per size"
@@ -244,6 +277,7 @@ def report(cases: list[Case], jobs_per_size: int) -> None:
         ("receipt -> Finished acked ms", lambda c: f"{c.median('total_ms'):.0f}"),
         ("overhead ms", lambda c: f"{c.median('overhead_ms'):.0f}"),
         ("  of which S3 upload ms", lambda c: f"{c.median('upload_ms'):.0f}"),
+        ("  of which input read ms (not billed)", lambda c: f"{c.median('input_ms'):.0f}"),
         ("  other ms", lambda c: f"{c.other_ms:.0f}"),
         ("overhead p90 ms", lambda c: f"{percentile([r.overhead_ms for r in c.records], 0.9):.0f}"),
         ("overhead / pipeline", lambda c: f"{c.ratio:.2f}"),
