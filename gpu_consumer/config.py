@@ -43,7 +43,9 @@ class GpuWorkerSettings(BaseSettings):
         description="On shutdown, how long a running job may go on before it is aborted.",
     )
     max_dispatch_age_s: float = Field(
-        default=600.0, description="Older dispatches are refused as stale (reported, never run)."
+        default=600.0,
+        description="A dispatch older than this when it reaches the worker is refused as stale "
+        "(reported, never run); one held queued behind a running job is not aged by its wait.",
     )
     thumbnail_max_px: int = Field(default=256, description="Longest side of a WebP thumbnail.")
     # S3 outages: botocore retries each request a few times (jittered), the upload retries
