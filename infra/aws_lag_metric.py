@@ -13,9 +13,11 @@ scheduler's queue depth from its ``/metrics``, and writes to the CloudWatch name
 ``GpuBacklog`` is what the GPU auto-scaling groups scale on (infra/terraform/modules/compute/
 gpu.tf): the jobs the scheduler still holds for the tier (``pinksea_queue_depth{tier}``) plus
 the largest lag of a live worker group (``pinksea.gpu.worker.<id>``, one per worker) on
-``pinksea.gpu.dispatch.<tier>.v1``. The scheduler dispatches only to idle workers, so the
-dispatch topic alone stays near zero however long the queue grows; without
-``--queue-metrics-url`` the backlog is the dispatch lag alone.
+``pinksea.gpu.dispatch.<tier>.v1``. The scheduler dispatches only to idle workers and to
+busy workers' one prefetch slot each, so the dispatch topic alone stays near zero however long
+the queue grows; without ``--queue-metrics-url`` the backlog is the dispatch lag alone. (A
+prefetched job has left the queue: the backlog reads up to one job per busy worker lower than
+the jobs not yet started.)
 
 Workers come and go: only live worker groups are measured
 -------------------------------------------------------------
