@@ -118,7 +118,10 @@ wait_ready() {
     if "$@" >/dev/null 2>&1; then
       return 0
     fi
-    if ! live_pid "$name" "$pattern" >/dev/null; then
+    # A process in the middle of an exec has no command line for an instant (seen once in CI:
+    # a PostgreSQL that started fine was reported gone): only a second look is a verdict.
+    if ! live_pid "$name" "$pattern" >/dev/null && sleep 0.5 &&
+      ! live_pid "$name" "$pattern" >/dev/null; then
       say "ERROR: $name exited before it answered"
       tail_log "$name"
       exit 1
