@@ -14,16 +14,20 @@ their order, statements of different aggregates commute.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
+from eventstore.decoding import UnknownEventType, domain_event
 from eventstore.envelope import Envelope
 from projections.base import Projection
 
 Statement = tuple[str, tuple[Any, ...]]  # SQL text and its arguments
+# Per event type: one SQL statement, and its arguments after the key ($1 the aggregate id, $2
+# the event's time, $3 its position) taken from the domain event.
+EventStatements = Mapping[str, tuple[str, Callable[[Any], tuple[Any, ...]]]]
 
 
 class StatementBatch:
@@ -94,3 +98,18 @@ class StatementProjection(Projection):
             for sql, args in self.statements(env):
                 batch.add(env.aggregate_id, sql, args)
         await batch.run(conn)
+
+
+class TableProjection(StatementProjection):
+    """A projection whose every event type is one statement of ``event_statements``: an event
+    type it wants but does not list stops it (UnknownEventType) rather than being skipped."""
+
+    event_statements: EventStatements
+
+    def statements(self, env: Envelope) -> list[Statement]:
+        try:
+            sql, arguments = self.event_statements[env.type]
+        except KeyError:
+            raise UnknownEventType(env.type) from None
+        key = (env.aggregate_id, env.occurred_at, env.position)
+        return [(sql, key + arguments(domain_event(env)))]

@@ -7,13 +7,9 @@ deleted board keeps its row, marked, and loses its images (they are on no board 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from eventstore.decoding import UnknownEventType, domain_event
 from eventstore.envelope import Envelope
 from infra.topics import JOBS_TOPIC
-from projections.batching import Statement, StatementProjection
+from projections.batching import EventStatements, TableProjection
 
 _OPENED = """
 INSERT INTO boards (
@@ -37,7 +33,7 @@ SELECT read_model_check(
 """
 
 
-_STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
+_STATEMENTS: EventStatements = {
     "Board.Opened": (_OPENED, lambda ev: (ev.user_id, ev.name)),
     "Board.Renamed": (_update("name = $4"), lambda ev: (ev.name,)),
     "Board.ImageAdded": (
@@ -65,18 +61,11 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
 }
 
 
-class BoardsProjection(StatementProjection):
+class BoardsProjection(TableProjection):
     name = "boards"
+    event_statements = _STATEMENTS
     topics = (JOBS_TOPIC,)
     tables = ("board_images", "boards")  # the order a rebuild empties them (references)
 
     def wants(self, env: Envelope) -> bool:
         return env.aggregate_type == "Board"
-
-    def statements(self, env: Envelope) -> list[Statement]:
-        try:
-            sql, arguments = _STATEMENTS[env.type]
-        except KeyError:
-            raise UnknownEventType(env.type) from None
-        key = (env.aggregate_id, env.occurred_at, env.position)
-        return [(sql, key + arguments(domain_event(env)))]

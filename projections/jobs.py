@@ -17,15 +17,13 @@ and cancellations before start void the hold and leave no usage record.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from domain.job_events import PRODUCED_IMAGE_CATEGORY, PRODUCED_IMAGE_ORIGIN
 from domain.jobs import Fault, JobStatus
-from eventstore.decoding import UnknownEventType, domain_event
 from eventstore.envelope import Envelope
 from infra.topics import JOBS_TOPIC
-from projections.batching import Statement, StatementProjection
+from projections.batching import EventStatements, TableProjection
 
 # Every statement starts with $1 job id, $2 occurred_at, $3 position.
 
@@ -191,7 +189,7 @@ def _cancelled(ev: Any) -> tuple[Any, ...]:
 
 # By public type name (an event class renamed or removed only ever fails to match): the
 # statement and the event's own arguments, from $4 on.
-_STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
+_STATEMENTS: EventStatements = {
     "GenerationJob.Submitted": (_SUBMITTED, _submitted),
     "GenerationJob.Accepted": (
         _ACCEPTED,
@@ -237,18 +235,11 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
 }
 
 
-class JobsProjection(StatementProjection):
+class JobsProjection(TableProjection):
     name = "jobs"
+    event_statements = _STATEMENTS
     topics = (JOBS_TOPIC,)
     tables = ("jobs", "images", "usage_records")
 
     def wants(self, env: Envelope) -> bool:
         return env.aggregate_type == "GenerationJob"
-
-    def statements(self, env: Envelope) -> list[Statement]:
-        try:
-            sql, arguments = _STATEMENTS[env.type]
-        except KeyError:
-            raise UnknownEventType(env.type) from None
-        key = (env.aggregate_id, env.occurred_at, env.position)
-        return [(sql, key + arguments(domain_event(env)))]

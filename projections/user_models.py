@@ -8,14 +8,10 @@ deleted model keeps its row, marked, and stops counting in the storage quota.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from domain.user_models import UserModelStatus
-from eventstore.decoding import UnknownEventType, domain_event
 from eventstore.envelope import Envelope
 from infra.topics import JOBS_TOPIC
-from projections.batching import Statement, StatementProjection
+from projections.batching import EventStatements, TableProjection
 
 _REQUESTED = """
 INSERT INTO user_models (
@@ -37,7 +33,7 @@ SELECT read_model_check(
 """
 
 
-_STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
+_STATEMENTS: EventStatements = {
     "UserModel.Requested": (
         _REQUESTED,
         lambda ev: (
@@ -61,18 +57,11 @@ _STATEMENTS: dict[str, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
 }
 
 
-class UserModelsProjection(StatementProjection):
+class UserModelsProjection(TableProjection):
     name = "user_models"
+    event_statements = _STATEMENTS
     topics = (JOBS_TOPIC,)
     tables = ("user_models",)
 
     def wants(self, env: Envelope) -> bool:
         return env.aggregate_type == "UserModel"
-
-    def statements(self, env: Envelope) -> list[Statement]:
-        try:
-            sql, arguments = _STATEMENTS[env.type]
-        except KeyError:
-            raise UnknownEventType(env.type) from None
-        key = (env.aggregate_id, env.occurred_at, env.position)
-        return [(sql, key + arguments(domain_event(env)))]
