@@ -44,7 +44,13 @@ import numpy as np
 import torch
 from scipy.optimize import least_squares, nnls
 
-from domain.calibration import MEASURED, Calibration, DeviceClass, estimate_from
+from domain.calibration import (
+    INPUT_TERM_FIELDS,
+    MEASURED,
+    Calibration,
+    DeviceClass,
+    estimate_from,
+)
 from domain.parameters import RunParameters
 from gpu_consumer import full_models
 from gpu_consumer.registry import MODEL_FAMILIES, LoadedPipeline, ModelRegistry
@@ -315,8 +321,19 @@ def write_rows(measured: dict[tuple[str, str], Calibration], path: Path = DATA_F
     from domain import calibration_data
 
     kept = [r for r in calibration_data.ROWS if (r["key"], r["device"]) not in measured]
+    before = {(r["key"], r["device"]): r for r in calibration_data.ROWS}
+    # The grid here is text-to-image only: a rewritten row keeps its inputs' terms as they were.
     new = [
-        {"key": key, "device": device, **{k: v for k, v in row.__dict__.items()}}
+        {
+            "key": key,
+            "device": device,
+            **row.__dict__,
+            **{
+                f: before[(key, device)][f]
+                for f in INPUT_TERM_FIELDS
+                if f in before.get((key, device), {})
+            },
+        }
         for (key, device), row in measured.items()
     ]
     for row in new:

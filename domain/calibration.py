@@ -17,6 +17,20 @@ linear in pixels (text encoding, VAE decode), a per-step part linear in pixels (
 and, where the fit needed it, a per-step part quadratic in pixels (self-attention). A row whose
 ``source`` is not ``measured`` is a hand estimate and says so; it is never presented as
 measured.
+
+What a job's inputs add (issue 15) is priced by two more terms of the row, also scaled by
+``contention_pct``:
+
+    + ceil(lora_step_ms x loras x steps x px x batch / base)     (each LoRA, every step)
+    + ceil(vae_encode_ms x encodes x px / base)                   (each input image encoded)
+
+A LoRA applied unfused (peft keeps the adapter beside each projection, so removing it restores
+the base exactly) adds its matmuls to every step of every image; image-to-image encodes its
+init image through the VAE once per job (diffusers encodes one image and repeats its latents
+for the batch), inpainting also its masked image. ``bench.calibrate`` does not measure these
+terms (its grid is text-to-image only): they come from ``bench.consumer_overhead``, so they
+carry their own provenance (``inputs_source``, ``inputs_measured``), kept by ``bench.calibrate``
+when it rewrites the row's other terms.
 """
 
 from __future__ import annotations
@@ -68,6 +82,11 @@ class Calibration:
     machine: str | None = None  # where it was measured
     grid: str | None = None  # the sizes, steps and batches it was measured at
     residual_p95_pct: float | None = None  # the fit's 95th-percentile |relative residual|
+    # The inputs' terms (module docstring), at base_pixels, and where they come from.
+    lora_step_ms: int = 0  # one LoRA on one step of one image
+    vae_encode_ms: int = 0  # one input image through the VAE encoder
+    inputs_source: str = HAND_ESTIMATE
+    inputs_measured: str | None = None  # measured: when, where, by what, from which numbers
 
     def __post_init__(self) -> None:
         assert self.base_pixels > 0, "a calibration needs a base size"
@@ -77,13 +96,31 @@ class Calibration:
         assert self.source in SOURCES, f"unknown calibration source {self.source!r}"
         if self.source == MEASURED:
             assert self.measured_at and self.machine, "a measured row says when and where"
+        assert min(self.lora_step_ms, self.vae_encode_ms) >= 0
+        assert self.inputs_source in SOURCES, f"unknown inputs source {self.inputs_source!r}"
+        if self.inputs_source == MEASURED:
+            assert self.inputs_measured, "measured input terms say when, where and how"
+
+
+# The fields that price a job's inputs: bench.calibrate keeps them when it rewrites a row.
+INPUT_TERM_FIELDS = ("lora_step_ms", "vae_encode_ms", "inputs_source", "inputs_measured")
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def estimate_from(cal: Calibration, *, steps: int, width: int, height: int, batch_size: int) -> int:
+def estimate_from(
+    cal: Calibration,
+    *,
+    steps: int,
+    width: int,
+    height: int,
+    batch_size: int,
+    loras: int = 0,
+    vae_encodes: int = 0,
+) -> int:
+    """The row's estimate of a run: the text-to-image terms, plus ``inputs_ms``."""
     assert steps >= 0 and width > 0 and height > 0 and batch_size > 0
     px, base = width * height, cal.base_pixels
     fastest = (
@@ -91,6 +128,36 @@ def estimate_from(cal: Calibration, *, steps: int, width: int, height: int, batc
         + ceil_div(cal.overhead_ms * px * batch_size, base)
         + ceil_div(cal.step_ms * steps * px * batch_size, base)
         + ceil_div(cal.step_quad_ms * steps * px * px * batch_size, base * base)
+    )
+    inputs = inputs_ms(
+        cal,
+        steps=steps,
+        width=width,
+        height=height,
+        batch_size=batch_size,
+        loras=loras,
+        vae_encodes=vae_encodes,
+    )
+    return ceil_div(fastest * cal.contention_pct, 100) + inputs
+
+
+def inputs_ms(
+    cal: Calibration,
+    *,
+    steps: int,
+    width: int,
+    height: int,
+    batch_size: int,
+    loras: int,
+    vae_encodes: int,
+) -> int:
+    """What ``loras`` LoRAs on every step and ``vae_encodes`` input images through the VAE
+    encoder add to a run, contention included: 0 for a text-to-image job without LoRAs."""
+    assert steps >= 0 and width > 0 and height > 0 and batch_size > 0
+    assert loras >= 0 and vae_encodes >= 0
+    px, base = width * height, cal.base_pixels
+    fastest = ceil_div(cal.lora_step_ms * loras * steps * px * batch_size, base) + ceil_div(
+        cal.vae_encode_ms * vae_encodes * px, base
     )
     return ceil_div(fastest * cal.contention_pct, 100)
 

@@ -13,6 +13,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 600,
         "overhead_ms": 600,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 60,
+        "vae_encode_ms": 300,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "flux",
@@ -21,6 +24,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 1800,
         "overhead_ms": 1500,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 180,
+        "vae_encode_ms": 750,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "flux",
@@ -29,6 +35,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 4000,
         "overhead_ms": 3000,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 400,
+        "vae_encode_ms": 1500,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "sd1.5",
@@ -37,6 +46,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 40,
         "overhead_ms": 150,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 4,
+        "vae_encode_ms": 75,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "sd1.5",
@@ -45,6 +57,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 85,
         "overhead_ms": 300,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 9,
+        "vae_encode_ms": 150,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "sd1.5",
@@ -60,6 +75,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "machine": "Intel(R) Xeon(R) Processor, 2 threads, torch 2.15.0+cu132, load 3.1",
         "grid": "sides [64, 96, 128] x steps [1, 2] x batch [1], fastest of 3",
         "residual_p95_pct": 53.5,
+        "lora_step_ms": 196,
+        "vae_encode_ms": 1955,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "sd1.5",
@@ -68,6 +86,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 180,
         "overhead_ms": 600,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 18,
+        "vae_encode_ms": 300,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "sdxl",
@@ -76,6 +97,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 150,
         "overhead_ms": 400,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 15,
+        "vae_encode_ms": 200,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "sdxl",
@@ -84,6 +108,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 350,
         "overhead_ms": 900,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 35,
+        "vae_encode_ms": 450,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "sdxl",
@@ -92,6 +119,9 @@ ROWS: tuple[dict[str, Any], ...] = (
         "step_ms": 1000,
         "overhead_ms": 2000,
         "source": "hand-estimate, not measured",
+        "lora_step_ms": 100,
+        "vae_encode_ms": 1000,
+        "inputs_source": "hand-estimate, not measured",
     },
     {
         "key": "tiny-sd",
@@ -107,6 +137,10 @@ ROWS: tuple[dict[str, Any], ...] = (
         "machine": "Intel(R) Xeon(R) Processor, 2 threads, torch 2.15.0+cu132, load 3.2",
         "grid": "sides [64, 128, 192] x steps [2, 4, 8] x batch [1, 2], fastest of 5",
         "residual_p95_pct": 28.7,
+        "lora_step_ms": 33,
+        "vae_encode_ms": 91,
+        "inputs_source": "measured",
+        "inputs_measured": "bench.consumer_overhead 2026-12-01, 64 px: LoRA +21.5 ms/step, VAE +60",
     },
 )
 

@@ -16,7 +16,7 @@ from domain.calibration import LearnedRate
 from domain.catalog import MODELS
 from domain.credits import CreditAccount
 from domain.errors import AccountDeactivated, InsufficientCredits
-from domain.estimation import budget_ms_for_hold, estimate_gpu_ms, hold_for_estimate
+from domain.estimation import budget_ms_for_hold, estimate_gpu_ms, hold_for_estimate, vae_encodes
 from domain.jobs import GenerationJob, JobParameters, RejectionReason
 from domain.plans import GpuTier, Plan
 from domain.subscription import Subscription
@@ -55,6 +55,8 @@ def estimate_for(params: JobParameters, tier: GpuTier, learned: Learned | None =
         batch_size=params.batch_size,
         model=params.model,
         learned=(learned or {}).get(tier),
+        loras=len(params.loras or ()),
+        vae_encodes=vae_encodes(params),
     )
 
 
