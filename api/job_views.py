@@ -23,7 +23,8 @@ from api.image_urls import signed_urls
 from api.schemas import JobView, QueueBasis, QueueView
 from api.services import Services, now
 from domain import personal_data
-from domain.jobs import TERMINAL, JobStatus
+from domain.job_lifecycle import TERMINAL
+from domain.jobs import JobStatus
 from domain.parameters import RunParameters
 from read_models import queries
 from read_models.models import ImageDetail, Job

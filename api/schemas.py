@@ -30,8 +30,8 @@ from pydantic.fields import FieldInfo
 from api.failures import public_failure_reason
 from domain.catalog import MODELS, ModelFamily
 from domain.job_events import ImageCategory, ImageOrigin, JobStatus
+from domain.job_lifecycle import Fault, RejectionReason
 from domain.job_webhooks import JobSubmission
-from domain.jobs import Fault, RejectionReason
 from domain.ledger_changes import LineKind
 from domain.lots import LotSource
 from domain.parameters import NO_NUL, JobParameters, LoraRef, SchedulerName, Seed

@@ -35,7 +35,8 @@ from audit.store import StoredDomainEvent
 from domain.credits import CreditAccount
 from domain.holds import HoldStatus
 from domain.job_events import PRODUCED_IMAGE_CATEGORY, PRODUCED_IMAGE_ORIGIN
-from domain.jobs import TERMINAL, GenerationJob, JobStatus
+from domain.job_lifecycle import TERMINAL
+from domain.jobs import GenerationJob, JobStatus
 from domain.postings import postings_for
 from domain.subscription import Subscription
 

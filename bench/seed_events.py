@@ -21,7 +21,8 @@ import asyncpg
 
 from domain.application import PinkseaApplication
 from domain.errors import DomainError
-from domain.jobs import Fault, JobParameters
+from domain.job_lifecycle import Fault
+from domain.jobs import JobParameters
 from eventstore.persistence import event_store_env
 from infra.settings import get_settings
 

@@ -1,69 +1,38 @@
 """GenerationJob: one text-to-image request from submission to its single billing outcome.
 
-The lifecycle is stated once, here, because three processes act on it (the API, the scheduler,
-the settler) and each used to work out for itself when a job was finished, retried or given
-up:
-
-- ``LIFECYCLE`` is the table of the statuses a job may move to from each status; every command
-  of the aggregate that changes the status asks it (``GenerationJob._move``, the one check)
-  before raising its event. Effects never check: a stored event is history, replayed as it was.
-- ``MAX_ATTEMPTS`` is the attempt cap, and ``has_attempts_left`` the only test against it.
-- The commands that end a job for want of attempts return a ``DeadLetterDecision``; the
-  application's commands hand it back in their results, and the scheduler and the settler
-  publish what they are given, deciding nothing themselves.
-
-Reports name their attempt; a report of any attempt but the current one is stale and changes
-nothing, so an abandoned attempt can never be billed later. The events and their effects (the
-stored shape) are in domain/job_events.py, the parameters a job asks for in
-domain/parameters.py.
+The lifecycle is stated once, in domain/job_lifecycle.py: the table of what may follow what
+(every command here that changes the status asks it first), the attempt cap, and the
+dead-letter decision the commands that give a job up return. Reports name their attempt; a
+report of any attempt but the current one is stale and changes nothing, so an abandoned
+attempt can never be billed later. The owner's word on the images is domain/job_images.py,
+the events and their effects (the stored shape) domain/job_events.py, the parameters a job
+asks for domain/parameters.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
-from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain import ids, personal_data
+from domain import ids, job_images, personal_data
 from domain import job_events as events
-from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
+from domain.errors import IdempotencyConflict, InvalidTransition
 from domain.job_events import ImageRecord, JobStatus, WebhookTarget
+from domain.job_lifecycle import (
+    MAX_ATTEMPTS,
+    TERMINAL,
+    DeadLetterDecision,
+    Fault,
+    has_attempts_left,
+    require_move,
+)
 from domain.job_webhooks import JobSubmission
 from domain.parameters import MAX_SEED, JobParameters
 from domain.personal_data import Sealer
 from domain.units import require_aware
-
-_S = JobStatus
-# From each status, the statuses a job may move to. A re-dispatch (the worker's lease expired)
-# moves a dispatched or running job to dispatched again; a retryable failure puts it back to
-# accepted, its hold kept; giving up fails it from wherever it waits. A submitted job is never
-# stored: the submission saves it accepted, or saves nothing when admission refuses it (so the
-# refused request, retried with its Idempotency-Key, is decided again). Rejected jobs exist only
-# from before that: stored history, terminal, and never an Idempotency-Key's answer.
-LIFECYCLE: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
-    {
-        _S.SUBMITTED: frozenset({_S.ACCEPTED}),
-        _S.ACCEPTED: frozenset({_S.DISPATCHED, _S.FAILED, _S.CANCELLED}),
-        _S.DISPATCHED: frozenset(
-            {_S.DISPATCHED, _S.RUNNING, _S.ACCEPTED, _S.COMPLETED, _S.FAILED, _S.CANCELLED}
-        ),
-        _S.RUNNING: frozenset({_S.DISPATCHED, _S.ACCEPTED, _S.COMPLETED, _S.FAILED, _S.CANCELLED}),
-        _S.REJECTED: frozenset(),
-        _S.COMPLETED: frozenset(),
-        _S.FAILED: frozenset(),
-        _S.CANCELLED: frozenset(),
-    }
-)
-# The statuses nothing follows (their values: read models and the API hold plain strings).
-TERMINAL: frozenset[str] = frozenset(s.value for s, moves in LIFECYCLE.items() if not moves)
-
-MAX_ATTEMPTS = 3
 
 # How long a key's job is the answer to a submission with that key (as Stripe keeps a key's
 # result for 24 hours); after that the same key submits a new job, under the key's next use.
@@ -71,38 +40,6 @@ IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
 # A key's uses looked through before one is free (each one a read): a key reused past expiry
 # every day for almost three years; then the key is refused (IdempotencyConflict).
 MAX_KEY_USES = 1000
-
-
-def has_attempts_left(attempt: int) -> bool:
-    """Whether a job whose attempt ``attempt`` was lost or failed may run another one.
-    Attempts number dispatches: a lost one counts even if it never started (one prefetched to
-    a worker that died with it, issue 18), as the cap is what bounds a job that kills its
-    worker before it starts (in its model load, before ``Started``)."""
-    return attempt < MAX_ATTEMPTS
-
-
-@dataclass(frozen=True)
-class DeadLetterDecision:
-    """The job ran out of attempts on a platform problem and was failed for good: whoever
-    issued the command publishes it on the dead-letter topic (an operator looks at it)."""
-
-    attempts: int
-    reason: str
-
-
-class RejectionReason(StrEnum):
-    INSUFFICIENT_CREDITS = "insufficient_credits"
-    MODEL_NOT_IN_PLAN = "model_not_in_plan"
-    QUEUE_LIMIT = "queue_limit"
-    STORAGE_QUOTA = "storage_quota"
-    PAYMENT_FAILED = "payment_failed"
-
-
-class Fault(StrEnum):
-    """Who a failure is down to: platform failures are never billed."""
-
-    PLATFORM = "platform"
-    USER = "user"
 
 
 def seed_for(job_id: UUID, requested: int | None) -> int:
@@ -261,7 +198,7 @@ class GenerationJob(Aggregate):
     # ---------------------------------------------------------------------------- commands
 
     def accept(self, *, hold_mc: int, estimate_ms: int, budget_ms: int, at: datetime) -> None:
-        self._move(JobStatus.ACCEPTED)
+        require_move(self.status, JobStatus.ACCEPTED)
         self._accepted(hold_mc=hold_mc, budget_ms=budget_ms, estimate_ms=estimate_ms, timestamp=at)
 
     def dispatch(self, *, attempt: int, worker_id: str, at: datetime) -> bool:
@@ -270,7 +207,7 @@ class GenerationJob(Aggregate):
         require_aware(at)
         if attempt == self.attempt and self.status != JobStatus.ACCEPTED.value:
             return False  # this dispatch was recorded already
-        self._move(JobStatus.DISPATCHED)
+        require_move(self.status, JobStatus.DISPATCHED)
         if attempt != self.attempt + 1:
             raise InvalidTransition(f"attempt {attempt} does not follow attempt {self.attempt}")
         if not has_attempts_left(self.attempt):
@@ -282,7 +219,7 @@ class GenerationJob(Aggregate):
         require_aware(at)
         if not self.is_current(attempt) or self.status == JobStatus.RUNNING.value:
             return False  # a stale or repeated report
-        self._move(JobStatus.RUNNING)
+        require_move(self.status, JobStatus.RUNNING)
         self._started(attempt=attempt, worker_id=worker_id, gpu=gpu, timestamp=at)
         return True
 
@@ -305,7 +242,7 @@ class GenerationJob(Aggregate):
         at: datetime,
     ) -> None:
         self._require_current(attempt)
-        self._move(JobStatus.COMPLETED)
+        require_move(self.status, JobStatus.COMPLETED)
         self._completed(
             attempt=attempt,
             gpu_ms=gpu_ms,
@@ -320,7 +257,7 @@ class GenerationJob(Aggregate):
         self._require_current(attempt)
         if not has_attempts_left(attempt):
             raise InvalidTransition("no attempts left; fail the job")
-        self._move(JobStatus.ACCEPTED)
+        require_move(self.status, JobStatus.ACCEPTED)
         self._attempt_failed(attempt=attempt, reason=reason, timestamp=at)
 
     def fail(
@@ -338,7 +275,7 @@ class GenerationJob(Aggregate):
         the job is dead-lettered (the decision is returned)."""
         if attempt != self.attempt or self.is_terminal:
             raise InvalidTransition(f"attempt {attempt} is not the job's current attempt")
-        self._move(JobStatus.FAILED)
+        require_move(self.status, JobStatus.FAILED)
         self._failed(
             attempt=attempt,
             reason=reason,
@@ -355,7 +292,7 @@ class GenerationJob(Aggregate):
     def give_up(self, *, cause: str, at: datetime) -> DeadLetterDecision:
         """Fail the job for want of attempts (never billed: the caller voids the hold); the
         dead-letter decision carries ``cause``."""
-        self._move(JobStatus.FAILED)
+        require_move(self.status, JobStatus.FAILED)
         self._failed(
             attempt=self.attempt,
             reason=f"gave up after {MAX_ATTEMPTS} attempts",
@@ -368,7 +305,7 @@ class GenerationJob(Aggregate):
         return DeadLetterDecision(attempts=self.attempt, reason=cause)
 
     def cancel(self, *, gpu_ms: int, charged_mc: int, at: datetime) -> None:
-        self._move(JobStatus.CANCELLED)
+        require_move(self.status, JobStatus.CANCELLED)
         self._cancelled(
             after_start=self.status == JobStatus.RUNNING.value,
             gpu_ms=gpu_ms,
@@ -381,69 +318,11 @@ class GenerationJob(Aggregate):
             raise InvalidTransition("the job was refunded already")
         self._refunded(amount_mc=amount_mc, reason=reason, actor=actor, timestamp=at)
 
-    def delete_image(self, *, name: str, user_id: str, at: datetime) -> bool:
-        """The owner deletes one of the job's images. False: it was deleted before, and a
-        repeated delete changes nothing. Another user's image is as unknown as a missing one."""
-        require_aware(at)
-        image = next((i for i in self.images if i["name"] == name), None)
-        if image is None or user_id != self.user_id:
-            raise NotFound(f"the job has no image {name!r}")
-        if name in self.deleted_images:
-            return False
-        self._image_deleted(
-            name=name, key=image["key"], thumbnail_key=image["thumbnail_key"], timestamp=at
-        )
-        return True
-
-    def has_image(self, name: str, user_id: str) -> bool:
-        """Whether ``name`` is one of the job's images, the user's and not deleted."""
-        return (
-            user_id == self.user_id
-            and name not in self.deleted_images
-            and any(i["name"] == name for i in self.images)
-        )
-
-    def file_image(self, *, name: str, board_id: UUID, at: datetime) -> bool:
-        """Record the image's board; False when it was filed there already."""
-        require_aware(at)
-        assert name in {i["name"] for i in self.images}, "only a produced image is filed"
-        if self.image_boards.get(name) == str(board_id):
-            return False
-        self._image_filed(name=name, board_id=str(board_id), timestamp=at)
-        return True
-
-    def flag_image(
-        self,
-        *,
-        name: str,
-        user_id: str,
-        starred: bool | None = None,
-        is_intermediate: bool | None = None,
-        at: datetime,
-    ) -> bool:
-        """The owner stars or unstars an image, or marks it intermediate or not (None: that
-        flag stays). Each change is its own event; False when both flags were as asked. A
-        deleted image, another user's or an unknown one is NotFound."""
-        require_aware(at)
-        if not self.has_image(name, user_id):
-            raise NotFound(f"the job has no image {name!r}")
-        changed = False
-        if starred is not None and starred != (name in self.starred_images):
-            star = self._image_starred if starred else self._image_unstarred
-            star(name=name, timestamp=at)
-            changed = True
-        if is_intermediate is not None and is_intermediate != (name in self.intermediate_images):
-            mark = self._image_marked_intermediate if is_intermediate else self._image_unmarked
-            mark(name=name, timestamp=at)
-            changed = True
-        assert starred is None or starred == (name in self.starred_images)
-        assert is_intermediate is None or is_intermediate == (name in self.intermediate_images)
-        return changed
-
-    def _move(self, to: JobStatus) -> None:
-        """The one check of the lifecycle table."""
-        if to not in LIFECYCLE[JobStatus(self.status)]:
-            raise InvalidTransition(f"a {self.status} job cannot become {to.value}")
+    # The owner's word on the images (domain/job_images.py).
+    delete_image = job_images.delete_image
+    has_image = job_images.has_image
+    file_image = job_images.file_image
+    flag_image = job_images.flag_image
 
     def _require_current(self, attempt: int) -> None:
         if not self.is_current(attempt):
@@ -473,17 +352,10 @@ class GenerationJob(Aggregate):
 
 __all__ = [
     "IDEMPOTENCY_KEY_TTL",
-    "LIFECYCLE",
-    "MAX_ATTEMPTS",
     "MAX_KEY_USES",
-    "TERMINAL",
-    "DeadLetterDecision",
-    "Fault",
     "GenerationJob",
     "ImageRecord",
     "JobParameters",
     "JobStatus",
-    "RejectionReason",
-    "has_attempts_left",
     "seed_for",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from domain.calibration import NS_PER_MS, size_bucket
-from domain.jobs import Fault
+from domain.job_lifecycle import Fault
 from domain.parameters import JobParameters
 from domain.personal_data import withheld
 from eventstore.decoding import domain_event

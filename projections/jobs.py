@@ -20,7 +20,8 @@ import json
 from typing import Any
 
 from domain.job_events import PRODUCED_IMAGE_CATEGORY, PRODUCED_IMAGE_ORIGIN
-from domain.jobs import Fault, JobStatus
+from domain.job_lifecycle import Fault
+from domain.jobs import JobStatus
 from eventstore.envelope import Envelope
 from infra.topics import JOBS_TOPIC
 from projections.batching import EventStatements, TableProjection

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from domain.application import SettlementResult
 from domain.errors import DomainError
-from domain.jobs import Fault
+from domain.job_lifecycle import Fault
 from infra.errors import OPERATIONAL_ERRORS
 from infra.kafka import idempotent_producer, manual_consumer
 from infra.messages import DeadLetter, Finished, Outcome, Started, parse_report

@@ -56,7 +56,8 @@ from api.routers.jobs import job_not_found
 from api.schemas import StreamToken
 from api.services import Services, now
 from domain.errors import NotFound
-from domain.jobs import TERMINAL, JobStatus
+from domain.job_lifecycle import TERMINAL
+from domain.jobs import JobStatus
 from infra import redis_keys
 
 log = structlog.get_logger("api.events")

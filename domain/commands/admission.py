@@ -17,7 +17,8 @@ from domain.catalog import MODELS
 from domain.credits import CreditAccount
 from domain.errors import AccountDeactivated, InsufficientCredits
 from domain.estimation import budget_ms_for_hold, estimate_gpu_ms, hold_for_estimate, vae_encodes
-from domain.jobs import GenerationJob, JobParameters, RejectionReason
+from domain.job_lifecycle import RejectionReason
+from domain.jobs import GenerationJob, JobParameters
 from domain.plans import GpuTier, Plan
 from domain.subscription import Subscription
 

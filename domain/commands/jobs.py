@@ -22,17 +22,8 @@ from domain.commands.store import CommandStore, command
 from domain.credits import CreditAccount
 from domain.errors import IdempotencyConflict, InvalidTransition
 from domain.estimation import charge_for
-from domain.jobs import (
-    MAX_ATTEMPTS,
-    MAX_KEY_USES,
-    DeadLetterDecision,
-    Fault,
-    GenerationJob,
-    ImageRecord,
-    JobParameters,
-    JobStatus,
-    has_attempts_left,
-)
+from domain.job_lifecycle import MAX_ATTEMPTS, DeadLetterDecision, Fault, has_attempts_left
+from domain.jobs import MAX_KEY_USES, GenerationJob, ImageRecord, JobParameters, JobStatus
 from domain.personal_data import Sealer
 from domain.plans import RATE_MC_PER_GPU_MS, GpuTier
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from domain.jobs import DeadLetterDecision
+from domain.job_lifecycle import DeadLetterDecision
 
 
 @dataclass(frozen=True, kw_only=True)

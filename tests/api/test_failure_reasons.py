@@ -30,7 +30,7 @@ from api.failures import (
     public_ledger_description,
     scrub,
 )
-from domain.jobs import Fault
+from domain.job_lifecycle import Fault
 from tests.api.conftest import Kit
 
 # As the GPU workers, the settler and the domain write them (gpu_consumer/run.py, worker.py).

@@ -17,15 +17,8 @@ from domain import ids
 from domain.application import PinkseaApplication
 from domain.credits import LotSource
 from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition, NotFound
-from domain.jobs import (
-    IDEMPOTENCY_KEY_TTL,
-    MAX_ATTEMPTS,
-    Fault,
-    GenerationJob,
-    ImageRecord,
-    JobParameters,
-    JobStatus,
-)
+from domain.job_lifecycle import MAX_ATTEMPTS, Fault
+from domain.jobs import IDEMPOTENCY_KEY_TTL, GenerationJob, ImageRecord, JobParameters, JobStatus
 from domain.plans import get_plan
 from domain.postings import postings_for
 from eventstore.persistence import event_store_env

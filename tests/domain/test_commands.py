@@ -28,17 +28,15 @@ from domain.application import (
 from domain.commands.store import CommandStore, command
 from domain.credits import LotSource
 from domain.errors import InvalidTransition
-from domain.jobs import (
+from domain.job_lifecycle import (
     LIFECYCLE,
     MAX_ATTEMPTS,
     TERMINAL,
     DeadLetterDecision,
     Fault,
-    GenerationJob,
-    JobParameters,
-    JobStatus,
     has_attempts_left,
 )
+from domain.jobs import GenerationJob, JobParameters, JobStatus
 from domain.webhooks import StripeEvent
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)

@@ -12,7 +12,7 @@ import asyncpg
 from audit.report import HoldReport, daily_report
 from domain.application import PinkseaApplication
 from domain.calibration import LEARNED_SAMPLES_MIN, gpu_ns_per_pixel_step
-from domain.jobs import Fault
+from domain.job_lifecycle import Fault
 from domain.lots import LotSource
 from domain.parameters import JobParameters
 from domain.plans import GpuTier

@@ -25,7 +25,8 @@ from domain.application import BillingState, PinkseaApplication
 from domain.credits import LotSource
 from domain.errors import DomainError
 from domain.invoices import InvoiceLine, MoneyReturned
-from domain.jobs import Fault, GenerationJob, ImageRecord, JobParameters
+from domain.job_lifecycle import Fault
+from domain.jobs import GenerationJob, ImageRecord, JobParameters
 from domain.ledger_changes import LineKind
 from domain.periods import add_months
 from domain.plans import PLANS

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from domain.catalog import MODELS
 from domain.commands.admission import admit, quote
 from domain.credits import CreditAccount
-from domain.jobs import GenerationJob, JobParameters, JobStatus, RejectionReason
+from domain.job_lifecycle import RejectionReason
+from domain.jobs import GenerationJob, JobParameters, JobStatus
 from domain.lots import LotSource
 from domain.parameters import UPSCALE_OUTPUT_PIXELS_MAX
 from domain.subscription import Subscription

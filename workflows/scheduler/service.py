@@ -44,7 +44,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from domain import personal_data
 from domain.application import PinkseaApplication
 from domain.estimation import HOLD_FACTOR_DEN, HOLD_FACTOR_NUM, HOLD_MARGIN_MS
-from domain.jobs import DeadLetterDecision, has_attempts_left
+from domain.job_lifecycle import DeadLetterDecision, has_attempts_left
 from domain.parameters import RunParameters
 from infra.errors import OPERATIONAL_ERRORS, Backoff
 from infra.kafka import connection_kwargs, idempotent_producer
