@@ -10,7 +10,9 @@ keep one object and one set of names.
   ``save`` (with a consumer's tracking), the reads, and the one use of the library's private
   API;
 - results.py: what commands return;
-- jobs.py (and admission.py, the plan's say on a new job): a job and its account;
+- jobs.py: a job and its account, from dispatch to settlement, composed with submissions.py
+  (a new job and its hold; admission.py, the plan's say on it) and images.py (the owner's
+  word on a job's images);
 - accounts.py: a credit account alone;
 - subscriptions.py: sign-up and the payment provider's word, in domain values;
 - plans.py: the plans an admin assigns, tester windows and enterprise contracts.
