@@ -4,12 +4,11 @@ Renewing a period is what grants a month of credits; the application saves the r
 grant together. Stripe drives the lifecycle (issue 7); admins assign internal and enterprise
 plans with a reason, which the events keep for the audit.
 
-Two admin plans run on the service's own clock (the expiry loop asks, the aggregate decides):
-- a tester grant's window: when the last window ends, the plan reverts to the one before it
-  (``TesterPlanEnded``), once;
-- an enterprise plan with custom terms, assigned while no Stripe subscription runs, is a
-  contract: each calendar month from its assignment is a period whose credits are granted once
-  (``ContractPeriodStarted``, with a lot keyed by the subscription and the period's start).
+The rules are grouped by who has the say, each module bound here as the aggregate's methods:
+the payment provider's lifecycle (start, renew, cancel, a failed payment, the end) is here;
+the admin's plans, tester windows and enterprise contracts are domain/subscription_plans.py;
+the money of Stripe's invoices is domain/subscription_invoices.py. The events and their
+effects (the stored shape) are domain/subscription_events.py.
 """
 
 from __future__ import annotations
@@ -20,17 +19,10 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain import ids
+from domain import ids, subscription_invoices, subscription_plans
 from domain import subscription_events as events
 from domain.errors import IdempotencyConflict, InvalidParameters, InvalidTransition
-from domain.invoices import (
-    InvoiceLine,
-    InvoiceMoney,
-    MoneyReturned,
-    lines_credits_mc,
-    lines_money_cents,
-)
-from domain.periods import contract_period
+from domain.invoices import InvoiceMoney
 from domain.plans import GpuTier, Plan, PlanType, get_plan
 from domain.subscription_events import (
     ENTERPRISE,
@@ -170,30 +162,28 @@ class Subscription(Aggregate):
         assert terms is None or min(terms["credits_per_month"], terms["concurrent_jobs"]) > 0
         assert self.credit_owed_mc >= 0, f"owed {self.credit_owed_mc} mc"
 
-    def invoice_money(self, invoice_id: str) -> InvoiceMoney:
-        """The account of one invoice (a fresh, empty one for an invoice not seen yet)."""
-        return (self.billed or {}).get(invoice_id) or InvoiceMoney()
-
     def bills_customer(self, customer_id: str) -> bool:
         """Whether ``customer_id`` is the Stripe customer linked to this user."""
         return self.customer_id is not None and self.customer_id == customer_id
 
-    def due_contract_period(self, at: datetime) -> tuple[datetime, datetime] | None:
-        """The contract period containing ``at`` if its credits are not granted yet."""
-        if (
-            self.contract_since is None
-            or self.plan_slug != ENTERPRISE
-            or self.custom_terms is None
-            or self.status == SubscriptionStatus.ENDED.value
-            or at < self.contract_since
-        ):
-            return None
-        start, end = contract_period(self.contract_since, at)
-        if self.contract_period_start is not None and start <= self.contract_period_start:
-            return None  # granted already (periods only move forward)
-        return start, end
-
     # ---------------------------------------------------------------------------- commands
+    # The admin's plans (domain/subscription_plans.py).
+    due_contract_period = subscription_plans.due_contract_period
+    change_plan = subscription_plans.change_plan
+    grant_tester = subscription_plans.grant_tester
+    end_tester_plan = subscription_plans.end_tester_plan
+    start_contract_period = subscription_plans.start_contract_period
+
+    # The money of Stripe's invoices (domain/subscription_invoices.py).
+    invoice_money = subscription_invoices.invoice_money
+    credit_invoice = subscription_invoices.credit_invoice
+    record_invoice_credited = subscription_invoices.record_invoice_credited
+    return_invoice_money = subscription_invoices.return_invoice_money
+    record_invoice_money_returned = subscription_invoices.record_invoice_money_returned
+    void_credit_note = subscription_invoices.void_credit_note
+    owed_to_net = subscription_invoices.owed_to_net
+
+    # The payment provider's lifecycle.
 
     def start(
         self,
@@ -259,171 +249,6 @@ class Subscription(Aggregate):
             timestamp=at,
         )
         assert invoice_id in self.invoices and credits_mc >= 0
-        return credits_mc
-
-    def credit_invoice(self, *, invoice_id: str, lines: list[InvoiceLine]) -> int | None:
-        """The credit (mc, signed) a paid invoice's lines move now (``InvoiceMoney``); None
-        when it was credited before. The caller moves it and records it with
-        ``record_invoice_credited``."""
-        assert invoice_id, "an invoice needs its id"
-        return self.invoice_money(invoice_id).paid_delta_mc(lines)
-
-    def record_invoice_credited(
-        self,
-        *,
-        invoice_id: str,
-        lines: list[InvoiceLine],
-        delta_mc: int,
-        granted_mc: int,
-        taken_back_mc: int,
-        at: datetime,
-    ) -> None:
-        """Record what ``credit_invoice`` said to move and what moved on the account."""
-        require_aware(at)
-        self._invoice_credited(
-            invoice_id=invoice_id,
-            lines=lines,
-            money_cents=lines_money_cents(lines),
-            credits_mc=lines_credits_mc(lines),
-            delta_mc=delta_mc,
-            granted_mc=granted_mc,
-            taken_back_mc=taken_back_mc,
-            owed_mc=self._owed_after(delta_mc, granted_mc, taken_back_mc),
-            timestamp=at,
-        )
-        assert self.invoice_money(invoice_id).paid
-
-    def return_invoice_money(
-        self, *, invoice_id: str, source_id: str, by_charge: bool, returned: MoneyReturned
-    ) -> int | None:
-        """The credit (mc, <= 0) that money given back of an invoice takes back; None when it
-        was taken before (``InvoiceMoney.returned_delta_mc``)."""
-        assert invoice_id, "an invoice needs its id"
-        money = self.invoice_money(invoice_id)
-        return money.returned_delta_mc(source_id, by_charge=by_charge, returned=returned)
-
-    def record_invoice_money_returned(
-        self,
-        *,
-        invoice_id: str,
-        source_id: str,
-        by_charge: bool,
-        returned: MoneyReturned,
-        delta_mc: int,
-        taken_back_mc: int,
-        at: datetime,
-    ) -> None:
-        """Record what ``return_invoice_money`` said to take and what was taken."""
-        require_aware(at)
-        self._invoice_money_returned(
-            invoice_id=invoice_id,
-            source_id=source_id,
-            by_charge=by_charge,
-            returned=returned,
-            delta_mc=delta_mc,
-            taken_back_mc=taken_back_mc,
-            owed_mc=self._owed_after(delta_mc, 0, taken_back_mc),
-            timestamp=at,
-        )
-
-    def void_credit_note(self, *, invoice_id: str, note_id: str, at: datetime) -> bool:
-        """Forget what a credit note of an unpaid invoice would give back. False: voided
-        before. InvalidTransition for a paid invoice's (Stripe voids those of open ones only)."""
-        assert invoice_id and note_id
-        require_aware(at)
-        money = self.invoice_money(invoice_id)
-        if money.notes.get(note_id) == events.VOIDED_NOTE:
-            return False
-        if money.paid:
-            raise InvalidTransition(
-                f"invoice {invoice_id} is paid: Stripe voids credit notes of open invoices only"
-            )
-        self._credit_note_voided(invoice_id=invoice_id, note_id=note_id, timestamp=at)
-        assert self.invoice_money(invoice_id).notes[note_id] == events.VOIDED_NOTE
-        return True
-
-    def owed_to_net(self, delta_mc: int) -> int:
-        """How much of a grant of ``delta_mc`` the owed balance absorbs."""
-        return min(max(delta_mc, 0), self.credit_owed_mc)
-
-    def _owed_after(self, delta_mc: int, granted_mc: int, taken_back_mc: int) -> int:
-        # Conservation: granted - taken - owed moves by exactly the delta.
-        owed_mc = self.credit_owed_mc + granted_mc - taken_back_mc - delta_mc
-        assert owed_mc >= 0, f"owed {owed_mc} mc after moving {delta_mc} mc"
-        return owed_mc
-
-    def change_plan(
-        self,
-        *,
-        to_plan: str,
-        actor: str,
-        reason: str,
-        at: datetime,
-        custom_terms: CustomTerms | None = None,
-    ) -> bool:
-        require_aware(at)
-        target = get_plan(to_plan)
-        if custom_terms is not None:
-            GpuTier(custom_terms["tier"])  # validates the tier name
-            if min(custom_terms["credits_per_month"], custom_terms["concurrent_jobs"]) <= 0:
-                raise InvalidParameters("custom credits and concurrency must be positive")
-        elif target.credits_per_month is None:
-            raise InvalidParameters(f"plan {to_plan} needs custom terms")
-        if to_plan == self.plan_slug and custom_terms == self.custom_terms:
-            return False
-        self._plan_changed(
-            from_plan=self.plan_slug,
-            to_plan=to_plan,
-            actor=actor,
-            reason=reason,
-            custom_terms=custom_terms,
-            timestamp=at,
-        )
-        assert self.plan_slug == to_plan and self.custom_terms == custom_terms
-        return True
-
-    def grant_tester(
-        self, *, grant_id: str, valid_until: datetime, actor: str, reason: str, at: datetime
-    ) -> bool:
-        """Put the user on the tester plan until ``valid_until`` (a later window extends it).
-        False when this grant was applied before."""
-        require_aware(at)
-        require_aware(valid_until, "valid_until")
-        if grant_id in self.tester_grants:
-            return False
-        self.change_plan(to_plan=TESTER, actor=actor, reason=reason, at=at)
-        self._tester_plan_granted(grant_id=grant_id, valid_until=valid_until, timestamp=at)
-        assert self.plan_slug == TESTER and self.tester_until is not None
-        return True
-
-    def end_tester_plan(self, at: datetime) -> bool:
-        """Revert to the plan from before the tester window once the window is over. False
-        before then, after the revert, or when the plan moved on meanwhile."""
-        require_aware(at)
-        if self.plan_slug != TESTER or self.tester_until is None or at < self.tester_until:
-            return False
-        assert self.before_tester is not None, "the tester plan came without a PlanChanged"
-        plan, terms, status = self.before_tester
-        if status not in (SubscriptionStatus.TRIALING.value, SubscriptionStatus.ENDED.value):
-            # A paid status is Stripe's word since: keep what it says now.
-            status = self.status
-        self._tester_plan_ended(to_plan=plan, custom_terms=terms, status=status, timestamp=at)
-        assert self.plan_slug != TESTER and self.tester_until is None
-        return True
-
-    def start_contract_period(self, at: datetime) -> int | None:
-        """Begin the contract period containing ``at``. Returns its credits (mc) to grant,
-        or None when it began before or no contract runs. A period missed while nothing ran
-        is not granted late: its credits would have expired at its end."""
-        require_aware(at)
-        due = self.due_contract_period(at)
-        if due is None:
-            return None
-        credits_mc = self.plan.credits_per_month_mc
-        assert credits_mc > 0
-        self._contract_period_started(
-            period_start=due[0], period_end=due[1], credits_mc=credits_mc, timestamp=at
-        )
         return credits_mc
 
     def schedule_cancellation(self, at: datetime) -> bool:
