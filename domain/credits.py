@@ -5,8 +5,11 @@ credits with two-phase holds (domain/holds.py: reserve, then settle the measured
 release the rest, or release all); unspent credit expires with an explicit event. Every
 movement records the lots it touched, so a release or a refund returns credit to the lots it
 came from. Commands validate and then trigger one event; the events and their effects, which
-only mutate because they run again on every replay, are in domain/credit_events.py. Every name
-this module had before that split is still importable from it.
+only mutate because they run again on every replay, are in domain/credit_events.py. What needs
+the account's lots and holds together (the draw that refuses, a new lot, the invariants across
+both) is domain/account_lots.py; an operator's adjustments and a lot's revocation are
+domain/credit_adjustments.py, bound here as methods. Every name this module had before those
+splits is still importable from it.
 
 Invariants, asserted after every event that moves credit on the lots and the hold it touched
 (a full scan per event would make a replay quadratic in the account's lots and holds;
@@ -27,15 +30,9 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain import account_lots, credit_adjustments, ids
 from domain import credit_events as events
-from domain import ids
-from domain.errors import (
-    AccountDeactivated,
-    IdempotencyConflict,
-    InsufficientCredits,
-    InvalidParameters,
-    UnknownHold,
-)
+from domain.errors import AccountDeactivated, IdempotencyConflict, InvalidParameters, UnknownHold
 from domain.holds import Hold, HoldAsDict, HoldStatus
 from domain.lots import (
     NEVER,
@@ -48,7 +45,6 @@ from domain.lots import (
     ReleasedPart,
     SettledPart,
     available_mc,
-    draw,
     due_for_expiry,
     spendable,
 )
@@ -147,18 +143,8 @@ class CreditAccount(Aggregate):
         return due_for_expiry(self.lots.values(), at)
 
     def assert_invariants(self) -> None:
-        """Every invariant over the whole account (O(lots + holds)): every lot and hold, and
-        each lot's held credit is what the open holds allocated on it."""
-        held_by_lot: dict[str, int] = dict.fromkeys(self.lots, 0)
-        for hold in self.holds.values():
-            hold.assert_invariants()
-            assert set(hold.allocations) <= set(self.lots), f"hold {hold.hold_id}: no such lot"
-            if hold.is_open:
-                for lot_id, mc in hold.allocations.items():
-                    held_by_lot[lot_id] += mc
-        for lot in self.lots.values():
-            lot.assert_invariants()
-            assert lot.held_mc == held_by_lot[lot.lot_id], f"lot {lot.lot_id}: held != holds"
+        """Every invariant over the whole account (domain/account_lots.py: O(lots + holds))."""
+        account_lots.assert_account(self.lots, self.holds)
 
     # ---------------------------------------------------------------------------- commands
 
@@ -281,89 +267,9 @@ class CreditAccount(Aggregate):
         assert not self.lots_due_for_expiry(at)
         return len(due)
 
-    def adjust(
-        self,
-        *,
-        adjustment_id: str,
-        amount_mc: int,
-        reason: str,
-        actor: str,
-        at: datetime,
-        valid_until: datetime | None = None,
-    ) -> bool:
-        """Add (as a new admin lot) or debit credit. False if this adjustment was made before."""
-        assert adjustment_id, "an adjustment needs an id"
-        require_aware(at)
-        previous = self.adjustments.get(adjustment_id)
-        if previous is not None:
-            if previous != amount_mc:
-                raise IdempotencyConflict(
-                    f"adjustment {adjustment_id} was made with another amount"
-                )
-            return False
-        if amount_mc == 0:
-            raise InvalidParameters("an adjustment must not be zero")
-        if not reason.strip():
-            raise InvalidParameters("an adjustment needs a reason")
-        new_lot: NewLot | None = None
-        debits: list[LotAmount] = []
-        if amount_mc > 0:
-            if valid_until is not None and valid_until <= at:
-                raise InvalidParameters("valid_until must be in the future")
-            new_lot = NewLot(
-                lot_id=ids.lot_id("adjustment", adjustment_id),
-                mc=amount_mc,
-                valid_from=at,
-                valid_until=valid_until,
-            )
-        else:
-            debits = self._draw(-amount_mc, at)
-        self._adjusted(
-            adjustment_id=adjustment_id,
-            amount_mc=amount_mc,
-            reason=reason,
-            actor=actor,
-            new_lot=new_lot,
-            debits=debits,
-            timestamp=at,
-        )
-        assert self.adjustments[adjustment_id] == amount_mc
-        return True
-
-    def revoke_lot(
-        self,
-        *,
-        adjustment_id: str,
-        lot_id: str,
-        reason: str,
-        actor: str,
-        at: datetime,
-        amount_mc_max: int | None = None,
-    ) -> int:
-        """Debit what is left of one lot (e.g. its invoice was refunded), at most
-        ``amount_mc_max``. Returns the mc debited; a repeat debits nothing. Held or spent
-        credit of the lot is not touched."""
-        assert adjustment_id and lot_id
-        assert amount_mc_max is None or amount_mc_max > 0, f"revoke at most {amount_mc_max}"
-        require_aware(at)
-        if adjustment_id in self.adjustments:
-            return 0
-        lot = self.lots.get(lot_id)
-        if lot is None or lot.remaining_mc == 0:
-            return 0
-        amount = lot.remaining_mc if amount_mc_max is None else min(lot.remaining_mc, amount_mc_max)
-        before_mc = lot.remaining_mc
-        self._adjusted(
-            adjustment_id=adjustment_id,
-            amount_mc=-amount,
-            reason=reason,
-            actor=actor,
-            new_lot=None,
-            debits=[LotAmount(lot_id=lot_id, mc=amount)],
-            timestamp=at,
-        )
-        assert lot.remaining_mc == before_mc - amount >= 0
-        return amount
+    # Credit moved by an operator's or an invoice's word (domain/credit_adjustments.py).
+    adjust = credit_adjustments.adjust
+    revoke_lot = credit_adjustments.revoke_lot
 
     def check_low_balance(self, threshold_mc: int, at: datetime) -> None:
         """Record a crossing of the low-balance threshold, in either direction."""
@@ -441,22 +347,13 @@ class CreditAccount(Aggregate):
             raise UnknownHold(f"no hold {hold_id} on this account") from None
 
     def _draw(self, amount_mc: int, at: datetime) -> list[LotAmount]:
-        """Split ``amount_mc`` over spendable lots in spend order, or refuse."""
-        available = self.available_mc(at)
-        if amount_mc > available:
-            raise InsufficientCredits(amount_mc, available)
-        return draw(self.lots.values(), amount_mc, at)
+        return account_lots.draw_available(self.lots, amount_mc, at)
 
     def _add_lot(self, new_lot: NewLot, source: str, reference: str) -> Lot:
-        assert new_lot["lot_id"] not in self.lots, f"lot {new_lot['lot_id']} exists"
-        lot = Lot.new(new_lot, seq=len(self.lots), source=source, reference=reference)
-        self.lots[lot.lot_id] = lot
-        return lot
+        return account_lots.add_lot(self.lots, new_lot, source, reference)
 
     def _assert_lot_invariants(self, lot_ids: Iterable[str]) -> None:
-        """The invariants of the lots an event touched (only those: see the module's doc)."""
-        for lot_id in lot_ids:  # bounded by the event's parts
-            self.lots[lot_id].assert_invariants()
+        account_lots.assert_lots(self.lots, lot_ids)
 
     # ------------------------------------------------------------- event bodies (mutate only)
     # Calling one triggers its event; its body, the event's effect, is beside the event in
