@@ -19,7 +19,7 @@ from chaos.stack import ChaosStack
 @dataclass(frozen=True)
 class Fault:
     at_s: float  # offset from the start of the load
-    kind: str  # kill_process, or one of DEPENDENCY_FAULTS or PARTITION_FAULTS
+    kind: str  # kill_process, or one of DEPENDENCY_FAULTS, PARTITION_FAULTS or DISK_FAULTS
     target: str  # process name, or the dependency
     duration_s: float  # down time (kill: until the supervisor restarts it anyway)
 
@@ -44,6 +44,10 @@ DEPENDENCY_FAULTS = {
 #: either reports after the heal or loses its job to another worker. One outage of that
 #: dependency at a time, as above.
 PARTITION_FAULTS = {kind: dependency for kind, (_, dependency) in PARTITIONED.items()}
+#: PostgreSQL out of disk space (ChaosStack.fill_postgres_disk) for 5-15 s: commands are
+#: refused 503 meanwhile and nothing is half-written. Only where its data directory is on a
+#: tmpfs the run could mount (root).
+DISK_FAULTS = {"fill_postgres_disk": "postgres"}
 
 
 def plan_faults(
@@ -53,11 +57,12 @@ def plan_faults(
     rounds: int,
     start_s: float = 5.0,
     partitions: bool = False,
+    disk_full: bool = False,
 ) -> list[Fault]:
     """``rounds`` rounds; each kills every process once and fails every dependency once, in a
     shuffled order at random offsets inside ``[start_s, window_s)``; with ``partitions``, each
-    round also makes each of PARTITION_FAULTS once (drawn apart: a seed's other faults are the
-    same with or without them)."""
+    round also makes each of PARTITION_FAULTS once, with ``disk_full`` each of DISK_FAULTS
+    (each drawn apart: a seed's other faults are the same with or without them)."""
     rng = random.Random(seed)
     faults: list[Fault] = []
     for _ in range(rounds):
@@ -87,6 +92,12 @@ def plan_faults(
             for kind, dependency in PARTITION_FAULTS.items():
                 at_s = round(apart.uniform(start_s, window_s), 1)
                 planned.append(Fault(at_s, kind, dependency, round(apart.uniform(5, 20), 1)))
+    if disk_full:
+        full = random.Random(f"{seed}-disk-full")
+        for _ in range(rounds):
+            for kind, dependency in DISK_FAULTS.items():
+                at_s = round(full.uniform(start_s, window_s), 1)
+                planned.append(Fault(at_s, kind, dependency, round(full.uniform(5, 15), 1)))
     return sorted(planned, key=lambda f: f.at_s)
 
 
@@ -126,6 +137,8 @@ class Injector:
             await self.stack.restart_kafka(fault.duration_s)
         elif fault.kind == "restart_s3":
             await self.stack.restart_s3(fault.duration_s)
+        elif fault.kind == "fill_postgres_disk":
+            await self.stack.fill_postgres_disk(fault.duration_s)
         elif fault.kind.startswith("pause_") and fault.kind in DEPENDENCY_FAULTS:
             await self.stack.pause(fault.target, fault.duration_s)
         elif fault.kind in PARTITION_FAULTS:

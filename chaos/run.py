@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from chaos.disk import DiskUnavailable, tmpfs
 from chaos.faults import Injector, plan_faults
 from chaos.images import check_images
 from chaos.load import LoadConfig, LoadGenerator
@@ -34,6 +36,9 @@ from chaos.stack import ChaosStack
 from infra.health import ensure_bucket, s3_client
 
 API_PORTS = [28001, 28002]
+# PostgreSQL's disk in the run (in RAM), filled by the disk-full fault: room for what a full
+# run's data directory and WAL grow to (the summary says how much was used; RELIABILITY.md).
+PG_DISK_MIB = 1536
 WORKER_TIERS = ["basic", "high_performance"]  # trial users run on basic, pro on high_performance
 
 
@@ -77,10 +82,31 @@ async def _prepare(env: dict[str, str], log: Path) -> None:
 
 
 async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool) -> dict[str, Any]:
+    """The run, with PostgreSQL's data directory on a disk of its own where one can be mounted
+    (root), so that the plan can fill it; the plan says when it cannot."""
+    with contextlib.ExitStack() as disks:
+        try:
+            pg_disk: Path | None = disks.enter_context(tmpfs(PG_DISK_MIB, "pinksea-chaos-pg-"))
+            no_disk_full = None
+        except DiskUnavailable as e:
+            pg_disk, no_disk_full = None, str(e)
+        if keep_stack:
+            disks.pop_all()  # the stack stays up for inspection, on its disk
+        return await _run(profile, seed, out_dir, keep_stack, pg_disk, no_disk_full)
+
+
+async def _run(
+    profile: Profile,
+    seed: int,
+    out_dir: Path,
+    keep_stack: bool,
+    pg_disk: Path | None,
+    no_disk_full: str | None,
+) -> dict[str, Any]:
     console = Console()
     run_id = f"{seed}x{int(time.time()) % 10**6}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stack = ChaosStack(run_id, log=out_dir / "stack.log")
+    stack = ChaosStack(run_id, log=out_dir / "stack.log", pg_disk=pg_disk, pg_disk_mib=PG_DISK_MIB)
     t0 = time.monotonic()
     console.print(f"chaos {profile.name}: seed {seed}, run {run_id}, logs in {out_dir}")
     await stack.start()
@@ -104,10 +130,14 @@ async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool
         profile.load.duration_s,
         profile.fault_rounds,
         partitions=partitions is not None,
+        disk_full=pg_disk is not None,
     )
     described = [f.describe() for f in plan]
     if no_partitions is not None:
         described.append(f"(no network partitions: {no_partitions})")
+    if no_disk_full is not None:
+        console.print(f"no disk-full fault in this run: {no_disk_full}")
+        described.append(f"(no disk-full fault: {no_disk_full})")
     (out_dir / "fault-plan.txt").write_text("\n".join(described) + "\n")
     injector = Injector(stack, supervisor, plan, partitions)
     pool: asyncpg.Pool | None = None
@@ -130,6 +160,7 @@ async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool
         last_s3_kill = datetime.now(UTC)
         await stack.restart_s3(1.0)
         images = await check_images(settings, pool, last_s3_kill)
+        pg_disk_used_mib = stack.pg_disk_used_mib()
     finally:
         if pool is not None:
             await pool.close()
@@ -168,6 +199,7 @@ async def run_chaos(profile: Profile, seed: int, out_dir: Path, keep_stack: bool
         "images_before_s3_kill": images.before_s3_kill,
         "missing_images": images.missing,
         "discrepancies": verdict.discrepancies + len(images.missing) + (0 if quiet.reached else 1),
+        "pg_disk": None if pg_disk is None else f"{pg_disk_used_mib} of {PG_DISK_MIB} MiB used",
         "wall_s": round(time.monotonic() - t0, 1),
     }
     (out_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -210,6 +242,7 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
         ("  of them stored before S3's last kill -9", s["images_before_s3_kill"]),
         ("images missing or of the wrong size", len(s["missing_images"])),
         ("unexpected answers (500s, outages > 180 s)", len(s["unexpected_answers"])),
+        ("PostgreSQL's disk (tmpfs) at the end", s["pg_disk"] or "not on a disk of its own"),
         ("DISCREPANCIES (must be 0)", s["discrepancies"]),
         ("wall time", f"{s['wall_s']}s"),
     ]

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from chaos.disk import fill
 from infra.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,10 @@ class ChaosStack:
     s3_secret_access_key: str = "chaos-s3-secret"
     log: Path | None = None  # where the scripts' output goes (default: inherited)
     services: tuple[str, ...] = SERVICES  # infra/local/<name>.sh, started in this order
+    # A tmpfs (chaos/disk.py) holding PostgreSQL's data directory, WAL included, for the
+    # disk-full fault; None: the data directory stays where infra/local/postgres.sh puts it.
+    pg_disk: Path | None = None
+    pg_disk_mib: int = 0
 
     @property
     def database(self) -> str:
@@ -69,6 +74,7 @@ class ChaosStack:
             "PINKSEA_S3_SECRET_ACCESS_KEY": self.s3_secret_access_key,
             "PINKSEA_PYTHON": sys.executable,
             "PINKSEA_START_TIMEOUT": "120",
+            **({"PG_DATA_DIR": str(self.pg_disk / "data")} if self.pg_disk else {}),
         }
 
     def pinksea_env(self) -> dict[str, str]:
@@ -166,6 +172,29 @@ class ChaosStack:
         # kill -9 of SeaweedFS (master, volume server, filer and gateway are one process): what
         # it acknowledged is in its volume files and filer store, so every image must survive.
         await self.crash_and_restart("s3", signal.SIGKILL, down_s)
+
+    async def fill_postgres_disk(self, full_s: float) -> None:
+        """PostgreSQL out of disk space for ``full_s``: a ballast file takes every free byte of
+        its disk, then goes. Writes that need a new block fail meanwhile (a data file's with an
+        error the API answers 503 for; a WAL segment's with a PANIC, after which the server
+        cannot finish crash recovery without space and stops), so once the space is back the
+        server is started if it stopped, as an operator would after growing the volume."""
+        assert self.pg_disk is not None, "the disk-full fault needs the data directory on a tmpfs"
+        ballast = self.pg_disk / "ballast"
+        try:
+            await asyncio.to_thread(fill, ballast, self.pg_disk_mib)
+            await asyncio.sleep(full_s)
+        finally:
+            ballast.unlink(missing_ok=True)
+        await self.script("postgres", "start")  # idempotent: a live server is left as it is
+
+    def pg_disk_used_mib(self) -> int | None:
+        """How much of the data directory's tmpfs is in use (the run's high-water mark is
+        close to its end's: nothing is deleted during a run)."""
+        if self.pg_disk is None:
+            return None
+        st = os.statvfs(self.pg_disk)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize >> 20
 
     def session_pids(self, service: str) -> list[int]:
         """The server and every process it forked: the scripts start each server as the leader

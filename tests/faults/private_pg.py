@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+import chaos.disk
 
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 15
@@ -59,27 +60,14 @@ def require_root_and_postgres() -> Path:
 
 @contextlib.contextmanager
 def tmpfs(size_mib: int) -> Iterator[Path]:
-    """A tmpfs of ``size_mib`` at a fresh directory: a disk the test can fill without filling
-    the host's. Not under pytest's tmp_path, which is private to root (mode 700) where the
-    ``postgres`` user could not reach its data directory. Skips when mounting is not allowed
-    (an unprivileged container)."""
-    path = Path(tempfile.mkdtemp(prefix="pinksea-faults-"))
-    path.chmod(0o755)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    if mounted.returncode != 0:
-        path.rmdir()
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
+    """A tmpfs of ``size_mib`` (chaos/disk.py): a disk the test can fill without filling the
+    host's. Skips when mounting is not allowed (an unprivileged container)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(chaos.disk.tmpfs(size_mib, prefix="pinksea-faults-"))
+        except chaos.disk.DiskUnavailable as e:
+            pytest.skip(str(e))
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
-        with contextlib.suppress(OSError):
-            path.rmdir()
 
 
 def as_postgres(*argv: str) -> list[str]:

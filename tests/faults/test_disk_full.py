@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from api.auth import sign_dev_token
+from chaos.disk import fill
 from tests.api.project_now import project_now
 from tests.faults.conftest import (
     JOB,
@@ -35,31 +35,8 @@ from tests.faults.private_pg import private_postgres, require_root_and_postgres,
 
 pytestmark = pytest.mark.integration
 DISK_MIB = 96
-CHUNK = b"\0" * (1 << 20)
 MAX_SUBMISSIONS_FULL = 300  # bound on the tries to hit the full disk
 RECOVERY_S = 30  # how long the service may take to accept again once space returns
-
-
-def fill(path: Path) -> int:
-    """Write ``path`` until the file system is full; returns the bytes written."""
-    written = 0
-    with path.open("wb", buffering=0) as f:
-        for _ in range(DISK_MIB * 2):  # bounded: the disk holds at most DISK_MIB MiB
-            try:
-                written += f.write(CHUNK)
-            except OSError as e:
-                if e.errno != errno.ENOSPC:
-                    raise
-                break
-        # The last partial page: a tmpfs takes writes down to its last 4 KiB.
-        for _ in range(256):
-            try:
-                written += f.write(b"\0" * 4096)
-            except OSError as e:
-                if e.errno != errno.ENOSPC:
-                    raise
-                break
-    return written
 
 
 async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
@@ -93,7 +70,7 @@ async def test_disk_full_refuses_with_503_and_recovers(tmp_path: Path) -> None:
             )
             assert plan.status_code == 200, plan.text
 
-            filled = fill(ballast)
+            filled = fill(ballast, DISK_MIB)
             assert filled > 0
             answers: list[int] = []
             for n in range(MAX_SUBMISSIONS_FULL):

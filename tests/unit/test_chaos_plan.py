@@ -5,7 +5,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chaos.faults import DEPENDENCY_FAULTS, plan_faults
+from chaos.faults import DEPENDENCY_FAULTS, DISK_FAULTS, plan_faults
 
 PROCESSES = ["api-1", "api-2", "relay", "project", "scheduler", "settle", "expire", "w1", "w2"]
 
@@ -33,3 +33,15 @@ def test_every_round_hits_every_process_and_dependency_inside_the_window(
 def test_a_seed_replays_the_same_plan_and_another_seed_does_not() -> None:
     assert plan_faults(7, PROCESSES, 60, 2) == plan_faults(7, PROCESSES, 60, 2)
     assert plan_faults(7, PROCESSES, 60, 2) != plan_faults(8, PROCESSES, 60, 2)
+
+
+@given(seed=st.integers(0, 2**32), rounds=st.integers(1, 4))
+def test_the_disk_full_fault_adds_one_per_round_and_leaves_the_rest_as_it_was(
+    seed: int, rounds: int
+) -> None:
+    plain = plan_faults(seed, PROCESSES, 60, rounds, partitions=True)
+    full = plan_faults(seed, PROCESSES, 60, rounds, partitions=True, disk_full=True)
+    added = [f for f in full if f.kind in DISK_FAULTS]
+    assert [f for f in full if f.kind not in DISK_FAULTS] == plain
+    assert Counter(f.kind for f in added) == {kind: rounds for kind in DISK_FAULTS}
+    assert all(5.0 <= f.at_s <= 60 and 5 <= f.duration_s <= 15 for f in added)
