@@ -1,15 +1,13 @@
 """Upload: one input image a user sends for image-to-image or inpainting, from the presigned
 POST to its verdict.
 
-The API hands out a presigned POST (``Requested``: the key and the most bytes the plan allows),
-the client sends the file straight to S3, and completing the upload has the API read the
-object back and describe what it found (``ImageFacts``: the format read from the bytes, the
-decoded size, or why it would not decode). The rules of what is accepted live here: the format
-must be the declared one (a client's content type is never trusted, only checked against the
-bytes), the sides within bounds, the size within the plan's limit. The verdict is an event,
-``Completed`` (the upload counts in the storage quota from then on) or ``Rejected`` (the API
-deletes the object); ``Deleted`` ends either. Another user's upload is as unknown as a missing
-one.
+A verified object (domain/verified_objects.py has the flow): the API hands out a presigned
+POST (``Requested``: the key ``users/{user_id}/uploads/{upload_id}.<ext>``, the declared
+content type and the plan's ``upload_bytes_max``), and completing the upload has the API
+describe what it read back (``ImageFacts``: the format read from the bytes, the decoded size,
+or why it would not decode). The rules of what is accepted live here: the format must be the
+declared one (a client's content type is never trusted, only checked against the bytes), the
+sides within bounds. ``Completed`` is its accepted verdict.
 """
 
 from __future__ import annotations
@@ -17,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
-from domain.ids import PINKSEA_NAMESPACE
+from domain.errors import IdempotencyConflict, InvalidTransition
 from domain.units import require_aware
+from domain.verified_objects import PENDING, REJECTED, VerifiedObject, object_id
 
 # Declared content type -> (the format Pillow reads from the bytes, the key's extension).
 CONTENT_TYPES: dict[str, tuple[str, str]] = {
@@ -39,15 +37,15 @@ PIXELS_MAX = SIDE_PX_MAX * SIDE_PX_MAX
 
 
 class UploadStatus(StrEnum):
-    PENDING = "pending"  # the presigned POST was handed out
+    PENDING = PENDING  # the presigned POST was handed out
     COMPLETED = "completed"
-    REJECTED = "rejected"
+    REJECTED = REJECTED
 
 
 def upload_id(user_id: str, request_key: str) -> UUID:
-    """The upload's id from the user and the request's key (its Idempotency-Key, or a fresh
-    random one): the same request again finds the same upload."""
-    return uuid5(PINKSEA_NAMESPACE, "\x1f".join(("upload", user_id, request_key)))
+    """The upload's id from the user and the request's key: the same request again finds the
+    same upload."""
+    return object_id("upload", user_id, request_key)
 
 
 def upload_key(user_id: str, upload_uuid: UUID, content_type: str) -> str:
@@ -66,8 +64,14 @@ class ImageFacts:
     problem: str | None = None
 
 
-class Upload(Aggregate):
+class Upload(VerifiedObject[ImageFacts]):
     TOPIC = "pinksea:Upload"
+    NOUN = "upload"
+    ACCEPTED = UploadStatus.COMPLETED.value
+
+    @staticmethod
+    def create_id(user_id: str, request_key: str) -> UUID:
+        return upload_id(user_id, request_key)
 
     class Created(Aggregate.Created):
         # The library requires an explicit topic on the inherited default; we use Requested.
@@ -88,17 +92,11 @@ class Upload(Aggregate):
         height: int
         size_bytes: int
 
-    class Rejected(Aggregate.Event):
+    class Rejected(VerifiedObject.Rejected):
         TOPIC = "pinksea:Upload.Rejected"
-        reason: str
 
-    class Deleted(Aggregate.Event):
+    class Deleted(VerifiedObject.Deleted):
         TOPIC = "pinksea:Upload.Deleted"
-        key: str  # the object to remove (the API deletes it; a sweeper can find it here)
-
-    @staticmethod
-    def create_id(user_id: str, request_key: str) -> UUID:
-        return upload_id(user_id, request_key)
 
     @event(Requested)
     def __init__(
@@ -110,19 +108,12 @@ class Upload(Aggregate):
         size_bytes_max: int,
         timestamp: datetime,
     ) -> None:
-        self.user_id = user_id
-        self.request_key = request_key
-        self.key = key
+        self._requested(user_id, request_key, key, size_bytes_max, timestamp)
         self.content_type = content_type
-        self.size_bytes_max = size_bytes_max
-        self.requested_at = timestamp
-        self.status = UploadStatus.PENDING.value
         self.format: str | None = None
         self.width = 0
         self.height = 0
         self.size_bytes = 0
-        self.rejection: str | None = None
-        self.deleted = False
 
     @classmethod
     def request(
@@ -137,7 +128,6 @@ class Upload(Aggregate):
         require_aware(at)
         if content_type not in CONTENT_TYPES:
             raise InvalidTransition(f"content type {content_type!r} is not an accepted image")
-        assert size_bytes_max > 0, "a plan's upload limit is positive"
         return cls(
             user_id=user_id,
             request_key=request_key,
@@ -149,49 +139,25 @@ class Upload(Aggregate):
 
     # ----------------------------------------------------------------------------- queries
 
-    def ensure_owner(self, user_id: str) -> None:
-        if user_id != self.user_id or self.deleted:
-            raise NotFound(f"no upload {self.id}")
-
     def ensure_same_request(self, content_type: str) -> None:
         if content_type != self.content_type:
             raise IdempotencyConflict(
                 "this Idempotency-Key was used for an upload of another content type; use a new key"
             )
 
-    @property
-    def usable(self) -> bool:
-        """Whether a job may name it as an input image."""
-        return self.status == UploadStatus.COMPLETED.value and not self.deleted
-
-    def verdict(self, facts: ImageFacts) -> str | None:
-        """Why the object described by ``facts`` is refused, or None when it is accepted."""
-        expected = CONTENT_TYPES[self.content_type][0]
-        if facts.problem is not None:
-            return facts.problem
-        if facts.size_bytes > self.size_bytes_max:
-            return f"the file has {facts.size_bytes} bytes; your plan allows {self.size_bytes_max}"
-        if facts.format != expected:
+    def refusal(self, facts: ImageFacts) -> str | None:
+        """The format must be the declared one (read from the bytes), the sides in bounds."""
+        if facts.format != CONTENT_TYPES[self.content_type][0]:
             return f"the file is {facts.format or 'no known image format'}, not {self.content_type}"
         for name, px in (("width", facts.width), ("height", facts.height)):
             if not SIDE_PX_MIN <= px <= SIDE_PX_MAX:
                 return f"its {name} is {px} px; send {SIDE_PX_MIN} to {SIDE_PX_MAX} px"
         return None
 
-    # ---------------------------------------------------------------------------- commands
+    # ------------------------------------------------------------------ the accepted event
 
-    def complete(self, facts: ImageFacts, at: datetime) -> bool:
-        """Accept or reject the uploaded object; False when the verdict was recorded before."""
-        require_aware(at)
-        if self.deleted:
-            raise NotFound(f"no upload {self.id}")
-        if self.status != UploadStatus.PENDING.value:
-            return False
-        reason = self.verdict(facts)
-        if reason is not None:
-            self._rejected(reason=reason, timestamp=at)
-            return True
-        assert facts.format is not None and facts.size_bytes > 0
+    def _accept(self, facts: ImageFacts, at: datetime) -> None:
+        assert facts.format is not None
         self._completed(
             format=facts.format,
             width=facts.width,
@@ -199,17 +165,6 @@ class Upload(Aggregate):
             size_bytes=facts.size_bytes,
             timestamp=at,
         )
-        return True
-
-    def delete(self, at: datetime) -> bool:
-        """False when it was deleted before (a repeat changes nothing)."""
-        require_aware(at)
-        if self.deleted:
-            return False
-        self._deleted(key=self.key, timestamp=at)
-        return True
-
-    # ------------------------------------------------------------- event bodies (mutate only)
 
     @event(Completed)
     def _completed(
@@ -220,12 +175,3 @@ class Upload(Aggregate):
         self.width = width
         self.height = height
         self.size_bytes = size_bytes
-
-    @event(Rejected)
-    def _rejected(self, reason: str, timestamp: datetime) -> None:
-        self.status = UploadStatus.REJECTED.value
-        self.rejection = reason
-
-    @event(Deleted)
-    def _deleted(self, key: str, timestamp: datetime) -> None:
-        self.deleted = True

@@ -1,16 +1,20 @@
 """UserModel: a LoRA a user uploads to apply to a base model, from the presigned POST to its
 verdict.
 
-The flow is an upload's (domain/uploads.py): the API hands out a presigned POST
-(``Requested``: the key ``models/users/{user_id}/{model_id}.safetensors`` and the most bytes
-allowed), the client sends the file straight to S3, and completing it has the API read the
-object back and describe it (``LoraFacts``: its sha256, its size, the tensor names in its
-safetensors header, or why the header would not parse). The rules live here: safetensors
-only (a pickle, whatever its name, never parses as one, and is never unpickled), within the
-size limit, every tensor a LoRA weight, the names those of the declared base family. The
-verdict is an event, ``Verified`` (the file's sha256 is recorded: a worker loads only those
-exact bytes, and the model counts in the storage quota) or ``Rejected`` (the API deletes the
-object); ``Deleted`` ends either. Another user's model is as unknown as a missing one.
+A verified object, like an upload (domain/verified_objects.py has the flow): the API hands out
+a presigned POST (``Requested``: the key ``models/users/{user_id}/{model_id}.safetensors``,
+the most bytes allowed, the user's name for it and its base family), and completing it has
+the API describe what it read back (``LoraFacts``: its sha256, its size, the tensor names in
+its safetensors header, or why the header would not parse). The rules live here: safetensors
+only (a pickle, whatever its name, never parses as one, and is never unpickled), only on a
+plan with ``lora_training``, every tensor a LoRA weight, the names those of the declared
+base family. ``Verified`` is its accepted verdict: the file's sha256 is recorded, and a worker
+loads only those exact bytes.
+
+The name is what a person wrote, so ``Requested`` records it sealed under the user's data key
+(domain/personal_data.py), as a job's prompts are: readers open it with the key (or read
+``[erased]`` once the key is gone). A name recorded before sealing is plaintext and reads as
+it is (``is_sealed``).
 """
 
 from __future__ import annotations
@@ -19,21 +23,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from uuid import UUID, uuid5
+from typing import Protocol
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
 from domain.catalog import ModelFamily
-from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
-from domain.ids import PINKSEA_NAMESPACE
+from domain.errors import IdempotencyConflict, InvalidTransition
+from domain.personal_data import Opener, Sealer, is_sealed
 from domain.plans import Plan
 from domain.units import require_aware
+from domain.verified_objects import PENDING, REJECTED, VerifiedObject, object_id
 
 # A LoRA of SD-1.5 is 10-150 MB, of SDXL up to about 800 MB; Flux's run larger still. One cap
 # for every plan that allows LoRAs (``Plan.lora_training``): the presigned POST's
 # content-length-range, checked again on completion.
 LORA_BYTES_MAX = 1024**3
 NAME_CHARS_MAX = 100
+NAME_FIELD = "model_name"  # what the name is sealed as (the seal is bound to its field)
 TENSORS_MAX = 10_000  # an SDXL LoRA has about 2 200 tensors; more is no LoRA
 SHA256_HEX_CHARS = 64
 
@@ -49,15 +56,19 @@ NAMES_SHOWN = 3  # a rejection names this many offending tensors
 
 
 class UserModelStatus(StrEnum):
-    PENDING = "pending"  # the presigned POST was handed out
+    PENDING = PENDING  # the presigned POST was handed out
     VERIFIED = "verified"
-    REJECTED = "rejected"
+    REJECTED = REJECTED
+
+
+class DataKey(Sealer, Opener, Protocol):
+    """The user's data key (infra/personal_keys.py): seals a model's name and opens it again."""
 
 
 def user_model_id(user_id: str, request_key: str) -> UUID:
     """The model's id from the user and the request's key: the same request again finds the
     same model."""
-    return uuid5(PINKSEA_NAMESPACE, "\x1f".join(("user-model", user_id, request_key)))
+    return object_id("user-model", user_id, request_key)
 
 
 def user_models_prefix(user_id: str) -> str:
@@ -112,8 +123,14 @@ def lora_problem(family: ModelFamily, names: Sequence[str]) -> str | None:
     return f"its tensor names are those of a {found} LoRA, not of {family.value}"
 
 
-class UserModel(Aggregate):
+class UserModel(VerifiedObject[LoraFacts]):
     TOPIC = "pinksea:UserModel"
+    NOUN = "model"
+    ACCEPTED = UserModelStatus.VERIFIED.value
+
+    @staticmethod
+    def create_id(user_id: str, request_key: str) -> UUID:
+        return user_model_id(user_id, request_key)
 
     class Created(Aggregate.Created):
         # The library requires an explicit topic on the inherited default; we use Requested.
@@ -124,27 +141,21 @@ class UserModel(Aggregate):
         user_id: str
         request_key: str  # the Idempotency-Key, or a random one: the id derives from it
         key: str
-        name: str
+        name: str  # sealed (NAME_FIELD) under the user's data key; plaintext before sealing
         family: str
         size_bytes_max: int
+
+    class Rejected(VerifiedObject.Rejected):
+        TOPIC = "pinksea:UserModel.Rejected"
+
+    class Deleted(VerifiedObject.Deleted):
+        TOPIC = "pinksea:UserModel.Deleted"
 
     class Verified(Aggregate.Event):
         TOPIC = "pinksea:UserModel.Verified"
         sha256: str
         size_bytes: int
         tensors: int
-
-    class Rejected(Aggregate.Event):
-        TOPIC = "pinksea:UserModel.Rejected"
-        reason: str
-
-    class Deleted(Aggregate.Event):
-        TOPIC = "pinksea:UserModel.Deleted"
-        key: str  # the object to remove (the API deletes it; a sweeper can find it here)
-
-    @staticmethod
-    def create_id(user_id: str, request_key: str) -> UUID:
-        return user_model_id(user_id, request_key)
 
     @event(Requested)
     def __init__(
@@ -157,19 +168,12 @@ class UserModel(Aggregate):
         size_bytes_max: int,
         timestamp: datetime,
     ) -> None:
-        self.user_id = user_id
-        self.request_key = request_key
-        self.key = key
+        self._requested(user_id, request_key, key, size_bytes_max, timestamp)
         self.name = name
         self.family = family
-        self.size_bytes_max = size_bytes_max
-        self.requested_at = timestamp
-        self.status = UserModelStatus.PENDING.value
         self.sha256: str | None = None
         self.size_bytes = 0
         self.tensors = 0
-        self.rejection: str | None = None
-        self.deleted = False
 
     @classmethod
     def request(
@@ -181,7 +185,10 @@ class UserModel(Aggregate):
         family: ModelFamily,
         plan: Plan,
         at: datetime,
+        data_key: DataKey | None = None,
     ) -> UserModel:
+        """``data_key``: the user's; the event records the name sealed with it (the API always
+        passes it)."""
         require_aware(at)
         size_bytes_max = lora_bytes_max(plan)
         if size_bytes_max == 0:
@@ -192,7 +199,7 @@ class UserModel(Aggregate):
             user_id=user_id,
             request_key=request_key,
             key=user_model_key(user_id, user_model_id(user_id, request_key)),
-            name=name,
+            name=name if data_key is None else data_key.seal(NAME_FIELD, name),
             family=family.value,
             size_bytes_max=size_bytes_max,
             timestamp=at,
@@ -200,61 +207,33 @@ class UserModel(Aggregate):
 
     # ----------------------------------------------------------------------------- queries
 
-    def ensure_owner(self, user_id: str) -> None:
-        if user_id != self.user_id or self.deleted:
-            raise NotFound(f"no model {self.id}")
-
-    def ensure_same_request(self, name: str, family: ModelFamily) -> None:
-        if (name, family.value) != (self.name, self.family):
+    def ensure_same_request(
+        self, name: str, family: ModelFamily, data_key: DataKey | None = None
+    ) -> None:
+        """A sealed name is compared opened (``data_key``: the user's)."""
+        recorded = self.name
+        if is_sealed(recorded):
+            assert data_key is not None, "a sealed name is compared with the user's key"
+            recorded = data_key.open(NAME_FIELD, recorded)
+        if (name, family.value) != (recorded, self.family):
             raise IdempotencyConflict(
                 "this Idempotency-Key was used for another model upload; use a new key"
             )
 
-    @property
-    def usable(self) -> bool:
-        """Whether a job may name it."""
-        return self.status == UserModelStatus.VERIFIED.value and not self.deleted
-
-    def verdict(self, facts: LoraFacts) -> str | None:
-        """Why the object described by ``facts`` is refused, or None when it is accepted."""
-        if facts.size_bytes > self.size_bytes_max:
-            return f"the file has {facts.size_bytes} bytes; your plan allows {self.size_bytes_max}"
-        if facts.problem is not None:
-            return facts.problem
+    def refusal(self, facts: LoraFacts) -> str | None:
+        """Every tensor a LoRA weight, of the declared family."""
         return lora_problem(ModelFamily(self.family), facts.tensor_names)
 
-    # ---------------------------------------------------------------------------- commands
+    # ------------------------------------------------------------------ the accepted event
 
-    def complete(self, facts: LoraFacts, at: datetime) -> bool:
-        """Accept or reject the uploaded object; False when the verdict was recorded before."""
-        require_aware(at)
-        if self.deleted:
-            raise NotFound(f"no model {self.id}")
-        if self.status != UserModelStatus.PENDING.value:
-            return False
-        reason = self.verdict(facts)
-        if reason is not None:
-            self._rejected(reason=reason, timestamp=at)
-            return True
+    def _accept(self, facts: LoraFacts, at: datetime) -> None:
         assert facts.sha256 is not None and len(facts.sha256) == SHA256_HEX_CHARS
-        assert 0 < facts.size_bytes <= self.size_bytes_max
         self._verified(
             sha256=facts.sha256,
             size_bytes=facts.size_bytes,
             tensors=len(facts.tensor_names),
             timestamp=at,
         )
-        return True
-
-    def delete(self, at: datetime) -> bool:
-        """False when it was deleted before (a repeat changes nothing)."""
-        require_aware(at)
-        if self.deleted:
-            return False
-        self._deleted(key=self.key, timestamp=at)
-        return True
-
-    # ------------------------------------------------------------- event bodies (mutate only)
 
     @event(Verified)
     def _verified(self, sha256: str, size_bytes: int, tensors: int, timestamp: datetime) -> None:
@@ -262,12 +241,3 @@ class UserModel(Aggregate):
         self.sha256 = sha256
         self.size_bytes = size_bytes
         self.tensors = tensors
-
-    @event(Rejected)
-    def _rejected(self, reason: str, timestamp: datetime) -> None:
-        self.status = UserModelStatus.REJECTED.value
-        self.rejection = reason
-
-    @event(Deleted)
-    def _deleted(self, key: str, timestamp: datetime) -> None:
-        self.deleted = True

@@ -1,42 +1,38 @@
 """Uploads: input images for image-to-image and inpainting, sent straight to S3.
 
-``POST /v1/uploads`` records the request (``Upload.Requested``) and hands out a presigned POST
-whose policy fixes the key and the content type and bounds the size by the plan
-(``content-length-range``); the client POSTs the file to S3 itself. ``POST .../complete`` reads
-the object back and decodes it (api/image_check.py): the domain accepts it (``Completed``: it
-counts in the storage quota) or rejects it (``Rejected``: the object is deleted and the answer
-is an upload-rejected problem). A job names a completed upload as ``init_image`` or ``mask``.
+A verified object (api/verified_objects.py has the flow): ``POST /v1/uploads`` records the
+request (``Upload.Requested``) and hands out a presigned POST whose policy also fixes the
+content type; ``POST .../complete`` reads the object back and decodes it (api/image_check.py):
+the domain accepts it (``Completed``: it counts in the storage quota) or rejects it
+(``Rejected``: the object is deleted and the answer is an upload-rejected problem). A job names
+a completed upload as ``init_image`` or ``mask``.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from botocore.exceptions import ClientError
 from fastapi import APIRouter, Depends, Response, status
 from pydantic import AwareDatetime, Field
 
-from api import problems as p
+from api import verified_objects as vo
 from api.deps import CurrentUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
 from api.image_check import inspect_image
 from api.image_urls import expiry
-from api.positions import no_content, no_content_response
-from api.problems import ProblemError, problem_responses
+from api.positions import no_content_response
+from api.problems import problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import Page, Strict, View
 from api.services import Services, now
+from domain.application import PinkseaApplication
 from domain.commands.uploads import UploadResult
-from domain.errors import NotFound
 from domain.uploads import CONTENT_TYPES, ImageFacts, Upload, UploadStatus
 from read_models import uploads as rm
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 ERRORS = (401, 403, 429, 503)
-UPLOAD_URL_TTL_S = 15 * 60  # the presigned POST's lifetime
 ContentType = Literal["image/png", "image/jpeg", "image/webp"]
 assert set(ContentType.__args__) == set(CONTENT_TYPES)  # type: ignore[attr-defined]
 
@@ -75,10 +71,20 @@ class UploadView(View):
 UploadId = Annotated[UUID, Field(description="the upload_id POST /v1/uploads answered")]
 
 
-def _not_found(upload_id: UUID) -> ProblemError:
-    return ProblemError(
-        p.NOT_FOUND, f"You have no upload {upload_id}; list your uploads with GET /v1/uploads."
-    )
+def _inspect(body: Any, size_bytes_max: int) -> ImageFacts:
+    """Decode what S3 holds, reading never more than the limit and one byte."""
+    return inspect_image(body.read(size_bytes_max + 1))
+
+
+UPLOADS = vo.VerifiedObjects(
+    kind=Upload,
+    path=router.prefix,
+    listing="GET /v1/uploads",
+    complete_command=PinkseaApplication.complete_upload,
+    delete_command=PinkseaApplication.delete_upload,
+    facts=ImageFacts,
+    inspect=_inspect,
+)
 
 
 def _view(svc: Services, upload: rm.Upload | Upload) -> UploadView:
@@ -114,49 +120,17 @@ async def request_upload(
     idempotency_key: IdempotencyKey = None,
 ) -> UploadTicket:
     user = principal.user_id
-    used = await svc.storage_used(user)
-    result = await svc.command(_request, svc, user, idempotency_key, body.content_type, used)
-    expires_at = now().replace(microsecond=0) + timedelta(seconds=UPLOAD_URL_TTL_S)
-    post = await svc.blocking(
-        svc.s3.generate_presigned_post,
-        Bucket=svc.settings.s3_bucket,
-        Key=result.key,
-        Fields={"Content-Type": result.content_type},
-        Conditions=[
-            {"Content-Type": result.content_type},
-            ["content-length-range", 1, result.size_bytes_max],
-        ],
-        ExpiresIn=UPLOAD_URL_TTL_S,
-    )
-    response.headers["Location"] = f"/v1/uploads/{result.upload_id}"
-    if not result.changed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return UploadTicket(
-        upload_id=result.upload_id,
-        key=result.key,
-        content_type=result.content_type,
-        size_bytes_max=result.size_bytes_max,
-        url=post["url"],
-        fields=post["fields"],
-        expires_at=expires_at,
-        position=result.position,
-    )
 
-
-def _request(
-    svc: Services, user_id: str, key: str | None, content_type: str, used_bytes: int
-) -> UploadResult:
-    """On a command thread: the storage quota, then the request."""
-    app = svc.application
-    plan = app.subscription(user_id).plan
-    if used_bytes >= plan.storage_bytes:
-        raise ProblemError(
-            p.STORAGE_QUOTA,
-            f"Your images and uploads use all {plan.storage_gb} GB of your {plan.slug} plan; "
-            "delete some or upgrade for more storage.",
+    def request(key: str) -> UploadResult:
+        return svc.application.request_upload(
+            user, request_key=key, content_type=body.content_type, at=now()
         )
-    return app.request_upload(
-        user_id, request_key=key or uuid.uuid4().hex, content_type=content_type, at=now()
+
+    ticket = await vo.start(
+        svc, UPLOADS, user, response, idempotency_key, request, content_type=body.content_type
+    )
+    return UploadTicket.model_validate(
+        vars(ticket) | {"upload_id": ticket.object_id, "content_type": body.content_type}
     )
 
 
@@ -176,55 +150,7 @@ def _request(
 async def complete_upload(
     upload_id: UploadId, principal: CurrentUser, svc: ServicesDep
 ) -> UploadView:
-    user = principal.user_id
-    upload = await svc.command(_owned, svc, user, upload_id)
-    if upload.status == UploadStatus.PENDING.value:
-        facts = await _facts(svc, upload)
-        await svc.command(svc.application.complete_upload, user, upload_id, facts=facts, at=now())
-        upload = await svc.command(_owned, svc, user, upload_id)
-        svc.storage.drop(user)
-    if upload.status == UploadStatus.REJECTED.value:
-        # The verdict is recorded first; the object goes after it (idempotent: a repeat tries
-        # again, and the event names the key for a sweeper).
-        await svc.forget_objects(upload.key)
-        raise ProblemError(
-            p.UPLOAD_REJECTED,
-            p.sentence(f"The upload was rejected: {upload.rejection}; start a new upload"),
-            upload_id=str(upload_id),
-            reason=upload.rejection,
-        )
-    return _view(svc, upload)
-
-
-def _owned(svc: Services, user_id: str, upload_id: UUID) -> Upload:
-    try:
-        return svc.application.upload(user_id, upload_id)
-    except NotFound:
-        raise _not_found(upload_id) from None
-
-
-async def _facts(svc: Services, upload: Upload) -> ImageFacts:
-    """Read the object (never more than the limit and one byte) and decode it, off the loop."""
-    try:
-        answer = await svc.blocking(
-            svc.s3.get_object, Bucket=svc.settings.s3_bucket, Key=upload.key
-        )
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise ProblemError(
-                p.INVALID_TRANSITION,
-                "Nothing was uploaded yet; POST the file to the presigned URL, then complete.",
-            ) from None
-        raise
-    body = answer["Body"]
-    try:
-        size = int(answer.get("ContentLength", 0))
-        if size > upload.size_bytes_max:
-            return ImageFacts(size_bytes=size)  # the domain says why; nothing is read
-        data = await svc.blocking(body.read, upload.size_bytes_max + 1)
-    finally:
-        body.close()
-    return await svc.blocking(inspect_image, data)
+    return _view(svc, await vo.complete(svc, UPLOADS, principal.user_id, upload_id))
 
 
 @router.get(
@@ -256,7 +182,7 @@ async def list_uploads(
 async def get_upload(upload_id: UploadId, principal: CurrentUser, svc: ServicesDep) -> UploadView:
     # From the event store, not the read model: an upload just deleted is gone at once
     # (schemathesis ST301, as for boards).
-    return _view(svc, await svc.command(_owned, svc, principal.user_id, upload_id))
+    return _view(svc, await vo.owned(svc, UPLOADS, principal.user_id, upload_id))
 
 
 @router.delete(
@@ -270,12 +196,4 @@ async def get_upload(upload_id: UploadId, principal: CurrentUser, svc: ServicesD
     dependencies=[Depends(rate_limit("command"))],
 )
 async def delete_upload(upload_id: UploadId, principal: CurrentUser, svc: ServicesDep) -> Response:
-    user = principal.user_id
-    upload = await svc.command(_owned, svc, user, upload_id)
-    try:
-        result = await svc.command(svc.application.delete_upload, user, upload_id, at=now())
-    except NotFound:
-        raise _not_found(upload_id) from None
-    await svc.forget_objects(upload.key)
-    svc.storage.drop(user)
-    return no_content(result.position)
+    return await vo.delete(svc, UPLOADS, principal.user_id, upload_id)

@@ -1,44 +1,45 @@
 """Your models: LoRAs you upload (safetensors only) and name in jobs, on plans with
 ``lora_training``.
 
-``POST /v1/models/mine`` records the request (``UserModel.Requested``) and hands out a
-presigned POST whose policy fixes the key (``models/users/{user_id}/{model_id}.safetensors``)
-and bounds the size (``content-length-range``); the client POSTs the file to S3 itself.
+A verified object (api/verified_objects.py has the flow): ``POST /v1/models/mine`` records the
+request (``UserModel.Requested``, its name sealed under the user's data key) and hands out a
+presigned POST for the key ``models/users/{user_id}/{model_id}.safetensors``;
 ``POST .../complete`` reads the object back, hashes it and parses its safetensors header
 (api/model_check.py): the domain verifies it (``Verified``: its sha256 recorded, it counts in
 the storage quota) or rejects it (``Rejected``: the object is deleted and the answer is an
-upload-rejected problem). A job names a verified model in ``loras``.
+upload-rejected problem). A job names a verified model in ``loras``. Every view opens the
+name with the user's key as it is now: ``[erased]`` once their personal data was erased.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
+from collections.abc import Sequence
 from typing import Annotated
 from uuid import UUID
 
-from botocore.exceptions import ClientError
 from fastapi import APIRouter, Depends, Response, status
 from pydantic import AwareDatetime, Field
 
 from api import problems as p
+from api import verified_objects as vo
 from api.deps import CurrentUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
 from api.model_check import inspect_lora
-from api.positions import no_content, no_content_response
+from api.positions import no_content_response
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import Page, Strict, View
 from api.services import Services, now
+from domain.application import PinkseaApplication
 from domain.catalog import ModelFamily
 from domain.commands.user_models import UserModelResult
-from domain.errors import NotFound
-from domain.user_models import NAME_CHARS_MAX, LoraFacts, UserModel, UserModelStatus
+from domain.personal_data import is_sealed
+from domain.plans import Plan
+from domain.user_models import NAME_CHARS_MAX, NAME_FIELD, LoraFacts, UserModel, UserModelStatus
 from read_models import user_models as rm
 
 router = APIRouter(prefix="/v1/models/mine", tags=["models"])
 
 ERRORS = (401, 403, 429, 503)
-UPLOAD_URL_TTL_S = 15 * 60  # the presigned POST's lifetime
 
 
 class UserModelRequest(Strict):
@@ -73,16 +74,46 @@ class UserModelView(View):
 ModelId = Annotated[UUID, Field(description="the model_id POST /v1/models/mine answered")]
 
 
-def _not_found(model_id: UUID) -> ProblemError:
-    return ProblemError(
-        p.NOT_FOUND, f"You have no model {model_id}; list yours with GET /v1/models/mine."
-    )
+MODELS = vo.VerifiedObjects(
+    kind=UserModel,
+    path=router.prefix,
+    listing="GET /v1/models/mine",
+    complete_command=PinkseaApplication.complete_user_model,
+    delete_command=PinkseaApplication.delete_user_model,
+    facts=LoraFacts,
+    inspect=inspect_lora,
+)
 
 
-def _view(model: rm.UserModel | UserModel) -> UserModelView:
+def _sealed_view(model: rm.UserModel | UserModel) -> UserModelView:
+    """The model's view with its name as recorded (sealed, or plaintext from before sealing)."""
     if isinstance(model, UserModel):  # the aggregate, as a command left it
         return UserModelView.model_validate(vars(model) | {"model_id": model.id})
     return UserModelView.model_validate(model)
+
+
+async def _views(
+    svc: Services, user_id: str, models: Sequence[rm.UserModel | UserModel]
+) -> list[UserModelView]:
+    """The user's models' views, each name opened with their key as it is now."""
+    views = [_sealed_view(model) for model in models]
+    if not any(is_sealed(view.name) for view in views):
+        return views
+    opener = await svc.personal_keys.opener(user_id)
+    return [view.model_copy(update={"name": opener.open(NAME_FIELD, view.name)}) for view in views]
+
+
+async def _view(svc: Services, user_id: str, model: UserModel) -> UserModelView:
+    return (await _views(svc, user_id, [model]))[0]
+
+
+def _lora_plan(plan: Plan) -> None:
+    if not plan.lora_training:
+        raise ProblemError(
+            p.MODEL_NOT_IN_PLAN,
+            f"Your {plan.slug} plan does not include LoRAs (lora_training); upgrade to upload "
+            "and use your own models.",
+        )
 
 
 @router.post(
@@ -106,55 +137,15 @@ async def request_user_model(
     idempotency_key: IdempotencyKey = None,
 ) -> UserModelTicket:
     user = principal.user_id
-    used = await svc.storage_used(user)
-    result = await svc.command(_request, svc, user, idempotency_key, body, used)
-    expires_at = now().replace(microsecond=0) + timedelta(seconds=UPLOAD_URL_TTL_S)
-    post = await svc.blocking(
-        svc.s3.generate_presigned_post,
-        Bucket=svc.settings.s3_bucket,
-        Key=result.key,
-        Conditions=[["content-length-range", 1, result.size_bytes_max]],
-        ExpiresIn=UPLOAD_URL_TTL_S,
-    )
-    response.headers["Location"] = f"/v1/models/mine/{result.model_id}"
-    if not result.changed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return UserModelTicket(
-        model_id=result.model_id,
-        key=result.key,
-        size_bytes_max=result.size_bytes_max,
-        url=post["url"],
-        fields=post["fields"],
-        expires_at=expires_at,
-        position=result.position,
-    )
+    data_key = await svc.personal_keys.key_for(user)  # the event records the name sealed
 
+    def request(key: str) -> UserModelResult:
+        return svc.application.request_user_model(
+            user, request_key=key, name=body.name, family=body.family, at=now(), data_key=data_key
+        )
 
-def _request(
-    svc: Services, user_id: str, key: str | None, body: UserModelRequest, used_bytes: int
-) -> UserModelResult:
-    """On a command thread: the plan's flag, the storage quota, then the request."""
-    app = svc.application
-    plan = app.subscription(user_id).plan
-    if not plan.lora_training:
-        raise ProblemError(
-            p.MODEL_NOT_IN_PLAN,
-            f"Your {plan.slug} plan does not include LoRAs (lora_training); upgrade to upload "
-            "and use your own models.",
-        )
-    if used_bytes >= plan.storage_bytes:
-        raise ProblemError(
-            p.STORAGE_QUOTA,
-            f"Your images, uploads and models use all {plan.storage_gb} GB of your {plan.slug} "
-            "plan; delete some or upgrade for more storage.",
-        )
-    return app.request_user_model(
-        user_id,
-        request_key=key or uuid.uuid4().hex,
-        name=body.name,
-        family=body.family,
-        at=now(),
-    )
+    ticket = await vo.start(svc, MODELS, user, response, idempotency_key, request, gate=_lora_plan)
+    return UserModelTicket.model_validate(vars(ticket) | {"model_id": ticket.object_id})
 
 
 @router.post(
@@ -175,53 +166,7 @@ async def complete_user_model(
     model_id: ModelId, principal: CurrentUser, svc: ServicesDep
 ) -> UserModelView:
     user = principal.user_id
-    model = await svc.command(_owned, svc, user, model_id)
-    if model.status == UserModelStatus.PENDING.value:
-        facts = await _facts(svc, model)
-        app = svc.application
-        await svc.command(app.complete_user_model, user, model_id, facts=facts, at=now())
-        model = await svc.command(_owned, svc, user, model_id)
-        svc.storage.drop(user)
-    if model.status == UserModelStatus.REJECTED.value:
-        # The verdict is recorded first; the object goes after it (idempotent: a repeat tries
-        # again, and the event names the key for a sweeper).
-        await svc.forget_objects(model.key)
-        raise ProblemError(
-            p.UPLOAD_REJECTED,
-            p.sentence(f"The model was rejected: {model.rejection}; start a new upload"),
-            model_id=str(model_id),
-            reason=model.rejection,
-        )
-    return _view(model)
-
-
-def _owned(svc: Services, user_id: str, model_id: UUID) -> UserModel:
-    try:
-        return svc.application.user_model(user_id, model_id)
-    except NotFound:
-        raise _not_found(model_id) from None
-
-
-async def _facts(svc: Services, model: UserModel) -> LoraFacts:
-    """Read the object (never more than the limit and one byte), hash and parse it, off the
-    event loop."""
-    try:
-        answer = await svc.blocking(svc.s3.get_object, Bucket=svc.settings.s3_bucket, Key=model.key)
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise ProblemError(
-                p.INVALID_TRANSITION,
-                "Nothing was uploaded yet; POST the file to the presigned URL, then complete.",
-            ) from None
-        raise
-    body = answer["Body"]
-    try:
-        size = int(answer.get("ContentLength", 0))
-        if size > model.size_bytes_max:
-            return LoraFacts(size_bytes=size)  # the domain says why; nothing is read
-        return await svc.blocking(inspect_lora, body, model.size_bytes_max)
-    finally:
-        body.close()
+    return await _view(svc, user, await vo.complete(svc, MODELS, user, model_id))
 
 
 @router.get(
@@ -240,7 +185,8 @@ async def list_user_models(
         )
     except ValueError as e:
         raise bad_query(e) from None
-    return Page[UserModelView](items=[_view(m) for m in page.items], next_cursor=page.next_cursor)
+    items = await _views(svc, principal.user_id, page.items)
+    return Page[UserModelView](items=items, next_cursor=page.next_cursor)
 
 
 @router.get(
@@ -254,7 +200,8 @@ async def get_user_model(
     model_id: ModelId, principal: CurrentUser, svc: ServicesDep
 ) -> UserModelView:
     # From the event store, not the read model: a model just deleted is gone at once.
-    return _view(await svc.command(_owned, svc, principal.user_id, model_id))
+    user = principal.user_id
+    return await _view(svc, user, await vo.owned(svc, MODELS, user, model_id))
 
 
 @router.delete(
@@ -271,12 +218,4 @@ async def get_user_model(
 async def delete_user_model(
     model_id: ModelId, principal: CurrentUser, svc: ServicesDep
 ) -> Response:
-    user = principal.user_id
-    model = await svc.command(_owned, svc, user, model_id)
-    try:
-        result = await svc.command(svc.application.delete_user_model, user, model_id, at=now())
-    except NotFound:
-        raise _not_found(model_id) from None
-    await svc.forget_objects(model.key)
-    svc.storage.drop(user)
-    return no_content(result.position)
+    return await vo.delete(svc, MODELS, principal.user_id, model_id)

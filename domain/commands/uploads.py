@@ -1,89 +1,75 @@
 """The commands on an upload, and the ownership check of a job's input images.
 
 An upload is the user's own data, apart from any job and account: each command reads one
-``Upload`` and saves it alone. ``check_job_inputs`` reads, saving nothing: the API calls it
-before a submission, so a job never names an image that is not its user's (a job's output
-images are in its ``GenerationJob``, so the check reads the event store, not a read model).
+``Upload`` and saves it alone (their bodies are every verified object's:
+domain/commands/verified_objects.py). ``check_job_inputs`` reads, saving nothing: the API
+calls it before a submission, so a job never names an image that is not its user's (a job's
+output images are in its ``GenerationJob``, so the check reads the event store, not a read
+model).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from domain.commands.results import CommandResult, Result
-from domain.commands.store import CommandStore, command
+from domain.commands.results import CommandResult
+from domain.commands.store import command
+from domain.commands.verified_objects import VerifiedObjectCommands, VerifiedObjectResult
 from domain.errors import InvalidParameters, NotFound
 from domain.jobs import GenerationJob
 from domain.parameters import JobParameters, is_upload_ref
-from domain.uploads import ImageFacts, Upload, upload_id
+from domain.uploads import ImageFacts, Upload
 
 UPLOAD_ID_CHARS = 36  # a UUID's text: an image's name is its job's id, a dash, an index
 
 
-@dataclass(frozen=True)
-class UploadResult(Result):
-    upload_id: UUID
-    key: str
-    content_type: str
-    size_bytes_max: int
-    status: str
-    rejection: str | None
-    changed: bool  # False: a repetition, nothing new recorded
+class UploadResult(VerifiedObjectResult):
+    @property
+    def upload_id(self) -> UUID:
+        return self.object_id
 
 
-class UploadCommands(CommandStore):
+class UploadCommands(VerifiedObjectCommands):
     @command
     def request_upload(
         self, user_id: str, *, request_key: str, content_type: str, at: datetime
     ) -> UploadResult:
         """Record the presigned POST being handed out, with the plan's size limit. The same
         request key again finds the same upload."""
-        existing = self.find(upload_id(user_id, request_key))
-        if existing is not None:
-            assert isinstance(existing, Upload)
-            existing.ensure_owner(user_id)
-            existing.ensure_same_request(content_type)
-            return _result(existing, changed=False)
-        plan = self.subscription(user_id).plan
-        upload = Upload.request(
-            user_id=user_id,
-            request_key=request_key,
-            content_type=content_type,
-            size_bytes_max=plan.upload_bytes_max,
-            at=at,
+        upload, changed = self._request_object(
+            Upload,
+            user_id,
+            request_key,
+            requested=lambda plan: Upload.request(
+                user_id=user_id,
+                request_key=request_key,
+                content_type=content_type,
+                size_bytes_max=plan.upload_bytes_max,
+                at=at,
+            ),
+            ensure_same=lambda upload: upload.ensure_same_request(content_type),
         )
-        self.save(upload)
-        return _result(upload, changed=True)
+        return UploadResult.of(upload, changed=changed)
 
     @command
     def complete_upload(
         self, user_id: str, upload_uuid: UUID, *, facts: ImageFacts, at: datetime
     ) -> UploadResult:
         """Record the verdict on the uploaded object (domain/uploads.py has the rules)."""
-        upload = self.upload(user_id, upload_uuid)
-        changed = upload.complete(facts, at)
-        self.save(upload if changed else None)
-        return _result(upload, changed=changed)
+        upload, changed = self._complete_object(Upload, user_id, upload_uuid, facts, at)
+        return UploadResult.of(upload, changed=changed)
 
     @command
     def delete_upload(self, user_id: str, upload_uuid: UUID, *, at: datetime) -> CommandResult:
         """The owner deletes an upload (its object is the caller's to remove)."""
-        upload = self.upload(user_id, upload_uuid)
-        upload.delete(at)
-        self.save(upload)
-        return CommandResult(True)
+        return self._delete_object(Upload, user_id, upload_uuid, at)
 
     # ------------------------------------------------------------------------- reading
 
     def upload(self, user_id: str, upload_uuid: UUID) -> Upload:
         """The user's upload; another user's, a deleted one or none at all is NotFound."""
-        upload = self.find(upload_uuid)
-        if not isinstance(upload, Upload):
-            raise NotFound(f"no upload {upload_uuid}")
-        upload.ensure_owner(user_id)
-        return upload
+        return self.owned(Upload, user_id, upload_uuid)
 
     def check_job_inputs(self, user_id: str, params: JobParameters) -> None:
         """Raise NotFound when an input image the job names is not one of the user's (or is
@@ -107,15 +93,3 @@ class UploadCommands(CommandStore):
                 or all(image["name"] != ref for image in job.images)
             ):
                 raise NotFound(f"{field}: you have no image or upload {ref}")
-
-
-def _result(upload: Upload, *, changed: bool) -> UploadResult:
-    return UploadResult(
-        upload_id=upload.id,
-        key=upload.key,
-        content_type=upload.content_type,
-        size_bytes_max=upload.size_bytes_max,
-        status=upload.status,
-        rejection=upload.rejection,
-        changed=changed,
-    )

@@ -1,7 +1,8 @@
 """The commands on a user's model (a LoRA), and the pinning of the LoRAs a job names.
 
 A user model is the user's own data, apart from any job and account: each command reads one
-``UserModel`` and saves it alone. ``pin_job_loras`` reads, saving nothing: the API calls it
+``UserModel`` and saves it alone (their bodies are every verified object's:
+domain/commands/verified_objects.py). ``pin_job_loras`` reads, saving nothing: the API calls it
 before a submission, so a job names only the user's own verified LoRAs of the job's model
 family, each with the sha256 of the file that was verified (the worker loads only those
 bytes). Whether the plan allows LoRAs at all is admission's business (``lora_training``).
@@ -9,32 +10,28 @@ bytes). Whether the plan allows LoRAs at all is admission's business (``lora_tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
 
 from domain.catalog import MODELS, ModelFamily
-from domain.commands.results import CommandResult, Result
-from domain.commands.store import CommandStore, command
+from domain.commands.results import CommandResult
+from domain.commands.store import command
+from domain.commands.verified_objects import VerifiedObjectCommands, VerifiedObjectResult
 from domain.errors import InvalidParameters, NotFound
 from domain.parameters import JobParameters
-from domain.user_models import LoraFacts, UserModel, user_model_id
+from domain.user_models import DataKey, LoraFacts, UserModel
 
 P = TypeVar("P", bound=JobParameters)
 
 
-@dataclass(frozen=True)
-class UserModelResult(Result):
-    model_id: UUID
-    key: str
-    size_bytes_max: int
-    status: str
-    rejection: str | None
-    changed: bool  # False: a repetition, nothing new recorded
+class UserModelResult(VerifiedObjectResult):
+    @property
+    def model_id(self) -> UUID:
+        return self.object_id
 
 
-class UserModelCommands(CommandStore):
+class UserModelCommands(VerifiedObjectCommands):
     @command
     def request_user_model(
         self,
@@ -44,50 +41,47 @@ class UserModelCommands(CommandStore):
         name: str,
         family: ModelFamily,
         at: datetime,
+        data_key: DataKey | None = None,
     ) -> UserModelResult:
         """Record the presigned POST of a LoRA being handed out, with the plan's size limit
         (InvalidTransition when the plan allows no LoRAs). The same request key again finds
-        the same model."""
-        existing = self.find(user_model_id(user_id, request_key))
-        if existing is not None:
-            assert isinstance(existing, UserModel)
-            existing.ensure_owner(user_id)
-            existing.ensure_same_request(name, family)
-            return _result(existing, changed=False)
-        plan = self.subscription(user_id).plan
-        model = UserModel.request(
-            user_id=user_id, request_key=request_key, name=name, family=family, plan=plan, at=at
+        the same model. ``data_key``: the user's; the event records the name sealed with it
+        (domain/user_models.py). The API always passes it."""
+        model, changed = self._request_object(
+            UserModel,
+            user_id,
+            request_key,
+            requested=lambda plan: UserModel.request(
+                user_id=user_id,
+                request_key=request_key,
+                name=name,
+                family=family,
+                plan=plan,
+                at=at,
+                data_key=data_key,
+            ),
+            ensure_same=lambda model: model.ensure_same_request(name, family, data_key),
         )
-        self.save(model)
-        return _result(model, changed=True)
+        return UserModelResult.of(model, changed=changed)
 
     @command
     def complete_user_model(
         self, user_id: str, model_uuid: UUID, *, facts: LoraFacts, at: datetime
     ) -> UserModelResult:
         """Record the verdict on the uploaded file (domain/user_models.py has the rules)."""
-        model = self.user_model(user_id, model_uuid)
-        changed = model.complete(facts, at)
-        self.save(model if changed else None)
-        return _result(model, changed=changed)
+        model, changed = self._complete_object(UserModel, user_id, model_uuid, facts, at)
+        return UserModelResult.of(model, changed=changed)
 
     @command
     def delete_user_model(self, user_id: str, model_uuid: UUID, *, at: datetime) -> CommandResult:
         """The owner deletes a model (its object is the caller's to remove)."""
-        model = self.user_model(user_id, model_uuid)
-        model.delete(at)
-        self.save(model)
-        return CommandResult(True)
+        return self._delete_object(UserModel, user_id, model_uuid, at)
 
     # ------------------------------------------------------------------------- reading
 
     def user_model(self, user_id: str, model_uuid: UUID) -> UserModel:
         """The user's model; another user's, a deleted one or none at all is NotFound."""
-        model = self.find(model_uuid)
-        if not isinstance(model, UserModel):
-            raise NotFound(f"no model {model_uuid}")
-        model.ensure_owner(user_id)
-        return model
+        return self.owned(UserModel, user_id, model_uuid)
 
     def pin_job_loras(self, user_id: str, params: P) -> P:
         """``params`` with each LoRA's sha256 set from its verified file. NotFound when one is
@@ -118,14 +112,3 @@ class UserModelCommands(CommandStore):
                 )
             pinned.append(lora.model_copy(update={"sha256": model.sha256}))
         return params.model_copy(update={"loras": tuple(pinned)})
-
-
-def _result(model: UserModel, *, changed: bool) -> UserModelResult:
-    return UserModelResult(
-        model_id=model.id,
-        key=model.key,
-        size_bytes_max=model.size_bytes_max,
-        status=model.status,
-        rejection=model.rejection,
-        changed=changed,
-    )
