@@ -1,6 +1,8 @@
-"""Uploads on the real stack: a presigned POST to S3, the server's check of what arrived
-(hostile files rejected and deleted), the read model, the storage quota, tenant isolation, and
-uploads as the init image and mask of a job."""
+"""Uploads on the real stack: what only an upload does (its content type fixed by the POST
+policy and checked against the bytes, its signed URL, its use as the init image and mask of a
+job), and its declaration for the contract every verified object keeps
+(tests/api/test_verified_objects.py: the check of what arrived, hostile files rejected and
+deleted, the read model, the storage quota, idempotency, tenant isolation)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from botocore.exceptions import ClientError
 from PIL import Image
 
 from domain.calibration import CALIBRATION, DeviceClass, inputs_ms
 from tests.api.conftest import Kit, problem_type
+from tests.api.verified_objects import Kind, exists, post_form
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,48 @@ def _png_bomb(side: int = 60_000) -> bytes:
     )
 
 
+def _describes(view: dict[str, Any], body: bytes) -> None:
+    assert (view["format"], view["width"], view["height"]) == ("PNG", 64, 64)
+    assert httpx.get(view["url"]).content == body  # a completed upload's signed URL
+
+
+async def _used_by(kit: Kit, user: str, upload_id: str) -> tuple[httpx.Response, ...]:
+    quote = {**_tiny(), "init_image": upload_id}
+    return (
+        await kit.submit(user, init_image=upload_id, strength=0.5),
+        await kit.client.post("/v1/jobs/quote", json=quote, headers=kit.auth(user)),
+    )
+
+
+async def _allowed(kit: Kit, user: str) -> None:
+    """Every plan allows uploads (the trial's limit is 5 MiB)."""
+
+
+KIND = Kind(
+    name="upload",
+    path="/v1/uploads",
+    id_field="upload_id",
+    request={"content_type": "image/png"},
+    other_request={"content_type": "image/jpeg"},
+    accepted="completed",
+    file=_png,
+    form=("image", "image/png"),
+    key=lambda user, upload_id: f"users/{user}/uploads/{upload_id}.png",
+    allow=_allowed,
+    describes=_describes,
+    used_by=_used_by,
+    hostile=(
+        ("not-an-image", b"hello, I am a text file\n" * 10, "not a PNG, JPEG or WebP"),
+        ("lying-content-type", _jpeg(), "is JPEG, not image/png"),  # the bytes decide
+        ("truncated", _png()[:-40], "truncated or corrupt"),
+        ("bomb", _png_bomb(), "decompression bomb"),
+        ("too-small", _png(4, 4), "4 px"),
+    ),
+)
+_uploaded = KIND.uploaded  # tests/api/test_erasure.py, test_upscale_quote.py upload with it
+_exists = exists
+
+
 async def _start(kit: Kit, user: str, content_type: str = "image/png") -> dict[str, Any]:
     r = await kit.client.post(
         "/v1/uploads", json={"content_type": content_type}, headers=kit.auth(user)
@@ -58,107 +102,21 @@ async def _start(kit: Kit, user: str, content_type: str = "image/png") -> dict[s
     return dict(r.json())
 
 
-def _post(ticket: dict[str, Any], body: bytes, content_type: str | None = None) -> httpx.Response:
-    """The client's POST of the file to S3, as a browser form would send it."""
-    files = {"file": ("image", body, content_type or ticket["content_type"])}
-    return httpx.post(ticket["url"], data=ticket["fields"], files=files, timeout=30)
-
-
-async def _complete(kit: Kit, user: str, upload_id: str) -> httpx.Response:
-    return await kit.client.post(f"/v1/uploads/{upload_id}/complete", headers=kit.auth(user))
-
-
-async def _uploaded(kit: Kit, user: str, body: bytes | None = None) -> dict[str, Any]:
-    ticket = await _start(kit, user)
-    assert _post(ticket, body or _png()).status_code in (200, 201, 204)
-    r = await _complete(kit, user, ticket["upload_id"])
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-def _exists(kit: Kit, key: str) -> bool:
-    try:
-        kit.services.s3.head_object(Bucket=kit.settings.s3_bucket, Key=key)
-    except ClientError:
-        return False
-    return True
-
-
-async def test_upload_complete_list_get_quota_and_delete(kit: Kit, user: str) -> None:
-    png = _png()
-    ticket = await _start(kit, user)
-    assert ticket["key"] == f"users/{user}/uploads/{ticket['upload_id']}.png"
+async def test_the_ticket_carries_the_plans_limit_and_content_type(kit: Kit, user: str) -> None:
+    ticket = await _start(kit, user, "image/webp")
+    assert ticket["key"] == f"users/{user}/uploads/{ticket['upload_id']}.webp"
     assert ticket["size_bytes_max"] == 5 * 1024**2  # the trial's limit
-    assert ticket["fields"]["key"] == ticket["key"] and "policy" in ticket["fields"]
-    # Nothing uploaded yet: completing is premature, and records nothing.
-    early = await _complete(kit, user, ticket["upload_id"])
-    assert early.status_code == 409 and problem_type(early) == "invalid-transition"
-    assert _post(ticket, png).status_code in (200, 201, 204)
-    done = await _complete(kit, user, ticket["upload_id"])
-    assert done.status_code == 200, done.text
-    view = done.json()
-    assert (view["status"], view["format"], view["width"], view["height"]) == (
-        "completed", "PNG", 64, 64,
-    )  # fmt: skip
-    assert view["size_bytes"] == len(png) and httpx.get(view["url"]).content == png
-    again = await _complete(kit, user, ticket["upload_id"])  # the same verdict, nothing new
-    assert again.status_code == 200 and again.json()["status"] == "completed"
-
-    await kit.project()
-    listed = (await kit.client.get("/v1/uploads", headers=kit.auth(user))).json()
-    assert [u["upload_id"] for u in listed["items"]] == [ticket["upload_id"]]
-    one = await kit.client.get(f"/v1/uploads/{ticket['upload_id']}", headers=kit.auth(user))
-    assert one.status_code == 200 and one.json()["size_bytes"] == len(png)
-    me = (await kit.client.get("/v1/me", headers=kit.auth(user))).json()
-    assert me["storage_used_bytes"] == len(png)  # uploads count in the storage quota
-
-    gone = await kit.client.delete(f"/v1/uploads/{ticket['upload_id']}", headers=kit.auth(user))
-    assert gone.status_code == 204 and int(gone.headers["X-Position"]) > 0
-    assert not _exists(kit, ticket["key"])
-    await kit.project()
-    me = (await kit.client.get("/v1/me", headers=kit.auth(user))).json()
-    assert me["storage_used_bytes"] == 0
-    for r in (
-        await kit.client.get(f"/v1/uploads/{ticket['upload_id']}", headers=kit.auth(user)),
-        await kit.client.delete(f"/v1/uploads/{ticket['upload_id']}", headers=kit.auth(user)),
-    ):
-        assert r.status_code == 404 and problem_type(r) == "not-found"
-
-
-@pytest.mark.parametrize(
-    ("body", "reason"),
-    [
-        (b"hello, I am a text file\n" * 10, "not a PNG, JPEG or WebP"),
-        (_jpeg(), "is JPEG, not image/png"),  # a lying content type: the bytes decide
-        (_png()[:-40], "truncated or corrupt"),
-        (_png_bomb(), "decompression bomb"),
-        (_png(4, 4), "4 px"),
-    ],
-    ids=["not-an-image", "lying-content-type", "truncated", "bomb", "too-small"],
-)
-async def test_hostile_files_are_rejected_and_deleted(
-    kit: Kit, user: str, body: bytes, reason: str
-) -> None:
-    ticket = await _start(kit, user)
-    assert _post(ticket, body, "image/png").status_code in (200, 201, 204)
-    r = await _complete(kit, user, ticket["upload_id"])
-    assert r.status_code == 422 and problem_type(r) == "upload-rejected", r.text
-    assert reason in r.json()["detail"]
-    assert not _exists(kit, ticket["key"])  # nothing half-kept
-    again = await _complete(kit, user, ticket["upload_id"])  # the verdict is recorded
-    assert again.status_code == 422 and problem_type(again) == "upload-rejected"
-    await kit.project()
+    assert (ticket["content_type"], ticket["fields"]["Content-Type"]) == ("image/webp",) * 2
+    # The signed policy fixes the content type: a form declaring another is refused.
+    png = {**ticket, "fields": {**ticket["fields"], "Content-Type": "image/png"}}
+    refused = post_form(png, _png(), "image", "image/png")
+    assert refused.status_code == 403 and not _exists(kit, ticket["key"])
     view = await kit.client.get(f"/v1/uploads/{ticket['upload_id']}", headers=kit.auth(user))
-    assert view.json()["status"] == "rejected" and view.json()["url"] is None
-    me = (await kit.client.get("/v1/me", headers=kit.auth(user))).json()
-    assert me["storage_used_bytes"] == 0
+    assert (view.json()["status"], view.json()["url"]) == ("pending", None)
 
 
-async def test_the_post_policy_bounds_size_and_key(kit: Kit, user: str) -> None:
+async def test_the_post_policy_names_the_key(kit: Kit, user: str) -> None:
     ticket = await _start(kit, user)
-    # S3 enforces the signed policy (the server checks the size again on completion).
-    oversized = _post(ticket, b"\x00" * (ticket["size_bytes_max"] + 1))
-    assert oversized.status_code == 400 and b"EntityTooLarge" in oversized.content
     # The signed policy names the key: the same form cannot write another one.
     elsewhere = {**ticket["fields"], "key": f"users/{user}/images/forged.png"}
     forged = httpx.post(
@@ -166,24 +124,6 @@ async def test_the_post_policy_bounds_size_and_key(kit: Kit, user: str) -> None:
     )
     assert forged.status_code == 403 and not _exists(kit, f"users/{user}/images/forged.png")
     assert not _exists(kit, ticket["key"])
-
-
-async def test_another_users_upload_is_a_404_everywhere(kit: Kit, user: str, other: str) -> None:
-    upload = await _uploaded(kit, user)
-    await kit.project()
-    upload_id = upload["upload_id"]
-    for r in (
-        await kit.client.get(f"/v1/uploads/{upload_id}", headers=kit.auth(other)),
-        await _complete(kit, other, upload_id),
-        await kit.client.delete(f"/v1/uploads/{upload_id}", headers=kit.auth(other)),
-        await kit.submit(other, init_image=upload_id, strength=0.5),
-        await kit.client.post(
-            "/v1/jobs/quote", json={**_tiny(), "init_image": upload_id}, headers=kit.auth(other)
-        ),
-    ):
-        assert r.status_code == 404 and problem_type(r) == "not-found", r.text
-    assert (await kit.client.get("/v1/uploads", headers=kit.auth(other))).json()["items"] == []
-    assert _exists(kit, f"users/{user}/uploads/{upload_id}.png")  # untouched
 
 
 def _tiny() -> dict[str, Any]:
