@@ -126,7 +126,9 @@ async def _stop_jobs(svc: Services, user_id: str) -> tuple[UUID, ...]:
 
 async def _delete_images(svc: Services, user_id: str) -> int:
     rows = await svc.pool.fetch(
-        "SELECT job_id, name FROM images WHERE user_id = $1 AND deleted_at IS NULL", user_id
+        "SELECT job_id, name FROM images WHERE user_id = $1 AND deleted_at IS NULL"
+        " AND job_id IS NOT NULL",  # an upload's image goes with its upload
+        user_id,
     )
     by_job: dict[UUID, list[str]] = {}
     for row in rows:  # the user's images: bounded by their storage quota

@@ -83,14 +83,17 @@ async def opened_views(svc: Services, user_id: str, jobs: Sequence[Job]) -> list
 
 async def recall_parameters(
     svc: Services, user_id: str, images: Sequence[ImageDetail]
-) -> list[RunParameters]:
+) -> list[RunParameters | None]:
     """Each of the user's images' generation metadata: its job's stored parameters as their
     owner reads them back, the prompts opened (one key read for them all), with the seed the
-    job ran with. The one place the API turns a job's stored parameters into what it shows
-    for an image or submits again (a remix)."""
+    job ran with; None for an upload, which no job made. The one place the API turns a job's
+    stored parameters into what it shows for an image or submits again (a remix)."""
     opener = await svc.personal_keys.opener(user_id) if any(i.sealed for i in images) else None
-    recalled = []
+    recalled: list[RunParameters | None] = []
     for image in images:  # a page: at most MAX_LIMIT
+        if image.parameters is None:
+            recalled.append(None)
+            continue
         data = image.parameters.model_dump()
         if opener is not None:
             data |= personal_data.opened(dict(image.sealed), opener)

@@ -267,8 +267,9 @@ class ImageMetadata(View):
 
 
 class ImageView(View):
-    name: str
-    job_id: UUID
+    name: str = Field(description="an upload's is its upload id (a job's init_image takes it)")
+    job_id: UUID | None = Field(description="the job that made it; null for an upload")
+    upload_id: UUID | None = Field(description="the upload it is; null for a job's image")
     index: int
     size_bytes: int
     width: int
@@ -284,9 +285,16 @@ class ImageView(View):
     is_intermediate: bool = Field(
         description="a step on the way, not a result: GET /v1/images leaves it out by default"
     )
-    metadata: ImageMetadata
-    url: str = Field(description="signed URL of the PNG (CloudFront; S3 presigned without a CDN)")
-    thumbnail_url: str = Field(description="signed URL of the WebP thumbnail")
+    metadata: ImageMetadata | None = Field(
+        description="its generation metadata; null for an upload, which no job made"
+    )
+    url: str = Field(
+        description="signed URL of the PNG (an upload's: of its file as uploaded; CloudFront, "
+        "or S3 presigned without a CDN)"
+    )
+    thumbnail_url: str = Field(
+        description="signed URL of the WebP thumbnail (an upload's: of its file, it has none)"
+    )
     urls_expire_at: datetime
 
 

@@ -14,6 +14,8 @@ __all__ = [
     "ACCOUNT_EVENTS",
     "JOB_EVENTS",
     "SUBSCRIPTION_EVENTS",
+    "UPLOAD_EVENTS",
+    "VERIFIED_EVENTS",
     "StoredDomainEvent",
     "count_events",
     "stream_aggregates",
@@ -23,6 +25,10 @@ __all__ = [
 ACCOUNT_EVENTS = "pinksea:CreditAccount.%"
 JOB_EVENTS = "pinksea:GenerationJob.%"
 SUBSCRIPTION_EVENTS = "pinksea:Subscription.%"
+UPLOAD_EVENTS = "pinksea:Upload.%"
+# What `ledger verify` replays: the money, the jobs and plans, and the uploads (a completed
+# upload is a row of the images table it compares).
+VERIFIED_EVENTS = (ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS, UPLOAD_EVENTS)
 
 
 async def stream_events(
@@ -45,7 +51,7 @@ async def stream_events(
 async def stream_aggregates(
     conn: asyncpg.Connection,
     *,
-    topics: tuple[str, ...] = (ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS),
+    topics: tuple[str, ...] = VERIFIED_EVENTS,
     batch_size: int = 5000,
 ) -> AsyncIterator[StoredDomainEvent]:
     """Every event (of the given stored-topic patterns) in aggregate order (aggregate id, then

@@ -34,11 +34,17 @@ import asyncpg
 from audit.store import StoredDomainEvent
 from domain.credits import CreditAccount
 from domain.holds import HoldStatus
-from domain.job_events import PRODUCED_IMAGE_CATEGORY, PRODUCED_IMAGE_ORIGIN
+from domain.job_events import (
+    PRODUCED_IMAGE_CATEGORY,
+    PRODUCED_IMAGE_ORIGIN,
+    UPLOADED_IMAGE_CATEGORY,
+    UPLOADED_IMAGE_ORIGIN,
+)
 from domain.job_lifecycle import TERMINAL
 from domain.jobs import GenerationJob, JobStatus
 from domain.postings import postings_for
 from domain.subscription import Subscription
+from domain.uploads import Upload, UploadStatus
 
 MAX_SHOWN = 5
 # Read-model rows fetched per round trip of each cursor, and accounts per hold-check chunk:
@@ -78,13 +84,14 @@ TABLE_QUERIES: dict[str, tuple[int, str]] = {  # table -> (key column count, que
         "SELECT job_id, user_id, status, charged_mc, attempt, refunded_mc FROM jobs "
         "ORDER BY job_id",
     ),
-    # Every image a job produced, whether (and when) its owner deleted it, what it is and
-    # where it came from, and its owner's flags.
+    # Every image a job produced and every completed upload (by its aggregate: the job or the
+    # upload), whether (and when) its owner deleted it, what it is and where it came from, and
+    # its owner's flags.
     "images": (
         2,
-        "SELECT job_id, name, user_id, size_bytes, deleted_at, image_category, image_origin, "
-        "starred, is_intermediate FROM images "
-        'ORDER BY job_id, name COLLATE "C"',
+        "SELECT coalesce(job_id, upload_id), name, user_id, size_bytes, deleted_at, "
+        "image_category, image_origin, starred, is_intermediate FROM images "
+        'ORDER BY 1, name COLLATE "C"',
     ),
     # With the expiry loop's work lists: when a tester plan reverts, the last contract period.
     "user_subscriptions": (
@@ -285,6 +292,8 @@ async def _finished(run: _Run, aggregate: Any, settled: dict[str, int]) -> None:
         await _account_finished(run, aggregate, settled)
     elif isinstance(aggregate, GenerationJob):
         await _job_finished(run, aggregate)
+    elif isinstance(aggregate, Upload):
+        await _upload_finished(run, aggregate)
     elif isinstance(aggregate, Subscription):
         s = aggregate
         await run.tables["user_subscriptions"].expect(
@@ -344,6 +353,27 @@ async def _job_finished(run: _Run, j: GenerationJob) -> None:
                 name in j.intermediate_images,
             ),
         )
+
+
+async def _upload_finished(run: _Run, u: Upload) -> None:
+    """A completed upload is one of its user's images, named by its id (projections/jobs.py)."""
+    if u.status != UploadStatus.COMPLETED.value:
+        return  # pending or rejected: never in the gallery
+    # Nothing follows an upload's deletion (it is then unknown to every command), so its
+    # deletion is its last event and the aggregate's modification time is when it happened.
+    deleted_at = u.modified_on if u.deleted else None
+    await run.tables["images"].expect(
+        (u.id, str(u.id)),
+        (
+            u.user_id,
+            u.size_bytes,
+            deleted_at,
+            UPLOADED_IMAGE_CATEGORY.value,
+            UPLOADED_IMAGE_ORIGIN.value,
+            False,
+            False,
+        ),
+    )
 
 
 async def _check_holds(run: _Run) -> None:

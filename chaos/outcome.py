@@ -20,7 +20,7 @@ from audit.reconcile import reconcile, worker_reports
 from audit.store import (
     ACCOUNT_EVENTS,
     JOB_EVENTS,
-    SUBSCRIPTION_EVENTS,
+    VERIFIED_EVENTS,
     stream_aggregates,
     stream_events,
 )
@@ -94,10 +94,7 @@ async def judge(settings: Settings, pool: asyncpg.Pool, load: LoadResult) -> Jud
     out = Judgement()
     # ledger verify: replay everything, compare every read model, check the invariants.
     async with pool.acquire() as conn:
-        report = await verify(
-            pool,
-            stream_aggregates(conn, topics=(ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS)),
-        )
+        report = await verify(pool, stream_aggregates(conn, topics=VERIFIED_EVENTS))
     out.events = report.events
     out.verify_findings = [f"{f.check}: {f.detail} {f.rows[:2]}" for f in report.findings]
     # ledger reconcile: usage records vs ledger debits vs the workers' reports on Kafka.

@@ -264,10 +264,10 @@ def report(
 def verify(database_url: str | None = DatabaseUrl) -> None:
     """Replay every event, recompute the read models in memory, compare and check invariants.
     Exits 1 on any mismatch, showing the first differing rows."""
-    from audit.store import JOB_EVENTS, SUBSCRIPTION_EVENTS, stream_aggregates
+    from audit.store import VERIFIED_EVENTS, stream_aggregates
     from audit.verify import verify as run_verify
 
-    topics = (ACCOUNT_EVENTS, JOB_EVENTS, SUBSCRIPTION_EVENTS)
+    topics = VERIFIED_EVENTS
 
     async def main() -> bool:
         url = database_url or get_settings().effective_read_database_url

@@ -70,6 +70,9 @@ class ImageOrigin(StrEnum):
 # writes these, and ``ledger verify`` expects them, from this one definition.
 PRODUCED_IMAGE_CATEGORY = ImageCategory.GENERAL
 PRODUCED_IMAGE_ORIGIN = ImageOrigin.INTERNAL
+# Every completed upload, as the gallery lists it (InvokeAI's: a user's image from outside).
+UPLOADED_IMAGE_CATEGORY = ImageCategory.USER
+UPLOADED_IMAGE_ORIGIN = ImageOrigin.EXTERNAL
 
 
 class WebhookTarget(TypedDict):

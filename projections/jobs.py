@@ -9,6 +9,13 @@ only images that are not deleted, and the queries list only those. An image's ca
 origin are written with it (what a job produces, domain/job_events.py); its owner's flags
 (``starred``, ``is_intermediate``) follow their events.
 
+Uploads are images too (InvokeAI's gallery lists them: origin external, category user): a
+completed upload is an image row named by its upload id, written here from the Upload events
+so that the images table is whole in one projection (one rebuild, one consistency position).
+``Upload.Requested`` records the owner and key in ``upload_owners`` (``Completed`` carries
+neither), ``Upload.Completed`` writes the image from it, ``Upload.Deleted`` marks it deleted.
+Only those three are wanted: what else an upload records is the uploads projection's.
+
 Usage: one record per job whose hold was settled, i.e. that ran and was billed (completed,
 failed through the user's fault, cancelled after it started), even at 0 mc. Platform failures
 and cancellations before start void the hold and leave no usage record.
@@ -19,7 +26,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from domain.job_events import PRODUCED_IMAGE_CATEGORY, PRODUCED_IMAGE_ORIGIN
+from domain.job_events import (
+    PRODUCED_IMAGE_CATEGORY,
+    PRODUCED_IMAGE_ORIGIN,
+    UPLOADED_IMAGE_CATEGORY,
+    UPLOADED_IMAGE_ORIGIN,
+)
 from domain.job_lifecycle import Fault
 from domain.jobs import JobStatus
 from eventstore.envelope import Envelope
@@ -128,6 +140,49 @@ _IMAGE_INTERMEDIATE = _IMAGE_FLAG.format(flag="is_intermediate")
 # Filing an image on a board is the boards projection's (projections/boards.py); the job only
 # records where its image went, so its row moves on to the event's position.
 _IMAGE_FILED = "UPDATE jobs SET updated_at = $2, position = $3 WHERE job_id = $1"
+# An upload's owner and key, for its image ($4 user, $5 key).
+_UPLOAD_REQUESTED = """
+INSERT INTO upload_owners (upload_id, user_id, key, requested_at, position)
+VALUES ($1, $4, $5, $2, $3)
+"""
+# A completed upload is one of its owner's images, named by its id: $4 size, $5 width, $6
+# height, $7 category, $8 origin. It has no thumbnail of its own: the image is its own.
+_UPLOAD_COMPLETED = """
+WITH owner AS (
+    UPDATE upload_owners SET position = $3 WHERE upload_id = $1 RETURNING user_id, key
+), image AS (
+    INSERT INTO images (
+        user_id, name, job_id, upload_id, idx, key, thumbnail_key, size_bytes, width, height,
+        created_at, position, image_category, image_origin, starred, is_intermediate
+    )
+    SELECT owner.user_id, $1::text, NULL, $1, 0, owner.key, owner.key, $4, $5, $6, $2, $3,
+        $7, $8, false, false
+    FROM owner
+    RETURNING 1
+)
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM image), 'upload ' || $1::text || ' was completed, but never requested'
+)
+"""
+# A deleted upload leaves the gallery (an upload rejected or never completed has no image).
+_UPLOAD_DELETED = """
+WITH owner AS (UPDATE upload_owners SET position = $3 WHERE upload_id = $1)
+UPDATE images SET deleted_at = $2 WHERE upload_id = $1
+"""
+_UPLOAD_STATEMENTS: EventStatements = {
+    "Upload.Requested": (_UPLOAD_REQUESTED, lambda ev: (ev.user_id, ev.key)),
+    "Upload.Completed": (
+        _UPLOAD_COMPLETED,
+        lambda ev: (
+            ev.size_bytes,
+            ev.width,
+            ev.height,
+            UPLOADED_IMAGE_CATEGORY.value,
+            UPLOADED_IMAGE_ORIGIN.value,
+        ),
+    ),
+    "Upload.Deleted": (_UPLOAD_DELETED, lambda ev: ()),
+}
 _REFUNDED = _update(
     "refunded_mc = $4",
     "usage AS (UPDATE usage_records SET refunded_mc = $4 WHERE job_id = $1)",
@@ -238,9 +293,9 @@ _STATEMENTS: EventStatements = {
 
 class JobsProjection(TableProjection):
     name = "jobs"
-    event_statements = _STATEMENTS
+    event_statements = {**_STATEMENTS, **_UPLOAD_STATEMENTS}
     topics = (JOBS_TOPIC,)
-    tables = ("jobs", "images", "usage_records")
+    tables = ("jobs", "images", "usage_records", "upload_owners")
 
     def wants(self, env: Envelope) -> bool:
-        return env.aggregate_type == "GenerationJob"
+        return env.aggregate_type == "GenerationJob" or env.type in _UPLOAD_STATEMENTS

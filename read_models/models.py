@@ -101,18 +101,45 @@ class Image:
 
 
 @dataclass(frozen=True, slots=True)
-class ImageDetail(Image):
+class ImageDetail:
     """One of a user's images as GET /v1/images shows it: what it is, where it came from, its
-    owner's flags, and the parameters of the job that made it (its generation metadata)."""
+    owner's flags, and the parameters of the job that made it (its generation metadata). An
+    upload (``upload_id``, its name) was made by no job: it has no job, parameters or seed."""
 
+    name: str
+    job_id: UUID | None
+    upload_id: UUID | None
+    index: int
+    key: str
+    thumbnail_key: str
+    size_bytes: int
+    width: int
+    height: int
+    created_at: datetime
     image_category: str
     image_origin: str
     starred: bool
     is_intermediate: bool
-    parameters: JobParameters  # the job's, as submitted (seed: the requested one, if any)
-    seed: int  # the seed the job ran with
+    parameters: JobParameters | None  # the job's, as submitted (seed: the requested one, if any)
+    seed: int | None  # the seed the job ran with
     # The job's personal fields as stored, sealed (domain/personal_data.py); the API opens them.
     sealed: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        assert (self.job_id is None) != (self.upload_id is None), "a job's image or an upload"
+        assert (self.parameters is None) == (self.job_id is None)
+
+    @property
+    def uploaded(self) -> bool:
+        return self.upload_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSource:
+    """What made one of the user's images: a job (``job_id``) or an upload (``upload_id``)."""
+
+    job_id: UUID | None
+    upload_id: UUID | None
 
 
 @dataclass(frozen=True, slots=True)

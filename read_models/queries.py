@@ -35,6 +35,7 @@ from read_models.models import (
     CreditLot,
     Image,
     ImageDetail,
+    ImageSource,
     Job,
     LedgerEntry,
     Page,
@@ -227,11 +228,12 @@ _IMAGE_COLUMNS = """
 """
 _JOB_STATUSES = frozenset(s.value for s in JobStatus)
 # An image with its flags and its job's parameters (the job's row: one per image, by its key).
+# A job's images and the user's uploads (which no job made: no parameters, no seed).
 _IMAGE_DETAIL = """
-    SELECT i.name, i.job_id, i.idx AS index, i.key, i.thumbnail_key, i.size_bytes, i.width,
-        i.height, i.created_at, i.image_category, i.image_origin, i.starred, i.is_intermediate,
-        j.parameters, j.seed, i.position
-    FROM images i JOIN jobs j ON j.job_id = i.job_id
+    SELECT i.name, i.job_id, i.upload_id, i.idx AS index, i.key, i.thumbnail_key, i.size_bytes,
+        i.width, i.height, i.created_at, i.image_category, i.image_origin, i.starred,
+        i.is_intermediate, j.parameters, j.seed, i.position
+    FROM images i LEFT JOIN jobs j ON j.job_id = i.job_id
 """
 _IMAGE_CATEGORIES = frozenset(c.value for c in ImageCategory)
 _IMAGE_ORIGINS = frozenset(o.value for o in ImageOrigin)
@@ -261,7 +263,10 @@ def _image(row: asyncpg.Record) -> Image:
 def _image_detail(row: asyncpg.Record) -> ImageDetail:
     fields = dict(row)
     fields.pop("position", None)  # a sort key, not part of the image
-    fields["parameters"], fields["sealed"] = _stored_parameters(fields["parameters"])
+    if fields["parameters"] is None:  # an upload
+        fields["sealed"] = MappingProxyType({})
+    else:
+        fields["parameters"], fields["sealed"] = _stored_parameters(fields["parameters"])
     return ImageDetail(**fields)
 
 
@@ -382,21 +387,22 @@ async def get_image(db: Db, user_id: str, name: str) -> ImageDetail | None:
     return None if row is None else _image_detail(row)
 
 
-async def image_job_id(db: Db, user_id: str, name: str) -> UUID | None:
-    """The job that produced the user's image ``name``, deleted or not (a repeated delete
-    finds it, and the job's own record says whether it is deleted)."""
-    job_id = await db.fetchval(
-        "SELECT job_id FROM images WHERE user_id = $1 AND name = $2", user_id, name
+async def image_source(db: Db, user_id: str, name: str) -> ImageSource | None:
+    """The job that produced the user's image ``name``, or the upload it is, deleted or not
+    (a repeated delete finds it, and the aggregate's own record says whether it is deleted);
+    None: the user has no such image."""
+    row = await db.fetchrow(
+        "SELECT job_id, upload_id FROM images WHERE user_id = $1 AND name = $2", user_id, name
     )
-    return job_id if isinstance(job_id, UUID) else None
+    return None if row is None else ImageSource(row["job_id"], row["upload_id"])
 
 
 async def storage_used_bytes(db: Db, user_id: str) -> int:
     """Bytes of the user's images, completed uploads and verified models that are not deleted
     (the plan's storage quota)."""
-    used = await db.fetchval(
+    used = await db.fetchval(  # an upload's image row is not counted: its uploads row is
         "SELECT (SELECT coalesce(sum(size_bytes), 0) FROM images"
-        "        WHERE user_id = $1 AND deleted_at IS NULL)"
+        "        WHERE user_id = $1 AND deleted_at IS NULL AND upload_id IS NULL)"
         " + (SELECT coalesce(sum(size_bytes), 0) FROM uploads"
         "    WHERE user_id = $1 AND status = 'completed' AND deleted_at IS NULL)"
         " + (SELECT coalesce(sum(size_bytes), 0) FROM user_models"

@@ -1,7 +1,13 @@
 """Images: list and filter, read (with signed URLs, api/image_urls.py, and the generation
 metadata of the job that made each), star or mark intermediate, remix (a new job from an
 image's parameters, through the submission path of POST /v1/jobs), delete (frees storage
-quota)."""
+quota).
+
+A completed upload is one of the user's images too (origin ``external``, category ``user``,
+named by its upload id): listed, filtered, read and deleted here like any other (deleting it
+deletes the upload). No job made it, so it has no metadata and cannot be remixed (a job takes
+it as its ``init_image``); its flags are not recorded yet (the upload has no such events), so
+a change of them is refused as a conflict."""
 
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ ERRORS = (401, 403, 429, 503)
 
 
 def _view(
-    svc: Services, image: rm.ImageDetail, metadata: RunParameters, **flags: bool
+    svc: Services, image: rm.ImageDetail, metadata: RunParameters | None, **flags: bool
 ) -> ImageView:
     """The image with its URLs signed now and its ``metadata`` (recall_parameters); ``flags``:
     the owner's flags as the event store has them, when they may be newer than the row."""
@@ -57,6 +63,18 @@ def _not_found(name: str) -> ProblemError:
     return ProblemError(
         p.NOT_FOUND, f"You have no image {name!r}; list your images with GET /v1/images."
     )
+
+
+def _an_upload(name: str, refused: str) -> ProblemError:
+    return ProblemError(p.INVALID_TRANSITION, f"Image {name!r} is one of your uploads: {refused}.")
+
+
+async def _source(svc: Services, user_id: str, name: str) -> rm.ImageSource:
+    """What made the user's image ``name`` (deleted or not); 404 when they have no such image."""
+    source = await queries.image_source(svc.pool, user_id, name)
+    if source is None:
+        raise _not_found(name)
+    return source
 
 
 @router.get(
@@ -134,10 +152,11 @@ async def get_image(image_name: ImageName, principal: CurrentUser, svc: Services
     "`ImageUnmarkedIntermediate`); a flag left out stays. Answers the image with its flags as "
     f"recorded; the `{POSITION_HEADER}` header is the change's position (send it as "
     "`X-Min-Position` to list your images with it). Intermediate images are left out of "
-    "GET /v1/images unless it asks for `is_intermediate=true`.",
+    "GET /v1/images unless it asks for `is_intermediate=true`. An upload's flags are not "
+    "recorded yet: a change of them is a 409.",
     responses={
         200: {"description": "The image, with its flags", "headers": POSITION_HEADERS},
-        **problem_responses(*ERRORS, 404, 422),
+        **problem_responses(*ERRORS, 404, 409, 422),
     },
     dependencies=[Depends(rate_limit("command"))],
 )
@@ -149,9 +168,9 @@ async def update_image(
     response: Response,
 ) -> ImageView:
     user = principal.user_id
-    job_id = await queries.image_job_id(svc.pool, user, image_name)
+    job_id = (await _source(svc, user, image_name)).job_id
     if job_id is None:
-        raise _not_found(image_name)
+        raise _an_upload(image_name, "its flags are not recorded yet (a job's images have them)")
     result, flags = await svc.command(_flag, svc, user, job_id, image_name, body)
     image = await queries.get_image(svc.pool, user, image_name)
     if image is None:  # deleted meanwhile (or its deletion not projected yet)
@@ -194,7 +213,9 @@ def _flag(
     "init image, strength, mask, scale) with the overrides the body sends; a fresh seed "
     "unless the body sends one (send the image's `metadata.seed` to keep it). Submitted as "
     "POST /v1/jobs submits: the same admission, hold, problems and Idempotency-Key (an "
-    "accepted job is its key's answer for 24 hours, Idempotent-Replayed: true on a replay).",
+    "accepted job is its key's answer for 24 hours, Idempotent-Replayed: true on a replay). "
+    "An upload has no generation metadata: remixing one is a 409 (to start from it, submit "
+    "a job with its name as `init_image`).",
     # 404: no such image of yours, or its init_image or mask is gone.
     responses=problem_responses(401, 402, 403, 404, 409, 413, 422, 429, 503),
     dependencies=[Depends(rate_limit("submit"))],
@@ -212,6 +233,12 @@ async def remix_image(
     if image is None:
         raise _not_found(image_name)
     (metadata,) = await recall_parameters(svc, user, [image])  # its prompts opened
+    if metadata is None:
+        raise _an_upload(
+            image_name,
+            "no job made it, so it has no parameters to remix; to start from it, POST /v1/jobs "
+            f'with "init_image": "{image_name}" (image-to-image)',
+        )
     recalled = metadata.model_dump(exclude={"seed"})
     overrides = {} if body is None else body.model_dump(exclude_none=True)
     try:
@@ -226,7 +253,8 @@ async def remix_image(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete one of your images (frees storage quota)",
-    description="Recorded as the event `GenerationJob.ImageDeleted`; the response's "
+    description="Recorded as the event `GenerationJob.ImageDeleted` (an upload's: "
+    "`Upload.Deleted`, as DELETE /v1/uploads/{id} records it); the response's "
     f"`{POSITION_HEADER}` header is its position: send it as `X-Min-Position` to read your "
     "images (and storage used) without it. Deleting it again is a 404.",
     responses={**no_content_response("Deleted"), **problem_responses(*ERRORS, 404, 422)},
@@ -236,9 +264,14 @@ async def delete_image(
     image_name: ImageName, principal: CurrentUser, svc: ServicesDep, background: BackgroundTasks
 ) -> Response:
     user = principal.user_id
-    job_id = await queries.image_job_id(svc.pool, user, image_name)  # deleted ones too
-    if job_id is None:
-        raise _not_found(image_name)
+    source = await _source(svc, user, image_name)  # deleted ones too
+    if source.upload_id is not None:
+        result, key = await svc.command(_delete_upload, svc, user, source.upload_id, image_name)
+        await svc.forget_objects(key)  # after the event, best effort, as below
+        svc.storage.drop(user)
+        return no_content(result.position)
+    assert source.job_id is not None
+    job_id = source.job_id
     result, image = await svc.command(_delete, svc, user, job_id, image_name)
     # The event is the truth: once it is recorded the image is deleted (once projected, no
     # listing shows it, no URL is signed for it, the quota no longer counts it; a rebuild keeps
@@ -265,3 +298,17 @@ def _delete(
         raise _not_found(name) from None
     image = next(i for i in app.job(job_id).images if i["name"] == name)
     return result, image
+
+
+def _delete_upload(
+    svc: Services, user_id: str, upload_id: UUID, name: str
+) -> tuple[CommandResult, str]:
+    """On a command thread: the upload's deletion, and its object's key. Deleted before (or
+    another user's): NotFound, a 404 like any deleted image."""
+    app = svc.application
+    try:
+        key = app.upload(user_id, upload_id).key
+        result = app.delete_upload(user_id, upload_id, at=now())
+    except NotFound:
+        raise _not_found(name) from None
+    return result, key

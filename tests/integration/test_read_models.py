@@ -896,7 +896,7 @@ def test_registry() -> None:
         "boards",
         "user_models",
     ]
-    assert get_projection("jobs").tables == ("jobs", "images", "usage_records")
+    assert get_projection("jobs").tables == ("jobs", "images", "usage_records", "upload_owners")
     with pytest.raises(KeyError, match="known projections"):
         get_projection("nope")
     owned = [t for p in ALL_PROJECTIONS for t in p.tables]

@@ -1,0 +1,226 @@
+"""Uploads in the image gallery on the real stack (issue 15): a completed upload is one of its
+user's images (origin external, category user, named by its upload id), found by the filters,
+readable and deletable through /v1/images, counted once in the storage quota, never another
+tenant's; remixing or flagging one is a clear conflict; a replay keeps the rows and `ledger
+verify` compares them."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+from PIL import Image
+
+from domain.uploads import ImageFacts
+from infra.settings import Settings
+from tests.api.conftest import Kit, problem_type
+from tests.api.test_image_flags import _replay_jobs
+from tests.api.test_images import _job_with_images
+from tests.audit.test_verify_and_export import project_everything, run_verify
+from tests.integration.streaming_kit import T0, fresh_database, new_app
+
+pytestmark = pytest.mark.integration
+
+
+def _png(side: int = 48) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (30, 160, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def _upload(kit: Kit, user: str, body: bytes) -> httpx.Response:
+    """Request a presigned POST, send ``body`` to S3 as a browser would, complete it."""
+    r = await kit.client.post(
+        "/v1/uploads", json={"content_type": "image/png"}, headers=kit.auth(user)
+    )
+    assert r.status_code == 201, r.text
+    ticket = r.json()
+    files = {"file": ("image", body, "image/png")}
+    sent = httpx.post(ticket["url"], data=ticket["fields"], files=files, timeout=30)
+    assert sent.status_code in (200, 201, 204), sent.text
+    return await kit.client.post(
+        f"/v1/uploads/{ticket['upload_id']}/complete", headers=kit.auth(user)
+    )
+
+
+async def _names(kit: Kit, user: str, query: str = "") -> list[str]:
+    r = await kit.client.get(f"/v1/images{query}", headers=kit.auth(user))
+    assert r.status_code == 200, r.text
+    return [i["name"] for i in r.json()["items"]]
+
+
+async def _storage_used(kit: Kit, user: str) -> int:
+    me = await kit.client.get("/v1/me", headers=kit.auth(user))
+    assert me.status_code == 200, me.text
+    return int(me.json()["storage_used_bytes"])
+
+
+def _exists(kit: Kit, key: str) -> bool:
+    try:
+        kit.services.s3.head_object(Bucket=kit.settings.s3_bucket, Key=key)
+    except ClientError:
+        return False
+    return True
+
+
+async def test_a_completed_upload_is_an_external_user_image_of_its_owner_only(
+    kit: Kit, user: str, other: str
+) -> None:
+    _, [made] = await _job_with_images(kit, user, count=1)
+    png = _png()
+    done = await _upload(kit, user, png)
+    assert done.status_code == 200, done.text
+    upload = done.json()
+    name = upload["upload_id"]
+    refused = await _upload(kit, user, b"not an image at all")  # rejected: never an image
+    assert refused.status_code == 422, refused.text
+    await kit.project()
+
+    assert await _names(kit, user) == [name, made["name"]]  # newest first
+    for query in ("?origin=external", "?category=user", "?origin=external&category=user"):
+        assert await _names(kit, user, query) == [name], query
+    assert await _names(kit, user, "?origin=internal") == [made["name"]]
+    assert await _names(kit, user, "?category=general") == [made["name"]]
+    assert await _names(kit, user, "?category=mask") == []
+    assert await _names(kit, user, "?starred=false&origin=external") == [name]
+
+    r = await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert (view["image_category"], view["image_origin"]) == ("user", "external")
+    assert (view["job_id"], view["upload_id"], view["metadata"]) == (None, name, None)
+    assert (view["width"], view["height"], view["size_bytes"]) == (48, 48, len(png))
+    assert (view["starred"], view["is_intermediate"]) == (False, False)
+    assert httpx.get(view["url"]).content == png  # signed for its own object
+    assert httpx.get(view["thumbnail_url"]).content == png  # it has no thumbnail but itself
+    signed = {"url", "thumbnail_url", "urls_expire_at"}  # signed anew at each read
+    listed = (await kit.client.get("/v1/images", headers=kit.auth(user))).json()["items"][0]
+    assert {k: v for k, v in listed.items() if k not in signed} == {
+        k: v for k, v in view.items() if k not in signed
+    }
+    # Counted once in the quota: the upload, and the job's image.
+    assert await _storage_used(kit, user) == len(png) + made["size_bytes"]
+
+    # Another tenant: not listed, not readable, not deletable, not remixable.
+    assert await _names(kit, other) == []
+    assert await _names(kit, other, "?origin=external") == []
+    for method, path in (
+        ("GET", f"/v1/images/{name}"),
+        ("DELETE", f"/v1/images/{name}"),
+        ("POST", f"/v1/images/{name}/remix"),
+        ("PATCH", f"/v1/images/{name}"),
+    ):
+        body = {"starred": True} if method == "PATCH" else None
+        r = await kit.client.request(method, path, json=body, headers=kit.auth(other))
+        assert r.status_code == 404 and problem_type(r) == "not-found", (method, r.text)
+    assert _exists(kit, f"users/{user}/uploads/{name}.png")
+
+    # Its owner: no job made it, so no remix (a job takes it as its init_image) and no flags.
+    r = await kit.client.post(f"/v1/images/{name}/remix", headers=kit.auth(user))
+    assert r.status_code == 409 and problem_type(r) == "invalid-transition", r.text
+    assert f'"init_image": "{name}"' in r.json()["detail"]
+    r = await kit.client.patch(f"/v1/images/{name}", json={"starred": True}, headers=kit.auth(user))
+    assert r.status_code == 409 and problem_type(r) == "invalid-transition", r.text
+    await kit.project()
+    assert await _names(kit, user, "?starred=true") == []  # nothing was recorded
+
+
+async def test_a_deleted_upload_leaves_the_gallery_and_the_quota(kit: Kit, user: str) -> None:
+    one = (await _upload(kit, user, _png(32))).json()
+    two = (await _upload(kit, user, _png(40))).json()
+    await kit.project()
+    assert await _names(kit, user) == [two["upload_id"], one["upload_id"]]
+    assert await _storage_used(kit, user) == one["size_bytes"] + two["size_bytes"]
+
+    # Deleted as an image: the upload is deleted (its event), its object removed.
+    r = await kit.client.delete(f"/v1/images/{one['upload_id']}", headers=kit.auth(user))
+    assert r.status_code == 204, r.text
+    key = f"users/{user}/uploads/{one['upload_id']}.png"
+    assert int(r.headers["X-Position"]) > 0 and not _exists(kit, key)
+    assert kit.app.upload(user, uuid.UUID(two["upload_id"])).usable
+    gone = await kit.client.get(f"/v1/uploads/{one['upload_id']}", headers=kit.auth(user))
+    assert gone.status_code == 404
+    again = await kit.client.delete(f"/v1/images/{one['upload_id']}", headers=kit.auth(user))
+    assert again.status_code == 404 and problem_type(again) == "not-found"
+    # Deleted as an upload: it leaves the gallery too.
+    r = await kit.client.delete(f"/v1/uploads/{two['upload_id']}", headers=kit.auth(user))
+    assert r.status_code == 204, r.text
+    await kit.project()
+    assert await _names(kit, user) == []
+    assert await _names(kit, user, "?origin=external") == []
+    for upload in (one, two):
+        r = await kit.client.get(f"/v1/images/{upload['upload_id']}", headers=kit.auth(user))
+        assert r.status_code == 404 and problem_type(r) == "not-found"
+    assert await _storage_used(kit, user) == 0
+
+
+# ------------------------------------------------------------------- replay and verify
+
+_IMAGE_ROWS = (
+    "SELECT name, job_id, upload_id, user_id, key, thumbnail_key, size_bytes, width, height,"
+    " image_category, image_origin, starred, is_intermediate, deleted_at, created_at, position"
+    " FROM images ORDER BY name"
+)
+
+
+async def test_a_replay_keeps_the_upload_images_and_verify_compares_them(
+    database_url: str,
+) -> None:
+    with fresh_database(database_url) as url:
+        settings = Settings(database_url=url)
+        app = new_app(settings)
+        try:
+            user = "uploader"
+            app.register_user(user, T0)
+            facts = ImageFacts(size_bytes=300, format="PNG", width=64, height=48)
+            kept, deleted, rejected, _pending = (
+                app.request_upload(user, request_key=k, content_type="image/png", at=T0).upload_id
+                for k in ("kept", "deleted", "rejected", "pending")
+            )
+            for upload_id in (kept, deleted):
+                app.complete_upload(user, upload_id, facts=facts, at=T0)
+            app.complete_upload(
+                user, rejected, facts=ImageFacts(size_bytes=5, problem="not an image"), at=T0
+            )
+            app.delete_upload(user, deleted, at=T0)
+
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+            try:
+                await project_everything(app, pool)
+                async with pool.acquire() as conn:
+                    before = [tuple(r) for r in await conn.fetch(_IMAGE_ROWS)]
+                    assert [(r[0], r[2], r[6], r[9], r[10], r[13] is None) for r in before] == [
+                        (str(u), u, 300, "user", "external", u == kept)
+                        for u in sorted((kept, deleted), key=str)
+                    ]  # the rejected and the pending uploads are no images
+                    await _replay_jobs(app, conn)  # a rebuild of the jobs projection
+                    assert [tuple(r) for r in await conn.fetch(_IMAGE_ROWS)] == before
+            finally:
+                await pool.close()
+
+            clean = run_verify(settings)
+            assert clean.returncode == 0, clean.stdout + clean.stderr
+            conn = await asyncpg.connect(url)
+            try:
+                for corruption, undo in (
+                    ("image_origin = 'internal'", "image_origin = 'external'"),
+                    ("size_bytes = size_bytes + 1", "size_bytes = size_bytes - 1"),
+                    ("deleted_at = now()", "deleted_at = NULL"),
+                ):
+                    await conn.execute(f"UPDATE images SET {corruption} WHERE upload_id = $1", kept)
+                    result = run_verify(settings)
+                    assert result.returncode == 1, f"verify missed {corruption}"
+                    assert "images = replay" in result.stdout, result.stdout
+                    await conn.execute(f"UPDATE images SET {undo} WHERE upload_id = $1", kept)
+                assert run_verify(settings).returncode == 0
+                await conn.execute("DELETE FROM images WHERE upload_id = $1", deleted)
+                result = run_verify(settings)
+                assert result.returncode == 1 and "images = replay" in result.stdout
+            finally:
+                await conn.close()
+        finally:
+            app.close()
