@@ -3,6 +3,10 @@
 Commands go to the ``Board`` aggregate (domain/boards.py); reads come from the boards read
 model (read_models/boards.py). An image is on at most one board: putting it on another moves
 it. Deleting a board leaves its images, on no board. Another user's board or image is a 404.
+
+A board's name is sealed under the user's data key (domain/boards.py): the events and the read
+model hold it sealed, and every answer opens it with the key as it is then, so after the user's
+erasure it reads "[erased]".
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from api.positions import no_content, no_content_response
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
 from api.schemas import Page, Strict, View
-from api.services import now
-from domain.boards import BOARD_IMAGES_MAX, BOARD_NAME_CHARS_MAX, Board
+from api.services import Services, now
+from domain.boards import BOARD_IMAGES_MAX, BOARD_NAME_CHARS_MAX, BOARD_NAME_FIELD, Board
 from domain.errors import NotFound
+from domain.personal_data import ERASED
+from infra.personal_keys import Opener, SealedValueCorrupt
 from read_models import boards as rm
 
 router = APIRouter(prefix="/v1/boards", tags=["boards"])
@@ -54,6 +60,20 @@ class BoardView(View):
     position: int | None = Field(None, description="store position of the command, if any")
 
 
+def opened_name(opener: Opener, name: str) -> str:
+    """A board's name as stored, opened: plaintext, or ERASED once its key is gone. A name
+    the user's live key does not open was sealed under a key their erasure destroyed (the
+    seal binds the user, so no other user's name gets here): it reads as erased too."""
+    try:
+        return opener.open(BOARD_NAME_FIELD, name)
+    except SealedValueCorrupt:
+        return ERASED
+
+
+async def _opener(svc: Services, user_id: str) -> Opener:
+    return await svc.personal_keys.opener(user_id)
+
+
 def _not_found(board_id: UUID) -> ProblemError:
     return ProblemError(
         p.NOT_FOUND, f"You have no board {board_id}; list your boards with GET /v1/boards."
@@ -77,18 +97,23 @@ async def create_board(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> BoardView:
+    key = await svc.personal_keys.key_for(principal.user_id)  # the event records it sealed
     result = await svc.command(
         svc.application.create_board,
         principal.user_id,
         request_key=idempotency_key or uuid.uuid4().hex,
         name=body.name,
         at=now(),
+        sealer=key,
     )
     response.headers["Location"] = f"/v1/boards/{result.board_id}"
     if not result.changed:
         response.headers["Idempotent-Replayed"] = "true"
     return BoardView(
-        board_id=result.board_id, name=result.name, image_count=0, position=result.position
+        board_id=result.board_id,
+        name=opened_name(key, result.name),
+        image_count=0,
+        position=result.position,
     )
 
 
@@ -106,9 +131,11 @@ async def list_boards(principal: CurrentUser, svc: ServicesDep, paging: Paging) 
         )
     except ValueError as e:
         raise bad_query(e) from None
-    return Page[BoardView](
-        items=[BoardView.model_validate(b) for b in page.items], next_cursor=page.next_cursor
-    )
+    opener = await _opener(svc, principal.user_id)
+    items = [BoardView.model_validate(b) for b in page.items]
+    for item in items:  # a page: at most its limit
+        item.name = opened_name(opener, item.name)
+    return Page[BoardView](items=items, next_cursor=page.next_cursor)
 
 
 @router.get(
@@ -125,13 +152,13 @@ async def get_board(board_id: BoardId, principal: CurrentUser, svc: ServicesDep)
         board = await svc.command(svc.application.board, principal.user_id, board_id)
     except NotFound:
         raise _not_found(board_id) from None
-    return _aggregate_view(board)
+    return _aggregate_view(board, await _opener(svc, principal.user_id))
 
 
-def _aggregate_view(board: Board, position: int | None = None) -> BoardView:
+def _aggregate_view(board: Board, opener: Opener, position: int | None = None) -> BoardView:
     return BoardView(
         board_id=board.id,
-        name=board.name,
+        name=opened_name(opener, board.name),
         image_count=len(board.images),
         created_at=board.created_at,
         position=position,
@@ -151,15 +178,17 @@ async def rename_board(
 ) -> BoardView:
     user, app = principal.user_id, svc.application
     try:
-        position = None
-        if body.name is not None:
-            position = (
-                await svc.command(app.rename_board, user, board_id, name=body.name, at=now())
-            ).position
+        if body.name is None:
+            board = await svc.command(app.board, user, board_id)
+            return _aggregate_view(board, await _opener(svc, user))
+        key = await svc.personal_keys.key_for(user)  # the new name is recorded sealed
+        renamed = await svc.command(
+            app.rename_board, user, board_id, name=body.name, at=now(), sealer=key
+        )
         board = await svc.command(app.board, user, board_id)
     except NotFound:
         raise _not_found(board_id) from None
-    return _aggregate_view(board, position)
+    return _aggregate_view(board, key, renamed.position)
 
 
 @router.delete(

@@ -18,6 +18,7 @@ from domain.commands.results import CommandResult, Result
 from domain.commands.store import CommandStore, command
 from domain.errors import IdempotencyConflict, NotFound
 from domain.jobs import GenerationJob
+from domain.personal_data import Sealer
 
 JOB_ID_CHARS = 36  # an image's name is its job's id (a UUID's text), a dash, an index
 
@@ -25,16 +26,24 @@ JOB_ID_CHARS = 36  # an image's name is its job's id (a UUID's text), a dash, an
 @dataclass(frozen=True)
 class BoardResult(Result):
     board_id: UUID
-    name: str
+    name: str  # as recorded: sealed under the user's key (the API opens it)
     changed: bool  # False: a repetition, nothing new recorded
 
 
 class BoardCommands(CommandStore):
     @command
     def create_board(
-        self, user_id: str, *, request_key: str, name: str, at: datetime
+        self,
+        user_id: str,
+        *,
+        request_key: str,
+        name: str,
+        at: datetime,
+        sealer: Sealer | None = None,
     ) -> BoardResult:
-        """The same request key again finds the same board (a different name is a conflict)."""
+        """The same request key again finds the same board (a different name is a conflict).
+        ``sealer``: the user's data key, which seals the name (domain/boards.py); the API
+        always passes it."""
         existing = self.find(ids.board_id(user_id, request_key))
         if existing is not None:
             assert isinstance(existing, Board) and existing.user_id == user_id  # id has user
@@ -42,21 +51,29 @@ class BoardCommands(CommandStore):
                 raise IdempotencyConflict(
                     "this Idempotency-Key created a board that was deleted since; use a new key"
                 )
-            if existing.created_name != name.strip():
+            if not existing.was_created_as(name, sealer):
                 raise IdempotencyConflict(
                     "this Idempotency-Key created a board of another name; use a new key"
                 )
             return BoardResult(board_id=existing.id, name=existing.name, changed=False)
-        board = Board.create(user_id=user_id, request_key=request_key, name=name, at=at)
+        board = Board.create(
+            user_id=user_id, request_key=request_key, name=name, at=at, sealer=sealer
+        )
         self.save(board)
         return BoardResult(board_id=board.id, name=board.name, changed=True)
 
     @command
     def rename_board(
-        self, user_id: str, board_uuid: UUID, *, name: str, at: datetime
+        self,
+        user_id: str,
+        board_uuid: UUID,
+        *,
+        name: str,
+        at: datetime,
+        sealer: Sealer | None = None,
     ) -> BoardResult:
         board = self.board(user_id, board_uuid)
-        changed = board.rename(name, at)
+        changed = board.rename(name, at, sealer)
         self.save(board if changed else None)
         return BoardResult(board_id=board.id, name=board.name, changed=changed)
 

@@ -1,12 +1,20 @@
 """Boards on the real stack: create (idempotent), list (cursor-paged), rename, file images
-(moving them between boards), take them off, delete the board (its images stay), and another
-user's board or image as a 404 problem."""
+(moving them between boards), take them off, delete the board (its images stay), another
+user's board or image as a 404 problem, and the names sealed under the user's data key (read
+"[erased]" after their erasure)."""
 
 from __future__ import annotations
 
+from uuid import UUID
+
+import asyncpg
 import pytest
 
+from api.services import now
+from domain.personal_data import ERASED, is_sealed
+from eventstore.contract import envelope_for
 from tests.api.conftest import Kit, problem_type
+from tests.api.project_now import project_now
 from tests.api.test_images import _job_with_images
 
 pytestmark = pytest.mark.integration
@@ -134,3 +142,110 @@ async def test_images_filter_by_board_and_creation_time_and_page(kit: Kit, user:
     assert {i["name"] for i in r.json()["items"]} >= set(names)
     r = await kit.client.get("/v1/images?created_after=yesterday", headers=auth)
     assert r.status_code == 422
+
+
+NAME = "Letters to Ana Pereira, 2019"  # what a person writes: personal data
+
+
+async def _stored_events(kit: Kit, board_id: str) -> list[str]:
+    """The raw stored rows of the board's events and their public envelopes, as text."""
+    conn = await asyncpg.connect(kit.settings.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT state FROM pinksea_events WHERE originator_id = $1", UUID(board_id)
+        )
+    finally:
+        await conn.close()
+    texts = [bytes(r["state"]).decode(errors="replace") for r in rows]
+    app = kit.app
+    for n in app.recorder.select_notifications(start=1, limit=100_000):
+        if n.originator_id == UUID(board_id):
+            texts.append(envelope_for(app.mapper.to_domain_event(n), n.id).to_bytes().decode())
+    return texts
+
+
+async def _names(kit: Kit, user: str) -> dict[str, str]:
+    r = await kit.client.get("/v1/boards", headers=kit.auth(user))
+    assert r.status_code == 200, r.text
+    return {b["board_id"]: b["name"] for b in r.json()["items"]}
+
+
+async def test_a_board_name_is_sealed_in_the_store_and_reads_in_the_api(
+    kit: Kit, user: str
+) -> None:
+    headers = kit.auth(user) | {"Idempotency-Key": "sealed-1"}
+    r = await kit.client.post("/v1/boards", json={"name": "first draft"}, headers=headers)
+    assert r.status_code == 201 and r.json()["name"] == "first draft", r.text
+    board = r.json()["board_id"]
+    r = await kit.client.patch(f"/v1/boards/{board}", json={"name": NAME}, headers=headers)
+    assert r.status_code == 200 and r.json()["name"] == NAME, r.text
+    texts = await _stored_events(kit, board)
+    assert len(texts) == 4  # two events, each stored and published
+    assert not any(NAME in t or "first draft" in t for t in texts)
+    stored = kit.app.board(user, UUID(board))
+    assert is_sealed(stored.name) and is_sealed(stored.created_name)
+    await kit.project()
+    row = await kit.services.pool.fetchval("SELECT name FROM boards WHERE board_id = $1", board)
+    assert is_sealed(row)
+    assert (await _names(kit, user))[board] == NAME
+    r = await kit.client.get(f"/v1/boards/{board}", headers=kit.auth(user))
+    assert r.json()["name"] == NAME
+
+    # The same create again is recognised by the name's keyed digest (also after a rename);
+    # the key with another name is a conflict; a rename to the name it has records nothing.
+    again = await kit.client.post("/v1/boards", json={"name": "first draft"}, headers=headers)
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["board_id"] == board and again.json()["name"] == NAME
+    other = await kit.client.post("/v1/boards", json={"name": NAME}, headers=headers)
+    assert other.status_code == 409 and problem_type(other) == "idempotency-conflict"
+    version = kit.app.board(user, UUID(board)).version
+    r = await kit.client.patch(f"/v1/boards/{board}", json={"name": f" {NAME} "}, headers=headers)
+    assert r.status_code == 200 and r.json()["name"] == NAME, r.text
+    assert kit.app.board(user, UUID(board)).version == version
+
+
+async def test_after_erasure_board_names_read_erased_everywhere(
+    kit: Kit, user: str, other: str
+) -> None:
+    headers = kit.auth(user) | {"Idempotency-Key": "erased-1"}
+    r = await kit.client.post("/v1/boards", json={"name": NAME}, headers=headers)
+    assert r.status_code == 201, r.text
+    board = r.json()["board_id"]
+    theirs = await _board(kit, other, "their own words")
+    await kit.project()
+    r = await kit.client.delete("/v1/me", headers=kit.auth(user))
+    assert r.status_code == 200 and r.json()["key_destroyed"], r.text
+    await kit.project()
+    assert (await _names(kit, user)) == {board: ERASED}
+    r = await kit.client.get(f"/v1/boards/{board}", headers=kit.auth(user))
+    assert r.status_code == 200 and r.json()["name"] == ERASED
+    assert (await _names(kit, other))[theirs] == "their own words"
+
+    # A new board starts a new key: it reads, the old one still reads erased (its seal does
+    # not open under the new key), and the old create's key can no longer be matched.
+    fresh = await _board(kit, user, "after the erasure")
+    again = await kit.client.post("/v1/boards", json={"name": NAME}, headers=headers)
+    assert again.status_code == 409 and problem_type(again) == "idempotency-conflict"
+    await kit.project()
+    assert (await _names(kit, user)) == {board: ERASED, fresh: "after the erasure"}
+
+    # The read model rebuilt from the event store still reads erased.
+    async with kit.services.pool.acquire() as conn, conn.transaction():
+        await conn.execute("TRUNCATE board_images, boards")
+        await conn.execute("DELETE FROM projection_versions WHERE projection = 'boards'")
+    await project_now(kit.app, kit.settings.database_url, start=1)
+    assert (await _names(kit, user)) == {board: ERASED, fresh: "after the erasure"}
+    r = await kit.client.patch(f"/v1/boards/{board}", json={"name": "renamed"}, headers=headers)
+    assert r.status_code == 200 and r.json()["name"] == "renamed", r.text
+
+
+async def test_a_board_from_before_sealing_reads_as_it_was_stored(kit: Kit, user: str) -> None:
+    """A board recorded before sealing holds its name in plaintext: it reads and compares as
+    before (and erasure cannot reach it: README, "Personal data and erasure")."""
+    await kit.client.get("/v1/me", headers=kit.auth(user))
+    old = kit.app.create_board(user, request_key="old", name="an old name", at=now())
+    headers = kit.auth(user) | {"Idempotency-Key": "old"}
+    again = await kit.client.post("/v1/boards", json={"name": "an old name"}, headers=headers)
+    assert again.status_code == 201 and again.json()["board_id"] == str(old.board_id)
+    await kit.project()
+    assert (await _names(kit, user))[str(old.board_id)] == "an old name"

@@ -15,6 +15,8 @@ from domain.application import PinkseaApplication
 from domain.boards import Board
 from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
 from domain.jobs import ImageRecord, JobParameters
+from domain.personal_data import is_sealed
+from infra.personal_keys import DataKey
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 
@@ -87,6 +89,42 @@ def test_create_is_idempotent_per_key(app: PinkseaApplication) -> None:
     app.delete_board(ann, first.board_id, at=T0)
     with pytest.raises(IdempotencyConflict):
         app.create_board(ann, request_key="k", name="Seas", at=T0)
+
+
+def test_a_sealed_name_is_recorded_with_its_digest_and_repeats_are_recognised(
+    app: PinkseaApplication,
+) -> None:
+    ann = _user(app)
+    key, new_key = DataKey(ann, b"k" * 32), DataKey(ann, b"n" * 32)
+    first = app.create_board(ann, request_key="k", name=" Seas ", at=T0, sealer=key)
+    board = app.board(ann, first.board_id)
+    assert is_sealed(board.name) and "Seas" not in board.name
+    assert key.open(boards.BOARD_NAME_FIELD, board.name) == "Seas"
+    again = app.create_board(ann, request_key="k", name="Seas", at=T0, sealer=key)
+    assert not again.changed and again.board_id == first.board_id
+    for other_name, sealer in (("Skies", key), ("Seas", new_key), ("Seas", None)):
+        with pytest.raises(IdempotencyConflict):  # without the key that made it: not the same
+            app.create_board(ann, request_key="k", name=other_name, at=T0, sealer=sealer)
+    assert not app.rename_board(ann, first.board_id, name="Seas", at=T0, sealer=key).changed
+    assert app.rename_board(ann, first.board_id, name="Skies", at=T0, sealer=key).changed
+    renamed = app.board(ann, first.board_id)
+    assert key.open(boards.BOARD_NAME_FIELD, renamed.name) == "Skies"
+    assert app.create_board(ann, request_key="k", name="Seas", at=T0, sealer=key).board_id == (
+        first.board_id  # a repeated create is compared with the name it created
+    )
+
+
+def test_a_plaintext_name_from_before_sealing_compares_as_it_was_stored(
+    app: PinkseaApplication,
+) -> None:
+    ann = _user(app)
+    key = DataKey(ann, b"k" * 32)
+    old = app.create_board(ann, request_key="old", name="Seas", at=T0)  # no sealer
+    assert app.board(ann, old.board_id).name == "Seas"
+    assert not app.create_board(ann, request_key="old", name="Seas", at=T0, sealer=key).changed
+    assert not app.rename_board(ann, old.board_id, name="Seas", at=T0, sealer=key).changed
+    assert app.rename_board(ann, old.board_id, name="Skies", at=T0, sealer=key).changed
+    assert is_sealed(app.board(ann, old.board_id).name)  # renamed now: sealed from then on
 
 
 def test_another_users_board_or_image_is_not_found(app: PinkseaApplication) -> None:
