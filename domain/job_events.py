@@ -6,8 +6,8 @@ shape: never rename or remove one, nor change a field's meaning
 (tests/unit/test_event_contract.py). Beside each event is its effect, the body the library runs
 when a command triggers it and again on every replay: it only mutates (no clock, no checks, no
 decisions), because a stored event is history. What may follow what is decided before an event
-is raised, by the lifecycle in domain/jobs.py; the status values live here because the effects
-set them and the read models and the API publish them.
+is raised, by the lifecycle in domain/job_lifecycle.py; the status values live here because the
+effects set them and the read models and the API publish them.
 
 ``GenerationJob`` (domain/jobs.py) binds each class as its attribute of the same name (where
 the library makes it the job's own event: use ``GenerationJob.Completed``) and each effect as

@@ -12,7 +12,7 @@ running -> settle the GPU time used; budget exhausted -> settle the budget; fail
 retryable and attempts remain, otherwise void (platform fault) or bill the time used (user
 fault). When the command gives a job up (a retryable failure of its last attempt), its
 result carries the dead letter, which the settler publishes as it is: the attempt cap and the
-decision are the lifecycle's (domain/jobs.py), not the settler's.
+decision are the lifecycle's (domain/job_lifecycle.py), not the settler's.
 """
 
 from __future__ import annotations

@@ -92,6 +92,6 @@ def test_admission_does_what_the_quote_said(
         assert account.available_mc(T0) == balance_mc - quoted.hold_mc
     else:
         # The submission answers the quote's refusal itself, creating no job (nothing to
-        # admit, nothing saved: domain/commands/jobs.py); the account is as it was.
+        # admit, nothing saved: domain/commands/submissions.py); the account is as it was.
         assert quoted.refusal[0].value in {r.value for r in RejectionReason}
         assert account.version == version

@@ -9,8 +9,8 @@ by its lease. A worker that stops heartbeating loses its job to a new attempt; t
 attempt's reports are stale and never billed; on the job's last attempt the job is abandoned
 instead (a command). The scheduler decides no job's fate: it sends a Dispatch when the
 dispatch command says ``send`` and publishes the dead letter a command returns, nothing else
-(the lifecycle is domain/jobs.py's). One scheduler is active at a time (an advisory lock); a
-second one waits as a standby.
+(the lifecycle is domain/job_lifecycle.py's). One scheduler is active at a time (an advisory
+lock); a second one waits as a standby.
 
 Prefetch (issue 18): a worker whose heartbeats offer a prefetch slot is sent one more dispatch
 while it runs a job, once no idle worker of its tier is left (busy workers soonest-free first,
