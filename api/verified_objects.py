@@ -12,8 +12,9 @@
 - :func:`owned`: the user's object from the event store (another user's is a 404, as a
   missing one).
 
-A router declares its kind once (:class:`VerifiedObjects`) and keeps its own request body,
-views and route metadata (the OpenAPI contract is theirs).
+A router declares its kind once (:class:`VerifiedObjects`: the aggregate, its path, its facts
+and their inspector, its two commands) and keeps its own request body, views and route
+metadata (the OpenAPI contract is theirs).
 """
 
 from __future__ import annotations
@@ -51,13 +52,12 @@ class VerifiedObjects(Generic[V, F]):
     """One kind of verified object, as its router declares it."""
 
     kind: type[V]
-    path: str  # its collection's route: a ticket's Location is under it
-    listing: str  # how the user lists theirs (a 404 says so)
+    path: str  # its collection's route: a ticket's Location is under it, GET lists them
+    facts: Callable[..., F]  # the kind's facts; facts(size_bytes=n): an object past the limit
+    inspect: Callable[[Any, int], F]  # (the object's body, the most bytes to read) -> facts
     # The commands recording the verdict and the deletion, e.g. PinkseaApplication.complete_upload.
     complete_command: Callable[..., VerifiedObjectResult]
     delete_command: Callable[..., CommandResult]
-    facts: Callable[..., F]  # the kind's facts; facts(size_bytes=n): an object past the limit
-    inspect: Callable[[Any, int], F]  # (the object's body, the most bytes to read) -> facts
 
     @property
     def noun(self) -> str:
@@ -65,7 +65,7 @@ class VerifiedObjects(Generic[V, F]):
 
     def not_found(self, object_id: UUID) -> ProblemError:
         return ProblemError(
-            p.NOT_FOUND, f"You have no {self.noun} {object_id}; list yours with {self.listing}."
+            p.NOT_FOUND, f"You have no {self.noun} {object_id}; list yours with GET {self.path}."
         )
 
 

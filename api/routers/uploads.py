@@ -79,11 +79,10 @@ def _inspect(body: Any, size_bytes_max: int) -> ImageFacts:
 UPLOADS = vo.VerifiedObjects(
     kind=Upload,
     path=router.prefix,
-    listing="GET /v1/uploads",
-    complete_command=PinkseaApplication.complete_upload,
-    delete_command=PinkseaApplication.delete_upload,
     facts=ImageFacts,
     inspect=_inspect,
+    complete_command=PinkseaApplication.complete_upload,
+    delete_command=PinkseaApplication.delete_upload,
 )
 
 

@@ -77,11 +77,10 @@ ModelId = Annotated[UUID, Field(description="the model_id POST /v1/models/mine a
 MODELS = vo.VerifiedObjects(
     kind=UserModel,
     path=router.prefix,
-    listing="GET /v1/models/mine",
-    complete_command=PinkseaApplication.complete_user_model,
-    delete_command=PinkseaApplication.delete_user_model,
     facts=LoraFacts,
     inspect=inspect_lora,
+    complete_command=PinkseaApplication.complete_user_model,
+    delete_command=PinkseaApplication.delete_user_model,
 )
 
 

@@ -6,8 +6,6 @@ request's replay, erased with the key, plaintext when recorded before sealing)."
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
-from uuid import uuid4
 
 import pytest
 from eventsourcing.utils import resolve_topic
@@ -16,13 +14,11 @@ from domain.application import PinkseaApplication
 from domain.catalog import ModelFamily
 from domain.errors import IdempotencyConflict, NotFound
 from domain.personal_data import ERASED, is_sealed
-from domain.subscription import CustomTerms
 from domain.uploads import ImageFacts, Upload
 from domain.user_models import NAME_FIELD, LoraFacts, UserModel
 from infra.personal_keys import KEY_BYTES, DataKey, ErasedKey
+from tests.domain.test_user_models import T0, _user  # a user on a plan with LoRAs
 
-T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
-TERMS = CustomTerms(credits_per_month=20_000, tier="dedicated", concurrent_jobs=1, storage_gb=5)
 LORA = LoraFacts(
     size_bytes=4096,
     sha256="ab" * 32,
@@ -34,15 +30,6 @@ PNG = ImageFacts(size_bytes=100, format="PNG", width=64, height=64)
 @pytest.fixture
 def app() -> PinkseaApplication:
     return PinkseaApplication(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
-
-
-def _user(app: PinkseaApplication) -> str:
-    user = f"user-{uuid4()}"
-    app.register_user(user, T0)
-    app.change_plan(
-        user, to_plan="enterprise", actor="admin:t", reason="t", at=T0, custom_terms=TERMS
-    )
-    return user
 
 
 @pytest.mark.parametrize(
