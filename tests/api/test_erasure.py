@@ -24,6 +24,7 @@ from domain.uploads import upload_key
 from domain.user_models import user_model_key
 from eventstore.contract import envelope_for
 from gpu_consumer.outputs import image_key, thumbnail_key
+from projections.jobs import JobsProjection
 from tests.api import test_uploads as uploads_test
 from tests.api import test_user_models as user_models_test
 from tests.api.conftest import Kit, problem_type
@@ -191,7 +192,7 @@ async def test_erasure_shreds_prompts_and_files_and_the_ledger_still_verifies(
 
     # The read models rebuilt from the event store still read as erased.
     async with kit.services.pool.acquire() as conn, conn.transaction():
-        await conn.execute("TRUNCATE jobs, images, usage_records")
+        await conn.execute(f"TRUNCATE {', '.join(JobsProjection.tables)}")
         await conn.execute("DELETE FROM projection_versions WHERE projection = 'jobs'")
     await project_now(kit.app, kit.settings.database_url, start=1)
     await kit.services.job_cache.delete(job_id)  # read the rebuilt row, not the cache
