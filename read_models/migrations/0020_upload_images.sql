@@ -21,14 +21,28 @@ CREATE TABLE upload_owners (
 );
 
 -- The uploads made before: the jobs projection skipped their events, so their owners and
--- images come from the uploads projection's rows once (`pinksea projections rebuild jobs`
--- derives the same rows from the events).
-INSERT INTO upload_owners (upload_id, user_id, key, requested_at, position)
-SELECT upload_id, user_id, key, requested_at, position FROM uploads;
+-- images come from the uploads projection's rows, with the versions it applied recorded as the
+-- jobs projection's, so that it goes on from there (an event the uploads projection had not
+-- applied yet is applied when it arrives; one it had is skipped). One statement: one snapshot
+-- of the uploads projection's rows and versions, written together by it. An upload's image
+-- sorts at its newest event, its completion unless it was deleted (and then is not listed);
+-- `pinksea projections rebuild jobs` derives the same rows from the events.
+WITH projected AS (
+    SELECT u.upload_id, u.user_id, u.key, u.status, u.size_bytes, u.width, u.height,
+        u.requested_at, u.finished_at, u.deleted_at, u.position, v.version
+    FROM uploads u
+    JOIN projection_versions v ON v.projection = 'uploads' AND v.aggregate_id = u.upload_id
+), owners AS (
+    INSERT INTO upload_owners (upload_id, user_id, key, requested_at, position)
+    SELECT upload_id, user_id, key, requested_at, position FROM projected
+), versions AS (
+    INSERT INTO projection_versions (projection, aggregate_id, version)
+    SELECT 'jobs', upload_id, version FROM projected
+)
 INSERT INTO images (
     user_id, name, job_id, upload_id, idx, key, thumbnail_key, size_bytes, width, height,
     created_at, position, image_category, image_origin, starred, is_intermediate, deleted_at
 )
 SELECT user_id, upload_id::text, NULL, upload_id, 0, key, key, size_bytes, width, height,
     finished_at, position, 'user', 'external', false, false, deleted_at
-FROM uploads WHERE status = 'completed';
+FROM projected WHERE status = 'completed';
