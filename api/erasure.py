@@ -1,23 +1,31 @@
 """Erasure of a user's personal data (DELETE /v1/me, and the admin's route): crypto-shredding.
 
 The event store is immutable history and the ledger is replayed from it, so nothing in it is
-deleted. What a person wrote was never stored there in plaintext: the prompts are sealed under
-the user's data key (domain/personal_data.py, infra/personal_keys.py). Erasing is therefore:
+deleted. What a person wrote was never stored there in plaintext: the prompts and the boards'
+names are sealed under the user's data key (domain/personal_data.py, infra/personal_keys.py).
+Erasing is therefore, in this order:
 
-1. every unfinished job of theirs cancelled (none runs on a prompt that reads as erased;
-   again once the key is gone, for a job submitted meanwhile);
-2. each of their images, uploads and LoRAs deleted as their own deletes would
-   (``ImageDeleted``, ``Upload.Deleted``, ``UserModel.Deleted``: the storage quota and the read
-   models follow), and every object under their images, thumbnails, uploads and models in S3
-   removed (also one whose deletion is not yet projected);
+1. every unfinished job of theirs cancelled (none runs on a prompt that reads as erased);
+2. their data key destroyed, first of all the work, so the erasure takes effect at once: from
+   then on every sealed prompt and board name of theirs reads "[erased]", in the API, the read
+   models (also rebuilt), the exports and every replay; their jobs stopped again (one
+   submitted meanwhile was sealed under the key just destroyed);
 3. the e-mail address of their sign-ins forgotten (it is no event: notification_preferences);
-4. their data key destroyed: from then on every sealed prompt of theirs reads "[erased]", in
-   the API, the read models (also rebuilt), the exports and every replay;
-5. ``PersonalData.Erased`` recorded: who erased, when, how much went, and nothing of what.
+4. each of their images, uploads and LoRAs deleted as their own deletes would
+   (``ImageDeleted``, ``Upload.Deleted``, ``UserModel.Deleted``: the storage quota and the read
+   models follow), at most ``DELETIONS_PER_REQUEST`` of them in one request;
+5. ``PersonalData.Erased`` recorded: who erased, when, how much went in this request, and
+   nothing of what;
+6. once no deletion is left, every object under their images, thumbnails, uploads and models
+   in S3 removed (also one whose deletion is not yet projected), at most
+   ``S3_PAGES_PER_REQUEST`` pages of ``S3_PAGE`` objects in one request.
 
-Events, postings, balances, receipts and the ledger's seals stay exact: they never held the
-plaintext. Each step is idempotent, so a request that failed half-way (S3 down: a 503) is
-repeated until it answers, and a repeat after a complete erasure changes nothing.
+A request does bounded work, however large the account: when a bound leaves something for
+later, its answer says ``complete: false`` (DELETE /v1/me answers 202 with Retry-After) and
+the same request repeated goes on where it stopped. Each step is idempotent, so a repeat, or
+one after a failure half-way (S3 down: a 503, the key already gone), never erases twice; a
+repeat after a complete erasure changes nothing. Events, postings, balances, receipts and the
+ledger's seals stay exact: they never held the plaintext.
 """
 
 from __future__ import annotations
@@ -43,12 +51,18 @@ log = structlog.get_logger("api.erasure")
 T = TypeVar("T")
 
 CONCURRENT_DELETES = 8  # deletion commands at once (each on a command thread of the API)
+# One request's work, whatever the account holds (a repeat does the rest): deletion commands
+# (images, uploads and LoRAs together),
+DELETIONS_PER_REQUEST = 500
 S3_PAGE = 1000  # DeleteObjects takes at most 1000 keys; ListObjectsV2 answers as many
-MAX_PAGES = 10_000  # ten million objects: far past any quota, a bound on the loop
+S3_PAGES_PER_REQUEST = 10  # and S3 list + delete round trips (10,000 objects)
+ERASURE_RETRY_AFTER_S = "1"  # when to repeat a request that left some (the projection's lag)
 
 
 @dataclass(frozen=True)
 class Erasure:
+    """What one erasure request did."""
+
     changed: bool  # False: nothing was left to erase
     key_destroyed: bool
     cancelled_jobs: int
@@ -57,21 +71,47 @@ class Erasure:
     models_deleted: int
     objects_deleted: int
     position: int
+    complete: bool  # False: a bound was reached, the same request again does the rest
+
+
+@dataclass
+class _Budget:
+    """The deletion commands one request has left; ``more``: something was left over."""
+
+    left: int
+    more: bool = False
+
+    @property
+    def limit(self) -> int:
+        """The rows to select: those it may delete, and one to tell whether any is left."""
+        return self.left + 1
+
+    def take(self, rows: list[T]) -> list[T]:
+        """Of ``rows`` (selected with ``limit``), those this request deletes."""
+        assert len(rows) <= self.limit
+        self.more = self.more or len(rows) > self.left
+        taken = rows[: self.left]
+        self.left -= len(taken)
+        assert self.left >= 0
+        return taken
 
 
 async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Erasure:
+    """One request's part of the erasure (all of it unless the account is larger than the
+    bounds: then ``complete`` is False and a repeat goes on)."""
     app = svc.application
     at = now()
     jobs = await _stop_jobs(svc, user_id)
-    images = await _delete_images(svc, user_id)
-    uploads = await _delete_uploads(svc, user_id)
-    models = await _delete_models(svc, user_id)
-    objects = await _delete_objects(svc, user_id)
-    await _forget_addresses(svc, user_id)
     destroyed = await svc.personal_keys.erase(user_id)
-    # A job submitted while this ran was sealed under the key just destroyed: stopped too, so
-    # that none runs on a prompt that reads "[erased]".
+    # A job submitted since the first stop was sealed under the key just destroyed: stopped
+    # too, so that none runs on a prompt that reads "[erased]".
     jobs += await _stop_jobs(svc, user_id)
+    await _forget_addresses(svc, user_id)
+    budget = _Budget(DELETIONS_PER_REQUEST)
+    images = await _delete_images(svc, user_id, budget)
+    uploads = await _delete_uploads(svc, user_id, budget)
+    models = await _delete_models(svc, user_id, budget)
+    # On record before the objects go: a failure there (a 503) loses nothing of the record.
     recorded = await svc.command(
         app.record_erasure,
         user_id,
@@ -82,6 +122,10 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
         models=models,
         at=at,
     )
+    objects, objects_left = 0, False
+    if not budget.more:  # the objects go after their deletions (a repeat sweeps them)
+        objects, objects_left = await _delete_objects(svc, user_id)
+    complete = not budget.more and not objects_left
     svc.storage.drop(user_id)
     await svc.balance_cache.delete(user_id)
     for job_id in jobs:
@@ -95,6 +139,7 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
         uploads=uploads,
         models=models,
         objects=objects,
+        complete=complete,
     )
     return Erasure(
         changed=recorded.changed or bool(jobs) or objects > 0,
@@ -105,6 +150,7 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
         models_deleted=models,
         objects_deleted=objects,
         position=recorded.position,
+        complete=complete,
     )
 
 
@@ -124,14 +170,15 @@ async def _stop_jobs(svc: Services, user_id: str) -> tuple[UUID, ...]:
     return jobs
 
 
-async def _delete_images(svc: Services, user_id: str) -> int:
+async def _delete_images(svc: Services, user_id: str, budget: _Budget) -> int:
     rows = await svc.pool.fetch(
         "SELECT job_id, name FROM images WHERE user_id = $1 AND deleted_at IS NULL"
-        " AND job_id IS NOT NULL",  # an upload's image goes with its upload
+        " AND job_id IS NOT NULL LIMIT $2",  # an upload's image goes with its upload, below
         user_id,
+        budget.limit,
     )
     by_job: dict[UUID, list[str]] = {}
-    for row in rows:  # the user's images: bounded by their storage quota
+    for row in budget.take(rows):  # at most DELETIONS_PER_REQUEST
         by_job.setdefault(row["job_id"], []).append(row["name"])
 
     def delete(job_id: UUID) -> int:
@@ -148,21 +195,25 @@ async def _delete_images(svc: Services, user_id: str) -> int:
     return await _each(svc, list(by_job), delete)
 
 
-async def _delete_uploads(svc: Services, user_id: str) -> int:
+async def _delete_uploads(svc: Services, user_id: str, budget: _Budget) -> int:
     rows = await svc.pool.fetch(
-        "SELECT upload_id FROM uploads WHERE user_id = $1 AND deleted_at IS NULL", user_id
+        "SELECT upload_id FROM uploads WHERE user_id = $1 AND deleted_at IS NULL LIMIT $2",
+        user_id,
+        budget.limit,
     )
     app = svc.application
-    ids = [r["upload_id"] for r in rows]  # the user's uploads: bounded by their storage quota
+    ids = [r["upload_id"] for r in budget.take(rows)]
     return await _each(svc, ids, lambda i: _changed(app.delete_upload, user_id, i, at=now()))
 
 
-async def _delete_models(svc: Services, user_id: str) -> int:
+async def _delete_models(svc: Services, user_id: str, budget: _Budget) -> int:
     rows = await svc.pool.fetch(
-        "SELECT model_id FROM user_models WHERE user_id = $1 AND deleted_at IS NULL", user_id
+        "SELECT model_id FROM user_models WHERE user_id = $1 AND deleted_at IS NULL LIMIT $2",
+        user_id,
+        budget.limit,
     )
     app = svc.application
-    ids = [r["model_id"] for r in rows]  # the user's LoRAs: bounded by their storage quota
+    ids = [r["model_id"] for r in budget.take(rows)]
     return await _each(svc, ids, lambda i: _changed(app.delete_user_model, user_id, i, at=now()))
 
 
@@ -210,14 +261,19 @@ def _prefixes(user_id: str) -> tuple[str, ...]:
     )
 
 
-async def _delete_objects(svc: Services, user_id: str) -> int:
-    """Every object under the user's prefixes, deleted; a failure is a 503 (the erasure is
-    repeated, and its key stays until the objects are gone)."""
+async def _delete_objects(svc: Services, user_id: str) -> tuple[int, bool]:
+    """The objects under the user's prefixes, deleted, at most ``S3_PAGES_PER_REQUEST`` pages
+    of them: how many, and whether some may be left (for a repeat). A listing that finds a
+    prefix empty costs no page (at most one per prefix), so a repeat always gets on. A
+    failure is a 503 (the erasure is repeated; the key is gone already)."""
     bucket = svc.settings.s3_bucket
     deleted = 0
+    pages = 0  # pages of objects listed and deleted
     try:
         for prefix in _prefixes(user_id):
-            for _ in range(MAX_PAGES):
+            for _ in range(S3_PAGES_PER_REQUEST + 1):  # the last round only finds the bound
+                if pages == S3_PAGES_PER_REQUEST:
+                    return deleted, True  # this prefix may hold more: a repeat looks
                 listed: dict[str, Any] = await svc.blocking(
                     svc.s3.list_objects_v2,
                     Bucket=bucket,
@@ -235,13 +291,14 @@ async def _delete_objects(svc: Services, user_id: str) -> int:
                 if answer.get("Errors"):
                     raise ProblemError(
                         p.UNAVAILABLE,
-                        "Some of your files could not be deleted yet; send the same request "
-                        "again in a moment.",
+                        "Some of your files could not be deleted yet; send the same "
+                        "request again in a moment.",
                         headers={"Retry-After": "5"},
                     )
+                pages += 1
                 deleted += len(keys)
-            else:
-                raise AssertionError(f"more than {MAX_PAGES} pages under {prefix}")
+                if not listed.get("IsTruncated"):
+                    break  # the prefix is empty now
     except (BotoCoreError, ClientError) as e:
         log.warning("erasure: objects not deleted", user=user_id, error=repr(e))
         raise ProblemError(
@@ -250,4 +307,5 @@ async def _delete_objects(svc: Services, user_id: str) -> int:
             "request again in a moment.",
             headers={"Retry-After": "5"},
         ) from None
-    return deleted
+    assert pages <= S3_PAGES_PER_REQUEST
+    return deleted, False

@@ -660,6 +660,11 @@ class ErasureView(View):
     models_deleted: int = Field(description="your LoRAs deleted")
     objects_deleted: int = Field(description="files removed from storage")
     position: int
+    complete: bool = Field(
+        description="false: this request did its bounded share of a large account and more is "
+        "left (the answer is a 202): send the same request again, after Retry-After, until "
+        'it is true. Your prompts and board names read "[erased]" from the first request on'
+    )
 
 
 # ---------------------------------------------------------------------- models and quotes

@@ -8,11 +8,11 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response, status
 
 from api import problems as p
 from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
-from api.erasure import erase_personal_data
+from api.erasure import DELETIONS_PER_REQUEST, ERASURE_RETRY_AFTER_S, erase_personal_data
 from api.failures import public_ledger_description
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
@@ -107,17 +107,32 @@ async def update_me(body: MeUpdate, principal: CurrentUser, svc: ServicesDep) ->
 @router.delete(
     "",
     response_model=ErasureView,
-    summary="Erase your personal data: your prompts, images and uploads",
-    description="Your unfinished jobs are cancelled (holds voided), your images and uploads "
-    "deleted, and the key that sealed your prompts destroyed: every prompt you wrote reads "
-    '"[erased]" from now on, in every view, export and rebuild. Your account, credits, '
-    "statement and invoices stay exact (they never held what you wrote); a new submission "
-    "starts with a new key. Repeating it changes nothing more.",
-    responses=problem_responses(*ERRORS, 422),
+    summary="Erase your personal data: your prompts, board names, images and uploads",
+    description="Your unfinished jobs are cancelled (holds voided), the key that sealed your "
+    "prompts and board names destroyed (every one of them reads "
+    '"[erased]" from now on, in every view, export and rebuild), and your images, uploads '
+    "and LoRAs deleted. Your account, credits, statement and invoices stay exact (they never "
+    "held what you wrote); a new submission starts with a new key. One request does a "
+    f"bounded share of the deletions (at most {DELETIONS_PER_REQUEST} items): when more is "
+    "left it answers 202 with `complete: false` and Retry-After, and the same request again "
+    "goes on until it answers 200 with `complete: true`. Repeating it then changes nothing "
+    "more.",
+    responses={
+        202: {
+            "model": ErasureView,
+            "description": "Erased in part (the key is destroyed): more is left, send the same "
+            "request again",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        },
+        **problem_responses(*ERRORS, 422),
+    },
     dependencies=[Depends(rate_limit("command"))],
 )
-async def erase_me(principal: CurrentUser, svc: ServicesDep) -> ErasureView:
+async def erase_me(principal: CurrentUser, svc: ServicesDep, response: Response) -> ErasureView:
     erasure = await erase_personal_data(svc, principal.user_id, actor="self")
+    if not erasure.complete:
+        response.status_code = status.HTTP_202_ACCEPTED
+        response.headers["Retry-After"] = ERASURE_RETRY_AFTER_S
     return ErasureView.model_validate({"user_id": principal.user_id, **asdict(erasure)})
 
 

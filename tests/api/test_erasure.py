@@ -13,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from api import erasure as erasure_module
 from api.services import now
 from audit.receipts import issue_receipt, verify_receipt
 from audit.seals import seal
@@ -204,6 +205,54 @@ async def test_erasure_shreds_prompts_and_files_and_the_ledger_still_verifies(
     assert repeat.status_code == 200 and not repeat.json()["changed"], repeat.text
     record = kit.app.find(personal_data_id(user))
     assert isinstance(record, PersonalData) and record.erasures == 1
+
+
+async def test_a_large_account_is_erased_in_bounded_requests_repeated(
+    kit: Kit, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request does a bounded share (here 2 deletions and 2 pages of 3 objects, the
+    bounds made small): the key goes in the first, and the same request repeated does the
+    rest, each answering 202 until one answers 200 complete."""
+    monkeypatch.setattr(erasure_module, "DELETIONS_PER_REQUEST", 2)
+    monkeypatch.setattr(erasure_module, "S3_PAGE", 3)
+    monkeypatch.setattr(erasure_module, "S3_PAGES_PER_REQUEST", 2)
+    job_id, images = await _completed_job(kit, user, count=5)  # 5 deletions, 10 objects
+    upload = await uploads_test._uploaded(kit, user)  # 1 deletion, 1 object
+    await kit.project()
+    keys = [k for i in images for k in (i["key"], i["thumbnail_key"])]
+    keys.append(upload_key(user, UUID(upload["upload_id"]), "image/png"))
+
+    r = await kit.client.delete("/v1/me", headers=kit.auth(user))
+    assert r.status_code == 202 and r.headers["Retry-After"] == "1", r.text
+    answers = [r.json()]
+    assert answers[0]["key_destroyed"] and not answers[0]["complete"]
+    # Erased at once: the prompt reads erased before the deletions are done.
+    view = (await kit.client.get(f"/v1/jobs/{job_id}", headers=kit.auth(user))).json()
+    assert view["prompt"] == ERASED
+    for _ in range(12):  # 6 deletions at 2 a request, then 11 objects at 6: 5 requests
+        if answers[-1]["complete"]:
+            break
+        await kit.project()  # the deletions recorded reach the read model the next one reads
+        r = await kit.client.delete("/v1/me", headers=kit.auth(user))
+        assert r.status_code == (200 if r.json()["complete"] else 202), r.text
+        answers.append(r.json())
+    assert answers[-1]["complete"], answers
+    assert len(answers) == 5, answers
+    for answer in answers:
+        assert answer["images_deleted"] + answer["uploads_deleted"] <= 2, answers
+        assert answer["objects_deleted"] <= 6, answers
+    assert [a["key_destroyed"] for a in answers] == [True, False, False, False, False]
+    assert sum(a["images_deleted"] for a in answers) == 5
+    assert sum(a["uploads_deleted"] for a in answers) == 1
+    assert sum(a["objects_deleted"] for a in answers) == len(keys) == 11
+    assert not any(uploads_test._exists(kit, k) for k in keys)
+    assert len(kit.app.job(UUID(job_id)).deleted_images) == 5
+    record = kit.app.find(personal_data_id(user))
+    assert isinstance(record, PersonalData) and record.erasures == 3  # the deleting requests
+    repeat = await kit.client.delete("/v1/me", headers=kit.auth(user))
+    assert repeat.status_code == 200 and repeat.json()["complete"], repeat.text
+    assert not repeat.json()["changed"]
+    await _ledger_ok(kit)
 
 
 async def test_admin_erasure_needs_an_admin_and_a_user(kit: Kit, user: str) -> None:
