@@ -3,6 +3,9 @@
 Every statement starts with $1 board id, $2 occurred_at, $3 position. A board's later events
 update its row, which must exist (the runner delivers an aggregate's events in order). A
 deleted board keeps its row, marked, and loses its images (they are on no board then).
+``name`` is stored as the event holds it: sealed under the user's data key (plaintext for a
+board recorded before sealing), which only the API opens (domain/boards.py), so a rebuild
+after the user's erasure reads "[erased]" like the row it replaces.
 """
 
 from __future__ import annotations
