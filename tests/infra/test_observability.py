@@ -26,6 +26,7 @@ ALARMS = {
     "consumer_lag": "consumer-lag",
     "rds_cpu": "rds-cpu",
     "rds_connections": "rds-connections",
+    "rds_free_storage": "rds-free-storage",
     "redis_memory": "redis-memory",
     "s3_error_rate": "s3-error-rate",
 }
@@ -90,6 +91,8 @@ def test_prometheus_thresholds_match_the_alarm_table(rules: dict[str, dict[str, 
     assert rules["PinkseaDatabaseCpuHigh"]["for"] == "10m"
     assert threshold("PinkseaDatabaseConnectionsHigh") == 0.8
     assert threshold("PinkseaRedisMemoryHigh") == 0.8
+    free = rules["PinkseaDatabaseFreeStorageLow"]
+    assert re.search(r"<\s*5368709120$", free["expr"].strip()) and free["for"] == "5m"
     assert threshold("PinkseaS3ErrorRateHigh") == 0.01
     for alert in ("PinkseaApi5xxRateHigh", "PinkseaS3ErrorRateHigh"):
         assert "[5m]" in rules[alert]["expr"], alert

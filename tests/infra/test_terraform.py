@@ -564,6 +564,16 @@ def test_alarm_table(tf: Config) -> None:
     assert conns["threshold"] == "${floor(var.db_max_connections * local.rds_connections_ratio)}"
     assert tf.locals("observability")["rds_connections_ratio"] == 0.8
 
+    free = _alarm(tf, "rds_free_storage")
+    assert (free["metric_name"], free["statistic"], _window(free)) == (
+        "FreeStorageSpace",
+        "Minimum",
+        300,
+    )
+    assert free["threshold"] == "${local.rds_free_storage_bytes_min}"
+    assert free["comparison_operator"] == "LessThanThreshold"
+    assert free["alarm_actions"] == ["${aws_sns_topic.alarms.arn}"]
+
     redis = _alarm(tf, "redis_memory")
     assert (redis["metric_name"], redis["threshold"]) == ("DatabaseMemoryUsagePercentage", 80)
 

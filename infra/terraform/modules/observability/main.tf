@@ -13,6 +13,11 @@
 
 locals {
   rds_connections_ratio = 0.8
+  # Free storage below 5 GiB for 5 minutes: storage autoscaling has not caught up (it grows
+  # at 10% free, then waits 6 hours before it may grow again) or it is at its ceiling.
+  # PostgreSQL out of space refuses every write (RELIABILITY.md, the chaos run's disk-full
+  # fault), and a checkpoint that cannot write stops the server.
+  rds_free_storage_bytes_min = 5 * 1024 * 1024 * 1024
   redis_members         = [for i in range(1, var.redis_member_count + 1) : format("%s-%03d", var.redis_replication_group, i)]
 }
 
@@ -159,6 +164,25 @@ resource "aws_cloudwatch_metric_alarm" "rds_connections" {
   datapoints_to_alarm = 5
   comparison_operator = "GreaterThanThreshold"
   threshold           = floor(var.db_max_connections * local.rds_connections_ratio)
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
+
+  tags = var.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "rds_free_storage" {
+  alarm_name          = "${var.name}-rds-free-storage"
+  alarm_description   = "RDS free storage below 5 GiB for 5 minutes. Runbook: docs/DEPLOY.md#rds-free-storage"
+  namespace           = "AWS/RDS"
+  metric_name         = "FreeStorageSpace"
+  dimensions          = { DBInstanceIdentifier = var.db_instance_id }
+  statistic           = "Minimum"
+  period              = 60
+  evaluation_periods  = 5
+  datapoints_to_alarm = 5
+  comparison_operator = "LessThanThreshold"
+  threshold           = local.rds_free_storage_bytes_min
   treat_missing_data  = "notBreaching"
   alarm_actions       = [aws_sns_topic.alarms.arn]
   ok_actions          = [aws_sns_topic.alarms.arn]
