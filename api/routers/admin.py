@@ -5,19 +5,18 @@ reactivating an account; and two lookups."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Response, status
 
 from api import problems as p
 from api.deps import AdminUser, IdempotencyKey, Paging, ServicesDep, consistent, rate_limit
 from api.erasure import erase_personal_data
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
-from api.routers.me import ledger_page
+from api.routers.me import ERASURE_INCOMPLETE, erasure_answer, ledger_page
 from api.schemas import (
     USER_ID,
     AccountStatusRequest,
@@ -312,13 +311,17 @@ async def reactivate(
     description="As the user's own DELETE /v1/me: unfinished jobs cancelled, images and "
     "uploads deleted, the data key that sealed their prompts destroyed (the prompts read "
     '"[erased]" everywhere); their ledger stays exact. Recorded as PersonalData.Erased with '
-    "you as the actor. Repeating it changes nothing more.",
-    responses=problem_responses(*ERRORS, 404, 422),
+    "you as the actor. Bounded per request as DELETE /v1/me is: while work is left it answers "
+    "202 with `complete: false` and Retry-After, and the same request again goes on until it "
+    "answers 200 with `complete: true`. Repeating it then changes nothing more.",
+    responses={**ERASURE_INCOMPLETE, **problem_responses(*ERRORS, 404, 422)},
 )
-async def erase_user(user_id: UserId, admin: AdminUser, svc: ServicesDep) -> ErasureView:
+async def erase_user(
+    user_id: UserId, admin: AdminUser, svc: ServicesDep, response: Response
+) -> ErasureView:
     await svc.command(_require_user, svc, user_id)
     erasure = await erase_personal_data(svc, user_id, actor=_actor(admin))
-    return ErasureView.model_validate({"user_id": user_id, **asdict(erasure)})
+    return erasure_answer(user_id, erasure, response)
 
 
 async def _enforce(svc: Services, user_id: str, result: StatusOutcome) -> None:

@@ -12,7 +12,12 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from api import problems as p
 from api.deps import CurrentUser, Paging, ServicesDep, consistent, rate_limit
-from api.erasure import DELETIONS_PER_REQUEST, ERASURE_RETRY_AFTER_S, erase_personal_data
+from api.erasure import (
+    DELETIONS_PER_REQUEST,
+    ERASURE_RETRY_AFTER_S,
+    Erasure,
+    erase_personal_data,
+)
 from api.failures import public_ledger_description
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import bad_query
@@ -104,6 +109,26 @@ async def update_me(body: MeUpdate, principal: CurrentUser, svc: ServicesDep) ->
     return await me(principal, svc)
 
 
+# The OpenAPI entry of an erasure request that left work (this route's and the admin's).
+ERASURE_INCOMPLETE: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ErasureView,
+        "description": "Erased in part (the key is destroyed): more is left, send the same "
+        "request again",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}
+
+
+def erasure_answer(user_id: str, erasure: Erasure, response: Response) -> ErasureView:
+    """The view of one erasure request: 200 when complete, else 202 with Retry-After (the
+    same request again goes on)."""
+    if not erasure.complete:
+        response.status_code = status.HTTP_202_ACCEPTED
+        response.headers["Retry-After"] = ERASURE_RETRY_AFTER_S
+    return ErasureView.model_validate({"user_id": user_id, **asdict(erasure)})
+
+
 @router.delete(
     "",
     response_model=ErasureView,
@@ -117,23 +142,12 @@ async def update_me(body: MeUpdate, principal: CurrentUser, svc: ServicesDep) ->
     "left it answers 202 with `complete: false` and Retry-After, and the same request again "
     "goes on until it answers 200 with `complete: true`. Repeating it then changes nothing "
     "more.",
-    responses={
-        202: {
-            "model": ErasureView,
-            "description": "Erased in part (the key is destroyed): more is left, send the same "
-            "request again",
-            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-        },
-        **problem_responses(*ERRORS, 422),
-    },
+    responses={**ERASURE_INCOMPLETE, **problem_responses(*ERRORS, 422)},
     dependencies=[Depends(rate_limit("command"))],
 )
 async def erase_me(principal: CurrentUser, svc: ServicesDep, response: Response) -> ErasureView:
     erasure = await erase_personal_data(svc, principal.user_id, actor="self")
-    if not erasure.complete:
-        response.status_code = status.HTTP_202_ACCEPTED
-        response.headers["Retry-After"] = ERASURE_RETRY_AFTER_S
-    return ErasureView.model_validate({"user_id": principal.user_id, **asdict(erasure)})
+    return erasure_answer(principal.user_id, erasure, response)
 
 
 @router.get(

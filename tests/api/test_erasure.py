@@ -276,6 +276,26 @@ async def test_admin_erasure_needs_an_admin_and_a_user(kit: Kit, user: str) -> N
     assert view["prompt"] == "a fresh start"
 
 
+async def test_the_admin_erasure_is_bounded_and_answers_as_delete_me(
+    kit: Kit, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin's route does the bounded share of DELETE /v1/me: 202 with Retry-After while
+    work is left, 200 once complete (here 3 deletions at 2 a request)."""
+    monkeypatch.setattr(erasure_module, "DELETIONS_PER_REQUEST", 2)
+    await _completed_job(kit, user, count=3)
+    path = f"/v1/admin/users/{user}/personal-data"
+    r = await kit.client.delete(path, headers=kit.auth("root", admin=True))
+    assert r.status_code == 202 and r.headers["Retry-After"] == "1", r.text
+    assert not r.json()["complete"] and r.json()["images_deleted"] == 2, r.text
+    await kit.project()
+    r = await kit.client.delete(path, headers=kit.auth("root", admin=True))
+    assert r.status_code == 200 and "Retry-After" not in r.headers, r.text
+    assert r.json()["complete"] and r.json()["images_deleted"] == 1, r.text
+    document = (await kit.client.get("/openapi.json")).json()
+    answers = document["paths"]["/v1/admin/users/{user_id}/personal-data"]["delete"]["responses"]
+    assert {"200", "202"} <= set(answers) and "Retry-After" in answers["202"]["headers"], answers
+
+
 async def test_erasure_deletes_uploads_and_loras_with_their_objects(kit: Kit, user: str) -> None:
     await user_models_test._on_lora_plan(kit, user)
     model = await user_models_test._uploaded(kit, user)
