@@ -4,9 +4,11 @@ job's prompts is ciphertext under its user's data key, so deleting the key erase
 
 This module is the sealed form and the rules around it, no cryptography and no I/O: the key
 store (infra/personal_keys.py) implements :class:`Sealer` and :class:`Opener` with AES-256-GCM
-under a key kept outside the event store. A sealed value is a string, ``sealed:v1:`` and the
-base64url of nonce + ciphertext, so a stored ``parameters`` dict keeps its shape and JSON types;
-a string without the prefix is plaintext (jobs submitted before sealing, read as they are).
+under a key kept outside the event store. A sealed value is a string, ``sealed:v2:``, the
+generation of the key that sealed it, ``:`` and the base64url of nonce + ciphertext (``sealed:v1:``
+and the base64url: sealed before keys had generations, by a user's first key), so a stored
+``parameters`` dict keeps its shape and JSON types; a string without either prefix is plaintext
+(jobs submitted before sealing, read as they are).
 
 Where the plaintext is needed (the API's job views, the scheduler's dispatch to a GPU worker)
 it is opened with the user's key; where it is not, a reader sees :data:`WITHHELD`; once the
@@ -30,7 +32,9 @@ from eventsourcing.domain import Aggregate, event
 from domain.ids import PINKSEA_NAMESPACE
 from domain.units import require_aware
 
-SEALED_PREFIX = "sealed:v1:"
+# A sealed value's prefixes: v1 (no generation named: the user's first key) and v2, which names
+# the generation of the key that sealed it (infra/personal_keys.py).
+SEALED_PREFIXES = ("sealed:v1:", "sealed:v2:")
 ERASED = "[erased]"  # what a sealed value reads as once its key is gone
 WITHHELD = "[sealed]"  # what a reader without the key sees (a projection, an estimate)
 # The fields of a job's parameters that hold what a person wrote.
@@ -57,7 +61,7 @@ class Opener(Protocol):
 
 
 def is_sealed(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and value.startswith(SEALED_PREFIX)
+    return isinstance(value, str) and value.startswith(SEALED_PREFIXES)
 
 
 def is_sealed_parameters(data: dict[str, Any]) -> bool:
@@ -67,11 +71,13 @@ def is_sealed_parameters(data: dict[str, Any]) -> bool:
 
 
 def sealed(data: dict[str, Any], sealer: Sealer) -> dict[str, Any]:
-    """``data`` with each non-empty personal field sealed (an empty one says nothing)."""
+    """``data`` (a request: plaintext) with each non-empty personal field sealed (an empty one
+    says nothing). Every one, also a text that happens to look sealed: what a person wrote is
+    never stored as it is, and reading it back never mistakes it for ciphertext."""
     out = dict(data)
     for name in PERSONAL_FIELDS:
         value = out.get(name)
-        if isinstance(value, str) and value and not is_sealed(value):
+        if isinstance(value, str) and value:
             out[name] = sealer.seal(name, value)
     return out
 
@@ -102,8 +108,7 @@ def blinded(data: dict[str, Any], sealer: Sealer) -> dict[str, Any]:
     out = dict(data)
     for name in PERSONAL_FIELDS:
         value = out.get(name)
-        if isinstance(value, str):
-            assert not is_sealed(value), "a fingerprint is taken over the plaintext request"
+        if isinstance(value, str):  # the request's plaintext (it may look sealed: see sealed)
             out[name] = DIGEST_PREFIX + sealer.digest(name, value)
     return out
 

@@ -14,7 +14,6 @@ from pydantic import SecretStr, ValidationError
 from domain.jobs import JobParameters
 from domain.personal_data import (
     ERASED,
-    SEALED_PREFIX,
     WITHHELD,
     blinded,
     is_sealed,
@@ -23,7 +22,15 @@ from domain.personal_data import (
     sealed,
     withheld,
 )
-from infra.personal_keys import DataKey, ErasedKey, SealedValueCorrupt, parse_kek
+from infra.personal_keys import (
+    SEALED_V1,
+    SEALED_V2,
+    DataKey,
+    ErasedKey,
+    SealedValueCorrupt,
+    parse_kek,
+    sealed_generation,
+)
 from infra.settings import Settings
 
 texts = st.text(min_size=1, max_size=2000)
@@ -54,11 +61,47 @@ def test_a_sealed_text_opens_only_with_its_users_key_and_field(text: str) -> Non
     ):
         with pytest.raises(SealedValueCorrupt):
             wrong.open(field, value)
-    raw = bytearray(base64.urlsafe_b64decode(value.removeprefix(SEALED_PREFIX)))
+    generation, body = sealed_generation(value)
+    raw = bytearray(base64.urlsafe_b64decode(body))
     raw[-1] ^= 1  # one bit of the tag
-    tampered = SEALED_PREFIX + base64.urlsafe_b64encode(bytes(raw)).decode()
+    tampered = f"{SEALED_V2}{generation}:{base64.urlsafe_b64encode(bytes(raw)).decode()}"
     with pytest.raises(SealedValueCorrupt):
         k.open("prompt", tampered)
+
+
+@given(texts, st.integers(1, 5))
+def test_a_value_of_a_destroyed_generation_reads_erased_under_the_next_key(
+    text: str, generation: int
+) -> None:
+    old = DataKey("u-1", os.urandom(32), generation)
+    value = old.seal("prompt", text)
+    assert sealed_generation(value)[0] == generation
+    assert old.open("prompt", value) == text
+    new = DataKey("u-1", os.urandom(32), generation + 1)  # made after the erasure
+    assert new.open("prompt", value) == ERASED
+    # A generation the user has not had yet is no erasure but corrupt, as is a relabelled
+    # value under that generation's key (the generation is bound to the ciphertext).
+    relabelled = value.replace(f"{SEALED_V2}{generation}:", f"{SEALED_V2}{generation + 1}:")
+    for live in (old, DataKey("u-1", old.key, generation + 1)):
+        with pytest.raises(SealedValueCorrupt):
+            live.open("prompt", relabelled)
+
+
+def test_a_first_keys_value_sealed_before_generations_opens_and_is_erased_after() -> None:
+    k = DataKey("u-1", os.urandom(32))
+    # What DataKey.seal wrote before generations: v1, the associated data without one.
+    v1 = SEALED_V1 + sealed_generation(k.seal("prompt", "a lighthouse"))[1]
+    assert k.open("prompt", v1) == "a lighthouse"
+    assert DataKey("u-1", os.urandom(32), 2).open("prompt", v1) == ERASED
+
+
+def test_a_prompt_that_looks_sealed_is_sealed_like_any_other() -> None:
+    k = key()
+    looks = f"{SEALED_V1}not-base64!"
+    params = JobParameters(model="tiny-sd", prompt=looks, steps=4, width=64, height=64)
+    stored = sealed(params.as_event_data(), k)
+    assert stored["prompt"] != looks and opened(stored, k)["prompt"] == looks
+    assert params.fingerprint(k) == params.fingerprint(k)
 
 
 @given(st.text(max_size=300), st.text(max_size=300))
