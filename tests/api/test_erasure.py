@@ -350,3 +350,49 @@ async def test_image_metadata_and_remix_open_the_sealed_prompt(kit: Kit, user: s
     await kit.project()
     view = (await kit.client.get(f"/v1/jobs/{r.json()['job_id']}", headers=kit.auth(user))).json()
     assert view["prompt"] == PROMPT
+
+
+async def test_after_an_erasure_a_new_key_opens_new_prompts_and_old_ones_read_erased(
+    kit: Kit, user: str
+) -> None:
+    old_job, _ = await _completed_job(kit, user)
+    r = await kit.client.delete("/v1/me", headers=kit.auth(user))
+    assert r.status_code == 200 and r.json()["key_destroyed"], r.text
+    # The user goes on: the next submission makes a key of the next generation.
+    fresh = await kit.submit(user, prompt="a new beginning")
+    assert fresh.status_code == 202, fresh.text
+    await kit.project()
+    generation = await kit.services.pool.fetchval(
+        "SELECT generation FROM personal_data_keys WHERE user_id = $1", user
+    )
+    assert generation == 2
+    listed = await kit.client.get("/v1/jobs", headers=kit.auth(user))
+    assert listed.status_code == 200, listed.text  # before generations: a 500 here
+    prompts = {j["job_id"]: j["prompt"] for j in listed.json()["items"]}
+    assert prompts == {old_job: ERASED, fresh.json()["job_id"]: "a new beginning"}
+    await kit.services.job_cache.delete(old_job)
+    view = await kit.client.get(f"/v1/jobs/{old_job}", headers=kit.auth(user))
+    assert view.status_code == 200 and view.json()["prompt"] == ERASED, view.text
+    # Erased again: both generations read erased; the row keeps the count, not a key.
+    again = await kit.client.delete("/v1/me", headers=kit.auth(user))
+    assert again.status_code == 200 and again.json()["key_destroyed"], again.text
+    await kit.project()
+    row = await kit.services.pool.fetchrow(
+        "SELECT wrapped_key, generation, erased_at FROM personal_data_keys WHERE user_id = $1",
+        user,
+    )
+    assert row["wrapped_key"] is None and row["generation"] == 2 and row["erased_at"] is not None
+    listed = (await kit.client.get("/v1/jobs", headers=kit.auth(user))).json()["items"]
+    assert {j["prompt"] for j in listed} == {ERASED}
+
+
+async def test_a_prompt_that_looks_sealed_is_taken_as_written(kit: Kit, user: str) -> None:
+    looks = "sealed:v1:AAAA a prompt a person may well write"
+    r = await kit.submit(user, prompt=looks, negative_prompt="sealed:v2:1:x")
+    assert r.status_code == 202, r.text
+    await kit.project()
+    view = await kit.client.get(f"/v1/jobs/{r.json()['job_id']}", headers=kit.auth(user))
+    assert view.status_code == 200, view.text
+    assert (view.json()["prompt"], view.json()["negative_prompt"]) == (looks, "sealed:v2:1:x")
+    stored = await _stored_submissions(kit, r.json()["job_id"])
+    assert not any(looks in text for text in stored)
