@@ -21,6 +21,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -153,16 +154,37 @@ def s3_client(stack_settings: Settings) -> Any:
 def s3_bucket(s3_client: Any, stack_settings: Settings, run_id: str) -> Iterator[str]:
     """A bucket of this session's own; emptied and deleted at the end."""
     bucket = f"pinksea-t-{run_id}"
+    sweep_stale_buckets(s3_client, "pinksea-t-")
     health.ensure_bucket(s3_client, bucket, stack_settings.s3_region)
     try:
         yield bucket
     finally:
-        paginator = s3_client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                s3_client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
-        s3_client.delete_bucket(Bucket=bucket)
+        delete_bucket(s3_client, bucket)
+
+
+def sweep_stale_buckets(s3_client: Any, prefix: str) -> None:
+    """The buckets named ``prefix``... of sessions that died before their teardown (older
+    than ``STALE_DATABASE_S``, which no session lasts) deleted, as their databases are. Best
+    effort: another session starting now may be sweeping the same one."""
+    from botocore.exceptions import ClientError
+
+    oldest = datetime.now(UTC) - timedelta(seconds=STALE_DATABASE_S)
+    for bucket in s3_client.list_buckets()["Buckets"]:
+        if bucket["Name"].startswith(prefix) and bucket["CreationDate"] < oldest:
+            with contextlib.suppress(ClientError):
+                delete_bucket(s3_client, bucket["Name"])
+
+
+def delete_bucket(s3_client: Any, bucket: str) -> None:
+    """``bucket`` emptied (every object, a page of 1000 at a time) and deleted: a session's
+    bucket left behind takes a volume of the local S3 (SeaweedFS) for good, and after a few
+    hundred of them every upload fails."""
+    paginator = s3_client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3_client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    s3_client.delete_bucket(Bucket=bucket)
 
 
 # --- Redis ---------------------------------------------------------------------------------

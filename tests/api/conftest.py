@@ -33,6 +33,7 @@ from domain.application import PinkseaApplication
 from domain.jobs import ImageRecord
 from infra.settings import Settings
 from tests.api.project_now import project_now
+from tests.conftest import delete_bucket, sweep_stale_buckets
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +67,10 @@ def api_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def api_settings(api_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def api_settings(
+    api_database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """The session's settings; its bucket (``ta-<tag>``) emptied and deleted at the end."""
     tag = uuid.uuid4().hex[:10]
     settings = Settings(
         database_url=api_database_url,
@@ -82,11 +86,16 @@ def api_settings(api_database_url: str, tmp_path_factory: pytest.TempPathFactory
         db_pool_size=8,
         log_json=False,
     )
-    s3_client(settings).create_bucket(
+    s3 = s3_client(settings)
+    sweep_stale_buckets(s3, "ta-")
+    s3.create_bucket(
         Bucket=settings.s3_bucket,
         CreateBucketConfiguration={"LocationConstraint": settings.s3_region},
     )
-    return settings
+    try:
+        yield settings
+    finally:
+        delete_bucket(s3, settings.s3_bucket)
 
 
 @pytest.fixture(scope="session")
