@@ -87,14 +87,15 @@ async def recall_parameters(
     """Each of the user's images' generation metadata: its job's stored parameters as their
     owner reads them back, the prompts opened (one key read for them all), with the seed the
     job ran with; None for an upload, which no job made. The one place the API turns a job's
-    stored parameters into what it shows for an image or submits again (a remix)."""
+    stored parameters into what it shows for an image or submits again (a remix): the
+    strength is the one the job ran with (its kind's default when none was sent)."""
     opener = await svc.personal_keys.opener(user_id) if any(i.sealed for i in images) else None
     recalled: list[RunParameters | None] = []
     for image in images:  # a page: at most MAX_LIMIT
         if image.parameters is None:
             recalled.append(None)
             continue
-        data = image.parameters.model_dump()
+        data = image.parameters.model_dump() | {"strength": image.parameters.run_strength}
         if opener is not None:
             data |= personal_data.opened(dict(image.sealed), opener)
         recalled.append(RunParameters.model_validate({**data, "seed": image.seed}))

@@ -141,6 +141,15 @@ class JobParameters(BaseModel):
         return 1.0 if self.mask is not None else DEFAULT_STRENGTH
 
     @property
+    def run_strength(self) -> float | None:
+        """The strength as the job runs it, for reading its parameters back: the one sent, else
+        its kind's default (image-to-image 0.8, inpainting 1.0); None where the job takes none
+        (text-to-image, an upscale). The stored parameters keep what was sent."""
+        if self.init_image is None or self.scale is not None:
+            return None
+        return self.effective_strength
+
+    @property
     def effective_steps(self) -> int:
         """The denoising steps the run takes: diffusers' img2img and inpainting pipelines skip
         the first ``steps - int(steps x strength)`` (their ``get_timesteps``). An upscaler

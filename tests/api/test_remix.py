@@ -12,6 +12,7 @@ import pytest
 from domain.personal_data import PERSONAL_FIELDS
 from tests.api.conftest import TINY, Kit, problem_type
 from tests.api.test_images import _job_with_images
+from tests.api.test_uploads import _png, _uploaded
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +141,44 @@ async def test_a_deleted_image_cannot_be_remixed(kit: Kit, user: str) -> None:
     await kit.project()
     r = await _remix(kit, user, name)
     assert r.status_code == 404 and problem_type(r) == "not-found"
+
+
+async def test_the_recalled_strength_is_the_one_the_job_ran_with(kit: Kit, user: str) -> None:
+    """Sent none, an inpainting job ran at 1.0 and an image-to-image job at 0.8: the metadata
+    says so (a text-to-image job has none), and the stored parameters keep what was sent."""
+    await kit.client.get("/v1/me", headers=kit.auth(user))
+    await kit.set_plan(user, "pro")
+    init, mask = await _uploaded(kit, user), await _uploaded(kit, user, _png(mode="L"))
+    inputs = {"init_image": init["upload_id"]}
+    kinds: list[tuple[dict[str, Any], float | None]] = [
+        ({"model": "tiny-sd-inpaint", **inputs, "mask": mask["upload_id"]}, 1.0),
+        (inputs, 0.8),
+        ({"init_image": init["upload_id"], "strength": 0.5}, 0.5),
+        ({}, None),
+    ]
+    names = []
+    for body, strength in kinds:
+        r = await kit.submit(user, **body)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        name = f"{job_id}-0"
+        image = {
+            "name": name,
+            "key": f"users/{user}/images/{name}.png",
+            "thumbnail_key": f"users/{user}/thumbnails/{name}.webp",
+            "size_bytes": 10,
+            "width": 64,
+            "height": 64,
+        }
+        kit.run_job(job_id, images=[image])  # type: ignore[list-item]
+        await kit.project()
+        r = await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))
+        assert r.status_code == 200, r.text
+        assert r.json()["metadata"]["strength"] == strength, (body, r.json()["metadata"])
+        assert kit.app.job(uuid.UUID(job_id)).parameters.get("strength") == body.get("strength")
+        names.append(name)
+    # A remix submits the metadata: the inpainting job again, at the strength it ran with.
+    r = await _remix(kit, user, names[0])
+    assert r.status_code == 202, r.text
+    remixed = kit.app.job(uuid.UUID(r.json()["job_id"])).parameters
+    assert (remixed["model"], remixed["strength"]) == ("tiny-sd-inpaint", 1.0), remixed

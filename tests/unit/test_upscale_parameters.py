@@ -79,3 +79,14 @@ def test_text_to_image_parameters_are_stored_as_before() -> None:
     plain = JobParameters(model="tiny-sd", prompt="a sea", steps=4, width=64, height=64)
     assert "scale" not in plain.as_event_data()
     assert _params().as_event_data()["scale"] == 4
+
+
+def test_the_strength_a_job_runs_with() -> None:
+    """Read back (an image's metadata): an upscale takes none, as text-to-image does; image to
+    image and inpainting their defaults when none was sent, else the one sent."""
+    assert _params().run_strength is None
+    assert _params(model="tiny-sd", scale=None, init_image=None).run_strength is None
+    assert _params(model="tiny-sd", scale=None).run_strength == 0.8
+    assert _params(model="tiny-sd", scale=None, strength=0.3).run_strength == 0.3
+    inpainting = _params(model="tiny-sd-inpaint", scale=None, mask=REF)
+    assert inpainting.run_strength == 1.0 and inpainting.strength is None
