@@ -180,7 +180,9 @@ async def list_api_keys(
 @router.get(
     "/{key_id}",
     response_model=ApiKeyView,
-    summary="One of your API keys (never its secret)",
+    summary="One of your live API keys (never its secret)",
+    description="A revoked key is gone from here (404, saying when it was revoked), as after "
+    "any DELETE; the list keeps it, with `revoked_at`, for the record.",
     responses=problem_responses(*ERRORS, 404, 422),
     dependencies=[Depends(rate_limit("query"))],
 )
@@ -195,6 +197,12 @@ async def get_api_key(
     )
     if row is None:
         raise key_not_found(key_id)
+    if row["revoked_at"] is not None:
+        raise ProblemError(
+            p.NOT_FOUND,
+            f"API key {key_id} was revoked at {row['revoked_at'].isoformat()}; revoked keys "
+            "stay in GET /v1/api-keys with their revoked_at.",
+        )
     return _view(row)
 
 

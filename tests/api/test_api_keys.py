@@ -58,6 +58,10 @@ async def test_create_use_list_revoke(kit: Kit, user: str) -> None:
     assert again.status_code == 204
     listed = (await kit.client.get("/v1/api-keys", headers=kit.auth(user))).json()["items"]
     assert listed[0]["revoked_at"] is not None
+    # Gone from its own address, as after any DELETE; the list keeps it for the record.
+    gone = await kit.client.get(f"/v1/api-keys/{created['id']}", headers=kit.auth(user))
+    assert gone.status_code == 404 and problem_type(gone) == "not-found", gone.text
+    assert "revoked at" in gone.json()["detail"]
 
 
 async def test_wrong_secret_with_a_real_prefix_is_401(kit: Kit, user: str) -> None:
