@@ -6,10 +6,15 @@ the first parameter, ``self``). Each validates and then triggers the job's image
 (domain/job_events.py), one per change: a repeat changes nothing and says so (False). An image
 that is deleted, another user's or unknown is NotFound, all alike, so the answer tells another
 user nothing.
+
+The rule of an image's flags is :func:`record_flags`, the one a job's images and an upload
+(domain/uploads.py, the image a user sent) both follow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -19,6 +24,35 @@ from domain.units import require_aware
 
 if TYPE_CHECKING:
     from domain.jobs import GenerationJob
+
+
+@dataclass(frozen=True)
+class ImageFlags:
+    """The owner's flags on one image (InvokeAI's ``starred`` and ``is_intermediate``)."""
+
+    starred: bool
+    is_intermediate: bool
+
+
+def record_flags(
+    flags: ImageFlags,
+    *,
+    starred: bool | None,
+    is_intermediate: bool | None,
+    star: Callable[[bool], None],
+    mark: Callable[[bool], None],
+) -> bool:
+    """The rule of every image's flags: each flag asked for (None: it stays) that differs
+    from ``flags``, the image's now, is one event, which ``star(value)`` or ``mark(value)``
+    triggers. False when both were as asked: a repeat records nothing."""
+    changed = False
+    if starred is not None and starred != flags.starred:
+        star(starred)
+        changed = True
+    if is_intermediate is not None and is_intermediate != flags.is_intermediate:
+        mark(is_intermediate)
+        changed = True
+    return changed
 
 
 def delete_image(self: GenerationJob, *, name: str, user_id: str, at: datetime) -> bool:
@@ -70,15 +104,17 @@ def flag_image(
     require_aware(at)
     if not self.has_image(name, user_id):
         raise NotFound(f"the job has no image {name!r}")
-    changed = False
-    if starred is not None and starred != (name in self.starred_images):
-        star = self._image_starred if starred else self._image_unstarred
-        star(name=name, timestamp=at)
-        changed = True
-    if is_intermediate is not None and is_intermediate != (name in self.intermediate_images):
-        mark = self._image_marked_intermediate if is_intermediate else self._image_unmarked
-        mark(name=name, timestamp=at)
-        changed = True
+    changed = record_flags(
+        ImageFlags(name in self.starred_images, name in self.intermediate_images),
+        starred=starred,
+        is_intermediate=is_intermediate,
+        star=lambda on: (self._image_starred if on else self._image_unstarred)(
+            name=name, timestamp=at
+        ),
+        mark=lambda on: (self._image_marked_intermediate if on else self._image_unmarked)(
+            name=name, timestamp=at
+        ),
+    )
     assert starred is None or starred == (name in self.starred_images)
     assert is_intermediate is None or is_intermediate == (name in self.intermediate_images)
     return changed
