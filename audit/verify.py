@@ -370,8 +370,8 @@ async def _upload_finished(run: _Run, u: Upload) -> None:
             deleted_at,
             UPLOADED_IMAGE_CATEGORY.value,
             UPLOADED_IMAGE_ORIGIN.value,
-            False,
-            False,
+            u.starred,
+            u.is_intermediate,
         ),
     )
 

@@ -8,6 +8,13 @@ describe what it read back (``ImageFacts``: the format read from the bytes, the 
 or why it would not decode). The rules of what is accepted live here: the format must be the
 declared one (a client's content type is never trusted, only checked against the bytes), the
 sides within bounds. ``Completed`` is its accepted verdict.
+
+A completed upload is one of its user's images (the gallery lists it, named by its id), so
+its owner flags it as a job's images are flagged (the one rule: domain/job_images.py's
+:func:`~domain.job_images.record_flags`), one event per change (``Starred``/``Unstarred``,
+``MarkedIntermediate``/``UnmarkedIntermediate``), and files it on a board: ``Filed`` records
+the board, as a job records its image's (``GenerationJob.ImageFiled``), so that every filing
+writes the upload and two concurrent filings conflict (domain/commands/boards.py).
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import IdempotencyConflict, InvalidTransition
+from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
+from domain.job_images import ImageFlags, record_flags
 from domain.units import require_aware
 from domain.verified_objects import PENDING, REJECTED, VerifiedObject, object_id
 
@@ -98,6 +106,34 @@ class Upload(VerifiedObject[ImageFacts]):
     class Deleted(VerifiedObject.Deleted):
         TOPIC = "pinksea:Upload.Deleted"
 
+    class Starred(Aggregate.Event):
+        """The owner starred the upload's image (InvokeAI's ``starred``)."""
+
+        TOPIC = "pinksea:Upload.Starred"
+
+    class Unstarred(Aggregate.Event):
+        """The owner took the star off the upload's image."""
+
+        TOPIC = "pinksea:Upload.Unstarred"
+
+    class MarkedIntermediate(Aggregate.Event):
+        """The owner marked the upload's image intermediate: image lists leave it out unless
+        asked for intermediates."""
+
+        TOPIC = "pinksea:Upload.MarkedIntermediate"
+
+    class UnmarkedIntermediate(Aggregate.Event):
+        """The owner made the upload's intermediate image a result again."""
+
+        TOPIC = "pinksea:Upload.UnmarkedIntermediate"
+
+    class Filed(Aggregate.Event):
+        """The owner put the upload's image on a board (domain/boards.py): the upload keeps
+        the board's id so that two boards never both take it (each filing writes it)."""
+
+        TOPIC = "pinksea:Upload.Filed"
+        board_id: str
+
     @event(Requested)
     def __init__(
         self,
@@ -114,6 +150,9 @@ class Upload(VerifiedObject[ImageFacts]):
         self.width = 0
         self.height = 0
         self.size_bytes = 0
+        self.starred = False
+        self.is_intermediate = False
+        self.board_id: str | None = None  # the board it was last filed on (which may not hold it)
 
     @classmethod
     def request(
@@ -154,6 +193,50 @@ class Upload(VerifiedObject[ImageFacts]):
                 return f"its {name} is {px} px; send {SIDE_PX_MIN} to {SIDE_PX_MAX} px"
         return None
 
+    @property
+    def image_name(self) -> str:
+        """Its name in the gallery (and as a job's ``init_image`` or ``mask``): its id."""
+        return str(self.id)
+
+    @property
+    def flags(self) -> ImageFlags:
+        return ImageFlags(starred=self.starred, is_intermediate=self.is_intermediate)
+
+    def ensure_image(self) -> None:
+        """Only a completed upload that is not deleted is an image: else NotFound, as an
+        unknown image is."""
+        if not self.usable:
+            raise NotFound(f"upload {self.id} is no image of yours (it is {self.status})")
+
+    # ------------------------------------------------------------------- the owner's word
+
+    def flag(
+        self, *, starred: bool | None = None, is_intermediate: bool | None = None, at: datetime
+    ) -> bool:
+        """The owner stars or unstars its image, or marks it intermediate or not (None: that
+        flag stays). Each change is its own event; False when both flags were as asked."""
+        require_aware(at)
+        self.ensure_image()
+        changed = record_flags(
+            self.flags,
+            starred=starred,
+            is_intermediate=is_intermediate,
+            star=lambda on: (self._starred if on else self._unstarred)(timestamp=at),
+            mark=lambda on: (self._marked_intermediate if on else self._unmarked)(timestamp=at),
+        )
+        assert starred is None or starred == self.starred
+        assert is_intermediate is None or is_intermediate == self.is_intermediate
+        return changed
+
+    def file(self, *, board_id: UUID, at: datetime) -> bool:
+        """Record the board its image is on; False when it was filed there already."""
+        require_aware(at)
+        self.ensure_image()
+        if self.board_id == str(board_id):
+            return False
+        self._filed(board_id=str(board_id), timestamp=at)
+        return True
+
     # ------------------------------------------------------------------ the accepted event
 
     def _accept(self, facts: ImageFacts, at: datetime) -> None:
@@ -175,3 +258,25 @@ class Upload(VerifiedObject[ImageFacts]):
         self.width = width
         self.height = height
         self.size_bytes = size_bytes
+
+    # ---------------------------------------------------- the owner's events (mutate only)
+
+    @event(Starred)
+    def _starred(self, timestamp: datetime) -> None:
+        self.starred = True
+
+    @event(Unstarred)
+    def _unstarred(self, timestamp: datetime) -> None:
+        self.starred = False
+
+    @event(MarkedIntermediate)
+    def _marked_intermediate(self, timestamp: datetime) -> None:
+        self.is_intermediate = True
+
+    @event(UnmarkedIntermediate)
+    def _unmarked(self, timestamp: datetime) -> None:
+        self.is_intermediate = False
+
+    @event(Filed)
+    def _filed(self, board_id: str, timestamp: datetime) -> None:
+        self.board_id = board_id

@@ -13,8 +13,11 @@ Uploads are images too (InvokeAI's gallery lists them: origin external, category
 completed upload is an image row named by its upload id, written here from the Upload events
 so that the images table is whole in one projection (one rebuild, one consistency position).
 ``Upload.Requested`` records the owner and key in ``upload_owners`` (``Completed`` carries
-neither), ``Upload.Completed`` writes the image from it, ``Upload.Deleted`` marks it deleted.
-Only those three are wanted: what else an upload records is the uploads projection's.
+neither), ``Upload.Completed`` writes the image from it, ``Upload.Deleted`` marks it deleted,
+and the owner's flags follow their events (``Upload.Starred`` ...) as a job's images' do.
+``Upload.Filed`` is the boards projection's, like ``GenerationJob.ImageFiled``: here it only
+moves the upload on. Only those are wanted: what else an upload records (its rejection) is the
+uploads projection's, which leaves the image's own events (``UPLOAD_IMAGE_EVENTS``) to this one.
 
 Usage: one record per job whose hold was settled, i.e. that ran and was billed (completed,
 failed through the user's fault, cancelled after it started), even at 0 mc. Platform failures
@@ -169,6 +172,37 @@ _UPLOAD_DELETED = """
 WITH owner AS (UPDATE upload_owners SET position = $3 WHERE upload_id = $1)
 UPDATE images SET deleted_at = $2 WHERE upload_id = $1
 """
+# The owner's flags on an upload's image ($4 the flag's new value): each event sets one.
+_UPLOAD_FLAG = """
+WITH owner AS (
+    UPDATE upload_owners SET position = $3 WHERE upload_id = $1
+), image AS (
+    UPDATE images SET {flag} = $4 WHERE upload_id = $1 RETURNING 1
+)
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM image),
+    'upload ' || $1::text || ' was flagged at ' || $2::timestamptz::text || ', never completed'
+)
+"""
+_UPLOAD_STARRED = _UPLOAD_FLAG.format(flag="starred")
+_UPLOAD_INTERMEDIATE = _UPLOAD_FLAG.format(flag="is_intermediate")
+# Filing an upload's image on a board is the boards projection's (projections/boards.py).
+_UPLOAD_FILED = """
+WITH owner AS (UPDATE upload_owners SET position = $3 WHERE upload_id = $1 RETURNING 1)
+SELECT read_model_check(
+    EXISTS (SELECT 1 FROM owner),
+    'upload ' || $1::text || ' was filed at ' || $2::timestamptz::text || ', never requested'
+)
+"""
+# The events of an upload as one of its user's images: this projection's, not the uploads one's.
+UPLOAD_IMAGE_STATEMENTS: EventStatements = {
+    "Upload.Starred": (_UPLOAD_STARRED, lambda ev: (True,)),
+    "Upload.Unstarred": (_UPLOAD_STARRED, lambda ev: (False,)),
+    "Upload.MarkedIntermediate": (_UPLOAD_INTERMEDIATE, lambda ev: (True,)),
+    "Upload.UnmarkedIntermediate": (_UPLOAD_INTERMEDIATE, lambda ev: (False,)),
+    "Upload.Filed": (_UPLOAD_FILED, lambda ev: ()),
+}
+UPLOAD_IMAGE_EVENTS = frozenset(UPLOAD_IMAGE_STATEMENTS)
 _UPLOAD_STATEMENTS: EventStatements = {
     "Upload.Requested": (_UPLOAD_REQUESTED, lambda ev: (ev.user_id, ev.key)),
     "Upload.Completed": (
@@ -182,6 +216,7 @@ _UPLOAD_STATEMENTS: EventStatements = {
         ),
     ),
     "Upload.Deleted": (_UPLOAD_DELETED, lambda ev: ()),
+    **UPLOAD_IMAGE_STATEMENTS,
 }
 _REFUNDED = _update(
     "refunded_mc = $4",

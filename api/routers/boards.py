@@ -215,8 +215,9 @@ async def delete_board(board_id: BoardId, principal: CurrentUser, svc: ServicesD
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Put one of your images on the board (moving it off any other board)",
-    description=f"A board holds at most {BOARD_IMAGES_MAX} images (409 when full). Putting it "
-    "there again changes nothing. Another user's image, a deleted or unknown one: 404.",
+    description="One of your images: a job's, or a completed upload (named by its upload id). "
+    f"A board holds at most {BOARD_IMAGES_MAX} images (409 when full). Putting it there again "
+    "changes nothing. Another user's image, a deleted or unknown one: 404.",
     responses={**no_content_response("Done"), **problem_responses(*ERRORS, 404, 409, 422)},
     dependencies=[Depends(rate_limit("command"))],
 )

@@ -4,10 +4,9 @@ image's parameters, through the submission path of POST /v1/jobs), delete (frees
 quota).
 
 A completed upload is one of the user's images too (origin ``external``, category ``user``,
-named by its upload id): listed, filtered, read and deleted here like any other (deleting it
-deletes the upload). No job made it, so it has no metadata and cannot be remixed (a job takes
-it as its ``init_image``); its flags are not recorded yet (the upload has no such events), so
-a change of them is refused as a conflict."""
+named by its upload id): listed, filtered, read, flagged and deleted here like any other
+(its flags are the upload's events, deleting it deletes the upload). No job made it, so it has
+no metadata and cannot be remixed (a job takes it as its ``init_image``)."""
 
 from __future__ import annotations
 
@@ -149,14 +148,14 @@ async def get_image(image_name: ImageName, principal: CurrentUser, svc: Services
     summary="Star one of your images, or mark it intermediate",
     description="Each flag sent changes, each change recorded as an event of the image's job "
     "(`GenerationJob.ImageStarred` / `ImageUnstarred`, `ImageMarkedIntermediate` / "
-    "`ImageUnmarkedIntermediate`); a flag left out stays. Answers the image with its flags as "
-    f"recorded; the `{POSITION_HEADER}` header is the change's position (send it as "
-    "`X-Min-Position` to list your images with it). Intermediate images are left out of "
-    "GET /v1/images unless it asks for `is_intermediate=true`. An upload's flags are not "
-    "recorded yet: a change of them is a 409.",
+    "`ImageUnmarkedIntermediate`; an upload's, of the upload: `Upload.Starred` / `Unstarred`, "
+    "`Upload.MarkedIntermediate` / `UnmarkedIntermediate`); a flag left out stays. Answers the "
+    f"image with its flags as recorded; the `{POSITION_HEADER}` header is the change's position "
+    "(send it as `X-Min-Position` to list your images with it). Intermediate images are left "
+    "out of GET /v1/images unless it asks for `is_intermediate=true`.",
     responses={
         200: {"description": "The image, with its flags", "headers": POSITION_HEADERS},
-        **problem_responses(*ERRORS, 404, 409, 422),
+        **problem_responses(*ERRORS, 404, 422),
     },
     dependencies=[Depends(rate_limit("command"))],
 )
@@ -168,10 +167,12 @@ async def update_image(
     response: Response,
 ) -> ImageView:
     user = principal.user_id
-    job_id = (await _source(svc, user, image_name)).job_id
-    if job_id is None:
-        raise _an_upload(image_name, "its flags are not recorded yet (a job's images have them)")
-    result, flags = await svc.command(_flag, svc, user, job_id, image_name, body)
+    source = await _source(svc, user, image_name)
+    if source.upload_id is not None:
+        result, flags = await svc.command(_flag_upload, svc, user, source.upload_id, body)
+    else:
+        assert source.job_id is not None
+        result, flags = await svc.command(_flag, svc, user, source.job_id, image_name, body)
     image = await queries.get_image(svc.pool, user, image_name)
     if image is None:  # deleted meanwhile (or its deletion not projected yet)
         raise _not_found(image_name)
@@ -202,6 +203,25 @@ def _flag(
         "is_intermediate": name in job.intermediate_images,
     }
     return result, flags
+
+
+def _flag_upload(
+    svc: Services, user_id: str, upload_id: UUID, body: ImageUpdate
+) -> tuple[CommandResult, dict[str, bool]]:
+    """On a command thread: the flags' changes, then the upload's flags as it has them."""
+    app = svc.application
+    try:
+        result = app.flag_upload(
+            user_id,
+            upload_id,
+            starred=body.starred,
+            is_intermediate=body.is_intermediate,
+            at=now(),
+        )
+        flags = app.upload(user_id, upload_id).flags
+    except NotFound:  # deleted, meanwhile too
+        raise _not_found(str(upload_id)) from None
+    return result, {"starred": flags.starred, "is_intermediate": flags.is_intermediate}
 
 
 @router.post(

@@ -1,8 +1,9 @@
 """The commands on boards (domain/boards.py): create, rename, delete, file and unfile images.
 
 Filing an image writes three aggregates in one transaction: the board it goes on, the board it
-leaves (when it was on another), and its job, which records the board. Every filing writes the
-job, so two concurrent filings of one image conflict and the second, retried, sees the first:
+leaves (when it was on another), and what made the image, which records the board: its job, or
+the upload that is the image (an upload's image is named by its id). Every filing writes that
+one, so two concurrent filings of one image conflict and the second, retried, sees the first:
 an image is never on two boards.
 """
 
@@ -18,9 +19,14 @@ from domain.commands.results import CommandResult, Result
 from domain.commands.store import CommandStore, command
 from domain.errors import IdempotencyConflict, NotFound
 from domain.jobs import GenerationJob
+from domain.parameters import is_upload_ref
 from domain.personal_data import Sealer
+from domain.uploads import Upload
 
 JOB_ID_CHARS = 36  # an image's name is its job's id (a UUID's text), a dash, an index
+
+# What recorded an image and records the board it is filed on: its job, or the upload it is.
+ImageMaker = GenerationJob | Upload
 
 
 @dataclass(frozen=True)
@@ -89,17 +95,21 @@ class BoardCommands(CommandStore):
     def add_board_image(
         self, user_id: str, board_uuid: UUID, *, image_name: str, at: datetime
     ) -> CommandResult:
-        """Put one of the user's images on the board, taking it off the board it was on."""
+        """Put one of the user's images (a job's, or an upload) on the board, taking it off the
+        board it was on."""
         board = self.board(user_id, board_uuid)
-        job = self.image_job(user_id, image_name)
-        previous = self.board_of(job, image_name)
+        maker = self.image_maker(user_id, image_name)
+        previous = self.board_of(maker, image_name)
         if previous is not None and previous.id == board.id:
             return CommandResult(False)
         board.add_image(image_name, at)
         if previous is not None:
             previous.remove_image(image_name, at)
-        job.file_image(name=image_name, board_id=board.id, at=at)
-        self.save(board, job, *([previous] if previous is not None else []))
+        if isinstance(maker, Upload):
+            maker.file(board_id=board.id, at=at)
+        else:
+            maker.file_image(name=image_name, board_id=board.id, at=at)
+        self.save(board, maker, *([previous] if previous is not None else []))
         return CommandResult(True)
 
     @command
@@ -123,20 +133,30 @@ class BoardCommands(CommandStore):
         board.ensure_owner(user_id)
         return board
 
-    def image_job(self, user_id: str, image_name: str) -> GenerationJob:
-        """The job of one of the user's images; another user's, deleted or unknown: NotFound."""
+    def image_maker(self, user_id: str, image_name: str) -> ImageMaker:
+        """What made one of the user's images: its job, or the upload it is (a completed one).
+        Another user's, deleted or unknown: NotFound."""
+        unknown = NotFound(f"you have no image {image_name!r}")
+        if is_upload_ref(image_name):
+            upload = self.find(UUID(image_name))
+            if not isinstance(upload, Upload) or upload.user_id != user_id or not upload.usable:
+                raise unknown
+            return upload
         try:
             job_uuid = UUID(image_name[:JOB_ID_CHARS])
         except ValueError:
-            raise NotFound(f"you have no image {image_name!r}") from None
+            raise unknown from None
         job = self.find(job_uuid)
         if not isinstance(job, GenerationJob) or not job.has_image(image_name, user_id):
-            raise NotFound(f"you have no image {image_name!r}")
+            raise unknown
         return job
 
-    def board_of(self, job: GenerationJob, image_name: str) -> Board | None:
-        """The board that holds the image now, if any (the job's pointer, checked)."""
-        pointer = job.image_boards.get(image_name)
+    def board_of(self, maker: ImageMaker, image_name: str) -> Board | None:
+        """The board that holds the image now, if any (its maker's pointer, checked)."""
+        if isinstance(maker, Upload):
+            pointer = maker.board_id
+        else:
+            pointer = maker.image_boards.get(image_name)
         if pointer is None:
             return None
         board = self.find(UUID(pointer))

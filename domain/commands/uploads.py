@@ -2,7 +2,10 @@
 
 An upload is the user's own data, apart from any job and account: each command reads one
 ``Upload`` and saves it alone (their bodies are every verified object's:
-domain/commands/verified_objects.py). ``check_job_inputs`` reads, saving nothing: the API
+domain/commands/verified_objects.py), but for its deletion, which also takes it off the board
+it was filed on (as a job's deleted image leaves its board: domain/commands/images.py). A
+completed upload is one of the user's images: its owner flags it (``flag_upload``) and files
+it on boards (domain/commands/boards.py). ``check_job_inputs`` reads, saving nothing: the API
 calls it before a submission, so a job never names an image that is not its user's (a job's
 output images are in its ``GenerationJob``, so the check reads the event store, not a read
 model).
@@ -13,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
+from domain.boards import Board
 from domain.commands.results import CommandResult
 from domain.commands.store import command
 from domain.commands.verified_objects import VerifiedObjectCommands, VerifiedObjectResult
@@ -62,8 +66,36 @@ class UploadCommands(VerifiedObjectCommands):
 
     @command
     def delete_upload(self, user_id: str, upload_uuid: UUID, *, at: datetime) -> CommandResult:
-        """The owner deletes an upload (its object is the caller's to remove)."""
-        return self._delete_object(Upload, user_id, upload_uuid, at)
+        """The owner deletes an upload (its object is the caller's to remove). Its image leaves
+        the board it was on (it would count against the board's bound)."""
+        upload = self.upload(user_id, upload_uuid)
+        upload.delete(at)
+        pointer = upload.board_id
+        board = self.find(UUID(pointer)) if pointer is not None else None
+        if isinstance(board, Board) and board.holds(upload.image_name):
+            board.remove_image(upload.image_name, at)
+            self.save(upload, board)
+        else:
+            self.save(upload)
+        return CommandResult(True)
+
+    @command
+    def flag_upload(
+        self,
+        user_id: str,
+        upload_uuid: UUID,
+        *,
+        starred: bool | None = None,
+        is_intermediate: bool | None = None,
+        at: datetime,
+    ) -> CommandResult:
+        """The owner stars the upload's image or marks it intermediate (None: that flag stays);
+        asking for the flags it has changes nothing. Another user's upload, a deleted one, one
+        that is not completed or none at all is NotFound."""
+        upload = self.upload(user_id, upload_uuid)
+        changed = upload.flag(starred=starred, is_intermediate=is_intermediate, at=at)
+        self.save(upload if changed else None)
+        return CommandResult(changed)
 
     # ------------------------------------------------------------------------- reading
 

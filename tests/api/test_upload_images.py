@@ -1,8 +1,8 @@
 """Uploads in the image gallery on the real stack (issue 15): a completed upload is one of its
 user's images (origin external, category user, named by its upload id), found by the filters,
-readable and deletable through /v1/images, counted once in the storage quota, never another
-tenant's; remixing or flagging one is a clear conflict; a replay keeps the rows and `ledger
-verify` compares them."""
+readable, flagged (starred, intermediate: the upload's events), filed on boards and deletable
+through /v1/images and /v1/boards, counted once in the storage quota, never another tenant's;
+remixing one is a clear conflict; a replay keeps the rows and `ledger verify` compares them."""
 
 from __future__ import annotations
 
@@ -119,14 +119,135 @@ async def test_a_completed_upload_is_an_external_user_image_of_its_owner_only(
         assert r.status_code == 404 and problem_type(r) == "not-found", (method, r.text)
     assert _exists(kit, f"users/{user}/uploads/{name}.png")
 
-    # Its owner: no job made it, so no remix (a job takes it as its init_image) and no flags.
+    # Its owner: no job made it, so no remix (a job takes it as its init_image).
     r = await kit.client.post(f"/v1/images/{name}/remix", headers=kit.auth(user))
     assert r.status_code == 409 and problem_type(r) == "invalid-transition", r.text
     assert f'"init_image": "{name}"' in r.json()["detail"]
-    r = await kit.client.patch(f"/v1/images/{name}", json={"starred": True}, headers=kit.auth(user))
-    assert r.status_code == 409 and problem_type(r) == "invalid-transition", r.text
     await kit.project()
-    assert await _names(kit, user, "?starred=true") == []  # nothing was recorded
+    assert await _names(kit, user, "?starred=true") == []  # B's PATCH recorded nothing
+
+
+async def _patch(kit: Kit, user: str, name: str, body: dict[str, bool]) -> dict[str, object]:
+    r = await kit.client.patch(f"/v1/images/{name}", json=body, headers=kit.auth(user))
+    assert r.status_code == 200, r.text
+    assert int(r.headers["X-Position"]) > 0
+    view: dict[str, object] = r.json()
+    return view
+
+
+def _upload_events(kit: Kit, upload_id: str) -> list[str]:
+    return [type(e).__qualname__ for e in kit.app.events.get(uuid.UUID(upload_id))]
+
+
+async def test_an_uploads_flags_are_its_owners_and_filter_the_list(
+    kit: Kit, user: str, other: str
+) -> None:
+    _, [made] = await _job_with_images(kit, user, count=1)
+    one, two = [(await _upload(kit, user, _png(side))).json()["upload_id"] for side in (32, 40)]
+    await kit.project()  # the images read model finds what made an image
+
+    view = await _patch(kit, user, one, {"starred": True})
+    assert (view["name"], view["upload_id"], view["starred"]) == (one, one, True)
+    assert (view["is_intermediate"], view["image_origin"]) == (False, "external")
+    assert httpx.get(str(view["url"])).content == _png(32)
+    again = await _patch(kit, user, one, {"starred": True})  # as it is: nothing recorded
+    assert again["starred"] is True
+    view = await _patch(kit, user, two, {"starred": True, "is_intermediate": True})
+    assert (view["starred"], view["is_intermediate"]) == (True, True)
+    await _patch(kit, user, two, {"starred": False})
+    assert _upload_events(kit, one)[-1:] == ["Upload.Starred"]  # once
+    assert _upload_events(kit, two)[-3:] == [
+        "Upload.Starred",
+        "Upload.MarkedIntermediate",
+        "Upload.Unstarred",
+    ]
+    for bad in ({"starred": "yes"}, {"x": 1}):
+        r = await kit.client.patch(f"/v1/images/{one}", json=bad, headers=kit.auth(user))
+        assert r.status_code == 422 and problem_type(r) == "invalid-request", (bad, r.text)
+    r = await kit.client.patch(
+        f"/v1/images/{one}", json={"starred": False}, headers=kit.auth(other)
+    )
+    assert r.status_code == 404 and problem_type(r) == "not-found", r.text
+
+    await kit.project()
+    assert await _names(kit, user) == [one, made["name"]]  # the intermediate one left out
+    assert await _names(kit, user, "?is_intermediate=true") == [two]
+    assert await _names(kit, user, "?starred=true") == [one]
+    assert await _names(kit, user, "?starred=true&origin=external") == [one]
+    assert await _names(kit, user, "?starred=false") == [made["name"]]
+    r = await kit.client.get(f"/v1/images/{two}", headers=kit.auth(user))
+    assert (r.json()["starred"], r.json()["is_intermediate"]) == (False, True)
+    assert await _names(kit, other, "?starred=true") == []
+    assert kit.app.upload(user, uuid.UUID(one)).starred  # B's PATCH changed nothing
+
+    r = await kit.client.delete(f"/v1/images/{one}", headers=kit.auth(user))
+    assert r.status_code == 204, r.text
+    r = await kit.client.patch(f"/v1/images/{one}", json={"starred": False}, headers=kit.auth(user))
+    assert r.status_code == 404 and problem_type(r) == "not-found", r.text  # deleted: gone
+    await kit.project()
+    assert await _names(kit, user, "?starred=true") == []
+
+
+async def _board(kit: Kit, user: str, name: str) -> str:
+    r = await kit.client.post("/v1/boards", json={"name": name}, headers=kit.auth(user))
+    assert r.status_code == 201, r.text
+    return str(r.json()["board_id"])
+
+
+async def _board_counts(kit: Kit, user: str) -> dict[str, int]:
+    r = await kit.client.get("/v1/boards", headers=kit.auth(user))
+    assert r.status_code == 200, r.text
+    return {b["board_id"]: b["image_count"] for b in r.json()["items"]}
+
+
+async def test_an_upload_goes_on_its_owners_boards_only_and_leaves_them_deleted(
+    kit: Kit, user: str, other: str
+) -> None:
+    _, [made] = await _job_with_images(kit, user, count=1)
+    kept, gone = [(await _upload(kit, user, _png(side))).json()["upload_id"] for side in (32, 40)]
+    seas, skies = await _board(kit, user, "Seas"), await _board(kit, user, "Skies")
+    theirs = await _board(kit, other, "Theirs")
+    auth = kit.auth(user)
+    for board, name in ((seas, kept), (seas, made["name"]), (seas, gone), (skies, kept)):
+        r = await kit.client.put(f"/v1/boards/{board}/images/{name}", headers=auth)
+        assert r.status_code == 204, r.text
+    r = await kit.client.put(f"/v1/boards/{skies}/images/{kept}", headers=auth)  # again
+    assert r.status_code == 204, r.text
+    assert _upload_events(kit, kept).count("Upload.Filed") == 2  # seas, then skies: once each
+
+    # Another tenant: not on their board, not on the owner's, not taken off it.
+    for method, board in (("PUT", theirs), ("PUT", skies), ("DELETE", skies)):
+        path = f"/v1/boards/{board}/images/{kept}"
+        r = await kit.client.request(method, path, headers=kit.auth(other))
+        assert r.status_code == 404 and problem_type(r) == "not-found", (method, board, r.text)
+    # A pending upload is no image yet; an unknown one is none.
+    pending = await kit.client.post("/v1/uploads", json={"content_type": "image/png"}, headers=auth)
+    for name in (pending.json()["upload_id"], str(uuid.uuid4())):
+        r = await kit.client.put(f"/v1/boards/{seas}/images/{name}", headers=auth)
+        assert r.status_code == 404 and problem_type(r) == "not-found", r.text
+
+    await kit.project()
+    assert await _names(kit, user, f"?board_id={seas}") == [gone, made["name"]]
+    assert await _names(kit, user, f"?board_id={skies}") == [kept]  # it moved
+    assert await _names(kit, user, f"?board_id={skies}&origin=external") == [kept]
+    assert await _names(kit, other, f"?board_id={skies}") == []
+    assert await _board_counts(kit, user) == {seas: 2, skies: 1}
+    assert await _board_counts(kit, other) == {theirs: 0}
+
+    # Deleted as an image, it leaves its board; taken off one, it stays, on no board.
+    r = await kit.client.delete(f"/v1/images/{gone}", headers=auth)
+    assert r.status_code == 204, r.text
+    r = await kit.client.delete(f"/v1/boards/{skies}/images/{kept}", headers=auth)
+    assert r.status_code == 204, r.text
+    r = await kit.client.delete(f"/v1/boards/{skies}/images/{kept}", headers=auth)
+    assert r.status_code == 404 and problem_type(r) == "not-found", r.text
+    await kit.project()
+    assert await _names(kit, user, f"?board_id={seas}") == [made["name"]]
+    assert await _names(kit, user, f"?board_id={skies}") == []
+    assert await _board_counts(kit, user) == {seas: 1, skies: 0}
+    assert kept in await _names(kit, user)
+    r = await kit.client.put(f"/v1/boards/{seas}/images/{gone}", headers=auth)
+    assert r.status_code == 404 and problem_type(r) == "not-found", r.text
 
 
 async def test_a_deleted_upload_leaves_the_gallery_and_the_quota(kit: Kit, user: str) -> None:
@@ -186,6 +307,11 @@ async def test_a_replay_keeps_the_upload_images_and_verify_compares_them(
             app.complete_upload(
                 user, rejected, facts=ImageFacts(size_bytes=5, problem="not an image"), at=T0
             )
+            app.flag_upload(user, kept, starred=True, is_intermediate=True, at=T0)
+            app.flag_upload(user, kept, is_intermediate=False, at=T0)
+            board = app.create_board(user, request_key="b", name="Kept", at=T0).board_id
+            for upload_id in (kept, deleted):
+                app.add_board_image(user, board, image_name=str(upload_id), at=T0)
             app.delete_upload(user, deleted, at=T0)
 
             pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
@@ -193,10 +319,14 @@ async def test_a_replay_keeps_the_upload_images_and_verify_compares_them(
                 await project_everything(app, pool)
                 async with pool.acquire() as conn:
                     before = [tuple(r) for r in await conn.fetch(_IMAGE_ROWS)]
-                    assert [(r[0], r[2], r[6], r[9], r[10], r[13] is None) for r in before] == [
-                        (str(u), u, 300, "user", "external", u == kept)
+                    assert [
+                        (r[0], r[2], r[6], r[9], r[10], r[11], r[12], r[13] is None) for r in before
+                    ] == [
+                        (str(u), u, 300, "user", "external", u == kept, False, u == kept)
                         for u in sorted((kept, deleted), key=str)
                     ]  # the rejected and the pending uploads are no images
+                    filed = await conn.fetch("SELECT image_name FROM board_images")
+                    assert [r["image_name"] for r in filed] == [str(kept)]  # deleted: off it
                     await _replay_jobs(app, conn)  # a rebuild of the jobs projection
                     assert [tuple(r) for r in await conn.fetch(_IMAGE_ROWS)] == before
             finally:
@@ -210,6 +340,8 @@ async def test_a_replay_keeps_the_upload_images_and_verify_compares_them(
                     ("image_origin = 'internal'", "image_origin = 'external'"),
                     ("size_bytes = size_bytes + 1", "size_bytes = size_bytes - 1"),
                     ("deleted_at = now()", "deleted_at = NULL"),
+                    ("starred = false", "starred = true"),
+                    ("is_intermediate = true", "is_intermediate = false"),
                 ):
                     await conn.execute(f"UPDATE images SET {corruption} WHERE upload_id = $1", kept)
                     result = run_verify(settings)

@@ -186,3 +186,81 @@ def test_the_hold_for_strength_half_is_about_half_of_full_strength() -> None:
     )  # fmt: skip
     assert half == hold_for_estimate(steps_only + encode, GpuTier.BASIC)
     assert 0.45 < half / full < 0.6  # the fixed overhead and the margin stay
+
+
+# ------------------------------------------------------------- an upload is an image
+
+
+def _events(app: PinkseaApplication, upload_id: UUID) -> list[str]:
+    return [type(e).__qualname__ for e in app.events.get(upload_id)]
+
+
+def test_an_uploads_flags_follow_the_rule_of_a_jobs_images(app: PinkseaApplication) -> None:
+    user = _user(app)
+    upload_id = _upload(app, user)
+    flags: list[dict[str, Any]] = [
+        {"starred": True},
+        {"starred": True},  # as it is: nothing recorded
+        {"starred": True, "is_intermediate": True},
+        {},
+        {"starred": False, "is_intermediate": False},
+    ]
+    changes = [app.flag_upload(user, upload_id, **f, at=T0).changed for f in flags]
+    assert changes == [True, False, True, False, True]
+    assert _events(app, upload_id)[-4:] == [
+        "Upload.Starred",
+        "Upload.MarkedIntermediate",
+        "Upload.Unstarred",
+        "Upload.UnmarkedIntermediate",
+    ]
+    upload = app.upload(user, upload_id)
+    assert (upload.starred, upload.is_intermediate) == (False, False)
+
+
+def test_only_the_owner_flags_a_completed_upload(app: PinkseaApplication) -> None:
+    ann, bob = _user(app), _user(app)
+    done = _upload(app, ann)
+    pending = app.request_upload(ann, request_key="p", content_type="image/png", at=T0).upload_id
+    rejected = _upload(app, ann, ImageFacts(size_bytes=5, problem="not an image"), key="r")
+    deleted = _upload(app, ann, key="d")
+    app.delete_upload(ann, deleted, at=T0)
+    for user, upload_id in ((bob, done), (ann, pending), (ann, rejected), (ann, deleted)):
+        before = _events(app, upload_id)
+        with pytest.raises(NotFound):
+            app.flag_upload(user, upload_id, starred=True, at=T0)
+        assert _events(app, upload_id) == before  # nothing recorded
+
+
+def test_an_upload_is_filed_on_one_board_of_its_owner_and_leaves_it_deleted(
+    app: PinkseaApplication,
+) -> None:
+    ann, bob = _user(app), _user(app)
+    upload_id = _upload(app, ann)
+    name = str(upload_id)
+    seas = app.create_board(ann, request_key="s", name="Seas", at=T0).board_id
+    skies = app.create_board(ann, request_key="k", name="Skies", at=T0).board_id
+    theirs = app.create_board(bob, request_key="b", name="Theirs", at=T0).board_id
+
+    assert app.add_board_image(ann, seas, image_name=name, at=T0).changed
+    assert not app.add_board_image(ann, seas, image_name=name, at=T0).changed
+    assert app.add_board_image(ann, skies, image_name=name, at=T0).changed  # it moves
+    assert not app.board(ann, seas).holds(name) and app.board(ann, skies).holds(name)
+    assert app.upload(ann, upload_id).board_id == str(skies)
+    assert _events(app, upload_id).count("Upload.Filed") == 2
+    for user, board in ((bob, theirs), (ann, theirs), (bob, skies)):
+        with pytest.raises(NotFound):  # another user's upload, or board
+            app.add_board_image(user, board, image_name=name, at=T0)
+    pending = app.request_upload(ann, request_key="p", content_type="image/png", at=T0)
+    with pytest.raises(NotFound):  # not an image (yet)
+        app.add_board_image(ann, seas, image_name=str(pending.upload_id), at=T0)
+
+    app.delete_upload(ann, upload_id, at=T0)
+    assert not app.board(ann, skies).holds(name)  # a deleted image is on no board
+    with pytest.raises(NotFound):
+        app.add_board_image(ann, seas, image_name=name, at=T0)
+    # Taken off before its deletion, it leaves no board behind either.
+    kept = _upload(app, ann, key="kept")
+    app.add_board_image(ann, seas, image_name=str(kept), at=T0)
+    app.remove_board_image(ann, seas, image_name=str(kept), at=T0)
+    app.delete_upload(ann, kept, at=T0)
+    assert app.board(ann, seas).images == []
