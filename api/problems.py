@@ -140,7 +140,8 @@ class Problem(BaseModel):
     instance: str | None = None
     errors: list[FieldError] | None = Field(
         None,
-        description="each invalid field (invalid-request); where the JSON broke (bad-request)",
+        description="each invalid field (invalid-request), each input a job cannot use "
+        "(not-found, invalid-parameters); where the JSON broke (bad-request)",
     )
     request_id: str | None = Field(
         None, description="this request's id, as in the Request-Id header: quote it to support"
@@ -192,8 +193,11 @@ def problem_response(
 
 
 def problem_for_domain(error: DomainError) -> ProblemError:
+    """The error's problem; each request field it names is one of its ``errors`` (located in
+    the body, as the validation problems' are)."""
     kind = DOMAIN_ERRORS.get(error.code, INVALID_TRANSITION)
-    return ProblemError(kind, sentence(error.detail))
+    errors = [{"loc": ["body", *f.loc], "msg": f.msg, "type": f.code} for f in error.fields]
+    return ProblemError(kind, sentence(error.detail), errors=errors or None)
 
 
 def sentence(text: str) -> str:

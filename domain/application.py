@@ -17,6 +17,7 @@ from eventsourcing.persistence import JSONTranscoder
 from domain.commands.accounts import AccountCommands
 from domain.commands.boards import BoardCommands
 from domain.commands.invoices import InvoiceCommands
+from domain.commands.job_inputs import JobInputCommands
 from domain.commands.jobs import JobCommands
 from domain.commands.personal_data import PersonalDataCommands
 from domain.commands.plans import PlanCommands
@@ -44,6 +45,7 @@ class PinkseaApplication(
     SubscriptionCommands,
     InvoiceCommands,
     PlanCommands,
+    JobInputCommands,
     UploadCommands,
     BoardCommands,
     UserModelCommands,

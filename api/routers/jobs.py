@@ -74,10 +74,8 @@ async def submit(
     its problem, an accepted job with its Location (and Idempotent-Replayed on a replay)."""
     if body.webhook is not None:
         await check_webhook_url(svc, body.webhook)  # SSRF: before anything is recorded
-    if body.init_image is not None:  # its input images must be the user's (a mask needs one)
-        await svc.command(svc.application.check_job_inputs, user, body)
-    if body.loras:  # each one of the user's verified LoRAs, pinned to its file's sha256
-        body = await svc.command(svc.application.pin_job_loras, user, body)
+    if body.init_image is not None or body.loras:  # the user's own, usable; LoRAs pinned
+        body = await svc.command(svc.application.checked_job_inputs, user, body)
     storage = await svc.storage_used(user)
     learned = await gpu_rates.learned_rates(svc.pool, body.model, body.width, body.height)
     sealer = await svc.personal_keys.key_for(user)  # the event records the prompts sealed
@@ -130,10 +128,8 @@ async def submit(
 async def quote_job(body: JobRequest, principal: CurrentUser, svc: ServicesDep) -> JobQuote:
     user = principal.user_id
     body = await with_preset(svc, body)  # a too-long expanded prompt is the same 422 here
-    if body.init_image is not None:  # its input images must be the user's (a mask needs one)
-        await svc.command(svc.application.check_job_inputs, user, body)
-    if body.loras:  # each one of the user's verified LoRAs, pinned to its file's sha256
-        body = await svc.command(svc.application.pin_job_loras, user, body)
+    if body.init_image is not None or body.loras:  # the user's own, usable; LoRAs pinned
+        body = await svc.command(svc.application.checked_job_inputs, user, body)
     storage = await svc.storage_used(user)
     learned = await gpu_rates.learned_rates(svc.pool, body.model, body.width, body.height)
     verdict = await svc.command(_quote, svc, user, body, storage, learned)

@@ -2,10 +2,11 @@
 
 A user model is the user's own data, apart from any job and account: each command reads one
 ``UserModel`` and saves it alone (their bodies are every verified object's:
-domain/commands/verified_objects.py). ``pin_job_loras`` reads, saving nothing: the API calls it
-before a submission, so a job names only the user's own verified LoRAs of the job's model
-family, each with the sha256 of the file that was verified (the worker loads only those
-bytes). Whether the plan allows LoRAs at all is admission's business (``lora_training``).
+domain/commands/verified_objects.py). ``pinned_loras`` reads, saving nothing: the check of a
+job's inputs before its submission calls it (domain/commands/job_inputs.py), so a job names only
+the user's own verified LoRAs of the job's model family, each with the sha256 of the file that
+was verified (the worker loads only those bytes). Whether the plan allows LoRAs at all is
+admission's business (``lora_training``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from domain.catalog import MODELS, ModelFamily
 from domain.commands.results import CommandResult
 from domain.commands.store import command
 from domain.commands.verified_objects import VerifiedObjectCommands, VerifiedObjectResult
-from domain.errors import InvalidParameters, NotFound
-from domain.parameters import JobParameters
+from domain.errors import FieldProblem, InvalidParameters, NotFound, refused_inputs
+from domain.parameters import JobParameters, LoraRef
 from domain.user_models import DataKey, LoraFacts, UserModel
 
 P = TypeVar("P", bound=JobParameters)
@@ -84,31 +85,57 @@ class UserModelCommands(VerifiedObjectCommands):
         return self.owned(UserModel, user_id, model_uuid)
 
     def pin_job_loras(self, user_id: str, params: P) -> P:
-        """``params`` with each LoRA's sha256 set from its verified file. NotFound when one is
-        not the user's (or is gone); InvalidParameters when it is the user's but not verified,
-        of another family than the job's model, or not the file a sent sha256 names."""
-        if not params.loras:
-            return params
+        """``params`` with each LoRA's sha256 set from its verified file. One error names every
+        LoRA at fault (domain/errors.py ``refused_inputs``): NotFound when one is not the
+        user's (or is gone); else InvalidParameters, for one that is the user's but not
+        verified, of another family than the job's model, or not the file a sent sha256 names."""
+        pinned, problems = self.pinned_loras(user_id, params)
+        if problems:
+            raise refused_inputs(problems)
+        return params if not params.loras else params.model_copy(update={"loras": pinned})
+
+    def pinned_loras(
+        self, user_id: str, params: JobParameters
+    ) -> tuple[tuple[LoraRef, ...], list[FieldProblem]]:
+        """Each LoRA the job names pinned to its verified file's sha256, and the problem of each
+        one that cannot be, named as the request names it (``loras[0].id``)."""
         spec = MODELS.get(params.model)
-        pinned = []
-        for lora in params.loras:
+        pinned: list[LoraRef] = []
+        problems: list[FieldProblem] = []
+        for index, lora in enumerate(params.loras or ()):  # at most LORAS_MAX
+            at, invalid = ("loras", index, "id"), InvalidParameters.code
             try:
                 model = self.user_model(user_id, lora.id)
             except NotFound:
-                raise NotFound(f"loras: you have no model {lora.id}") from None
+                problems.append(FieldProblem(at, f"you have no model {lora.id}", NotFound.code))
+                continue
             if not model.usable:
-                raise InvalidParameters(
-                    f"loras: model {lora.id} is {model.status}; only a verified model can be "
-                    "used (POST /v1/models/mine/{id}/complete)"
+                problems.append(
+                    FieldProblem(
+                        at,
+                        f"model {lora.id} is {model.status}; only a verified model can be used "
+                        "(POST /v1/models/mine/{id}/complete)",
+                        invalid,
+                    )
                 )
-            if spec is not None and spec.family.value != model.family:
-                raise InvalidParameters(
-                    f"loras: model {lora.id} is a {model.family} LoRA; {params.model} is "
-                    f"{spec.family.value}"
+            elif spec is not None and spec.family.value != model.family:
+                problems.append(
+                    FieldProblem(
+                        at,
+                        f"model {lora.id} is a {model.family} LoRA; {params.model} is "
+                        f"{spec.family.value}",
+                        invalid,
+                    )
                 )
-            if lora.sha256 is not None and lora.sha256 != model.sha256:
-                raise InvalidParameters(
-                    f"loras: model {lora.id} has sha256 {model.sha256}, not {lora.sha256}"
+            elif lora.sha256 is not None and lora.sha256 != model.sha256:
+                problems.append(
+                    FieldProblem(
+                        ("loras", index, "sha256"),
+                        f"model {lora.id} has sha256 {model.sha256}, not {lora.sha256}",
+                        invalid,
+                    )
                 )
-            pinned.append(lora.model_copy(update={"sha256": model.sha256}))
-        return params.model_copy(update={"loras": tuple(pinned)})
+            else:
+                pinned.append(lora.model_copy(update={"sha256": model.sha256}))
+        assert len(pinned) + len(problems) == len(params.loras or ())
+        return tuple(pinned), problems
