@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -261,9 +262,22 @@ async def _count_request(request: Request, svc: Services, principal: Principal, 
         )
 
 
-def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
-    """``X-Min-Position``: answer only once ``projection`` has applied that store position."""
-    topics_of = get_projection(projection).topics
+def consistent(*projections: str) -> Callable[..., Awaitable[int | None]]:
+    """``X-Min-Position``: answer only once every one of ``projections`` (those the answer
+    reads) has applied that store position."""
+    assert projections, "a consistent read names the projections it reads"
+    topics_of = {name: get_projection(name).topics for name in projections}
+
+    async def lagging(svc: Services, position: int, timeout_s: float) -> str | None:
+        """The first of the projections that has not reached ``position`` within
+        ``timeout_s`` (all of them share it); None when every one has."""
+        deadline_s = time.monotonic() + timeout_s
+        for name, names in topics_of.items():  # a view reads a few projections
+            topics = tuple(svc.settings.topic(t) for t in names)
+            left_s = max(0.0, deadline_s - time.monotonic())
+            if not await wait_for_position(svc.pool, name, topics, position, timeout_s=left_s):
+                return name
+        return None
 
     async def dependency(
         svc: ServicesDep,
@@ -286,8 +300,7 @@ def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
             raise ProblemError(p.INVALID_REQUEST, f"X-Min-Position must be at most {MAX_POSITION}.")
         if not x_min_position:
             return None
-        topics = tuple(svc.settings.topic(t) for t in topics_of)
-        if await wait_for_position(svc.pool, projection, topics, x_min_position, timeout_s=0):
+        if await lagging(svc, x_min_position, timeout_s=0) is None:
             return x_min_position
         newest = await svc.command(svc.application.current_position)
         if x_min_position > newest:
@@ -297,17 +310,11 @@ def consistent(projection: str) -> Callable[..., Awaitable[int | None]]:
                 f"X-Min-Position {x_min_position} is past the newest event ({newest}); "
                 "send a position that a command returned.",
             )
-        reached = await wait_for_position(
-            svc.pool,
-            projection,
-            topics,
-            x_min_position,
-            timeout_s=svc.settings.read_your_writes_timeout_s,
-        )
-        if not reached:
+        behind = await lagging(svc, x_min_position, svc.settings.read_your_writes_timeout_s)
+        if behind is not None:
             raise ProblemError(
                 p.NOT_YET_CONSISTENT,
-                f"The {projection} view has not caught up with position {x_min_position} yet; "
+                f"The {behind} view has not caught up with position {x_min_position} yet; "
                 "retry after the Retry-After delay.",
                 headers={"Retry-After": "1"},
             )

@@ -153,17 +153,23 @@ def _owned(
 
 async def complete(
     svc: Services, objects: VerifiedObjects[V, F], user_id: str, object_id: UUID
-) -> V:
-    """The object with its verdict: recorded now from what S3 holds, or before. A rejection
-    is a 422 upload-rejected problem (the object deleted); nothing uploaded yet a 409."""
+) -> tuple[V, int]:
+    """The object with its verdict, recorded now from what S3 holds or before, and a store
+    position that includes the verdict (the answer's ``position``: X-Min-Position reads the
+    storage used with it). A rejection is a 422 upload-rejected problem (the object deleted,
+    the position in it too); nothing uploaded yet a 409."""
     obj = await owned(svc, objects, user_id, object_id)
     if obj.status == PENDING:
         facts = await _facts(svc, objects, obj)
-        await svc.command(
+        result = await svc.command(
             objects.complete_command, svc.application, user_id, object_id, facts=facts, at=now()
         )
+        position = result.position
         obj = await owned(svc, objects, user_id, object_id)
         svc.storage.drop(user_id)
+    else:  # recorded before: as a command that records nothing, the newest position
+        position = await svc.command(svc.application.current_position)
+    assert position > 0, position
     if obj.status == REJECTED:
         # The verdict is recorded first; the object goes after it (idempotent: a repeat tries
         # again, and the event names the key for a sweeper).
@@ -173,9 +179,10 @@ async def complete(
             p.UPLOAD_REJECTED,
             p.sentence(f"The {objects.noun} was rejected: {obj.rejection}; start a new upload"),
             reason=obj.rejection,
+            position=position,
             **extensions,
         )
-    return obj
+    return obj, position
 
 
 async def _facts(svc: Services, objects: VerifiedObjects[V, F], obj: V) -> F:

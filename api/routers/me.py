@@ -43,12 +43,20 @@ ERRORS = (401, 403, 429, 503)
 MAX_USAGE_RANGE = timedelta(days=366)
 
 
+# What GET /v1/me reads: the plan, the low-balance flag, and the storage used by images (the
+# jobs projection's), uploads and models. With X-Min-Position it waits for all of them.
+ME_PROJECTIONS = ("subscriptions", "ledger", "jobs", "uploads", "user_models")
+
+
 @router.get(
     "",
     response_model=MeView,
     summary="Your profile, plan and entitlements",
+    description="With X-Min-Position (e.g. the `position` of an upload's or a model's "
+    "completion, or a deletion's X-Position) `storage_used_bytes` and the rest include that "
+    "change.",
     responses=problem_responses(*ERRORS, 422),
-    dependencies=[Depends(rate_limit("query")), Depends(consistent("subscriptions"))],
+    dependencies=[Depends(rate_limit("query")), Depends(consistent(*ME_PROJECTIONS))],
 )
 async def me(principal: CurrentUser, svc: ServicesDep) -> MeView:
     user = principal.user_id

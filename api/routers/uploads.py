@@ -68,6 +68,13 @@ class UploadView(View):
     urls_expire_at: AwareDatetime | None = None
 
 
+class UploadCompleted(UploadView):
+    position: int = Field(
+        description="the verdict's store position: send it as X-Min-Position to GET /v1/me "
+        "(storage used) or your uploads to read them with it"
+    )
+
+
 UploadId = Annotated[UUID, Field(description="the upload_id POST /v1/uploads answered")]
 
 
@@ -135,21 +142,24 @@ async def request_upload(
 
 @router.post(
     "/{upload_id}/complete",
-    response_model=UploadView,
+    response_model=UploadCompleted,
     summary="Finish an upload: the file is checked and recorded",
     description="Reads the object back from S3 and decodes it: accepted when it is a real "
     "PNG, JPEG or WebP image of the declared type (read from its bytes), "
     "8 to 4096 px a side, within your plan's size limit. Anything else (another format, a "
     "lying content type, a truncated file, a decompression bomb) is a 422 upload-rejected "
     "problem, recorded as `Upload.Rejected`, and the object is deleted. Completing again "
-    "answers the same verdict. 409: nothing was uploaded yet.",
+    "answers the same verdict. 409: nothing was uploaded yet. The answer's `position` is the "
+    "verdict's: GET /v1/me with it as X-Min-Position counts the upload in your storage used.",
     responses=problem_responses(*ERRORS, 404, 409, 422),
     dependencies=[Depends(rate_limit("command"))],
 )
 async def complete_upload(
     upload_id: UploadId, principal: CurrentUser, svc: ServicesDep
-) -> UploadView:
-    return _view(svc, await vo.complete(svc, UPLOADS, principal.user_id, upload_id))
+) -> UploadCompleted:
+    upload, position = await vo.complete(svc, UPLOADS, principal.user_id, upload_id)
+    view = _view(svc, upload)
+    return UploadCompleted.model_validate(view.model_dump() | {"position": position})
 
 
 @router.get(

@@ -71,6 +71,13 @@ class UserModelView(View):
     rejection: str | None
 
 
+class UserModelCompleted(UserModelView):
+    position: int = Field(
+        description="the verdict's store position: send it as X-Min-Position to GET /v1/me "
+        "(storage used) or your models to read them with it"
+    )
+
+
 ModelId = Annotated[UUID, Field(description="the model_id POST /v1/models/mine answered")]
 
 
@@ -149,7 +156,7 @@ async def request_user_model(
 
 @router.post(
     "/{model_id}/complete",
-    response_model=UserModelView,
+    response_model=UserModelCompleted,
     summary="Finish a LoRA upload: the file is hashed, checked and recorded",
     description="Reads the object back from S3, hashes it (sha256) and parses its safetensors "
     "header: accepted when it is a safetensors file within your plan's size limit whose "
@@ -157,15 +164,18 @@ async def request_user_model(
     "(a pickle or any other format, whatever its name; a truncated file; full model weights; "
     "another family's LoRA) is a 422 upload-rejected problem, recorded as "
     "`UserModel.Rejected`, and the object is deleted. Completing again answers the same "
-    "verdict. 409: nothing was uploaded yet.",
+    "verdict. 409: nothing was uploaded yet. The answer's `position` is the verdict's: GET "
+    "/v1/me with it as X-Min-Position counts the model in your storage used.",
     responses=problem_responses(*ERRORS, 404, 409, 422),
     dependencies=[Depends(rate_limit("command"))],
 )
 async def complete_user_model(
     model_id: ModelId, principal: CurrentUser, svc: ServicesDep
-) -> UserModelView:
+) -> UserModelCompleted:
     user = principal.user_id
-    return await _view(svc, user, await vo.complete(svc, MODELS, user, model_id))
+    model, position = await vo.complete(svc, MODELS, user, model_id)
+    view = await _view(svc, user, model)
+    return UserModelCompleted.model_validate(view.model_dump() | {"position": position})
 
 
 @router.get(

@@ -6,6 +6,8 @@ kind does is tested beside it (tests/api/test_uploads.py, tests/api/test_user_mo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.api import test_uploads, test_user_models
@@ -51,6 +53,42 @@ async def test_request_complete_list_quota_and_delete(kit: Kit, user: str, kind:
     assert await kind.listed(kit, user) == []
     for r in (await kind.get(kit, user, object_id), await kind.delete(kit, user, object_id)):
         assert r.status_code == 404 and problem_type(r) == "not-found"
+
+
+@kinds
+async def test_the_completions_position_reads_the_storage_used_fresh(
+    kit: Kit, user: str, kind: Kind
+) -> None:
+    """The completion answers its verdict's position; GET /v1/me with it as X-Min-Position
+    waits for every projection its figures come from, the uploads' and models' among them
+    (here the relay's checkpoint says the jobs topic, theirs, is not consumed that far yet,
+    and the subscriptions view, all GET /v1/me waited for before, has nothing to wait for)."""
+    await kind.allow(kit, user)
+    await kit.project()
+    body = kind.file()
+    ticket = await kind.ticket(kit, user)
+    assert kind.post(ticket, body).status_code in POSTED
+    done = await kind.complete(kit, user, ticket[kind.id_field])
+    assert done.status_code == 200, done.text
+    position = done.json()["position"]
+    again = await kind.complete(kit, user, ticket[kind.id_field])  # records nothing
+    assert again.status_code == 200 and again.json()["position"] >= position > 0, again.text
+    read = {**kit.auth(user), "X-Min-Position": str(position)}
+    jobs_topic = kit.settings.topic("pinksea.jobs.v1")
+    pool = kit.services.pool
+    await pool.execute(
+        "INSERT INTO relay_checkpoints (position, offsets) VALUES ($1, $2)",
+        position,
+        json.dumps({jobs_topic: {"0": 10**9}}),
+    )
+    try:
+        r = await kit.client.get("/v1/me", headers=read)
+    finally:
+        await pool.execute("DELETE FROM relay_checkpoints WHERE position = $1", position)
+    assert r.status_code == 503 and problem_type(r) == "not-yet-consistent", r.text
+    await kit.project()
+    r = await kit.client.get("/v1/me", headers=read)
+    assert r.status_code == 200 and r.json()["storage_used_bytes"] == len(body), r.text
 
 
 @pytest.mark.parametrize(
