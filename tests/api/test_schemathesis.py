@@ -116,7 +116,7 @@ STATEFUL_CHECKS = [*CHECKS, ensure_resource_availability, use_after_free]
 
 
 @pytest.fixture(scope="module")
-def pro_token(api_settings: Settings, api_pair: tuple[str, str], tokens: dict[str, str]) -> str:
+def pro_user(api_settings: Settings, api_pair: tuple[str, str], tokens: dict[str, str]) -> str:
     """A user on the pro plan, so the API-key links (create -> revoke) can be followed."""
     user = f"fuzz-pro-{uuid.uuid4().hex[:8]}"
     token = sign_dev_token(api_settings, user)
@@ -128,7 +128,12 @@ def pro_token(api_settings: Settings, api_pair: tuple[str, str], tokens: dict[st
             headers={"Authorization": f"Bearer {tokens['admin']}"},
         )
         assert r.status_code == 200, r.text
-    return token
+    return user
+
+
+@pytest.fixture(scope="module")
+def pro_token(api_settings: Settings, pro_user: str) -> str:
+    return sign_dev_token(api_settings, pro_user)
 
 
 def test_links_chain_commands_to_their_follow_ups() -> None:
@@ -138,7 +143,11 @@ def test_links_chain_commands_to_their_follow_ups() -> None:
 
 
 def test_stateful_sequences_honour_the_contract(
-    tokens: dict[str, str], pro_token: str, api_pair: tuple[str, str], projector: None
+    tokens: dict[str, str],
+    pro_user: str,
+    pro_token: str,
+    api_pair: tuple[str, str],
+    projector: None,
 ) -> None:
     seen: set[tuple[str, str, int]] = set()
     scenarios = 0
@@ -174,6 +183,13 @@ def test_stateful_sequences_honour_the_contract(
             # nothing to follow.
             auth = {"Authorization": f"Bearer {pro_token}"}
             with httpx.Client(base_url=api_pair[0], headers=auth, timeout=30) as http:
+                # An inferred link (GET /v1/admin/users -> POST .../deactivate) may deactivate
+                # any user listed, the pro user too: every scenario starts with it active.
+                http.post(
+                    f"/v1/admin/users/{pro_user}/reactivate",
+                    json={"reason": "the next scenario"},
+                    headers={"Authorization": f"Bearer {tokens['admin']}"},
+                ).raise_for_status()
                 listed = http.get("/v1/jobs", params={"status": "accepted", "limit": 100})
                 for job in listed.json()["items"]:
                     http.post(f"/v1/jobs/{job['job_id']}/cancel")
