@@ -37,7 +37,6 @@ from domain.holds import HoldStatus
 from domain.job_events import (
     PRODUCED_IMAGE_CATEGORY,
     PRODUCED_IMAGE_ORIGIN,
-    UPLOADED_IMAGE_CATEGORY,
     UPLOADED_IMAGE_ORIGIN,
 )
 from domain.job_lifecycle import TERMINAL
@@ -368,7 +367,7 @@ async def _upload_finished(run: _Run, u: Upload) -> None:
             u.user_id,
             u.size_bytes,
             deleted_at,
-            UPLOADED_IMAGE_CATEGORY.value,
+            u.category.value,
             UPLOADED_IMAGE_ORIGIN.value,
             u.starred,
             u.is_intermediate,

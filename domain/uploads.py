@@ -7,7 +7,9 @@ content type and the plan's ``upload_bytes_max``), and completing the upload has
 describe what it read back (``ImageFacts``: the format read from the bytes, the decoded size,
 or why it would not decode). The rules of what is accepted live here: the format must be the
 declared one (a client's content type is never trusted, only checked against the bytes), the
-sides within bounds. ``Completed`` is its accepted verdict.
+sides within bounds. ``Completed`` is its accepted verdict. ``Requested`` also records the
+upload's ``purpose`` (an image to start from, or an inpainting mask), which is the category
+the gallery lists it under (InvokeAI's: ``user`` or ``mask``).
 
 A completed upload is one of its user's images (the gallery lists it, named by its id), so
 its owner flags it as a job's images are flagged (the one rule: domain/job_images.py's
@@ -27,6 +29,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain.errors import IdempotencyConflict, InvalidTransition, NotFound
+from domain.job_events import UPLOADED_IMAGE_CATEGORY, ImageCategory
 from domain.job_images import ImageFlags, record_flags
 from domain.units import require_aware
 from domain.verified_objects import PENDING, REJECTED, VerifiedObject, object_id
@@ -42,6 +45,20 @@ SIDE_PX_MAX = 4096
 # The decoding cap: an image declaring more pixels is never decoded (a decompression bomb
 # declares a huge canvas in a few kilobytes). 4096 x 4096 RGBA is 64 MiB decoded.
 PIXELS_MAX = SIDE_PX_MAX * SIDE_PX_MAX
+
+
+class UploadPurpose(StrEnum):
+    """What the user sends the image for."""
+
+    INIT = "init"  # an image to start from (image-to-image, the image inpainting paints on)
+    MASK = "mask"  # an inpainting mask
+
+
+# The category the gallery lists a completed upload under, by its purpose (InvokeAI's).
+UPLOAD_CATEGORIES: dict[UploadPurpose, ImageCategory] = {
+    UploadPurpose.INIT: UPLOADED_IMAGE_CATEGORY,
+    UploadPurpose.MASK: ImageCategory.MASK,
+}
 
 
 class UploadStatus(StrEnum):
@@ -92,6 +109,7 @@ class Upload(VerifiedObject[ImageFacts]):
         key: str
         content_type: str
         size_bytes_max: int
+        purpose: str = UploadPurpose.INIT.value  # the uploads requested before it: init images
 
     class Completed(Aggregate.Event):
         TOPIC = "pinksea:Upload.Completed"
@@ -143,9 +161,11 @@ class Upload(VerifiedObject[ImageFacts]):
         content_type: str,
         size_bytes_max: int,
         timestamp: datetime,
+        purpose: str = UploadPurpose.INIT.value,
     ) -> None:
         self._requested(user_id, request_key, key, size_bytes_max, timestamp)
         self.content_type = content_type
+        self.purpose = purpose
         self.format: str | None = None
         self.width = 0
         self.height = 0
@@ -163,6 +183,7 @@ class Upload(VerifiedObject[ImageFacts]):
         content_type: str,
         size_bytes_max: int,
         at: datetime,
+        purpose: UploadPurpose = UploadPurpose.INIT,
     ) -> Upload:
         require_aware(at)
         if content_type not in CONTENT_TYPES:
@@ -174,15 +195,28 @@ class Upload(VerifiedObject[ImageFacts]):
             content_type=content_type,
             size_bytes_max=size_bytes_max,
             timestamp=at,
+            purpose=UploadPurpose(purpose).value,
         )
 
     # ----------------------------------------------------------------------------- queries
 
-    def ensure_same_request(self, content_type: str) -> None:
+    def ensure_same_request(
+        self, content_type: str, purpose: UploadPurpose = UploadPurpose.INIT
+    ) -> None:
         if content_type != self.content_type:
             raise IdempotencyConflict(
                 "this Idempotency-Key was used for an upload of another content type; use a new key"
             )
+        if purpose.value != self.purpose:
+            raise IdempotencyConflict(
+                f"this Idempotency-Key was used for an upload with purpose {self.purpose!r}; "
+                "use a new key"
+            )
+
+    @property
+    def category(self) -> ImageCategory:
+        """What the gallery lists it as (by its purpose)."""
+        return UPLOAD_CATEGORIES[UploadPurpose(self.purpose)]
 
     def refusal(self, facts: ImageFacts) -> str | None:
         """The format must be the declared one (read from the bytes), the sides in bounds."""

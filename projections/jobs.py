@@ -9,12 +9,13 @@ only images that are not deleted, and the queries list only those. An image's ca
 origin are written with it (what a job produces, domain/job_events.py); its owner's flags
 (``starred``, ``is_intermediate``) follow their events.
 
-Uploads are images too (InvokeAI's gallery lists them: origin external, category user): a
-completed upload is an image row named by its upload id, written here from the Upload events
-so that the images table is whole in one projection (one rebuild, one consistency position).
-``Upload.Requested`` records the owner and key in ``upload_owners`` (``Completed`` carries
-neither), ``Upload.Completed`` writes the image from it, ``Upload.Deleted`` marks it deleted,
-and the owner's flags follow their events (``Upload.Starred`` ...) as a job's images' do.
+Uploads are images too (InvokeAI's gallery lists them: origin external, category user, or
+mask by the upload's purpose): a completed upload is an image row named by its upload id,
+written here from the Upload events so that the images table is whole in one projection (one
+rebuild, one consistency position). ``Upload.Requested`` records the owner, key and category
+in ``upload_owners`` (``Completed`` carries none of them), ``Upload.Completed`` writes the
+image from it, ``Upload.Deleted`` marks it deleted, and the owner's flags follow their events
+(``Upload.Starred`` ...) as a job's images' do.
 ``Upload.Filed`` is the boards projection's, like ``GenerationJob.ImageFiled``: here it only
 moves the upload on. Only those are wanted: what else an upload records (its rejection) is the
 uploads projection's, which leaves the image's own events (``UPLOAD_IMAGE_EVENTS``) to this one.
@@ -32,11 +33,11 @@ from typing import Any
 from domain.job_events import (
     PRODUCED_IMAGE_CATEGORY,
     PRODUCED_IMAGE_ORIGIN,
-    UPLOADED_IMAGE_CATEGORY,
     UPLOADED_IMAGE_ORIGIN,
 )
 from domain.job_lifecycle import Fault
 from domain.jobs import JobStatus
+from domain.uploads import UPLOAD_CATEGORIES, UploadPurpose
 from eventstore.envelope import Envelope
 from infra.topics import JOBS_TOPIC
 from projections.batching import EventStatements, TableProjection
@@ -143,23 +144,25 @@ _IMAGE_INTERMEDIATE = _IMAGE_FLAG.format(flag="is_intermediate")
 # Filing an image on a board is the boards projection's (projections/boards.py); the job only
 # records where its image went, so its row moves on to the event's position.
 _IMAGE_FILED = "UPDATE jobs SET updated_at = $2, position = $3 WHERE job_id = $1"
-# An upload's owner and key, for its image ($4 user, $5 key).
+# An upload's owner, key and category (by its purpose), for its image ($4 user, $5 key, $6
+# category).
 _UPLOAD_REQUESTED = """
-INSERT INTO upload_owners (upload_id, user_id, key, requested_at, position)
-VALUES ($1, $4, $5, $2, $3)
+INSERT INTO upload_owners (upload_id, user_id, key, image_category, requested_at, position)
+VALUES ($1, $4, $5, $6, $2, $3)
 """
 # A completed upload is one of its owner's images, named by its id: $4 size, $5 width, $6
-# height, $7 category, $8 origin. It has no thumbnail of its own: the image is its own.
+# height, $7 origin. It has no thumbnail of its own: the image is its own.
 _UPLOAD_COMPLETED = """
 WITH owner AS (
-    UPDATE upload_owners SET position = $3 WHERE upload_id = $1 RETURNING user_id, key
+    UPDATE upload_owners SET position = $3 WHERE upload_id = $1
+    RETURNING user_id, key, image_category
 ), image AS (
     INSERT INTO images (
         user_id, name, job_id, upload_id, idx, key, thumbnail_key, size_bytes, width, height,
         created_at, position, image_category, image_origin, starred, is_intermediate
     )
     SELECT owner.user_id, $1::text, NULL, $1, 0, owner.key, owner.key, $4, $5, $6, $2, $3,
-        $7, $8, false, false
+        owner.image_category, $7, false, false
     FROM owner
     RETURNING 1
 )
@@ -204,16 +207,13 @@ UPLOAD_IMAGE_STATEMENTS: EventStatements = {
 }
 UPLOAD_IMAGE_EVENTS = frozenset(UPLOAD_IMAGE_STATEMENTS)
 _UPLOAD_STATEMENTS: EventStatements = {
-    "Upload.Requested": (_UPLOAD_REQUESTED, lambda ev: (ev.user_id, ev.key)),
+    "Upload.Requested": (
+        _UPLOAD_REQUESTED,
+        lambda ev: (ev.user_id, ev.key, UPLOAD_CATEGORIES[UploadPurpose(ev.purpose)].value),
+    ),
     "Upload.Completed": (
         _UPLOAD_COMPLETED,
-        lambda ev: (
-            ev.size_bytes,
-            ev.width,
-            ev.height,
-            UPLOADED_IMAGE_CATEGORY.value,
-            UPLOADED_IMAGE_ORIGIN.value,
-        ),
+        lambda ev: (ev.size_bytes, ev.width, ev.height, UPLOADED_IMAGE_ORIGIN.value),
     ),
     "Upload.Deleted": (_UPLOAD_DELETED, lambda ev: ()),
     **UPLOAD_IMAGE_STATEMENTS,

@@ -27,7 +27,7 @@ from api.schemas import Page, Strict, View
 from api.services import Services, now
 from domain.application import PinkseaApplication
 from domain.commands.uploads import UploadResult
-from domain.uploads import CONTENT_TYPES, ImageFacts, Upload, UploadStatus
+from domain.uploads import CONTENT_TYPES, ImageFacts, Upload, UploadPurpose, UploadStatus
 from read_models import uploads as rm
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -41,12 +41,18 @@ class UploadRequest(Strict):
     content_type: ContentType = Field(
         description="what you will send; checked against the file's bytes on completion"
     )
+    purpose: UploadPurpose = Field(
+        UploadPurpose.INIT,
+        description="what the image is for: `init`, an image to start from (GET /v1/images "
+        "lists it in category `user`), or `mask`, an inpainting mask (category `mask`)",
+    )
 
 
 class UploadTicket(View):
     upload_id: UUID
     key: str = Field(description="users/{user_id}/uploads/{upload_id}.<ext>")
     content_type: str
+    purpose: UploadPurpose
     size_bytes_max: int = Field(description="your plan's limit, enforced by the POST policy")
     url: str = Field(description="POST the file here as multipart/form-data")
     fields: dict[str, str] = Field(description="send these form fields first, the file last")
@@ -113,7 +119,8 @@ def _view(svc: Services, upload: rm.Upload | Upload) -> UploadView:
     description="POST the file to `url` with `fields` (multipart/form-data, the file last), "
     "then call POST /v1/uploads/{upload_id}/complete. The policy fixes the key and content "
     "type and caps the size at your plan's `size_bytes_max`. Refused (403 storage-quota) when "
-    "your images and uploads use your plan's storage already.",
+    "your images and uploads use your plan's storage already. With an `Idempotency-Key`, the "
+    "key with another content type or purpose is a 409.",
     # 404: the Idempotency-Key's upload was deleted (its replay finds no upload of yours).
     responses=problem_responses(*ERRORS, 404, 409, 422),
     dependencies=[Depends(rate_limit("command"))],
@@ -129,14 +136,16 @@ async def request_upload(
 
     def request(key: str) -> UploadResult:
         return svc.application.request_upload(
-            user, request_key=key, content_type=body.content_type, at=now()
+            user, request_key=key, content_type=body.content_type, at=now(), purpose=body.purpose
         )
 
     ticket = await vo.start(
         svc, UPLOADS, user, response, idempotency_key, request, content_type=body.content_type
     )
     return UploadTicket.model_validate(
-        vars(ticket) | {"upload_id": ticket.object_id, "content_type": body.content_type}
+        vars(ticket)
+        | {"upload_id": ticket.object_id, "content_type": body.content_type}
+        | {"purpose": body.purpose}
     )
 
 

@@ -23,7 +23,7 @@ from domain.commands.verified_objects import VerifiedObjectCommands, VerifiedObj
 from domain.errors import InvalidParameters, NotFound
 from domain.jobs import GenerationJob
 from domain.parameters import JobParameters, is_upload_ref
-from domain.uploads import ImageFacts, Upload
+from domain.uploads import ImageFacts, Upload, UploadPurpose
 
 UPLOAD_ID_CHARS = 36  # a UUID's text: an image's name is its job's id, a dash, an index
 
@@ -37,10 +37,16 @@ class UploadResult(VerifiedObjectResult):
 class UploadCommands(VerifiedObjectCommands):
     @command
     def request_upload(
-        self, user_id: str, *, request_key: str, content_type: str, at: datetime
+        self,
+        user_id: str,
+        *,
+        request_key: str,
+        content_type: str,
+        at: datetime,
+        purpose: UploadPurpose = UploadPurpose.INIT,
     ) -> UploadResult:
-        """Record the presigned POST being handed out, with the plan's size limit. The same
-        request key again finds the same upload."""
+        """Record the presigned POST being handed out, with the plan's size limit and what
+        the image is for. The same request key again finds the same upload."""
         upload, changed = self._request_object(
             Upload,
             user_id,
@@ -51,8 +57,9 @@ class UploadCommands(VerifiedObjectCommands):
                 content_type=content_type,
                 size_bytes_max=plan.upload_bytes_max,
                 at=at,
+                purpose=purpose,
             ),
-            ensure_same=lambda upload: upload.ensure_same_request(content_type),
+            ensure_same=lambda upload: upload.ensure_same_request(content_type, purpose),
         )
         return UploadResult.of(upload, changed=changed)
 

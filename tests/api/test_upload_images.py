@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from domain.uploads import ImageFacts
+from domain.uploads import ImageFacts, UploadPurpose
 from infra.settings import Settings
 from tests.api.conftest import Kit, problem_type
 from tests.api.test_image_flags import _replay_jobs
@@ -24,6 +24,7 @@ from tests.audit.test_verify_and_export import project_everything, run_verify
 from tests.integration.streaming_kit import T0, fresh_database, new_app
 
 pytestmark = pytest.mark.integration
+MASK = UploadPurpose.MASK
 
 
 def _png(side: int = 48) -> bytes:
@@ -32,10 +33,11 @@ def _png(side: int = 48) -> bytes:
     return buffer.getvalue()
 
 
-async def _upload(kit: Kit, user: str, body: bytes) -> httpx.Response:
-    """Request a presigned POST, send ``body`` to S3 as a browser would, complete it."""
+async def _upload(kit: Kit, user: str, body: bytes, **request: str) -> httpx.Response:
+    """Request a presigned POST (``request``: more of its body), send ``body`` to S3 as a
+    browser would, complete it."""
     r = await kit.client.post(
-        "/v1/uploads", json={"content_type": "image/png"}, headers=kit.auth(user)
+        "/v1/uploads", json={"content_type": "image/png", **request}, headers=kit.auth(user)
     )
     assert r.status_code == 201, r.text
     ticket = r.json()
@@ -279,6 +281,36 @@ async def test_a_deleted_upload_leaves_the_gallery_and_the_quota(kit: Kit, user:
     assert await _storage_used(kit, user) == 0
 
 
+async def test_a_mask_upload_is_listed_as_a_mask(kit: Kit, user: str) -> None:
+    photo = (await _upload(kit, user, _png(32))).json()["upload_id"]
+    mask = (await _upload(kit, user, _png(40), purpose="mask")).json()["upload_id"]
+    await kit.project()
+    assert await _names(kit, user, "?category=mask") == [mask]
+    assert await _names(kit, user, "?category=user") == [photo]
+    assert await _names(kit, user, "?origin=external") == [mask, photo]
+    r = await kit.client.get(f"/v1/images/{mask}", headers=kit.auth(user))
+    assert (r.json()["image_category"], r.json()["image_origin"]) == ("mask", "external")
+
+    headers = kit.auth(user) | {"Idempotency-Key": f"mask-{uuid.uuid4()}"}
+    body = {"content_type": "image/png", "purpose": "mask"}
+    first = await kit.client.post("/v1/uploads", json=body, headers=headers)
+    assert first.status_code == 201 and first.json()["purpose"] == "mask", first.text
+    again = await kit.client.post("/v1/uploads", json=body, headers=headers)
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    other = await kit.client.post("/v1/uploads", json=body | {"purpose": "init"}, headers=headers)
+    assert other.status_code == 409 and problem_type(other) == "idempotency-conflict", other.text
+    assert "purpose" in other.json()["detail"]
+    for bad in ("control", "", None, 1):
+        r = await kit.client.post(
+            "/v1/uploads", json=body | {"purpose": bad}, headers=kit.auth(user)
+        )
+        assert r.status_code == 422 and problem_type(r) == "invalid-request", (bad, r.text)
+    r = await kit.client.post(
+        "/v1/uploads", json={"content_type": "image/png"}, headers=kit.auth(user)
+    )
+    assert r.json()["purpose"] == "init"  # the default
+
+
 # ------------------------------------------------------------------- replay and verify
 
 _IMAGE_ROWS = (
@@ -309,6 +341,10 @@ async def test_a_replay_keeps_the_upload_images_and_verify_compares_them(
             )
             app.flag_upload(user, kept, starred=True, is_intermediate=True, at=T0)
             app.flag_upload(user, kept, is_intermediate=False, at=T0)
+            mask = app.request_upload(
+                user, request_key="mask", content_type="image/png", at=T0, purpose=MASK
+            ).upload_id
+            app.complete_upload(user, mask, facts=facts, at=T0)
             board = app.create_board(user, request_key="b", name="Kept", at=T0).board_id
             for upload_id in (kept, deleted):
                 app.add_board_image(user, board, image_name=str(upload_id), at=T0)
@@ -319,8 +355,11 @@ async def test_a_replay_keeps_the_upload_images_and_verify_compares_them(
                 await project_everything(app, pool)
                 async with pool.acquire() as conn:
                     before = [tuple(r) for r in await conn.fetch(_IMAGE_ROWS)]
+                    assert [(r[2], r[9]) for r in before if r[2] == mask] == [(mask, "mask")]
                     assert [
-                        (r[0], r[2], r[6], r[9], r[10], r[11], r[12], r[13] is None) for r in before
+                        (r[0], r[2], r[6], r[9], r[10], r[11], r[12], r[13] is None)
+                        for r in before
+                        if r[2] != mask
                     ] == [
                         (str(u), u, 300, "user", "external", u == kept, False, u == kept)
                         for u in sorted((kept, deleted), key=str)
@@ -348,6 +387,15 @@ async def test_a_replay_keeps_the_upload_images_and_verify_compares_them(
                     assert result.returncode == 1, f"verify missed {corruption}"
                     assert "images = replay" in result.stdout, result.stdout
                     await conn.execute(f"UPDATE images SET {undo} WHERE upload_id = $1", kept)
+                assert run_verify(settings).returncode == 0
+                await conn.execute(
+                    "UPDATE images SET image_category = 'user' WHERE upload_id = $1", mask
+                )
+                result = run_verify(settings)
+                assert result.returncode == 1 and "images = replay" in result.stdout
+                await conn.execute(
+                    "UPDATE images SET image_category = 'mask' WHERE upload_id = $1", mask
+                )
                 assert run_verify(settings).returncode == 0
                 await conn.execute("DELETE FROM images WHERE upload_id = $1", deleted)
                 result = run_verify(settings)

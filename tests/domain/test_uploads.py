@@ -4,6 +4,8 @@ steps, the estimate and the hold."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -17,9 +19,10 @@ from domain.calibration import calibration_for, inputs_ms
 from domain.commands.admission import estimate_for
 from domain.errors import IdempotencyConflict, InvalidParameters, NotFound
 from domain.estimation import hold_for_estimate
+from domain.job_events import ImageCategory
 from domain.jobs import ImageRecord, JobParameters
 from domain.plans import GpuTier
-from domain.uploads import SIDE_PX_MAX, ImageFacts, UploadStatus
+from domain.uploads import SIDE_PX_MAX, ImageFacts, Upload, UploadPurpose, UploadStatus
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
 PNG = ImageFacts(size_bytes=1000, format="PNG", width=64, height=64)
@@ -264,3 +267,35 @@ def test_an_upload_is_filed_on_one_board_of_its_owner_and_leaves_it_deleted(
     app.remove_board_image(ann, seas, image_name=str(kept), at=T0)
     app.delete_upload(ann, kept, at=T0)
     assert app.board(ann, seas).images == []
+
+
+def test_an_uploads_purpose_is_its_gallery_category(app: PinkseaApplication) -> None:
+    user = _user(app)
+    mask = app.request_upload(
+        user, request_key="m", content_type="image/png", at=T0, purpose=UploadPurpose.MASK
+    )
+    again = app.request_upload(
+        user, request_key="m", content_type="image/png", at=T0, purpose=UploadPurpose.MASK
+    )
+    assert not again.changed and again.upload_id == mask.upload_id
+    with pytest.raises(IdempotencyConflict, match="purpose 'mask'"):
+        app.request_upload(user, request_key="m", content_type="image/png", at=T0)
+    assert app.upload(user, mask.upload_id).category is ImageCategory.MASK
+    assert app.upload(user, _upload(app, user)).category is ImageCategory.USER  # init: default
+
+
+def test_an_upload_requested_before_purposes_is_an_init_image(app: PinkseaApplication) -> None:
+    user = _user(app)
+    upload_id = _upload(app, user)
+    # Its Requested event as stored before the field existed: without a purpose.
+    first, *rest = app.recorder.select_events(upload_id)
+    state = json.loads(first.state)
+    del state["purpose"]
+    old = dataclasses.replace(first, state=json.dumps(state).encode())
+    upload: Upload | None = None
+    for stored in (old, *rest):
+        event = app.mapper.to_domain_event(stored)
+        assert isinstance(event, Upload.Event | Upload.Requested)
+        upload = event.mutate(upload)
+    assert upload is not None and upload.purpose == UploadPurpose.INIT.value
+    assert upload.category is ImageCategory.USER and upload.usable
