@@ -272,7 +272,8 @@ async def test_an_invokeai_session_uploads_generates_upscales_and_is_billed_exac
     ann_plan, bob_plan = await c.sign_up_on_lora_plan(ann), await c.sign_up_on_lora_plan(bob)
     ann_before = await c.balance(ann, ann_plan)
     assert ann_before["held_mc"] == 0 and ann_before["available_mc"] > 0
-    me = await c.call("GET", "/v1/me", ann)
+    # Read with the plan change's position: the subscriptions projection may lag it.
+    me = await c.call("GET", "/v1/me", ann, headers={"X-Min-Position": str(ann_plan)})
     assert me["plan"]["lora_training"] and me["storage_quota_bytes"] == 1024**3
     assert me["storage_used_bytes"] == 0
 
