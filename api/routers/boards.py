@@ -27,8 +27,7 @@ from api.schemas import Page, Strict, View
 from api.services import Services, now
 from domain.boards import BOARD_IMAGES_MAX, BOARD_NAME_CHARS_MAX, BOARD_NAME_FIELD, Board
 from domain.errors import NotFound
-from domain.personal_data import ERASED
-from infra.personal_keys import Opener, SealedValueCorrupt
+from infra.personal_keys import Opener
 from read_models import boards as rm
 
 router = APIRouter(prefix="/v1/boards", tags=["boards"])
@@ -61,13 +60,9 @@ class BoardView(View):
 
 
 def opened_name(opener: Opener, name: str) -> str:
-    """A board's name as stored, opened: plaintext, or ERASED once its key is gone. A name
-    the user's live key does not open was sealed under a key their erasure destroyed (the
-    seal binds the user, so no other user's name gets here): it reads as erased too."""
-    try:
-        return opener.open(BOARD_NAME_FIELD, name)
-    except SealedValueCorrupt:
-        return ERASED
+    """A board's name as stored, opened: plaintext, or ERASED once its key is gone (also
+    under a later key: the seal names its key's generation, infra/personal_keys.py)."""
+    return opener.open(BOARD_NAME_FIELD, name)
 
 
 async def _opener(svc: Services, user_id: str) -> Opener:

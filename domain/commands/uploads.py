@@ -1,14 +1,12 @@
-"""The commands on an upload, and the ownership check of a job's input images.
+"""The commands on an upload.
 
 An upload is the user's own data, apart from any job and account: each command reads one
 ``Upload`` and saves it alone (their bodies are every verified object's:
 domain/commands/verified_objects.py), but for its deletion, which also takes it off the board
 it was filed on (as a job's deleted image leaves its board: domain/commands/images.py). A
 completed upload is one of the user's images: its owner flags it (``flag_upload``) and files
-it on boards (domain/commands/boards.py). ``check_job_inputs`` reads, saving nothing: the API
-calls it before a submission, so a job never names an image that is not its user's (a job's
-output images are in its ``GenerationJob``, so the check reads the event store, not a read
-model).
+it on boards (domain/commands/boards.py). Whether a job may name an upload as its input is
+the job's inputs check (domain/commands/job_inputs.py).
 """
 
 from __future__ import annotations
@@ -20,9 +18,6 @@ from domain.boards import Board
 from domain.commands.results import CommandResult
 from domain.commands.store import command
 from domain.commands.verified_objects import VerifiedObjectCommands, VerifiedObjectResult
-from domain.errors import InvalidParameters, NotFound
-from domain.jobs import GenerationJob
-from domain.parameters import JobParameters, is_upload_ref
 from domain.uploads import ImageFacts, Upload, UploadPurpose
 
 UPLOAD_ID_CHARS = 36  # a UUID's text: an image's name is its job's id, a dash, an index
@@ -109,26 +104,3 @@ class UploadCommands(VerifiedObjectCommands):
     def upload(self, user_id: str, upload_uuid: UUID) -> Upload:
         """The user's upload; another user's, a deleted one or none at all is NotFound."""
         return self.owned(Upload, user_id, upload_uuid)
-
-    def check_job_inputs(self, user_id: str, params: JobParameters) -> None:
-        """Raise NotFound when an input image the job names is not one of the user's (or is
-        gone), InvalidParameters when it is the user's but not a usable image."""
-        for field, ref in (("init_image", params.init_image), ("mask", params.mask)):
-            if ref is None:
-                continue
-            if is_upload_ref(ref):
-                upload = self.upload(user_id, UUID(ref))
-                if not upload.usable:
-                    raise InvalidParameters(
-                        f"{field}: upload {ref} is {upload.status}; only a completed upload "
-                        "can be used (POST /v1/uploads/{id}/complete)"
-                    )
-                continue
-            job = self.find(UUID(ref[:UPLOAD_ID_CHARS]))
-            if (
-                not isinstance(job, GenerationJob)
-                or job.user_id != user_id
-                or ref in job.deleted_images
-                or all(image["name"] != ref for image in job.images)
-            ):
-                raise NotFound(f"{field}: you have no image or upload {ref}")

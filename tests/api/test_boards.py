@@ -221,8 +221,8 @@ async def test_after_erasure_board_names_read_erased_everywhere(
     assert r.status_code == 200 and r.json()["name"] == ERASED
     assert (await _names(kit, other))[theirs] == "their own words"
 
-    # A new board starts a new key: it reads, the old one still reads erased (its seal does
-    # not open under the new key), and the old create's key can no longer be matched.
+    # A new board starts a new key: it reads, the old one still reads erased (its seal names
+    # the destroyed generation), and the old create's key can no longer be matched.
     fresh = await _board(kit, user, "after the erasure")
     again = await kit.client.post("/v1/boards", json={"name": NAME}, headers=headers)
     assert again.status_code == 409 and problem_type(again) == "idempotency-conflict"

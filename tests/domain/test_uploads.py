@@ -129,16 +129,16 @@ def test_a_job_may_name_only_the_users_own_usable_images(app: PinkseaApplication
 
     jobs = (job(init_image=upload_id), job(init_image=image), job(init_image=image, mask=mask_id))
     for params in jobs:
-        app.check_job_inputs(ann, params)
+        app.checked_job_inputs(ann, params)
         with pytest.raises(NotFound):
-            app.check_job_inputs(bob, params)
+            app.checked_job_inputs(bob, params)
     with pytest.raises(NotFound):  # no such upload, no such image
-        app.check_job_inputs(ann, job(init_image=str(uuid4())))
+        app.checked_job_inputs(ann, job(init_image=str(uuid4())))
     with pytest.raises(NotFound):
-        app.check_job_inputs(ann, job(init_image=f"{uuid4()}-0"))
+        app.checked_job_inputs(ann, job(init_image=f"{uuid4()}-0"))
     pending = app.request_upload(ann, request_key="p", content_type="image/png", at=T0)
     with pytest.raises(InvalidParameters, match="pending"):
-        app.check_job_inputs(ann, job(init_image=str(pending.upload_id)))
+        app.checked_job_inputs(ann, job(init_image=str(pending.upload_id)))
 
 
 def test_image_input_rules_are_checked_with_the_parameters() -> None:

@@ -129,7 +129,7 @@ async def test_img2img_job_end_to_end_is_billed_exactly(platform: Platform) -> N
         model="tiny-sd", prompt="the same sea, at night", steps=4, width=64, height=64,
         init_image=str(ticket.upload_id), strength=0.5,
     )  # fmt: skip
-    app.check_job_inputs("ivy", params)
+    app.checked_job_inputs("ivy", params)
     before = app.account("ivy").available_mc(datetime.now(UTC))
     job = app.submit_job("ivy", idempotency_key="img2img", params=params, at=datetime.now(UTC))
     assert job.status == "accepted" and job.job_id is not None

@@ -106,7 +106,7 @@ async def test_upscale_job_end_to_end_is_billed_exactly(platform: Platform) -> N
         init_image=str(ticket.upload_id), scale=4,
     )  # fmt: skip
     params.check()
-    app.check_job_inputs("uma", params)
+    app.checked_job_inputs("uma", params)
     before = app.account("uma").available_mc(datetime.now(UTC))
     job = app.submit_job("uma", idempotency_key="upscale", params=params, at=datetime.now(UTC))
     assert job.status == "accepted" and job.job_id is not None
