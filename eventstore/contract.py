@@ -6,6 +6,7 @@ event classes, so the published contract cannot silently diverge from the code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import typing
 from functools import cache
@@ -87,11 +88,20 @@ def envelope_for(event: DomainEventProtocol[UUID], position: int) -> Envelope:
 
 @cache
 def data_model(type_: str) -> type[BaseModel]:
-    """A pydantic model of one event type's ``data``, derived from the event class."""
+    """A pydantic model of one event type's ``data``, derived from the event class. A field
+    the class gives a default (one added after events of its type were published) keeps it:
+    an envelope published before the field existed is still valid and decodes to the same
+    event the store's own decoding gives (the contract: fields are added, never changed)."""
     cls = event_classes()[type_]
     hints = typing.get_type_hints(cls)
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+    }
+    assert not any(f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(cls))
     fields: dict[str, Any] = {
-        name: (hint, ...) for name, hint in hints.items() if name not in _BASE_FIELDS
+        name: (hint, defaults.get(name, ...))
+        for name, hint in hints.items()
+        if name not in _BASE_FIELDS
     }
     return create_model(type_.replace(".", ""), **fields)
 
