@@ -87,18 +87,36 @@ def plan_faults(
         for f in planned
     ]
     if partitions:
-        apart = random.Random(f"{seed}-partitions")
-        for _ in range(rounds):
-            for kind, dependency in PARTITION_FAULTS.items():
-                at_s = round(apart.uniform(start_s, window_s), 1)
-                planned.append(Fault(at_s, kind, dependency, round(apart.uniform(5, 20), 1)))
+        planned += _drawn_apart(
+            f"{seed}-partitions", PARTITION_FAULTS, rounds, start_s, window_s, 5, 20
+        )
     if disk_full:
-        full = random.Random(f"{seed}-disk-full")
-        for _ in range(rounds):
-            for kind, dependency in DISK_FAULTS.items():
-                at_s = round(full.uniform(start_s, window_s), 1)
-                planned.append(Fault(at_s, kind, dependency, round(full.uniform(5, 15), 1)))
+        planned += _drawn_apart(f"{seed}-disk-full", DISK_FAULTS, rounds, start_s, window_s, 5, 15)
     return sorted(planned, key=lambda f: f.at_s)
+
+
+def _drawn_apart(
+    seed: str,
+    kinds: dict[str, str],
+    rounds: int,
+    start_s: float,
+    window_s: float,
+    down_s_min: float,
+    down_s_max: float,
+) -> list[Fault]:
+    """Each of ``kinds`` once a round, at a random offset, down ``down_s_min..down_s_max``,
+    from a generator of its own (``seed``), so that the plan's other faults stay the same."""
+    rng = random.Random(seed)
+    return [
+        Fault(
+            round(rng.uniform(start_s, window_s), 1),
+            kind,
+            dependency,
+            round(rng.uniform(down_s_min, down_s_max), 1),
+        )
+        for _ in range(rounds)
+        for kind, dependency in kinds.items()
+    ]
 
 
 @dataclass
