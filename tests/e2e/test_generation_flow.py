@@ -29,6 +29,7 @@ from eventsourcing.domain import Aggregate
 from domain.application import PinkseaApplication
 from domain.credits import CreditAccount
 from domain.jobs import JobParameters
+from eventstore.decoding import newest_position
 from eventstore.persistence import event_store_env
 from eventstore.relay import Relay
 from gpu_consumer.config import GpuWorkerSettings
@@ -40,6 +41,7 @@ from infra.messages import DeadLetter, Finished
 from infra.redis_keys import cancel_flag
 from infra.settings import Settings
 from infra.topics import DLQ_TOPIC, REPORTS_TOPIC
+from projections.consistency import wait_for_position
 from projections.registry import ALL_PROJECTIONS
 from projections.runner import LiveProjectionRunner
 from tests.integration.streaming_kit import fresh_database, prepare_stack, wait_until
@@ -140,6 +142,16 @@ class Platform:
             return all(j.is_terminal for j in jobs)
 
         await wait_until(done, timeout=timeout, interval=0.2)
+
+    async def until_projected(self, timeout_s: float = 60) -> None:
+        """Until every projection has applied every event stored so far: what an audit of
+        the read models (ledger verify) must wait for, the settler's last event included."""
+        assert self.pool is not None
+        head = await newest_position(self.pool)
+        for p in ALL_PROJECTIONS:
+            topics = tuple(self.settings.topic(t) for t in p.topics)
+            reached = await wait_for_position(self.pool, p.name, topics, head, timeout_s=timeout_s)
+            assert reached, f"projection {p.name} did not reach position {head} in {timeout_s} s"
 
 
 @pytest.fixture

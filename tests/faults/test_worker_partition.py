@@ -167,6 +167,9 @@ async def test_worker_partitioned_from_kafka_mid_run_loses_the_job_once_and_it_i
     assert account.held_mc == 0
     reports = [r for r in await finished_reports(settings) if r.job_id == job.job_id]
     late = [r for r in reports if r.worker_id == "island"]
+    # The audit reads the read models: the settlement of the job after the heal may still be
+    # on its way to the ledger projection (CI once ran verify before it arrived).
+    await platform.until_projected()
     env = {**os.environ, "PINKSEA_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix}
     for tool in ("verify", "reconcile"):
         result = subprocess.run(
