@@ -18,7 +18,7 @@ locals {
   # PostgreSQL out of space refuses every write (RELIABILITY.md, the chaos run's disk-full
   # fault), and a checkpoint that cannot write stops the server.
   rds_free_storage_bytes_min = 5 * 1024 * 1024 * 1024
-  redis_members         = [for i in range(1, var.redis_member_count + 1) : format("%s-%03d", var.redis_replication_group, i)]
+  redis_members              = [for i in range(1, var.redis_member_count + 1) : format("%s-%03d", var.redis_replication_group, i)]
 }
 
 resource "aws_sns_topic" "alarms" {
