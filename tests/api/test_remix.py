@@ -33,6 +33,11 @@ async def _image(kit: Kit, user: str) -> tuple[str, str]:
     r = await kit.client.post("/v1/jobs", json={**TINY, **ASKED}, headers=kit.auth(user))
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
+    return job_id, await _completed(kit, user, job_id)
+
+
+async def _completed(kit: Kit, user: str, job_id: str) -> str:
+    """The job run to completion with one image, as a worker leaves it; the image's name."""
     name = f"{job_id}-0"
     image = {
         "name": name,
@@ -44,7 +49,7 @@ async def _image(kit: Kit, user: str) -> tuple[str, str]:
     }
     kit.run_job(job_id, images=[image])  # type: ignore[list-item]
     await kit.project()
-    return job_id, name
+    return name
 
 
 async def _job_view(kit: Kit, user: str, job_id: str) -> Any:
@@ -161,17 +166,7 @@ async def test_the_recalled_strength_is_the_one_the_job_ran_with(kit: Kit, user:
         r = await kit.submit(user, **body)
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
-        name = f"{job_id}-0"
-        image = {
-            "name": name,
-            "key": f"users/{user}/images/{name}.png",
-            "thumbnail_key": f"users/{user}/thumbnails/{name}.webp",
-            "size_bytes": 10,
-            "width": 64,
-            "height": 64,
-        }
-        kit.run_job(job_id, images=[image])  # type: ignore[list-item]
-        await kit.project()
+        name = await _completed(kit, user, job_id)
         r = await kit.client.get(f"/v1/images/{name}", headers=kit.auth(user))
         assert r.status_code == 200, r.text
         assert r.json()["metadata"]["strength"] == strength, (body, r.json()["metadata"])
