@@ -31,6 +31,7 @@ from api.auth import sign_dev_token
 from api.services import Services, s3_client
 from domain.application import PinkseaApplication
 from domain.jobs import ImageRecord
+from eventstore.contract import envelope_for
 from infra.settings import Settings
 from tests.api.project_now import project_now
 from tests.conftest import delete_bucket, sweep_stale_buckets
@@ -189,6 +190,20 @@ def user() -> str:
 @pytest.fixture
 def other() -> str:
     return f"o-{uuid.uuid4().hex[:12]}"
+
+
+async def stored_texts(kit: Kit, aggregate_id: str) -> list[str]:
+    """Everything the store and the event contract keep of one aggregate's events, as text:
+    its raw stored rows and their public envelopes (what a test of sealing searches)."""
+    rows = await kit.services.pool.fetch(
+        "SELECT state FROM pinksea_events WHERE originator_id = $1", uuid.UUID(aggregate_id)
+    )
+    texts = [bytes(r["state"]).decode(errors="replace") for r in rows]
+    app = kit.app
+    for n in app.recorder.select_notifications(start=1, limit=100_000):
+        if n.originator_id == uuid.UUID(aggregate_id):
+            texts.append(envelope_for(app.mapper.to_domain_event(n), n.id).to_bytes().decode())
+    return texts
 
 
 def problem_type(response: httpx.Response) -> str:

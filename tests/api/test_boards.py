@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import asyncpg
 import pytest
 
 from api.services import now
 from domain.personal_data import ERASED, is_sealed
-from eventstore.contract import envelope_for
-from tests.api.conftest import Kit, problem_type
+from tests.api.conftest import Kit, problem_type, stored_texts
 from tests.api.project_now import project_now
 from tests.api.test_images import _job_with_images
 
@@ -147,23 +145,6 @@ async def test_images_filter_by_board_and_creation_time_and_page(kit: Kit, user:
 NAME = "Letters to Ana Pereira, 2019"  # what a person writes: personal data
 
 
-async def _stored_events(kit: Kit, board_id: str) -> list[str]:
-    """The raw stored rows of the board's events and their public envelopes, as text."""
-    conn = await asyncpg.connect(kit.settings.database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT state FROM pinksea_events WHERE originator_id = $1", UUID(board_id)
-        )
-    finally:
-        await conn.close()
-    texts = [bytes(r["state"]).decode(errors="replace") for r in rows]
-    app = kit.app
-    for n in app.recorder.select_notifications(start=1, limit=100_000):
-        if n.originator_id == UUID(board_id):
-            texts.append(envelope_for(app.mapper.to_domain_event(n), n.id).to_bytes().decode())
-    return texts
-
-
 async def _names(kit: Kit, user: str) -> dict[str, str]:
     r = await kit.client.get("/v1/boards", headers=kit.auth(user))
     assert r.status_code == 200, r.text
@@ -179,7 +160,7 @@ async def test_a_board_name_is_sealed_in_the_store_and_reads_in_the_api(
     board = r.json()["board_id"]
     r = await kit.client.patch(f"/v1/boards/{board}", json={"name": NAME}, headers=headers)
     assert r.status_code == 200 and r.json()["name"] == NAME, r.text
-    texts = await _stored_events(kit, board)
+    texts = await stored_texts(kit, board)
     assert len(texts) == 4  # two events, each stored and published
     assert not any(NAME in t or "first draft" in t for t in texts)
     stored = kit.app.board(user, UUID(board))

@@ -23,12 +23,11 @@ from domain.jobs import JobParameters
 from domain.personal_data import ERASED, PersonalData, is_sealed, personal_data_id
 from domain.uploads import upload_key
 from domain.user_models import user_model_key
-from eventstore.contract import envelope_for
 from gpu_consumer.outputs import image_key, thumbnail_key
 from projections.jobs import JobsProjection
 from tests.api import test_uploads as uploads_test
 from tests.api import test_user_models as user_models_test
-from tests.api.conftest import Kit, problem_type
+from tests.api.conftest import Kit, problem_type, stored_texts
 from tests.api.project_now import project_now
 
 pytestmark = pytest.mark.integration
@@ -66,24 +65,6 @@ async def _completed_job(
     return job_id, images
 
 
-async def _stored_submissions(kit: Kit, job_id: str) -> list[str]:
-    """The raw stored rows of the job's events and their public envelopes, as text."""
-    conn = await asyncpg.connect(kit.settings.database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT state FROM pinksea_events WHERE originator_id = $1", UUID(job_id)
-        )
-    finally:
-        await conn.close()
-    texts = [bytes(r["state"]).decode(errors="replace") for r in rows]
-    app = kit.app
-    for n in app.recorder.select_notifications(start=1, limit=100_000):
-        if n.originator_id == UUID(job_id):
-            env = envelope_for(app.mapper.to_domain_event(n), n.id)
-            texts.append(env.to_bytes().decode())
-    return texts
-
-
 async def _ledger_ok(kit: Kit) -> None:
     await kit.project()
     pool = await asyncpg.create_pool(kit.settings.database_url, min_size=2, max_size=2)
@@ -97,7 +78,7 @@ async def _ledger_ok(kit: Kit) -> None:
 
 async def test_prompts_are_sealed_in_the_store_and_open_in_the_api(kit: Kit, user: str) -> None:
     job_id, _ = await _completed_job(kit, user)
-    texts = await _stored_submissions(kit, job_id)
+    texts = await stored_texts(kit, job_id)
     assert texts and not any(PROMPT in t or NEGATIVE in t for t in texts)
     stored = kit.app.job(UUID(job_id)).parameters
     assert is_sealed(stored["prompt"]) and is_sealed(stored["negative_prompt"])
@@ -394,5 +375,5 @@ async def test_a_prompt_that_looks_sealed_is_taken_as_written(kit: Kit, user: st
     view = await kit.client.get(f"/v1/jobs/{r.json()['job_id']}", headers=kit.auth(user))
     assert view.status_code == 200, view.text
     assert (view.json()["prompt"], view.json()["negative_prompt"]) == (looks, "sealed:v2:1:x")
-    stored = await _stored_submissions(kit, r.json()["job_id"])
+    stored = await stored_texts(kit, r.json()["job_id"])
     assert not any(looks in text for text in stored)
