@@ -3,7 +3,9 @@
 Each ``Started`` or ``Finished`` report becomes one command (the job and its account change in
 one transaction) and the report's Kafka position is recorded in that same transaction, so a
 report is applied exactly once even across crashes; Kafka's own offsets are committed after.
-On (re)assignment the consumer seeks past the last recorded position of each partition.
+On (re)assignment the consumer seeks past the last recorded position of each partition, and
+so does a batch read again after an operational error (a database restart, a commit refused
+by a rebalance), which the loop retries after a pause instead of dying.
 Duplicate, late and stale-attempt reports find the job already settled and change nothing:
 exactly one settlement per job.
 
@@ -28,8 +30,9 @@ from prometheus_client import Counter
 from domain.application import SettlementResult
 from domain.errors import DomainError
 from domain.job_lifecycle import Fault
-from infra.errors import OPERATIONAL_ERRORS
-from infra.kafka import idempotent_producer, manual_consumer
+from infra.errors import OPERATIONAL_ERRORS, Backoff
+from infra.kafka import Polled, idempotent_producer, manual_consumer, rewind
+from infra.loops import sleep_or_stop
 from infra.messages import DeadLetter, Finished, Outcome, Started, parse_report
 from infra.observability.instrument import track_event_store
 from infra.settings import Settings
@@ -40,6 +43,8 @@ from workflows.tracking import TrackingPinkseaApplication
 log = structlog.get_logger("settler")
 
 SETTLED = Counter("pinksea_settler_reports_total", "Reports processed", ["kind", "applied"])
+RETRIES = Counter("pinksea_settler_retries_total", "Batches read again after an operational error")
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0
 
 
 def source_name(topic: str, partition: int) -> str:
@@ -140,17 +145,49 @@ class Settler:
         await consumer.start()
         await self.producer.start()
         log.info("settler started")
+        backoff = Backoff(first_s=RETRY_FIRST_S, max_s=RETRY_MAX_S)
+        unsettled: Polled = {}  # a batch an operational error interrupted, to read again
         try:
+            # Runs until stopped. An operational error (the database restarting, a commit the
+            # broker refused because the group rebalanced meanwhile) is retried after a pause;
+            # anything else ends the process for its supervisor (infra/errors.py).
             while not stop.is_set():
-                polled = await consumer.getmany(timeout_ms=300, max_records=200)
-                for tp, messages in polled.items():
-                    for message in messages:
-                        await self._handle(tp, message.offset, message.value)
-                    await consumer.commit({tp: messages[-1].offset + 1})
+                try:
+                    if unsettled:
+                        await self._read_again(unsettled)
+                        unsettled = {}
+                    unsettled = await consumer.getmany(timeout_ms=300, max_records=200)
+                    await self._settle(unsettled)
+                    unsettled = {}
+                    backoff.succeeded()
+                except OPERATIONAL_ERRORS as e:
+                    pause_s = backoff.failed()
+                    RETRIES.inc()
+                    log.warning("settler retrying", error=repr(e), backoff_s=pause_s)
+                    await sleep_or_stop(stop, pause_s)
         finally:
             await consumer.stop()
             await self.producer.stop()
             log.info("settler stopped")
+
+    async def _settle(self, polled: Polled) -> None:
+        assert self.consumer is not None
+        for tp, messages in polled.items():
+            assert messages, tp
+            for message in messages:
+                await self._handle(tp, message.offset, message.value)
+            # A hint for the next reader only: the positions recorded with the settlements
+            # are the truth (seek_past_tracked).
+            await self.consumer.commit({tp: messages[-1].offset + 1})
+
+    async def _read_again(self, polled: Polled) -> None:
+        """Back to the batch's first reports, then past those recorded meanwhile, so each
+        report is applied once (a partition another member took meanwhile resumes from its
+        committed offset there instead)."""
+        assert self.consumer is not None
+        rewind(self.consumer, polled)
+        assigned = self.consumer.assignment()
+        await self.seek_past_tracked(tp for tp in polled if tp in assigned)
 
     async def _handle(self, tp: TopicPartition, offset: int, raw: bytes) -> None:
         report = parse_report(raw)
