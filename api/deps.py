@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -20,7 +19,7 @@ from api.ratelimit import address_identity
 from api.services import Services, now
 from api.stream_tokens import TOKEN_LENGTH_MAX, InvalidStreamToken, StreamTokens
 from domain.plans import PLANS
-from projections.consistency import wait_for_position
+from projections.consistency import first_behind
 from projections.registry import get_projection
 from workflows.notifier.preferences import remember_address
 
@@ -266,18 +265,13 @@ def consistent(*projections: str) -> Callable[..., Awaitable[int | None]]:
     """``X-Min-Position``: answer only once every one of ``projections`` (those the answer
     reads) has applied that store position."""
     assert projections, "a consistent read names the projections it reads"
-    topics_of = {name: get_projection(name).topics for name in projections}
+    for name in projections:
+        get_projection(name)  # a KeyError at import for a name no projection has
 
     async def lagging(svc: Services, position: int, timeout_s: float) -> str | None:
-        """The first of the projections that has not reached ``position`` within
-        ``timeout_s`` (all of them share it); None when every one has."""
-        deadline_s = time.monotonic() + timeout_s
-        for name, names in topics_of.items():  # a view reads a few projections
-            topics = tuple(svc.settings.topic(t) for t in names)
-            left_s = max(0.0, deadline_s - time.monotonic())
-            if not await wait_for_position(svc.pool, name, topics, position, timeout_s=left_s):
-                return name
-        return None
+        return await first_behind(
+            svc.pool, svc.settings, projections, position, timeout_s=timeout_s
+        )
 
     async def dependency(
         svc: ServicesDep,

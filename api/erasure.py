@@ -13,7 +13,10 @@ Erasing is therefore, in this order:
 3. the e-mail address of their sign-ins forgotten (it is no event: notification_preferences);
 4. each of their images, uploads and LoRAs deleted as their own deletes would
    (``ImageDeleted``, ``Upload.Deleted``, ``UserModel.Deleted``: the storage quota and the read
-   models follow), at most ``DELETIONS_PER_REQUEST`` of them in one request;
+   models follow), at most ``DELETIONS_PER_REQUEST`` of them in one request. They are found in
+   the read models, once these have applied everything stored before the erasure (a LoRA
+   registered a moment before it is found too); read models that lag behind a short wait
+   leave the request incomplete, for a repeat;
 5. ``PersonalData.Erased`` recorded: who erased, when, how much went in this request, and
    nothing of what;
 6. once no deletion is left, every object under their images, thumbnails, uploads and models
@@ -46,6 +49,7 @@ from domain.commands.results import CommandResult
 from domain.errors import NotFound
 from domain.user_models import user_models_prefix
 from infra import redis_keys
+from projections.consistency import first_behind
 
 log = structlog.get_logger("api.erasure")
 T = TypeVar("T")
@@ -59,6 +63,10 @@ DELETIONS_PER_REQUEST = 500
 S3_PAGE = 1000  # DeleteObjects takes at most 1000 keys; ListObjectsV2 answers as many
 S3_PAGES_PER_REQUEST = 10  # list + delete round trips (10,000 objects)
 ERASURE_RETRY_AFTER_S = "1"  # when to repeat a request that left some (the projection's lag)
+# Where step 4 finds the user's files (images, uploads, LoRAs), and how long one request waits
+# for them to have applied what was stored before it (a repeat waits again).
+FILE_PROJECTIONS = ("jobs", "uploads", "user_models")
+PROJECTED_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,8 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
     bounds: then ``complete`` is False and a repeat goes on)."""
     app = svc.application
     at = now()
+    # Where the user's files are found (step 4) must have applied all that came before this.
+    stored = await svc.command(app.current_position)
     jobs = await _stop_jobs(svc, user_id)
     destroyed = await svc.personal_keys.erase(user_id)
     # A job submitted since the first stop was sealed under the key just destroyed: stopped
@@ -110,6 +120,8 @@ async def erase_personal_data(svc: Services, user_id: str, *, actor: str) -> Era
     jobs += await _stop_jobs(svc, user_id)
     await _forget_addresses(svc, user_id)
     budget = _Budget(DELETIONS_PER_REQUEST)
+    # Unprojected files would be missed: the request deletes what is there and stays incomplete.
+    budget.more = not await _files_projected(svc, stored)
     images = await _delete_images(svc, user_id, budget)
     uploads = await _delete_uploads(svc, user_id, budget)
     models = await _delete_models(svc, user_id, budget)
@@ -170,6 +182,17 @@ async def _stop_jobs(svc: Services, user_id: str) -> tuple[UUID, ...]:
             ex=redis_keys.CANCEL_FLAG_TTL_S,
         )
     return jobs
+
+
+async def _files_projected(svc: Services, position: int) -> bool:
+    """Whether every read model step 4 reads has applied ``position`` (within
+    ``PROJECTED_WAIT_S`` in all)."""
+    behind = await first_behind(
+        svc.pool, svc.settings, FILE_PROJECTIONS, position, timeout_s=PROJECTED_WAIT_S
+    )
+    if behind is not None:
+        log.info("erasure waits for a read model", projection=behind, position=position)
+    return behind is None
 
 
 async def _delete_images(svc: Services, user_id: str, budget: _Budget) -> int:

@@ -14,6 +14,9 @@ import time
 
 import asyncpg
 
+from infra.settings import Settings
+from projections.registry import get_projection
+
 
 async def has_reached(
     conn: asyncpg.Connection, projection: str, topics: tuple[str, ...], position: int
@@ -61,3 +64,23 @@ async def wait_for_position(
         if time.monotonic() >= deadline_s:
             return False
         await asyncio.sleep(interval_s)
+
+
+async def first_behind(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    projections: tuple[str, ...],
+    position: int,
+    *,
+    timeout_s: float,
+) -> str | None:
+    """The first of ``projections`` (by name) that has not applied ``position`` within
+    ``timeout_s`` (all of them share it); None when every one has."""
+    assert projections and timeout_s >= 0
+    deadline_s = time.monotonic() + timeout_s
+    for name in projections:  # a few: those one answer reads
+        topics = tuple(settings.topic(t) for t in get_projection(name).topics)
+        left_s = max(0.0, deadline_s - time.monotonic())
+        if not await wait_for_position(pool, name, topics, position, timeout_s=left_s):
+            return name
+    return None

@@ -147,7 +147,8 @@ def erasure_answer(user_id: str, erasure: Erasure, response: Response) -> Erasur
     "and LoRAs deleted. Your account, credits, statement and invoices stay exact (they never "
     "held what you wrote); a new submission starts with a new key. One request does a "
     f"bounded share of the deletions (at most {DELETIONS_PER_REQUEST} items): when more is "
-    "left it answers 202 with `complete: false` and Retry-After, and the same request again "
+    "left, or a file you added a moment before is not in our views yet, it answers 202 with "
+    "`complete: false` and Retry-After, and the same request again "
     "goes on until it answers 200 with `complete: true`. Repeating it then changes nothing "
     "more.",
     responses={**ERASURE_INCOMPLETE, **problem_responses(*ERRORS, 422)},

@@ -41,7 +41,7 @@ from infra.messages import DeadLetter, Finished
 from infra.redis_keys import cancel_flag
 from infra.settings import Settings
 from infra.topics import DLQ_TOPIC, REPORTS_TOPIC
-from projections.consistency import wait_for_position
+from projections.consistency import first_behind
 from projections.registry import ALL_PROJECTIONS
 from projections.runner import LiveProjectionRunner
 from tests.integration.streaming_kit import fresh_database, prepare_stack, wait_until
@@ -148,10 +148,9 @@ class Platform:
         the read models (ledger verify) must wait for, the settler's last event included."""
         assert self.pool is not None
         head = await newest_position(self.pool)
-        for p in ALL_PROJECTIONS:
-            topics = tuple(self.settings.topic(t) for t in p.topics)
-            reached = await wait_for_position(self.pool, p.name, topics, head, timeout_s=timeout_s)
-            assert reached, f"projection {p.name} did not reach position {head} in {timeout_s} s"
+        names = tuple(p.name for p in ALL_PROJECTIONS)
+        behind = await first_behind(self.pool, self.settings, names, head, timeout_s=timeout_s)
+        assert behind is None, f"projection {behind} did not reach position {head} in {timeout_s} s"
 
 
 @pytest.fixture
