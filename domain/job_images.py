@@ -89,6 +89,11 @@ def file_image(self: GenerationJob, *, name: str, board_id: UUID, at: datetime) 
     return True
 
 
+def image_flags(self: GenerationJob, name: str) -> ImageFlags:
+    """The owner's flags on the job's image ``name`` now."""
+    return ImageFlags(name in self.starred_images, name in self.intermediate_images)
+
+
 def flag_image(
     self: GenerationJob,
     *,
@@ -105,7 +110,7 @@ def flag_image(
     if not self.has_image(name, user_id):
         raise NotFound(f"the job has no image {name!r}")
     changed = record_flags(
-        ImageFlags(name in self.starred_images, name in self.intermediate_images),
+        self.image_flags(name),
         starred=starred,
         is_intermediate=is_intermediate,
         star=lambda on: (self._image_starred if on else self._image_unstarred)(
@@ -115,6 +120,7 @@ def flag_image(
             name=name, timestamp=at
         ),
     )
-    assert starred is None or starred == (name in self.starred_images)
-    assert is_intermediate is None or is_intermediate == (name in self.intermediate_images)
+    flags = self.image_flags(name)
+    assert starred is None or starred == flags.starred
+    assert is_intermediate is None or is_intermediate == flags.is_intermediate
     return changed

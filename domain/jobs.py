@@ -323,6 +323,7 @@ class GenerationJob(Aggregate):
     has_image = job_images.has_image
     file_image = job_images.file_image
     flag_image = job_images.flag_image
+    image_flags = job_images.image_flags
 
     def _require_current(self, attempt: int) -> None:
         if not self.is_current(attempt):

@@ -11,7 +11,7 @@ no metadata and cannot be remixed (a job takes it as its ``init_image``)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Annotated
 from uuid import UUID
 
@@ -33,6 +33,8 @@ from domain.errors import NotFound
 from domain.job_events import ImageCategory, ImageOrigin
 from domain.jobs import ImageRecord
 from domain.parameters import RunParameters
+from domain.uploads import Upload
+from projections.consistency import first_behind
 from read_models import models as rm
 from read_models import queries
 
@@ -151,7 +153,10 @@ async def get_image(image_name: ImageName, principal: CurrentUser, svc: Services
     "`ImageUnmarkedIntermediate`; an upload's, of the upload: `Upload.Starred` / `Unstarred`, "
     "`Upload.MarkedIntermediate` / `UnmarkedIntermediate`); a flag left out stays. Answers the "
     f"image with its flags as recorded; the `{POSITION_HEADER}` header is the change's position "
-    "(send it as `X-Min-Position` to list your images with it). Intermediate images are left "
+    "(send it as `X-Min-Position` to list your images with it). An image completed or uploaded "
+    "a moment before can be flagged at once: the answer waits for the gallery to show it (a "
+    "503 `not-yet-consistent` with Retry-After if that takes too long; the change is recorded "
+    "and the same request again answers it). Intermediate images are left "
     "out of GET /v1/images unless it asks for `is_intermediate=true`.",
     responses={
         200: {"description": "The image, with its flags", "headers": POSITION_HEADERS},
@@ -167,61 +172,68 @@ async def update_image(
     response: Response,
 ) -> ImageView:
     user = principal.user_id
-    source = await _source(svc, user, image_name)
-    if source.upload_id is not None:
-        result, flags = await svc.command(_flag_upload, svc, user, source.upload_id, body)
-    else:
-        assert source.job_id is not None
-        result, flags = await svc.command(_flag, svc, user, source.job_id, image_name, body)
+    result, flags = await svc.command(_flag, svc, user, image_name, body)
     image = await queries.get_image(svc.pool, user, image_name)
-    if image is None:  # deleted meanwhile (or its deletion not projected yet)
-        raise _not_found(image_name)
+    if image is None:  # completed or uploaded a moment ago: once the gallery has it
+        image = await _projected_image(svc, user, image_name, result.position)
     response.headers[POSITION_HEADER] = str(result.position)
     (metadata,) = await recall_parameters(svc, user, [image])
     return _view(svc, image, metadata, **flags)
 
 
+async def _projected_image(svc: Services, user_id: str, name: str, position: int) -> rm.ImageDetail:
+    """The gallery's row of an image the event store has, once the read model has applied
+    ``position`` (a bounded wait); 503 when it lags behind, 404 when deleted meanwhile."""
+    behind = await first_behind(
+        svc.pool,
+        svc.settings,
+        ("jobs",),
+        position,
+        timeout_s=svc.settings.read_your_writes_timeout_s,
+    )
+    if behind is not None:
+        raise ProblemError(
+            p.NOT_YET_CONSISTENT,
+            f"Your change to image {name!r} is recorded, but the {behind} view does not show "
+            "the image yet; send the same request again after the Retry-After delay.",
+            headers={"Retry-After": "1", POSITION_HEADER: str(position)},
+        )
+    image = await queries.get_image(svc.pool, user_id, name)
+    if image is None:
+        raise _not_found(name)
+    return image
+
+
 def _flag(
-    svc: Services, user_id: str, job_id: UUID, name: str, body: ImageUpdate
+    svc: Services, user_id: str, name: str, body: ImageUpdate
 ) -> tuple[CommandResult, dict[str, bool]]:
-    """On a command thread: the flags' changes, then the image's flags as the job has them."""
+    """On a command thread: the flags' changes on the image's job or upload (found in the
+    event store by its name, as the boards find it), then its flags as recorded."""
     app = svc.application
     try:
-        result = app.flag_image(
-            job_id,
-            user_id=user_id,
-            name=name,
-            starred=body.starred,
-            is_intermediate=body.is_intermediate,
-            at=now(),
-        )
-    except NotFound:
+        maker = app.image_maker(user_id, name)
+        if isinstance(maker, Upload):
+            result = app.flag_upload(
+                user_id,
+                maker.id,
+                starred=body.starred,
+                is_intermediate=body.is_intermediate,
+                at=now(),
+            )
+            flags = app.upload(user_id, maker.id).flags
+        else:
+            result = app.flag_image(
+                maker.id,
+                user_id=user_id,
+                name=name,
+                starred=body.starred,
+                is_intermediate=body.is_intermediate,
+                at=now(),
+            )
+            flags = app.job(maker.id).image_flags(name)
+    except NotFound:  # another user's, deleted (meanwhile too) or none at all
         raise _not_found(name) from None
-    job = app.job(job_id)
-    flags = {
-        "starred": name in job.starred_images,
-        "is_intermediate": name in job.intermediate_images,
-    }
-    return result, flags
-
-
-def _flag_upload(
-    svc: Services, user_id: str, upload_id: UUID, body: ImageUpdate
-) -> tuple[CommandResult, dict[str, bool]]:
-    """On a command thread: the flags' changes, then the upload's flags as it has them."""
-    app = svc.application
-    try:
-        result = app.flag_upload(
-            user_id,
-            upload_id,
-            starred=body.starred,
-            is_intermediate=body.is_intermediate,
-            at=now(),
-        )
-        flags = app.upload(user_id, upload_id).flags
-    except NotFound:  # deleted, meanwhile too
-        raise _not_found(str(upload_id)) from None
-    return result, {"starred": flags.starred, "is_intermediate": flags.is_intermediate}
+    return result, asdict(flags)
 
 
 @router.post(

@@ -6,6 +6,7 @@ remixing one is a clear conflict; a replay keeps the rows and `ledger verify` co
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 
@@ -146,7 +147,7 @@ async def test_an_uploads_flags_are_its_owners_and_filter_the_list(
 ) -> None:
     _, [made] = await _job_with_images(kit, user, count=1)
     one, two = [(await _upload(kit, user, _png(side))).json()["upload_id"] for side in (32, 40)]
-    await kit.project()  # the images read model finds what made an image
+    await kit.project()  # in the gallery (a PATCH of an image not in it yet waits for it)
 
     view = await _patch(kit, user, one, {"starred": True})
     assert (view["name"], view["upload_id"], view["starred"]) == (one, one, True)
@@ -188,6 +189,37 @@ async def test_an_uploads_flags_are_its_owners_and_filter_the_list(
     assert r.status_code == 404 and problem_type(r) == "not-found", r.text  # deleted: gone
     await kit.project()
     assert await _names(kit, user, "?starred=true") == []
+
+
+async def test_an_upload_flagged_right_after_completion_answers_once_the_gallery_has_it(
+    kit: Kit, user: str
+) -> None:
+    """The gallery is a read model: an upload completed a moment ago may not be in it yet. The
+    PATCH is recorded at once (the event store finds the upload by its name) and answers when
+    the view has caught up, or, past the read-your-writes wait (1 s here), 503 with
+    Retry-After, the change kept; the same request again answers it."""
+    one = (await _upload(kit, user, _png(32))).json()["upload_id"]
+
+    async def projected_soon() -> None:
+        await asyncio.sleep(0.3)
+        await kit.project()
+
+    catching_up = asyncio.create_task(projected_soon())
+    view = await _patch(kit, user, one, {"starred": True})
+    await catching_up
+    assert (view["name"], view["starred"]) == (one, True)
+
+    three = (await _upload(kit, user, _png(40))).json()["upload_id"]
+    r = await kit.client.patch(
+        f"/v1/images/{three}", json={"starred": True}, headers=kit.auth(user)
+    )
+    assert r.status_code == 503 and problem_type(r) == "not-yet-consistent", r.text
+    assert r.headers["Retry-After"] == "1" and int(r.headers["X-Position"]) > 0
+    assert kit.app.upload(user, uuid.UUID(three)).starred  # recorded
+    await kit.project()
+    view = await _patch(kit, user, three, {"starred": True})
+    assert view["starred"] is True
+    assert _upload_events(kit, three).count("Upload.Starred") == 1
 
 
 async def _board(kit: Kit, user: str, name: str) -> str:
