@@ -71,11 +71,19 @@ def _an_upload(name: str, refused: str) -> ProblemError:
 
 
 async def _source(svc: Services, user_id: str, name: str) -> rm.ImageSource:
-    """What made the user's image ``name`` (deleted or not); 404 when they have no such image."""
+    """What made the user's image ``name``: the gallery's row, a deleted one's too (a repeated
+    delete tries its objects again), else the event store's for one completed or uploaded a
+    moment ago; 404 when they have no such image."""
     source = await queries.image_source(svc.pool, user_id, name)
-    if source is None:
-        raise _not_found(name)
-    return source
+    if source is not None:
+        return source
+    try:
+        maker = await svc.command(svc.application.image_maker, user_id, name)
+    except NotFound:
+        raise _not_found(name) from None
+    if isinstance(maker, Upload):
+        return rm.ImageSource(job_id=None, upload_id=maker.id)
+    return rm.ImageSource(job_id=maker.id, upload_id=None)
 
 
 @router.get(

@@ -222,6 +222,19 @@ async def test_an_upload_flagged_right_after_completion_answers_once_the_gallery
     assert _upload_events(kit, three).count("Upload.Starred") == 1
 
 
+async def test_an_upload_deleted_right_after_completion_is_deleted(kit: Kit, user: str) -> None:
+    """Not in the gallery yet, found in the event store: deleted, its object too; a repeat,
+    once the gallery has the deletion, is a 404."""
+    upload_id = (await _upload(kit, user, _png())).json()["upload_id"]
+    key = kit.app.upload(user, uuid.UUID(upload_id)).key
+    r = await kit.client.delete(f"/v1/images/{upload_id}", headers=kit.auth(user))
+    assert r.status_code == 204, r.text
+    assert _upload_events(kit, upload_id)[-1] == "Upload.Deleted" and not _exists(kit, key)
+    await kit.project()
+    r = await kit.client.delete(f"/v1/images/{upload_id}", headers=kit.auth(user))
+    assert r.status_code == 404 and problem_type(r) == "not-found", r.text
+
+
 async def _board(kit: Kit, user: str, name: str) -> str:
     r = await kit.client.post("/v1/boards", json={"name": name}, headers=kit.auth(user))
     assert r.status_code == 201, r.text
