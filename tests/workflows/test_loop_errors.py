@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
 from pydantic import ValidationError
 
 from domain.application import PinkseaApplication
@@ -50,6 +50,7 @@ def test_operational_errors_are_the_worlds_and_bugs_are_not() -> None:
         TimeoutError(),
         OSError("no route to host"),
         KafkaConnectionError(),
+        CommitFailedError(),  # the group rebalanced meanwhile (the settler once died of it)
         asyncpg.exceptions.CannotConnectNowError(),
         asyncpg.exceptions.AdminShutdownError(),
         asyncpg.exceptions.ConnectionDoesNotExistError(),
