@@ -6,6 +6,7 @@ the flags kept by a replay of the store and compared by `ledger verify`."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -210,26 +211,38 @@ async def test_a_replay_keeps_the_flags_and_verify_compares_them(database_url: s
             assert clean.returncode == 0, clean.stdout + clean.stderr
             conn = await asyncpg.connect(url)
             try:
-                for corruption in (
-                    "starred = NOT starred",
-                    "is_intermediate = NOT is_intermediate",
-                    "image_category = 'mask'",
-                    "image_origin = 'external'",
-                ):
-                    await conn.execute(f"UPDATE images SET {corruption} WHERE name = $1", two)
-                    result = run_verify(settings)
-                    assert result.returncode == 1, f"verify missed {corruption}"
-                    assert "images = replay" in result.stdout, result.stdout
-                    await conn.execute(
-                        "UPDATE images SET starred = false, is_intermediate = false,"
-                        " image_category = 'general', image_origin = 'internal' WHERE name = $1",
-                        two,
-                    )
-                assert run_verify(settings).returncode == 0
+                corruptions = (
+                    ("starred = NOT starred", "starred = NOT starred"),
+                    (
+                        "is_intermediate = NOT is_intermediate",
+                        "is_intermediate = NOT is_intermediate",
+                    ),
+                    ("image_category = 'mask'", "image_category = 'general'"),
+                    ("image_origin = 'external'", "image_origin = 'internal'"),
+                )
+                await verify_catches(settings, conn, corruptions, "name = $1", two)
             finally:
                 await conn.close()
         finally:
             app.close()
+
+
+async def verify_catches(
+    settings: Settings,
+    conn: asyncpg.Connection,
+    corruptions: Sequence[tuple[str, str]],
+    where: str,
+    *args: object,
+) -> None:
+    """Each ``(corruption, undo)`` of the images rows ``where`` selects: `ledger verify` fails
+    on it, naming the images table, and passes again once it is undone."""
+    for corruption, undo in corruptions:
+        await conn.execute(f"UPDATE images SET {corruption} WHERE {where}", *args)
+        result = run_verify(settings)
+        assert result.returncode == 1, f"verify missed {corruption}"
+        assert "images = replay" in result.stdout, result.stdout
+        await conn.execute(f"UPDATE images SET {undo} WHERE {where}", *args)
+    assert run_verify(settings).returncode == 0
 
 
 async def _replay_jobs(app: Any, conn: asyncpg.Connection) -> None:

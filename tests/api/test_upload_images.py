@@ -19,7 +19,7 @@ from PIL import Image
 from domain.uploads import ImageFacts, UploadPurpose
 from infra.settings import Settings
 from tests.api.conftest import Kit, problem_type
-from tests.api.test_image_flags import _replay_jobs
+from tests.api.test_image_flags import _replay_jobs, verify_catches
 from tests.api.test_images import _job_with_images
 from tests.audit.test_verify_and_export import project_everything, run_verify
 from tests.integration.streaming_kit import T0, fresh_database, new_app
@@ -420,28 +420,16 @@ async def test_a_replay_keeps_the_upload_images_and_verify_compares_them(
             assert clean.returncode == 0, clean.stdout + clean.stderr
             conn = await asyncpg.connect(url)
             try:
-                for corruption, undo in (
+                corruptions = (
                     ("image_origin = 'internal'", "image_origin = 'external'"),
                     ("size_bytes = size_bytes + 1", "size_bytes = size_bytes - 1"),
                     ("deleted_at = now()", "deleted_at = NULL"),
                     ("starred = false", "starred = true"),
                     ("is_intermediate = true", "is_intermediate = false"),
-                ):
-                    await conn.execute(f"UPDATE images SET {corruption} WHERE upload_id = $1", kept)
-                    result = run_verify(settings)
-                    assert result.returncode == 1, f"verify missed {corruption}"
-                    assert "images = replay" in result.stdout, result.stdout
-                    await conn.execute(f"UPDATE images SET {undo} WHERE upload_id = $1", kept)
-                assert run_verify(settings).returncode == 0
-                await conn.execute(
-                    "UPDATE images SET image_category = 'user' WHERE upload_id = $1", mask
                 )
-                result = run_verify(settings)
-                assert result.returncode == 1 and "images = replay" in result.stdout
-                await conn.execute(
-                    "UPDATE images SET image_category = 'mask' WHERE upload_id = $1", mask
-                )
-                assert run_verify(settings).returncode == 0
+                await verify_catches(settings, conn, corruptions, "upload_id = $1", kept)
+                mask_category = (("image_category = 'user'", "image_category = 'mask'"),)
+                await verify_catches(settings, conn, mask_category, "upload_id = $1", mask)
                 await conn.execute("DELETE FROM images WHERE upload_id = $1", deleted)
                 result = run_verify(settings)
                 assert result.returncode == 1 and "images = replay" in result.stdout
