@@ -247,6 +247,11 @@ async def test_stop_lets_a_job_finish_within_the_grace_then_aborts_it(
     assert await committed(settings, worker_id) is not None  # reported, so not run again
 
 
+# An idle worker's whole stop: the Kafka close (at most 10 s) and the interpreter's exit (a
+# second or two here, longer on a loaded machine), well inside docker's --stop-timeout 120 s.
+STOP_IDLE_S_MAX = 60
+
+
 async def test_the_pinksea_gpu_worker_process_serves_and_stops_on_sigterm(
     settings: Settings, registry: ModelRegistry, models_cache: Path, tmp_path: Path
 ) -> None:
@@ -262,6 +267,7 @@ async def test_the_pinksea_gpu_worker_process_serves_and_stops_on_sigterm(
         "PINKSEA_MODELS_DIR": str(tmp_path / "no-shared-models"),
         "PINKSEA_MODELS_CACHE_DIR": str(models_cache),
         "OMP_NUM_THREADS": "1",
+        "PYTHONFAULTHANDLER": "1",  # SIGABRT dumps every thread's stack (when it hangs)
     }
     command = "from cli.main import app; app()"  # the console script
     arguments = ["--tier", "basic", "--device", "cpu", "--worker-id", worker_id]
@@ -272,15 +278,22 @@ async def test_the_pinksea_gpu_worker_process_serves_and_stops_on_sigterm(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    errors = b""
     try:
         job = make_dispatch(worker_id=worker_id)
         await send(settings, job)
         reports = await reports_until(settings, lambda rs: bool(finished(rs, job.job_id)), 120)
         assert finished(reports, job.job_id)[0].outcome is Outcome.COMPLETED
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(process.wait, 30) == 0
+        # communicate() drains stderr while it waits: a full pipe cannot block the worker.
+        _, errors = await asyncio.to_thread(process.communicate, timeout=STOP_IDLE_S_MAX)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # the faulthandler's stacks, for the message
+        _, errors = process.communicate(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
-        _, errors = process.communicate()
+            process.communicate()
+    log_tail = errors.decode(errors="replace")[-6000:]
+    assert process.returncode == 0, f"exit {process.returncode}; stderr ends:\n{log_tail}"
     assert b"worker stopped" in errors
