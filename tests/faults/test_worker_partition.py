@@ -19,16 +19,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 import pytest
 
 from domain.credits import CreditAccount
+from infra.kafka import ensure_topics
+from infra.messages import Heartbeat
 from infra.settings import Settings
 from tests.conftest import _delete_kafka_topics
 from tests.e2e.test_generation_flow import (  # noqa: F401 (fixtures)
@@ -42,6 +47,7 @@ from tests.e2e.test_generation_flow import (  # noqa: F401 (fixtures)
     submit,
 )
 from tests.faults.netns import Namespace, carry, network_namespace
+from tests.gpu.test_worker import Report, reports_until
 from tests.integration.streaming_kit import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -66,8 +72,11 @@ def relays(ns: Namespace, settings: Settings) -> Iterator[None]:
         yield
 
 
-def worker_in(ns: Namespace, harness: Platform, worker_id: str) -> subprocess.Popen[bytes]:
-    """``pinksea gpu-worker`` inside ``ns``, with the harness's settings."""
+def worker_in(
+    ns: Namespace, harness: Platform, worker_id: str, stderr: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """``pinksea gpu-worker`` inside ``ns``, with the harness's settings; its log to
+    ``stderr`` (a file: a pipe nobody reads would fill and block it), else nowhere."""
     settings = harness.settings
     env = {
         **os.environ,
@@ -98,7 +107,7 @@ def worker_in(ns: Namespace, harness: Platform, worker_id: str) -> subprocess.Po
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr or subprocess.DEVNULL,
     )
 
 
@@ -186,3 +195,42 @@ async def test_worker_partitioned_from_kafka_mid_run_loses_the_job_once_and_it_i
         f"once ({done.charged_mc} mc); the partitioned worker's late reports: "
         f"{[(r.attempt, r.outcome) for r in late]}"
     )
+
+
+# An idle worker's stop: its Kafka close cut short at _CLOSE_S_MAX (10 s), then the
+# interpreter's exit. Unbounded, the close waits out aiokafka's request timeouts (40 s each).
+STOP_S_MAX = 35
+
+
+async def test_a_worker_cut_off_from_kafka_still_exits_on_sigterm(harness: Platform) -> None:
+    """On SIGTERM the worker commits, leaves its group and flushes its producer. Here Kafka
+    stopped answering first (the link is down, nothing is refused): the worker must give up
+    on Kafka and exit, well inside its stop timeout, instead of waiting on the broker."""
+    settings = harness.settings
+    await ensure_topics(settings)
+
+    def beating(reports: list[Report]) -> bool:
+        return any(isinstance(r, Heartbeat) and r.worker_id == "cut-off" for r in reports)
+
+    with (
+        network_namespace(links=2) as ns,
+        relays(ns, settings),
+        tempfile.TemporaryFile() as log,
+    ):
+        worker = worker_in(ns, harness, "cut-off", stderr=log)
+        try:
+            await reports_until(settings, beating, timeout=120)  # in its group, heartbeating
+            ns.partition(KAFKA_LINK)
+            worker.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(worker.wait, STOP_S_MAX)
+        finally:
+            ns.heal(KAFKA_LINK)
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=30)
+        log.seek(0)
+        errors = log.read()
+    tail = errors.decode(errors="replace")[-3000:]
+    assert worker.returncode == 0, f"exit {worker.returncode}; stderr ends:\n{tail}"
+    assert b"kafka not left in time" in errors and b"worker stopped" in errors, tail
