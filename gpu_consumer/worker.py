@@ -57,7 +57,7 @@ from gpu_consumer.run import (
     validate,
 )
 from gpu_consumer.upscalers import Upscaler, run_upscale
-from infra.kafka import idempotent_producer, manual_consumer
+from infra.kafka import idempotent_producer, manual_consumer, stop_bounded
 from infra.messages import Dispatch, Finished, FinishedImage, Heartbeat, Outcome, Started
 from infra.settings import Settings
 from infra.topics import REPORTS_TOPIC, dispatch_topic
@@ -82,11 +82,6 @@ _RECENTLY_FINISHED = 4096  # (job, attempt) keys remembered; older ones sit behi
 PREFETCH_SLOTS = 1  # dispatches held queued behind the running job (offered in heartbeats)
 _READ_AHEAD_S = 0.1  # while a job runs, how often records read ahead are taken in
 _PENDING_MAX = 1000  # records read ahead while a job runs; past this the partitions pause
-# Leaving Kafka on stop (last commit, LeaveGroup, producer flush) takes milliseconds; a broker
-# that stopped answering would hold each request for request_timeout_ms (40 s). Bounded, so the
-# worker exits within its stop timeout (docker --stop-timeout 120 s = this + stop_grace_s + the
-# last report) whatever the broker does.
-_CLOSE_S_MAX = 10.0
 Pending = tuple[ConsumerRecord, Dispatch | None]  # a record read, and its dispatch if ours
 
 
@@ -212,18 +207,16 @@ class GpuWorker:
             self._log.info("worker stopped")
 
     async def _close(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-        """Commit what is due, leave the group, flush the producer, within ``_CLOSE_S_MAX``.
-        Past it the process exits anyway: an offset left uncommitted is read again after a
-        restart, and its dispatch runs again at most (reports are deduplicated downstream)."""
-        try:
-            async with asyncio.timeout(_CLOSE_S_MAX):
-                await asyncio.gather(*self._commits, return_exceptions=True)
-                with contextlib.suppress(KafkaError):
-                    await self._commit(consumer)
-                await consumer.stop()
-                await producer.stop()
-        except TimeoutError:
-            self._log.warning("kafka not left in time", timeout_s=_CLOSE_S_MAX)
+        """Commit what is due, leave the group, flush the producer, in bounded time: the
+        worker's stop (docker --stop-timeout 120 s) is stop_grace_s, the last report, this.
+        A dispatch whose offset is left uncommitted runs again at most after a restart, and
+        its reports are deduplicated downstream."""
+        async with stop_bounded():
+            await asyncio.gather(*self._commits, return_exceptions=True)
+            with contextlib.suppress(KafkaError):
+                await self._commit(consumer)
+            await consumer.stop()
+            await producer.stop()
 
     def _warm_up(self) -> None:
         """Connect to S3 and Redis before the first job needs them (a first S3 call also loads

@@ -13,10 +13,11 @@ import contextlib
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -28,6 +29,13 @@ from infra.settings import Settings
 from infra.topics import DLQ_TOPIC, DOMAIN_TOPICS, GPU_TIERS, REPORTS_TOPIC, dispatch_topic
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+# Leaving Kafka on stop (a last commit, a consumer's LeaveGroup, a producer's flush) takes
+# milliseconds; a broker that stopped answering holds each request for request_timeout_ms
+# (40 s for a consumer), past what a supervisor waits after SIGTERM (ECS: 60 s; the CI test
+# of the worker: 60 s). Bounded by STOP_S_MAX, a process exits in time whatever the broker does.
+STOP_S_MAX = 10.0
+
+log = structlog.get_logger("kafka")
 
 
 class MskIamTokenProvider(AbstractTokenProvider):
@@ -208,6 +216,20 @@ def manual_consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(*(settings.topic(t) for t in topics), **options)
+
+
+@contextlib.asynccontextmanager
+async def stop_bounded(timeout_s: float = STOP_S_MAX) -> AsyncIterator[None]:
+    """Around a process's last Kafka calls (its commit, ``consumer.stop()``,
+    ``producer.stop()``): past ``timeout_s`` they are cut short and logged, and the process
+    goes on exiting. Nothing is lost: an offset left uncommitted is read again after the
+    restart, where every consumer is idempotent."""
+    assert timeout_s > 0, f"stop bound {timeout_s} s"
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError:
+        log.warning("kafka not left in time", timeout_s=timeout_s)
 
 
 def rewind(consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Any]]) -> None:

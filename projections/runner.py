@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge
 
 from eventstore.envelope import Envelope
 from infra.errors import OPERATIONAL_ERRORS, Backoff
-from infra.kafka import manual_consumer
+from infra.kafka import manual_consumer, stop_bounded
 from infra.settings import Settings
 from projections.base import Projection
 
@@ -167,7 +167,8 @@ class LiveProjectionRunner:
                     )
                     await asyncio.sleep(pause_s)
         finally:
-            await consumer.stop()
+            async with stop_bounded():
+                await consumer.stop()
             log.info("projection stopped", projection=name)
 
     async def process(self, polled: dict[TopicPartition, list]) -> None:

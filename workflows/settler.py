@@ -31,7 +31,7 @@ from domain.application import SettlementResult
 from domain.errors import DomainError
 from domain.job_lifecycle import Fault
 from infra.errors import OPERATIONAL_ERRORS, Backoff
-from infra.kafka import Polled, idempotent_producer, manual_consumer, rewind
+from infra.kafka import Polled, idempotent_producer, manual_consumer, rewind, stop_bounded
 from infra.loops import sleep_or_stop
 from infra.messages import DeadLetter, Finished, Outcome, Started, parse_report
 from infra.observability.instrument import track_event_store
@@ -166,8 +166,9 @@ class Settler:
                     log.warning("settler retrying", error=repr(e), backoff_s=pause_s)
                     await sleep_or_stop(stop, pause_s)
         finally:
-            await consumer.stop()
-            await self.producer.stop()
+            async with stop_bounded():
+                await consumer.stop()
+                await self.producer.stop()
             log.info("settler stopped")
 
     async def _settle(self, polled: Polled) -> None:

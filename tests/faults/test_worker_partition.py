@@ -197,7 +197,7 @@ async def test_worker_partitioned_from_kafka_mid_run_loses_the_job_once_and_it_i
     )
 
 
-# An idle worker's stop: its Kafka close cut short at _CLOSE_S_MAX (10 s), then the
+# An idle worker's stop: its Kafka close cut short at infra.kafka.STOP_S_MAX (10 s), then the
 # interpreter's exit. Unbounded, the close waits out aiokafka's request timeouts (40 s each).
 STOP_S_MAX = 35
 

@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from eventstore.envelope import Envelope
 from infra.errors import OPERATIONAL_ERRORS
-from infra.kafka import consume_committed, manual_consumer
+from infra.kafka import consume_committed, manual_consumer, stop_bounded
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC
 from workflows.notifier.messages import LowBalance, low_balance_email
@@ -137,7 +137,8 @@ class Notifier:
                 backoff_max_s=BACKOFF_MAX_S,
             )
         finally:
-            await consumer.stop()
+            async with stop_bounded():
+                await consumer.stop()
             log.info("notifier stopped", **dict(self.counts))
 
     async def process(self, polled: dict[TopicPartition, list[Any]]) -> None:

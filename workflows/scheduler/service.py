@@ -47,7 +47,7 @@ from domain.estimation import HOLD_FACTOR_DEN, HOLD_FACTOR_NUM, HOLD_MARGIN_MS
 from domain.job_lifecycle import DeadLetterDecision, has_attempts_left
 from domain.parameters import RunParameters
 from infra.errors import OPERATIONAL_ERRORS, Backoff
-from infra.kafka import connection_kwargs, idempotent_producer
+from infra.kafka import connection_kwargs, idempotent_producer, stop_bounded
 from infra.messages import DeadLetter, Dispatch, Finished, Heartbeat, Started, parse_report
 from infra.observability.instrument import track_event_store
 from infra.personal_keys import PersonalKeys, parse_kek
@@ -145,7 +145,8 @@ class Scheduler:
             try:
                 await asyncio.gather(queue.run(stop), self._follow_reports(stop), self._loop(stop))
             finally:
-                await self.producer.stop()
+                async with stop_bounded():
+                    await self.producer.stop()
                 await leader.execute("SELECT pg_advisory_unlock(hashtext($1))", LOCK_KEY)
 
     def wake(self) -> None:

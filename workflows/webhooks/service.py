@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from domain.ids import PINKSEA_NAMESPACE
 from eventstore.envelope import Envelope
 from infra.errors import OPERATIONAL_ERRORS
-from infra.kafka import consume_committed, manual_consumer
+from infra.kafka import consume_committed, manual_consumer, stop_bounded
 from infra.loops import sleep_or_stop
 from infra.settings import Settings
 from infra.topics import CREDITS_TOPIC, JOBS_TOPIC
@@ -240,7 +240,8 @@ class WebhookService:
                 backoff_max_s=BACKOFF_MAX_S,
             )
         finally:
-            await consumer.stop()
+            async with stop_bounded():
+                await consumer.stop()
 
     async def record(self, polled: dict[TopicPartition, list[Any]]) -> int:
         """Record the batch's deliveries in one transaction; how many rows are new."""
