@@ -31,8 +31,8 @@ from infra.topics import DLQ_TOPIC, DOMAIN_TOPICS, GPU_TIERS, REPORTS_TOPIC, dis
 WEEK_MS = 7 * 24 * 3600 * 1000
 # Leaving Kafka on stop (a last commit, a consumer's LeaveGroup, a producer's flush) takes
 # milliseconds; a broker that stopped answering holds each request for request_timeout_ms
-# (40 s for a consumer), past what a supervisor waits after SIGTERM (ECS: 60 s; the CI test
-# of the worker: 60 s). Bounded by STOP_S_MAX, a process exits in time whatever the broker does.
+# (40 s for a consumer), past what a supervisor waits after SIGTERM (ECS: 60 s). Bounded by
+# STOP_S_MAX, a process exits in time whatever the broker does.
 STOP_S_MAX = 10.0
 
 log = structlog.get_logger("kafka")

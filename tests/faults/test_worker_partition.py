@@ -47,7 +47,7 @@ from tests.e2e.test_generation_flow import (  # noqa: F401 (fixtures)
     submit,
 )
 from tests.faults.netns import Namespace, carry, network_namespace
-from tests.gpu.test_worker import Report, reports_until
+from tests.gpu.test_worker import Report, exit_log, reports_until
 from tests.integration.streaming_kit import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -87,6 +87,7 @@ def worker_in(
         "PINKSEA_MODELS_DIR": "",
         "PINKSEA_MODELS_CACHE_DIR": str(harness.models_cache),
         "PINKSEA_HEARTBEAT_INTERVAL_S": "0.5",
+        "PYTHONFAULTHANDLER": "1",  # a hang's SIGABRT (exit_log) dumps every thread's stack
     }
     return subprocess.Popen(
         [
@@ -222,15 +223,12 @@ async def test_a_worker_cut_off_from_kafka_still_exits_on_sigterm(harness: Platf
             await reports_until(settings, beating, timeout=120)  # in its group, heartbeating
             ns.partition(KAFKA_LINK)
             worker.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(worker.wait, STOP_S_MAX)
+            errors = await exit_log(worker, log, STOP_S_MAX)
         finally:
             ns.heal(KAFKA_LINK)
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(timeout=30)
-        log.seek(0)
-        errors = log.read()
-    tail = errors.decode(errors="replace")[-3000:]
+    tail = errors[-3000:]
     assert worker.returncode == 0, f"exit {worker.returncode}; stderr ends:\n{tail}"
-    assert b"kafka not left in time" in errors and b"worker stopped" in errors, tail
+    assert "kafka not left in time" in errors and "worker stopped" in errors, tail

@@ -10,10 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -247,9 +248,27 @@ async def test_stop_lets_a_job_finish_within_the_grace_then_aborts_it(
     assert await committed(settings, worker_id) is not None  # reported, so not run again
 
 
-# An idle worker's whole stop: the Kafka close (at most 10 s) and the interpreter's exit (a
-# second or two here, longer on a loaded machine), well inside docker's --stop-timeout 120 s.
+# An idle worker's whole stop: the Kafka close (at most infra.kafka.STOP_S_MAX) and the
+# interpreter's exit (a second or two here, longer on a loaded machine), well inside docker's
+# --stop-timeout 120 s.
 STOP_IDLE_S_MAX = 60
+
+
+async def exit_log(process: subprocess.Popen[bytes], log: IO[bytes], timeout_s: float) -> str:
+    """``process``'s log (its stderr, a file) once it has exited, waiting ``timeout_s`` at
+    most; past that, SIGABRT (with PYTHONFAULTHANDLER set, its threads' stacks end the log),
+    then SIGKILL."""
+    try:
+        await asyncio.to_thread(process.wait, timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    log.seek(0)
+    return log.read().decode(errors="replace")
 
 
 async def test_the_pinksea_gpu_worker_process_serves_and_stops_on_sigterm(
@@ -271,29 +290,26 @@ async def test_the_pinksea_gpu_worker_process_serves_and_stops_on_sigterm(
     }
     command = "from cli.main import app; app()"  # the console script
     arguments = ["--tier", "basic", "--device", "cpu", "--worker-id", worker_id]
-    process = subprocess.Popen(
-        [sys.executable, "-c", command, "gpu-worker", *arguments, "--metrics-port", "0"],
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    errors = b""
-    try:
-        job = make_dispatch(worker_id=worker_id)
-        await send(settings, job)
-        reports = await reports_until(settings, lambda rs: bool(finished(rs, job.job_id)), 120)
-        assert finished(reports, job.job_id)[0].outcome is Outcome.COMPLETED
-        process.send_signal(signal.SIGTERM)
-        # communicate() drains stderr while it waits: a full pipe cannot block the worker.
-        _, errors = await asyncio.to_thread(process.communicate, timeout=STOP_IDLE_S_MAX)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGABRT)  # the faulthandler's stacks, for the message
-        _, errors = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    log_tail = errors.decode(errors="replace")[-6000:]
-    assert process.returncode == 0, f"exit {process.returncode}; stderr ends:\n{log_tail}"
-    assert b"worker stopped" in errors
+    # Its log to a file: a pipe nobody reads while the job runs could fill and block it.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", command, "gpu-worker", *arguments, "--metrics-port", "0"],
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        try:
+            job = make_dispatch(worker_id=worker_id)
+            await send(settings, job)
+            reports = await reports_until(settings, lambda rs: bool(finished(rs, job.job_id)), 120)
+            assert finished(reports, job.job_id)[0].outcome is Outcome.COMPLETED
+            process.send_signal(signal.SIGTERM)
+            errors = await exit_log(process, log, STOP_IDLE_S_MAX)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    tail = errors[-6000:]
+    assert process.returncode == 0, f"exit {process.returncode}; stderr ends:\n{tail}"
+    assert "worker stopped" in errors
